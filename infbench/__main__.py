@@ -1,0 +1,5 @@
+import sys
+
+from infbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,216 @@
+"""Files in, numbers out: mprof samples + phases + Locust CSVs -> one variant's summary.
+
+Pure functions over the files of a run folder, so any summary can be rebuilt from a finished or
+interrupted run, and every number can be traced back to the raw samples it came from.
+
+Definitions (also written into summary.json):
+  start          median of the MEM samples in the baseline phase (server up and idle);
+                 without a baseline, the last sample before the first step
+  end            the last MEM sample at or before the end of the last step's drain:
+                 memory "after the test", the study's second column
+  peak           the largest MEM sample of the whole run
+  after_cooldown median of the MEM samples in the last 5 s of the cooldown
+  growth         end - start;  retained = after_cooldown - start
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infbench import phases as phases_mod
+
+# Version of summary.json. 1: first version.
+SUMMARY_SCHEMA = 1
+COOLDOWN_TAIL_S = 5.0
+
+DEFINITIONS = {
+    "start": "median MEM during the baseline (server up, idle)",
+    "end": "last MEM sample at or before the end of the last step's drain",
+    "peak": "largest MEM sample of the run",
+    "after_cooldown": f"median MEM over the last {COOLDOWN_TAIL_S:g} s of the cooldown",
+    "growth": "end - start",
+    "retained": "after_cooldown - start",
+    "MEM": "mprof --include-children: RSS of the server and all its children, MiB",
+}
+
+
+@dataclass
+class Mprof:
+    """memory-profiler's .dat: MEM <MiB> <unix time>, CHLD <n> <MiB> <unix time>."""
+
+    cmdline: str = ""
+    mem: list[tuple[float, float]] = field(default_factory=list)  # (t, MiB)
+    children: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    bad_lines: int = 0
+
+
+def parse_mprof(path: Path) -> Mprof:
+    out = Mprof()
+    if not path.exists():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if parts[0] == "CMDLINE":
+                out.cmdline = line[len("CMDLINE "):]
+            elif parts[0] == "MEM" and len(parts) == 3:
+                out.mem.append((float(parts[2]), float(parts[1])))
+            elif parts[0] == "CHLD" and len(parts) == 4:
+                out.children.setdefault(parts[1], []).append((float(parts[3]), float(parts[2])))
+            elif parts[0] not in ("FUNC",):
+                out.bad_lines += 1
+        except ValueError:
+            out.bad_lines += 1  # e.g. a last line cut short by a crash
+    out.mem.sort()
+    return out
+
+
+def locust_aggregate(stats_csv: Path) -> dict[str, Any] | None:
+    """The 'Aggregated' row of Locust's *_stats.csv, as numbers (None where Locust says N/A)."""
+    if not stats_csv.exists():
+        return None
+    with stats_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("Name") == "Aggregated":
+                return {
+                    "requests": _num(row.get("Request Count"), int) or 0,
+                    "failures": _num(row.get("Failure Count"), int) or 0,
+                    "rps": _num(row.get("Requests/s"), float),
+                    "p50_ms": _num(row.get("50%"), float),
+                    "p95_ms": _num(row.get("95%"), float),
+                    "p99_ms": _num(row.get("99%"), float),
+                    "max_ms": _num(row.get("Max Response Time"), float),
+                    "avg_ms": _num(row.get("Average Response Time"), float),
+                }
+    return None
+
+
+def _num(value: str | None, kind: type) -> Any:
+    if value in (None, "", "N/A"):
+        return None
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except ValueError:
+        return None
+
+
+def samples_between(mem: list[tuple[float, float]], t0: float | None,
+                    t1: float | None) -> list[float]:
+    if t0 is None or t1 is None:
+        return []
+    return [m for t, m in mem if t0 <= t <= t1]
+
+
+def last_at_or_before(mem: list[tuple[float, float]], t: float | None) -> float | None:
+    if t is None:
+        return None
+    before = [m for ts, m in mem if ts <= t]
+    return before[-1] if before else None
+
+
+def _r(x: float | None, nd: int = 1) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def memory_figures(mem: list[tuple[float, float]], phase_list: list[dict[str, Any]]
+                   ) -> dict[str, Any]:
+    """start / end / peak / after_cooldown / growth / retained, per the definitions above."""
+    if not mem:
+        return {k: None for k in ("start", "end", "peak", "peak_at_s", "after_cooldown",
+                                  "growth", "retained")}
+    t_first = mem[0][0]
+    by_kind = {k: [p for p in phase_list if p.get("kind") == k] for k in phases_mod.KINDS}
+    start = None
+    if by_kind["baseline"]:
+        b = by_kind["baseline"][0]
+        vals = samples_between(mem, b.get("start"), b.get("end"))
+        start = statistics.median(vals) if vals else None
+    if start is None and by_kind["step"]:
+        start = last_at_or_before(mem, by_kind["step"][0].get("start"))
+    load_phases = by_kind["drain"] or by_kind["step"]
+    end = last_at_or_before(mem, load_phases[-1].get("end")) if load_phases else None
+    after = None
+    if by_kind["cooldown"]:
+        c = by_kind["cooldown"][-1]
+        if c.get("end") is not None and not c.get("cut_short"):
+            vals = samples_between(mem, max(c["start"], c["end"] - COOLDOWN_TAIL_S), c["end"])
+            after = statistics.median(vals) if vals else None
+    peak_t, peak = max(mem, key=lambda s: s[1])
+    return {
+        "start": _r(start), "end": _r(end), "peak": _r(peak),
+        "peak_at_s": _r(peak_t - t_first), "after_cooldown": _r(after),
+        "growth": _r(end - start) if end is not None and start is not None else None,
+        "retained": _r(after - start) if after is not None and start is not None else None,
+    }
+
+
+def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
+                 phase_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    steps = []
+    drains = {p.get("index"): p for p in phase_list if p.get("kind") == "drain"}
+    for p in phase_list:
+        if p.get("kind") != "step":
+            continue
+        i, batch = p.get("index"), p.get("batch")
+        drain = drains.get(i)
+        stats = locust_aggregate(variant_dir / f"step{i}-b{batch}_stats.csv") or {}
+        t_end = (drain or p).get("end")
+        vals = samples_between(mem, p.get("start"), t_end)
+        steps.append({
+            "index": i, "batch": batch, "users": p.get("users"),
+            "seconds": _r((p["end"] - p["start"]) if p.get("end") else None),
+            "drain_seconds": _r((drain["end"] - drain["start"])
+                                if drain and drain.get("end") else None),
+            "requests": stats.get("requests"), "failures": stats.get("failures"),
+            "cut_off": p.get("cut_off"), "requests_started": p.get("requests_started"),
+            "rps": _r(stats.get("rps"), 2), "p50_ms": stats.get("p50_ms"),
+            "p95_ms": stats.get("p95_ms"), "p99_ms": stats.get("p99_ms"),
+            "images_per_s": _r(stats["rps"] * batch, 1)
+            if stats.get("rps") is not None and batch else None,
+            "mem_end_mb": _r(last_at_or_before(mem, t_end)),
+            "mem_peak_mb": _r(max(vals)) if vals else None,
+            "complete": bool(p.get("end")) and not p.get("cut_short")
+            and bool(drain and drain.get("end") and not drain.get("cut_short")),
+        })
+    return steps
+
+
+def summarize_variant(variant_dir: Path) -> dict[str, Any]:
+    """summary.json content for one variant folder."""
+    ph = phases_mod.load(variant_dir / "phases.json")
+    mp = parse_mprof(variant_dir / "mprofile.dat")
+    plist = ph.get("phases", [])
+    steps = step_figures(variant_dir, mp.mem, plist)
+    pauses = [p for p in plist if p.get("kind") == "pause"]
+
+    def total(key: str) -> int | None:
+        vals = [s[key] for s in steps if s.get(key) is not None]
+        return sum(vals) if vals else None
+
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "variant": ph.get("variant", variant_dir.name),
+        "status": ph.get("status"),
+        "stopped_in": ph.get("stopped_in"),
+        "error": (ph.get("error") or "").splitlines()[0] if ph.get("error") else None,
+        "memory_mb": memory_figures(mp.mem, plist),
+        "totals": {"requests": total("requests"), "failures": total("failures"),
+                   "cut_off": total("cut_off")},
+        "steps": steps,
+        "pauses_server_busy_s": [p.get("server_busy_s") for p in pauses],
+        "samples": {
+            "mem": len(mp.mem), "children": len(mp.children), "bad_lines": mp.bad_lines,
+            "first": mp.mem[0][0] if mp.mem else None, "last": mp.mem[-1][0] if mp.mem else None,
+        },
+        "startup_s": _r(ph["healthy"] - ph["server_start"])
+        if ph.get("healthy") and ph.get("server_start") else None,
+        "definitions": DEFINITIONS,
+        "sources": {"memory": "mprofile.dat", "phases": "phases.json",
+                    "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
+    }

@@ -1,0 +1,110 @@
+"""Things a run needs before any server starts: the model file and the sample images.
+
+Both are made locally and cached under build/: the model from a fixed seed by
+`python -m servers.model build` (TensorFlow is imported in that child, never in the harness),
+the images from matplotlib's bundled photograph. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infbench.config import Model, as_dict, fingerprint
+from infbench.launch import ROOT
+
+BUILD = ROOT / "build"
+IMAGE_COUNT = 24
+IMAGE_SEED = 1906  # Grace Hopper's birth year; any fixed value keeps the set reproducible
+
+
+class AssetError(Exception):
+    pass
+
+
+def model_path(model: Model, build_dir: Path = BUILD) -> Path:
+    if model.is_file:
+        return Path(model.path)
+    return build_dir / "models" / f"{model.name}-{fingerprint(model)}.keras"
+
+
+def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Path:
+    """Build the model once per spec (the file name carries a hash of the spec)."""
+    path = model_path(model, build_dir)
+    if model.is_file:
+        if not path.exists():
+            raise AssetError(f"model {model.name!r}: no file at {path}")
+        return path
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if log:
+        print(f"building model {model.name!r} ({model.description or model.arch}) ...",
+              flush=True)
+    argv = [sys.executable, "-m", "servers.model", "build", "--arch", model.arch,
+            "--input-size", str(model.input_size), "--classes", str(model.classes),
+            "--seed", str(model.seed), "--alpha", str(model.alpha), "--out", str(path)]
+    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                         env=_quiet_tf_env())
+    if res.returncode != 0 or not path.exists():
+        err = (res.stderr or res.stdout).strip().splitlines()
+        raise AssetError(f"building model {model.name!r} failed: {err[-1] if err else '?'}")
+    if log:
+        print("  " + res.stdout.strip().splitlines()[-1], flush=True)
+    (path.with_suffix(".json")).write_text(json.dumps(as_dict(model), indent=2) + "\n")
+    return path
+
+
+def _quiet_tf_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def images_dir(build_dir: Path = BUILD) -> Path:
+    return build_dir / "images"
+
+
+def ensure_images(build_dir: Path = BUILD, count: int = IMAGE_COUNT) -> list[Path]:
+    """JPEGs of varied size and quality, cut from matplotlib's sample photograph."""
+    out = images_dir(build_dir)
+    manifest = out / "images.json"
+    if manifest.exists():
+        names = json.loads(manifest.read_text()).get("files", [])
+        paths = [out / n for n in names]
+        if len(paths) == count and all(p.exists() for p in paths):
+            return paths
+    from matplotlib import cbook
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    sample = Path(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    photo = Image.open(io.BytesIO(sample.read_bytes())).convert("RGB")
+    rng = random.Random(IMAGE_SEED)
+    w, h = photo.size
+    paths = []
+    for i in range(count):
+        # A random crop (at least half of each side), resized to 160..720 px on the long side.
+        cw, ch = rng.randint(w // 2, w), rng.randint(h // 2, h)
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = photo.crop((x, y, x + cw, y + ch))
+        long_side = rng.randint(160, 720)
+        scale = long_side / max(cw, ch)
+        crop = crop.resize((max(8, round(cw * scale)), max(8, round(ch * scale))),
+                           Image.Resampling.BILINEAR)
+        p = out / f"sample_{i:02d}.jpg"
+        crop.save(p, "JPEG", quality=rng.randint(70, 95))
+        paths.append(p)
+    manifest.write_text(json.dumps({
+        "source": "matplotlib sample data grace_hopper.jpg",
+        "seed": IMAGE_SEED, "made": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": [p.name for p in paths],
+        "bytes": [p.stat().st_size for p in paths],
+    }, indent=2) + "\n")
+    return paths

@@ -1,0 +1,162 @@
+"""Command line: `python -m infbench list|build|run|report`. The makefile calls these.
+
+Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL, ...), so
+`make run PROFILE=quick` and `INFBENCH_PROFILE=quick python -m infbench run` agree.
+Exit codes: 0 done, 1 a config error or a failed variant, 2 usage, 130 Ctrl-C, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from infbench import assets, config, proc, report
+from infbench.launch import ROOT, LaunchError, get_launcher
+from infbench.run import Plan, run_study
+
+EXIT_FAILED = 1
+_signal_seen: list[int] = []
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(f"INFBENCH_{name}", default)
+
+
+def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # One shutdown path: SIGTERM goes the same way as Ctrl-C.
+    _signal_seen.append(signum)
+    raise KeyboardInterrupt
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infbench", description=__doc__.splitlines()[0])
+    p.add_argument("--experiments", default=_env("EXPERIMENTS", str(ROOT / "experiments.toml")),
+                   help="experiments file (env INFBENCH_EXPERIMENTS)")
+    p.add_argument("--results", default=_env("RESULTS", str(ROOT / "results")),
+                   help="results folder (env INFBENCH_RESULTS)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("list", help="list variants, profiles and models")
+
+    def selection(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("variants", nargs="*", help="variant names (default: the study's)")
+        sp.add_argument("--all", action="store_true", help="every variant in the file")
+        sp.add_argument("--model", default=_env("MODEL"), help="model preset (env INFBENCH_MODEL)")
+        sp.add_argument("--runtime", default=_env("RUNTIME", "native"),
+                        help="native (env INFBENCH_RUNTIME)")
+
+    b = sub.add_parser("build", help="build the model(s) and sample images a run needs")
+    selection(b)
+    r = sub.add_parser("run", help="run variants under a profile and write the report")
+    selection(r)
+    r.add_argument("--profile", default=_env("PROFILE"), help="profile (env INFBENCH_PROFILE)")
+    r.add_argument("--run-id", default=_env("RUN_ID"), help="name of the run folder")
+    rep = sub.add_parser("report", help="rebuild plots and tables of a (finished or "
+                         "interrupted) run from its files")
+    rep.add_argument("run", nargs="?", default=_env("RUN", "latest"),
+                     help="run id, 'latest' or a path")
+    return p
+
+
+def _select(exp: config.Experiments, args: argparse.Namespace) -> list[config.Variant]:
+    if args.all:
+        return list(exp.variants.values())
+    names = args.variants or list(exp.study_variants)
+    return [exp.variant(n) for n in names]
+
+
+def cmd_list(exp: config.Experiments) -> int:
+    print(f"variants ({exp.path.name}; * = in `make run`):")
+    for name, v in exp.variants.items():
+        mark = "*" if name in exp.study_variants else " "
+        print(f"  {mark} {name:32s} {v.description}")
+    print("profiles:")
+    for name, p in exp.profiles.items():
+        default = " (default)" if name == exp.study_profile else ""
+        print(f"    {name:32s} {p.description}{default}"
+              f" [up to ~{p.planned_seconds() / 60:.1f} min a variant]")
+    print("models:")
+    for name, m in exp.models.items():
+        default = " (default)" if name == exp.study_model else ""
+        print(f"    {name:32s} {m.description or m.path}{default}")
+    return 0
+
+
+def cmd_build(exp: config.Experiments, args: argparse.Namespace) -> int:
+    variants = _select(exp, args)
+    get_launcher(args.runtime)
+    images = assets.ensure_images()
+    print(f"sample images: {len(images)} JPEGs in {assets.images_dir()}")
+    done: set[str] = set()
+    for v in variants:
+        m = exp.model_for(v, args.model)
+        if m.name not in done:
+            path = assets.ensure_model(m)
+            print(f"model {m.name!r}: {path}")
+            done.add(m.name)
+        print(f"variant {v.name}: ready ({args.runtime}, model {m.name!r})")
+    return 0
+
+
+def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
+    variants = _select(exp, args)
+    profile = exp.profile(args.profile or exp.study_profile)
+    for v in variants:  # validate every model name before anything starts
+        exp.model_for(v, args.model)
+    get_launcher(args.runtime)
+    plan = Plan(experiments=exp, variants=variants, profile=profile,
+                model_override=args.model, runtime=args.runtime, results=Path(args.results),
+                run_id=args.run_id)
+    outcome = run_study(plan)
+    summary = report.build(outcome.run_dir)
+    print("\n".join(report.memory_table(summary["variants"])))
+    print(f"\nresults: {outcome.run_dir}/summary.md (plots: memory_overlay.png, "
+          f"<variant>/memory.png)")
+    if outcome.status == "interrupted":
+        print(f"interrupted in {summary['run'].get('stopped_in')}: what was measured is kept; "
+              f"`make report RUN={outcome.run_dir.name}` rebuilds this report")
+        return 143 if _signal_seen else 130
+    failed = [n for n, s in outcome.results.items() if s != "complete"]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see summary.md and <variant>/server.log)")
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = report.resolve_run(Path(args.results), args.run)
+    summary = report.build(run_dir)
+    print("\n".join(report.memory_table(summary["variants"])))
+    print(f"\nrebuilt {run_dir}/summary.md, summary.csv and plots "
+          f"(run status: {summary['run'].get('status')})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if args.cmd == "report":
+            return cmd_report(args)
+        exp = config.load(args.experiments)
+        if args.cmd == "list":
+            return cmd_list(exp)
+        if args.cmd == "build":
+            return cmd_build(exp, args)
+        return cmd_run(exp, args)
+    except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError) as e:
+        print(f"infbench: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("infbench: interrupted", file=sys.stderr)
+        return 143 if _signal_seen else 130
+    finally:
+        proc.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Experiments as data: experiments.toml loaded into frozen dataclasses.
+
+Every problem is a `ConfigError` with one line that names the file, the table and the key, so
+the CLI can print it and exit 1 before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SERVERS = ("uvicorn", "gunicorn", "hypercorn", "command")
+APPS = ("fastapi", "starlette")
+ENDPOINTS = ("sync", "async")
+CALL_STYLES = ("predict", "predict_on_batch", "call")
+
+
+class ConfigError(Exception):
+    """A one-line, user-facing configuration problem."""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    description: str = ""
+    arch: str = ""
+    input_size: int = 0
+    classes: int = 1000
+    seed: int = 0
+    alpha: float = 1.0
+    path: str = ""
+
+    @property
+    def is_file(self) -> bool:
+        """A user's own model file, rather than one we build."""
+        return bool(self.path)
+
+
+@dataclass(frozen=True)
+class Step:
+    batch: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    steps: tuple[Step, ...]
+    users: int
+    spawn_rate: float
+    description: str = ""
+    baseline: float = 10.0
+    pause: float = 15.0
+    cooldown: float = 30.0
+    drain_timeout: float = 20.0
+    request_timeout: float = 60.0
+    wait: tuple[float, float] = (0.0, 1.0)
+    sample_interval: float = 0.1
+
+    def planned_seconds(self) -> float:
+        """Upper bound of load + pauses for one variant (drains at their timeout)."""
+        per_step = sum(s.seconds + self.drain_timeout + self.pause for s in self.steps)
+        return self.baseline + per_step + self.cooldown
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    server: str
+    description: str = ""
+    app: str = "starlette"
+    endpoint: str = "sync"
+    thread_limit: int = 0
+    workers: int = 1
+    call: str = "predict"
+    model: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] = ()
+    health_path: str = "/health"
+    startup_timeout: float = 180.0
+
+    def __hash__(self) -> int:  # env is a dict; hash what identifies the variant
+        return hash(self.name)
+
+
+@dataclass(frozen=True)
+class Experiments:
+    path: Path
+    models: dict[str, Model]
+    profiles: dict[str, Profile]
+    variants: dict[str, Variant]
+    study_variants: tuple[str, ...]
+    study_profile: str
+    study_model: str
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise ConfigError(
+                f"unknown variant {name!r} (known: {', '.join(sorted(self.variants))})"
+            )
+        return self.variants[name]
+
+    def profile(self, name: str) -> Profile:
+        if name not in self.profiles:
+            raise ConfigError(
+                f"unknown profile {name!r} (known: {', '.join(sorted(self.profiles))})"
+            )
+        return self.profiles[name]
+
+    def model(self, name: str) -> Model:
+        if name not in self.models:
+            raise ConfigError(f"unknown model {name!r} (known: {', '.join(sorted(self.models))})")
+        return self.models[name]
+
+    def model_for(self, variant: Variant, override: str = "") -> Model:
+        """The command line's MODEL= wins, then the variant's own model, then the study's."""
+        return self.model(override or variant.model or self.study_model)
+
+
+def _type_name(expected: Any) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return str(expected.__name__)
+
+
+def _check(where: str, key: str, value: Any, expected: Any) -> Any:
+    # bool is an int in Python; a TOML `true` where a number belongs is still a mistake.
+    bad_bool = isinstance(value, bool) and bool not in (
+        expected if isinstance(expected, tuple) else (expected,)
+    )
+    if bad_bool or not isinstance(value, expected):
+        raise ConfigError(
+            f"{where}.{key}: expected {_type_name(expected)}, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    return value
+
+
+def _fields(
+    where: str, table: Any, spec: dict[str, Any], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Check a TOML table against {key: type}; reject unknown keys and missing required ones."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - set(spec))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(spec))})"
+        )
+    missing = [k for k in required if k not in table]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {missing[0]!r}")
+    return {k: _check(where, k, v, spec[k]) for k, v in table.items()}
+
+
+def _positive(where: str, key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{where}.{key}: must be {bound}, got {value!r}")
+
+
+def _one_of(where: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}.{key}: {value!r} is not one of {', '.join(choices)}")
+
+
+NUM = (int, float)
+
+
+def _load_model(name: str, table: Any, base: Path) -> Model:
+    where = f"models.{name}"
+    spec = {"description": str, "arch": str, "input_size": int, "classes": int, "seed": int,
+            "alpha": NUM, "path": str}
+    values = _fields(where, table, spec)
+    if "path" in values:
+        p = Path(values["path"]).expanduser()
+        values["path"] = str(p if p.is_absolute() else (base / p))
+    elif "arch" not in values or "input_size" not in values:
+        raise ConfigError(f"{where}: needs either 'path' (your model file) or 'arch' and "
+                          "'input_size' (a model we build)")
+    else:
+        _positive(where, "input_size", values["input_size"])
+        _positive(where, "classes", values.get("classes", 1000))
+    if "alpha" in values:
+        values["alpha"] = float(values["alpha"])
+    return Model(name=name, **values)
+
+
+def _load_profile(name: str, table: Any) -> Profile:
+    where = f"profiles.{name}"
+    spec = {"description": str, "users": int, "spawn_rate": NUM, "steps": list,
+            "baseline": NUM, "pause": NUM, "cooldown": NUM, "drain_timeout": NUM,
+            "request_timeout": NUM, "wait": list, "sample_interval": NUM}
+    values = _fields(where, table, spec, required=("users", "spawn_rate", "steps"))
+    steps: list[Step] = []
+    if not values["steps"]:
+        raise ConfigError(f"{where}.steps: needs at least one step")
+    for i, raw in enumerate(values["steps"]):
+        s = _fields(f"{where}.steps[{i}]", raw, {"batch": int, "seconds": NUM},
+                    required=("batch", "seconds"))
+        _positive(f"{where}.steps[{i}]", "batch", s["batch"])
+        _positive(f"{where}.steps[{i}]", "seconds", s["seconds"])
+        steps.append(Step(batch=s["batch"], seconds=float(s["seconds"])))
+    values["steps"] = tuple(steps)
+    _positive(where, "users", values["users"])
+    _positive(where, "spawn_rate", values["spawn_rate"])
+    for key in ("baseline", "pause", "cooldown", "drain_timeout"):
+        if key in values:
+            _positive(where, key, values[key], allow_zero=True)
+    for key in ("request_timeout", "sample_interval"):
+        if key in values:
+            _positive(where, key, values[key])
+    if "wait" in values:
+        w = values["wait"]
+        if len(w) != 2 or not all(isinstance(x, NUM) and not isinstance(x, bool) for x in w) \
+                or not 0 <= w[0] <= w[1]:
+            raise ConfigError(f"{where}.wait: expected [min, max] seconds with 0 <= min <= max, "
+                              f"got {w!r}")
+        values["wait"] = (float(w[0]), float(w[1]))
+    for key in ("spawn_rate", "baseline", "pause", "cooldown", "drain_timeout",
+                "request_timeout", "sample_interval"):
+        if key in values:
+            values[key] = float(values[key])
+    return Profile(name=name, **values)
+
+
+def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
+    where = f"variants.{name}"
+    spec = {"description": str, "server": str, "app": str, "endpoint": str,
+            "thread_limit": int, "workers": int, "call": str, "model": str, "env": dict,
+            "command": list, "health_path": str, "startup_timeout": NUM}
+    values = _fields(where, table, spec, required=("server",))
+    _one_of(where, "server", values["server"], SERVERS)
+    _one_of(where, "app", values.get("app", "starlette"), APPS)
+    _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
+    _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)
+    _positive(where, "thread_limit", values.get("thread_limit", 0), allow_zero=True)
+    _positive(where, "workers", values.get("workers", 1))
+    if "startup_timeout" in values:
+        _positive(where, "startup_timeout", values["startup_timeout"])
+        values["startup_timeout"] = float(values["startup_timeout"])
+    env = values.get("env", {})
+    for k, v in env.items():
+        _check(f"{where}.env", k, v, str)
+    if values["server"] == "command":
+        cmd = values.get("command", [])
+        if not cmd:
+            raise ConfigError(f"{where}.command: server = 'command' needs a command list")
+        for i, part in enumerate(cmd):
+            _check(f"{where}.command", f"[{i}]", part, str)
+        values["command"] = tuple(cmd)
+    elif "command" in values:
+        raise ConfigError(f"{where}.command: only used with server = 'command'")
+    if values.get("model") and values["model"] not in models:
+        raise ConfigError(f"{where}.model: unknown model {values['model']!r} "
+                          f"(known: {', '.join(sorted(models))})")
+    return Variant(name=name, **values)
+
+
+def load(path: Path | str) -> Experiments:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return _build(path, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _build(path: Path, raw: dict[str, Any]) -> Experiments:
+    top = _fields("(top level)", raw, {"study": dict, "models": dict, "profiles": dict,
+                                       "variants": dict}, required=("variants",))
+    models = {n: _load_model(n, t, path.parent) for n, t in top.get("models", {}).items()}
+    profiles = {n: _load_profile(n, t) for n, t in top.get("profiles", {}).items()}
+    variants = {n: _load_variant(n, t, models) for n, t in top["variants"].items()}
+    study = _fields("study", top.get("study", {}),
+                    {"variants": list, "profile": str, "model": str})
+    study_variants = tuple(study.get("variants", list(variants)))
+    for v in study_variants:
+        if v not in variants:
+            raise ConfigError(f"study.variants: unknown variant {v!r}")
+    profile = study.get("profile", next(iter(profiles), ""))
+    model = study.get("model", next(iter(models), ""))
+    if profile not in profiles:
+        raise ConfigError(f"study.profile: unknown profile {profile!r}")
+    if model not in models:
+        raise ConfigError(f"study.model: unknown model {model!r}")
+    return Experiments(path=path, models=models, profiles=profiles, variants=variants,
+                       study_variants=study_variants, study_profile=profile, study_model=model)
+
+
+def as_dict(obj: Any) -> Any:
+    """A dataclass (or tuple of them) as plain JSON-able data, for manifests."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [as_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: as_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of what would make two runs incomparable (profile, model, machine)."""
+    blob = json.dumps([as_dict(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:6]

@@ -1,0 +1,93 @@
+"""The load driver: one headless Locust process per step, in its own process group."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infbench import proc
+from infbench.config import Profile, Step
+from infbench.launch import ROOT
+
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+
+
+def step_name(index: int, step: Step) -> str:
+    """File prefix of a step's Locust artifacts, e.g. step1-b10."""
+    return f"step{index}-b{step.batch}"
+
+
+def locust_argv(profile: Profile, step: Step, host: str, prefix: Path,
+                python: str = sys.executable, locustfile: Path = LOCUSTFILE) -> list[str]:
+    # --stop-timeout lets in-flight requests finish after the step (the drain); Locust kills
+    # what is still running after it, and the locustfile counts those as cut off.
+    return [
+        python, "-m", "locust", "-f", str(locustfile), "--headless",
+        "--host", host,
+        "--users", str(profile.users), "--spawn-rate", f"{profile.spawn_rate:g}",
+        "--run-time", f"{max(1, math.ceil(step.seconds))}s",
+        "--stop-timeout", f"{profile.drain_timeout:g}",
+        "--csv", str(prefix), "--html", f"{prefix}.html",
+        "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
+    ]
+
+
+def locust_env(profile: Profile, step: Step, images: Path, counts: Path,
+               path: str = "/predict") -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "INFBENCH_IMAGES": str(images),
+        "INFBENCH_BATCH": str(step.batch),
+        "INFBENCH_PATH": path,
+        "INFBENCH_WAIT_MIN": f"{profile.wait[0]:g}",
+        "INFBENCH_WAIT_MAX": f"{profile.wait[1]:g}",
+        "INFBENCH_REQUEST_TIMEOUT": f"{profile.request_timeout:g}",
+        "INFBENCH_COUNTS": str(counts),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@dataclass
+class StepLoad:
+    """A running Locust step, and what its counters say so far."""
+
+    group: proc.Group
+    counts_path: Path
+    launched: float
+    _last: tuple[float, int] | None = None
+    rps: float = 0.0
+
+    def counts(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.counts_path.read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
+
+    def update_rate(self) -> float:
+        """Requests finished per second since the last call (a live figure, not a result)."""
+        c = self.counts()
+        now, done = time.monotonic(), int(c.get("finished", 0))
+        if self._last is not None and now - self._last[0] >= 1.0:
+            self.rps = (done - self._last[1]) / (now - self._last[0])
+            self._last = (now, done)
+        elif self._last is None:
+            self._last = (now, done)
+        return self.rps
+
+
+def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Path,
+               images: Path, path: str = "/predict") -> StepLoad:
+    prefix = out_dir / step_name(index, step)
+    counts = out_dir / f"{step_name(index, step)}_counts.json"
+    group = proc.Group(locust_argv(profile, step, host, prefix),
+                       log_path=out_dir / f"{step_name(index, step)}_locust.log",
+                       env=locust_env(profile, step, images, counts, path), cwd=ROOT)
+    return StepLoad(group=group, counts_path=counts, launched=time.time())

@@ -1,0 +1,105 @@
+"""Memory-over-time plots: one per variant with its phases shaded, and one overlay of all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or in CI
+import matplotlib.pyplot as plt
+
+from infbench.analysis import Mprof
+
+STEP_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
+
+
+def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float, label_y: float) -> None:
+    batches: list[Any] = []
+    for p in phase_list:
+        if p.get("start") is None or p.get("end") is None:
+            continue
+        a, b = p["start"] - t0, p["end"] - t0
+        kind = p.get("kind")
+        if kind == "step":
+            if p.get("batch") not in batches:
+                batches.append(p.get("batch"))
+            color = STEP_COLORS[batches.index(p.get("batch")) % len(STEP_COLORS)]
+            ax.axvspan(a, b, color=color, alpha=0.18, lw=0)
+            ax.text((a + b) / 2, label_y, f"{p.get('batch')} img/req", ha="center", va="top",
+                     fontsize=8, color=color, fontweight="bold")
+        elif kind == "drain":
+            ax.axvspan(a, b, color="#999999", alpha=0.15, lw=0, hatch="///")
+        elif kind in ("baseline", "cooldown"):
+            ax.axvspan(a, b, color="#cccccc", alpha=0.25, lw=0)
+            ax.text((a + b) / 2, label_y, kind, ha="center", va="top", fontsize=7,
+                    color="#666666")
+
+
+def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out: Path,
+                 title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
+    if mp.mem:
+        t0 = mp.mem[0][0]
+        xs = [t - t0 for t, _ in mp.mem]
+        ys = [m for _, m in mp.mem]
+        top = max(ys) * 1.12
+        ax.set_ylim(0, top)
+        _shade(ax, phases.get("phases", []), t0, top * 0.99)
+        ax.plot(xs, ys, color="black", lw=1.2, label="server + children (mprof MEM)")
+        if len(mp.children) > 1:
+            for n, (idx, series) in enumerate(sorted(mp.children.items())):
+                ax.plot([t - t0 for t, _ in series], [m for _, m in series], lw=0.7,
+                        alpha=0.7, label=f"child {idx}" if n < 4 else None)
+        mem = summary.get("memory_mb", {})
+        if mem.get("start") is not None:
+            ax.axhline(mem["start"], color="#2a9d8f", ls=":", lw=1)
+            ax.annotate(f"start {mem['start']:.0f} MB", (xs[0], mem["start"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8, color="#2a9d8f")
+        if mem.get("peak") is not None and mem.get("peak_at_s") is not None:
+            ax.plot([mem["peak_at_s"]], [mem["peak"]], "v", color="#c44e52")
+            ax.annotate(f"peak {mem['peak']:.0f} MB", (mem["peak_at_s"], mem["peak"]),
+                        textcoords="offset points", xytext=(4, 6), fontsize=8, color="#c44e52")
+        if mem.get("end") is not None:
+            end_phases = [p for p in phases.get("phases", [])
+                          if p.get("kind") in ("drain", "step") and p.get("end")]
+            if end_phases:
+                te = end_phases[-1]["end"] - t0
+                ax.plot([te], [mem["end"]], "o", color="#e76f51")
+                ax.annotate(f"end {mem['end']:.0f} MB", (te, mem["end"]),
+                            textcoords="offset points", xytext=(4, -12), fontsize=8,
+                            color="#e76f51")
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no memory samples", ha="center", transform=ax.transAxes)
+    status = phases.get("status")
+    ax.set_title(title + ("" if status == "complete" else f"  [{status}]"), fontsize=11)
+    ax.set_xlabel("seconds since server start")
+    ax.set_ylabel("memory (MB)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def overlay_plot(series: list[tuple[str, Mprof]], out: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+    for n, (name, mp) in enumerate(series):
+        if not mp.mem:
+            continue
+        t0 = mp.mem[0][0]
+        ax.plot([t - t0 for t, _ in mp.mem], [m for _, m in mp.mem], lw=1.2, label=name,
+                color=plt.get_cmap("tab10")(n % 10))
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel("seconds since server start")
+    ax.set_ylabel("memory (MB, server + children)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if any(mp.mem for _, mp in series):
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,164 @@
+"""The report of a run folder: summary.json per variant, summary.md/.csv and plots per run.
+
+Reads only files, so it works the same on a finished run, an interrupted one, or a run copied
+from another machine (`make report RUN=<run-id>`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from infbench import analysis, phases, plots
+from infbench.phases import write_json
+
+CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
+
+
+class ReportError(Exception):
+    pass
+
+
+def resolve_run(results: Path, run: str) -> Path:
+    """A run id, 'latest', or a path to a run folder."""
+    candidate = Path(run)
+    if candidate.is_dir() and (candidate / "run.json").exists():
+        return candidate
+    d = results / run
+    if d.is_dir() and (d / "run.json").exists():
+        return d.resolve() if run == "latest" else d
+    runs = sorted(p.parent.name for p in results.glob("*/run.json")) if results.exists() else []
+    hint = f" (recent: {', '.join(runs[-3:])})" if runs else ""
+    raise ReportError(f"no run {run!r} under {results}{hint}")
+
+
+def variant_dirs(run_dir: Path) -> list[Path]:
+    info = json.loads((run_dir / "run.json").read_text())
+    order = info.get("variants", [])
+    found = [run_dir / v for v in order if (run_dir / v / "phases.json").exists()]
+    extra = sorted(p.parent for p in run_dir.glob("*/phases.json") if p.parent not in found)
+    return found + extra
+
+
+def _fmt(x: Any, nd: int = 0) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+,.0f}"
+
+
+def build(run_dir: Path) -> dict[str, Any]:
+    """(Re)write every derived file of a run; returns the run-level summary."""
+    info = json.loads((run_dir / "run.json").read_text())
+    rows = []
+    series = []
+    for vd in variant_dirs(run_dir):
+        s = analysis.summarize_variant(vd)
+        write_json(vd / "summary.json", s)
+        ph = phases.load(vd / "phases.json")
+        mp = analysis.parse_mprof(vd / "mprofile.dat")
+        plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time")
+        series.append((s["variant"], mp))
+        rows.append(s)
+    title = f"{info.get('run_id', run_dir.name)}: memory, all variants (profile " \
+            f"{info.get('profile')}, model {', '.join(info.get('models', []))})"
+    plots.overlay_plot(series, run_dir / "memory_overlay.png", title)
+    _write_csv(run_dir / "summary.csv", rows)
+    (run_dir / "summary.md").write_text(markdown(info, rows))
+    return {"run": info, "variants": rows}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    batches: list[tuple[int, int]] = []
+    for r in rows:
+        for st in r["steps"]:
+            key = (st["index"], st["batch"])
+            if key not in batches:
+                batches.append(key)
+    header = ["variant", "status"] + [f"{k}_mb" for k in CSV_MEMORY] + \
+        ["requests", "failures", "cut_off"]
+    for i, b in batches:
+        header += [f"s{i}_b{b}_{k}" for k in ("requests", "failures", "cut_off", "rps",
+                                               "p50_ms", "p95_ms", "mem_end_mb")]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            line: list[Any] = [r["variant"], r["status"]]
+            line += [r["memory_mb"].get(k) for k in CSV_MEMORY]
+            line += [r["totals"].get(k) for k in ("requests", "failures", "cut_off")]
+            by_key = {(s["index"], s["batch"]): s for s in r["steps"]}
+            for key in batches:
+                s = by_key.get(key, {})
+                line += [s.get(k) for k in ("requests", "failures", "cut_off", "rps",
+                                            "p50_ms", "p95_ms", "mem_end_mb")]
+            w.writerow(["" if x is None else x for x in line])
+
+
+def memory_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| variant | after API start (MB) | after test (MB) | growth (MB) | peak (MB) | "
+           "after cooldown (MB) | requests | failures | cut off | status |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        m, t = r["memory_mb"], r["totals"]
+        out.append(f"| {r['variant']} | {_fmt(m['start'])} | {_fmt(m['end'])} | "
+                   f"{_signed(m['growth'])} | {_fmt(m['peak'])} | {_fmt(m['after_cooldown'])} | "
+                   f"{_fmt(t['requests'])} | {_fmt(t['failures'])} | {_fmt(t['cut_off'])} | "
+                   f"{r['status']} |")
+    return out
+
+
+def steps_table(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| variant | step | img/req | requests | failures | cut off | req/s | img/s | "
+           "p50 (ms) | p95 (ms) | MB at end |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        for s in r["steps"]:
+            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {_fmt(s['requests'])} "
+                       f"| {_fmt(s['failures'])} | {_fmt(s['cut_off'])} | {_fmt(s['rps'], 2)} | "
+                       f"{_fmt(s['images_per_s'], 1)} | {_fmt(s['p50_ms'])} | "
+                       f"{_fmt(s['p95_ms'])} | {_fmt(s['mem_end_mb'])} |")
+    return out
+
+
+def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    m = info.get("machine", {})
+    started = info.get("started")
+    lines = [f"# infbench run {info.get('run_id')}", ""]
+    lines.append(f"- status: **{info.get('status')}**"
+                 + (f" (stopped in {info['stopped_in']})" if info.get("stopped_in") else ""))
+    lines.append(f"- profile: `{info.get('profile')}`, model: "
+                 f"`{', '.join(info.get('models', []))}`, runtime: `{info.get('runtime')}`")
+    if started:
+        lines.append(f"- started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
+                     f", wall time {_fmt(info.get('wall_seconds'))} s")
+    lines.append(f"- machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('memory_gib')} GiB, "
+                 f"Python {m.get('python')}, {m.get('platform')}")
+    git = info.get("git", {})
+    if git.get("revision"):
+        lines.append(f"- git: `{git['revision'][:12]}`" + (" (dirty)" if git.get("dirty") else ""))
+    lines += ["", "## Memory (server + children, mprof)", "", *memory_table(rows)]
+    lines += ["", "## Load per step (Locust)", "", *steps_table(rows)]
+    problems = [r for r in rows if r["status"] != "complete"]
+    if problems:
+        lines += ["", "## Not complete", ""]
+        for r in problems:
+            lines.append(f"- **{r['variant']}**: {r['status']}"
+                         + (f" in {r['stopped_in']}" if r.get("stopped_in") else "")
+                         + (f": {r['error']}" if r.get("error") else ""))
+    lines += ["", "## Definitions", ""]
+    lines += [f"- **{k}**: {v}" for k, v in analysis.DEFINITIONS.items()]
+    lines += ["- **cut off**: requests still in flight when a step's drain timeout ended "
+              "(started - finished, counted by the locustfile; Locust itself drops them)",
+              "", "Plots: `memory_overlay.png` here, `<variant>/memory.png` per variant. "
+              "Raw data: `<variant>/mprofile.dat` (`mprof plot` reads it), `phases.json`, "
+              "Locust `step*_stats*.csv` / `.html`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,430 @@
+"""A run: each variant's server under mprof, the profile's steps of Locust load, phases on disk.
+
+The flow for one variant (see DESIGN.md):
+  start server (own process group, under mprof) -> wait healthy -> baseline
+  -> for each step: Locust (CSV + HTML) -> drain in-flight requests -> pause
+  -> cooldown -> stop server (always, on every exit path)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import psutil
+
+from infbench import assets, manifest, proc
+from infbench.config import Experiments, Model, Profile, Variant, as_dict, fingerprint
+from infbench.launch import (
+    LaunchError,
+    Server,
+    ServerSpec,
+    free_port,
+    get_launcher,
+    wait_healthy,
+)
+from infbench.load import StepLoad, start_step
+from infbench.phases import PhaseLog, write_json
+
+# Version of run.json. 1: first version.
+RUN_SCHEMA = 1
+STARTUP_ESTIMATE_S = 20.0
+MAX_IMAGES_DEFAULT = 128
+
+
+class ServerDied(Exception):
+    pass
+
+
+class LoadError(Exception):
+    pass
+
+
+@dataclass
+class Plan:
+    experiments: Experiments
+    variants: list[Variant]
+    profile: Profile
+    model_override: str = ""
+    runtime: str = "native"
+    results: Path = Path("results")
+    run_id: str = ""
+
+    def model_of(self, v: Variant) -> Model:
+        return self.experiments.model_for(v, self.model_override)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Let cleanup finish: a second Ctrl-C during it is noted, not obeyed mid-way."""
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda n, _f: got.append(n))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def tree_rss_mb(server: Server) -> float:
+    total = 0
+    for p in server.processes():
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def fmt_duration(s: float) -> str:
+    s = max(0, int(s))
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+@dataclass
+class Progress:
+    """One live line: variant, phase, elapsed / ETA, current RSS and requests/s.
+
+    On a terminal it rewrites itself in place; in a log (CI, a pipe) it prints a line every
+    `every` seconds so the log stays readable.
+    """
+
+    n_variants: int
+    per_variant_s: float
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    every: float = 10.0
+    started: float = field(default_factory=time.monotonic)
+    _last_print: float = 0.0
+    _width: int = 0
+
+    @property
+    def tty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, index: int, variant: str, label: str, phase_elapsed: float,
+               phase_total: float | None, variant_elapsed: float, rss_mb: float | None,
+               rps: float | None) -> None:
+        now = time.monotonic()
+        if not self.tty and now - self._last_print < self.every:
+            return
+        self._last_print = now
+        left_this = max(0.0, self.per_variant_s - variant_elapsed)
+        if phase_total is not None:
+            left_this = max(left_this, phase_total - phase_elapsed)
+        eta = left_this + (self.n_variants - index) * self.per_variant_s
+        parts = [f"[{index}/{self.n_variants} {variant}]", label]
+        parts.append(f"{fmt_duration(phase_elapsed)}"
+                     + (f"/{fmt_duration(phase_total)}" if phase_total else ""))
+        parts.append(f"run {fmt_duration(now - self.started)}, ETA ~{fmt_duration(eta)}")
+        if rss_mb is not None:
+            parts.append(f"RSS {rss_mb:,.0f} MB")
+        if rps is not None:
+            parts.append(f"{rps:.1f} req/s")
+        line = " | ".join(parts)
+        if self.tty:
+            pad = max(0, self._width - len(line))
+            self.stream.write("\r" + line + " " * pad)
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def say(self, text: str) -> None:
+        if self.tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def new_run_dir(results: Path, profile: Profile, model_names: list[str],
+                run_id: str = "") -> Path:
+    """A fresh folder per run; the id carries a hash of what makes runs comparable."""
+    results.mkdir(parents=True, exist_ok=True)
+    if not run_id:
+        tag = fingerprint(profile, sorted(model_names), manifest.machine_class())
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.name}-{tag}"
+    for n in range(100):
+        candidate = results / (run_id if n == 0 else f"{run_id}.{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not make a new run folder under {results}")
+
+
+def _update_latest(results: Path, run_dir: Path) -> None:
+    link = results / "latest"
+    with contextlib.suppress(OSError):
+        if link.is_symlink() or not link.exists():
+            tmp = results / ".latest.tmp"
+            if tmp.is_symlink():
+                tmp.unlink()
+            tmp.symlink_to(run_dir.name)
+            tmp.replace(link)
+
+
+class VariantRun:
+    """One variant under one profile: the loop that owns its server and load processes."""
+
+    def __init__(self, plan: Plan, variant: Variant, index: int, out_dir: Path,
+                 progress: Progress, images: Path, model_path: Path) -> None:
+        self.plan = plan
+        self.v = variant
+        self.index = index
+        self.out = out_dir
+        self.progress = progress
+        self.images = images
+        self.model_path = model_path
+        self.profile = plan.profile
+        self.log = PhaseLog(out_dir / "phases.json", variant.name)
+        self.server: Server | None = None
+        self.load: StepLoad | None = None
+        self.t0 = time.monotonic()
+
+    # -- the loop ------------------------------------------------------------------------
+    def execute(self) -> str:
+        try:
+            self._run()
+            self.log.finish("complete")
+            return "complete"
+        except KeyboardInterrupt:
+            self.log.finish("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+            raise
+        except (ServerDied, LaunchError, LoadError) as e:
+            self.log.finish("failed", str(e))
+            self.progress.say(f"  FAILED {self.v.name}: {e}")
+            return "failed"
+        except BaseException as e:
+            self.log.finish("failed", f"harness error: {e!r}")
+            raise
+        finally:
+            with signals_deferred():
+                self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.load is not None:
+            self.load.group.stop(grace=2.0)
+        if self.server is not None:
+            self.server.stop()
+            self.log.mark("server_stop")
+
+    def _run(self) -> None:
+        p = self.profile
+        spec = ServerSpec(variant=self.v, model_path=self.model_path, port=free_port(),
+                          out_dir=self.out, sample_interval=p.sample_interval,
+                          max_images=max(MAX_IMAGES_DEFAULT, *(s.batch for s in p.steps)))
+        self.log.mark("server_start")
+        self.server = get_launcher(self.plan.runtime).start(spec)
+        write_json(self.out / "server.json", self.server.info())
+        started = time.monotonic()
+        try:
+            health = wait_healthy(
+                self.server, self.v.startup_timeout,
+                on_tick=lambda: self._tick("starting", time.monotonic() - started, None))
+        except LaunchError as e:
+            raise LaunchError(f"{e}\n--- tail of {self.out / 'server.log'} ---\n"
+                              f"{proc.tail(self.out / 'server.log')}") from None
+        self.log.mark("healthy")
+        self.log.data["health"] = health
+        write_json(self.out / "server.json", {**self.server.info(), "health": health})
+        self._hold("baseline", p.baseline, "baseline")
+        for i, step in enumerate(p.steps, start=1):
+            self._step(i, step.batch, step.seconds)
+            if p.pause:
+                self._hold("pause", p.pause, f"pause {i}/{len(p.steps)}", index=i,
+                           batch=step.batch)
+        self._hold("cooldown", p.cooldown, "cooldown")
+
+    # -- pieces --------------------------------------------------------------------------
+    def _check_server(self) -> None:
+        assert self.server is not None
+        if not self.server.alive():
+            where = self.log.current
+            label = f" during {where['kind']}" if where else ""
+            raise ServerDied(
+                f"server exited (code {self.server.exit_code()}){label}\n"
+                f"--- tail of {self.out / 'server.log'} ---\n{proc.tail(self.out / 'server.log')}")
+
+    def _rss(self) -> float | None:
+        return tree_rss_mb(self.server) if self.server is not None else None
+
+    def _tick(self, label: str, elapsed: float, total: float | None,
+              rps: float | None = None) -> None:
+        self.progress.update(self.index, self.v.name, label, elapsed, total,
+                             time.monotonic() - self.t0, self._rss(), rps)
+
+    def _hold(self, kind: str, seconds: float, label: str, **fields: Any) -> None:
+        """An idle phase; the server is watched, and how long it stayed busy is recorded."""
+        phase = self.log.begin(kind, **fields, planned=seconds)
+        start = time.monotonic()
+        cpu = CpuWatch(self.server)
+        while (left := seconds - (time.monotonic() - start)) > 0:
+            self._check_server()
+            cpu.sample()
+            self._tick(label, time.monotonic() - start, seconds)
+            time.sleep(min(0.5, left))
+        self._check_server()
+        phase["server_busy_s"] = cpu.busy_seconds(start)
+        self.log.end()
+
+    def _step(self, i: int, batch: int, seconds: float) -> None:
+        assert self.server is not None
+        n = len(self.profile.steps)
+        self.load = start_step(self.profile, self.profile.steps[i - 1], i, self.server.url,
+                               self.out, self.images)
+        step = self.log.begin("step", index=i, batch=batch, planned=seconds,
+                              users=self.profile.users)
+        drain_started = False
+        while self.load.group.poll() is None:
+            self._check_server()
+            c = self.load.counts()
+            if c.get("test_start") and step.get("load_start") is None:
+                step["load_start"] = c["test_start"]
+            if c.get("test_stopping") and not drain_started:
+                drain_started = True
+                self.log.end(t=c["test_stopping"])
+                self.log.begin("drain", t=c["test_stopping"], index=i, batch=batch,
+                               planned=self.profile.drain_timeout)
+            rps = self.load.update_rate()
+            if drain_started:
+                label = f"drain {i}/{n} (b{batch}), {c.get('started', 0) - c.get('finished', 0)}" \
+                        " in flight"
+                self._tick(label, time.time() - c["test_stopping"], self.profile.drain_timeout,
+                           rps)
+            else:
+                t = time.time() - (c.get("test_start") or self.load.launched)
+                self._tick(f"step {i}/{n} (b{batch})", t, seconds, rps)
+            time.sleep(0.5)
+        code = self.load.group.stop(grace=2.0)
+        c = self.load.counts()
+        self.load = None
+        if not c:
+            raise LoadError(f"Locust ended (code {code}) without writing its counters; see "
+                            f"{self.out / f'step{i}-b{batch}_locust.log'}:\n"
+                            f"{proc.tail(self.out / f'step{i}-b{batch}_locust.log', 10)}")
+        started, finished = int(c.get("started", 0)), int(c.get("finished", 0))
+        counts = {"requests_started": started, "requests_finished": finished,
+                  "requests_failed": int(c.get("failed", 0)), "cut_off": started - finished,
+                  "locust_exit_code": code}
+        if not drain_started:  # Locust ended without a stopping event (e.g. it crashed)
+            self.log.end(**counts)
+        else:
+            step.update(counts)
+            self.log.end(cut_off=started - finished)
+        self._check_server()
+
+
+class CpuWatch:
+    """Samples the server's CPU during a pause: a server still busy with abandoned requests
+    after the load has gone is part of the result, not noise to hide."""
+
+    IDLE_FRACTION = 0.10  # of one core
+
+    def __init__(self, server: Server | None) -> None:
+        self.server = server
+        self.samples: list[tuple[float, float]] = []  # (monotonic, cpu seconds)
+
+    def sample(self) -> None:
+        if self.server is None:
+            return
+        total = 0.0
+        for p in self.server.processes():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        self.samples.append((time.monotonic(), total))
+
+    def busy_seconds(self, start: float) -> float | None:
+        """Seconds from the phase start until the first ~1 s window under IDLE_FRACTION."""
+        s = self.samples
+        for a in range(len(s)):
+            for b in range(a + 1, len(s)):
+                if s[b][0] - s[a][0] >= 0.9:
+                    if (s[b][1] - s[a][1]) / (s[b][0] - s[a][0]) < self.IDLE_FRACTION:
+                        return round(s[a][0] - start, 1)
+                    break
+        return None
+
+
+def prepare(plan: Plan, say: Callable[[str], None]) -> tuple[Path, dict[str, Path]]:
+    images = assets.ensure_images()
+    say(f"sample images: {len(images)} JPEGs in {assets.images_dir()}")
+    models: dict[str, Path] = {}
+    for v in plan.variants:
+        m = plan.model_of(v)
+        if m.name not in models:
+            models[m.name] = assets.ensure_model(m)
+    return assets.images_dir(), models
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    results: dict[str, str]
+    status: str  # complete | interrupted | failed
+
+
+def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
+    """Run every planned variant. Ctrl-C/SIGTERM (as KeyboardInterrupt) stops the run: what
+    was measured is kept, everything started is ended, and the outcome says `interrupted`."""
+    stream = stream or sys.stdout
+    per_variant = plan.profile.planned_seconds() + STARTUP_ESTIMATE_S
+    progress = Progress(len(plan.variants), per_variant, stream)
+    images, models = prepare(plan, progress.say)
+    model_names = sorted({plan.model_of(v).name for v in plan.variants})
+    run_dir = new_run_dir(plan.results, plan.profile, model_names, plan.run_id)
+    _update_latest(plan.results, run_dir)
+    run_info: dict[str, Any] = {
+        "schema": RUN_SCHEMA, "run_id": run_dir.name, "status": "running",
+        "started": time.time(), "ended": None, "wall_seconds": None,
+        "profile": plan.profile.name, "models": model_names, "runtime": plan.runtime,
+        "variants": [v.name for v in plan.variants], "results": {}, "stopped_in": None,
+        "command": sys.argv, "machine": manifest.machine(), "git": manifest.git_revision(),
+    }
+    write_json(run_dir / "run.json", run_info)
+    progress.say(f"run {run_dir}  ({len(plan.variants)} variant(s), profile "
+                 f"{plan.profile.name!r}, up to ~{fmt_duration(per_variant)} each)")
+    results: dict[str, str] = {}
+    try:
+        for index, v in enumerate(plan.variants, start=1):
+            out = run_dir / v.name
+            out.mkdir()
+            model = plan.model_of(v)
+            write_json(out / "manifest.json", manifest.build({
+                "variant": as_dict(v), "profile": as_dict(plan.profile),
+                "model": as_dict(model), "model_path": str(models[model.name]),
+                "runtime": plan.runtime, "run_id": run_dir.name,
+                "experiments_file": str(plan.experiments.path)}))
+            progress.say(f"[{index}/{len(plan.variants)} {v.name}] {v.description}")
+            status = VariantRun(plan, v, index, out, progress, images,
+                                models[model.name]).execute()
+            results[v.name] = status
+            run_info["results"] = results
+            write_json(run_dir / "run.json", run_info)
+        run_info["status"] = "complete"
+    except KeyboardInterrupt:
+        run_info["status"] = "interrupted"
+        done = set(results)
+        stopped = next((v.name for v in plan.variants if v.name not in done), None)
+        if stopped:
+            results[stopped] = "interrupted"
+            run_info["stopped_in"] = stopped
+    finally:
+        with signals_deferred():
+            proc.stop_all()
+            run_info["results"] = results
+            run_info["ended"] = time.time()
+            run_info["wall_seconds"] = round(run_info["ended"] - run_info["started"], 1)
+            if run_info["status"] == "running":
+                run_info["status"] = "failed"
+            write_json(run_dir / "run.json", run_info)
+            progress.say("")
+    return Outcome(run_dir, results, run_info["status"])

@@ -1,0 +1,130 @@
+"""The shared load: every user posts BATCH sample images per request to the server under test.
+
+Run by the harness once per step, headless, with its settings in the environment:
+
+  INFBENCH_IMAGES           folder of sample JPEGs (made by `make build`)
+  INFBENCH_BATCH            images per request
+  INFBENCH_PATH             request path (default /predict); files go in the field `images`
+  INFBENCH_WAIT_MIN/_MAX    seconds each user waits between requests
+  INFBENCH_REQUEST_TIMEOUT  seconds before a request counts as failed
+  INFBENCH_COUNTS           JSON file this load writes once a second and at the end
+
+The multipart body is encoded once per process: the load generator should spend its CPU on
+sending, not on re-encoding megabytes per request, since it shares the machine with the server.
+
+Locust reports only requests that finished. Requests still in flight when a step's drain
+timeout ends are killed with their user and would vanish from the figures, so this file counts
+requests started and finished itself and writes both to INFBENCH_COUNTS: the difference is
+what was cut off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import HttpUser, between, events, task
+
+IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
+BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
+PATH = os.environ.get("INFBENCH_PATH", "/predict")
+WAIT_MIN = float(os.environ.get("INFBENCH_WAIT_MIN", "0"))
+WAIT_MAX = float(os.environ.get("INFBENCH_WAIT_MAX", "1"))
+TIMEOUT = float(os.environ.get("INFBENCH_REQUEST_TIMEOUT", "60"))
+COUNTS = os.environ.get("INFBENCH_COUNTS", "")
+
+_counts: dict[str, Any] = {
+    "batch": BATCH, "started": 0, "finished": 0, "failed": 0,
+    "test_start": None, "test_stopping": None, "test_stop": None, "updated": None,
+}
+
+
+def encode_multipart(files: list[tuple[str, bytes]], field: str = "images") -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, data in files:
+        parts.append(
+            (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+             f"filename=\"{name}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n"
+        )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _load_body() -> tuple[bytes, str]:
+    paths = sorted(IMAGES.glob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"locustfile: no sample images in {IMAGES} (run `make build`)")
+    files = [(paths[i % len(paths)].name, paths[i % len(paths)].read_bytes())
+             for i in range(BATCH)]
+    return encode_multipart(files)
+
+
+BODY, CONTENT_TYPE = _load_body()
+
+
+def _write_counts() -> None:
+    if not COUNTS:
+        return
+    _counts["updated"] = time.time()
+    tmp = COUNTS + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(_counts, f)
+    os.replace(tmp, COUNTS)
+
+
+def _writer() -> None:
+    while True:
+        _write_counts()
+        gevent.sleep(1.0)
+
+
+@events.test_start.add_listener
+def _on_start(**_: Any) -> None:
+    _counts["test_start"] = time.time()
+    gevent.spawn(_writer)
+
+
+@events.test_stopping.add_listener
+def _on_stopping(**_: Any) -> None:
+    # Users stop sending new requests now; in-flight ones get the stop timeout to finish.
+    _counts["test_stopping"] = time.time()
+    _write_counts()
+
+
+@events.test_stop.add_listener
+def _on_stop(**_: Any) -> None:
+    _counts["test_stop"] = time.time()
+    _write_counts()
+
+
+@events.quitting.add_listener
+def _on_quit(**_: Any) -> None:
+    _write_counts()
+
+
+class ImageClient(HttpUser):
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+
+    @task
+    def predict(self) -> None:
+        _counts["started"] += 1
+        try:
+            with self.client.post(
+                PATH, data=BODY, headers={"Content-Type": CONTENT_TYPE},
+                name=f"{PATH} [batch {BATCH}]", timeout=TIMEOUT, catch_response=True,
+            ) as resp:
+                if resp.status_code != 200:
+                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    _counts["failed"] += 1
+        except gevent.GreenletExit:
+            raise  # killed at the drain timeout: not finished, so counted as cut off
+        except Exception:
+            _counts["finished"] += 1  # an error is a finished request, not a cut-off one
+            raise
+        _counts["finished"] += 1

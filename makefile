@@ -1,0 +1,77 @@
+# infbench — the user interface. Thin targets over `python -m infbench ...`.
+#
+#   make run                    the whole study (native processes, default profile and model)
+#   make test                   unit + integration tests (tiny model, seconds of load)
+#   make run_<variant>          one hypothesis;  make build_<variant>  its model + images
+#   make report RUN=<run-id>    rebuild plots/tables of a finished or interrupted run
+#   make list                   variants, profiles and models
+#
+# Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native RUN=<run-id>|latest
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.infbench-installed
+
+PROFILE ?=
+MODEL ?=
+RUNTIME ?= native
+RUN ?= latest
+PYTEST_ARGS ?=
+
+opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
+bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
+
+.PHONY: help venv build build_all run run_all report list test test-unit lint lock clean
+
+help:
+	@sed -n '2,11p' makefile | sed 's/^# \{0,1\}//'
+
+# The environment: created on first use from the pinned lock file.
+venv: $(STAMP)
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing pinned packages into $(VENV) (first time: ~2 min, TensorFlow is large)..."
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+build: venv
+	$(PY) -m infbench build $(bopts)
+build_all: venv
+	$(PY) -m infbench build --all $(bopts)
+build_%: venv
+	$(PY) -m infbench build $* $(bopts)
+
+run: venv
+	$(PY) -m infbench run $(opts)
+run_all: venv
+	$(PY) -m infbench run --all $(opts)
+run_%: venv
+	$(PY) -m infbench run $* $(opts)
+
+report: venv
+	$(PY) -m infbench report $(RUN)
+
+list: venv
+	@$(PY) -m infbench list
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check infbench servers loadtests tests
+	$(PY) -m mypy
+
+# Refresh the pins from the current environment (after changing pyproject.toml).
+lock: venv
+	@{ echo "# Exact versions installed by \`make venv\` (pip freeze of a working environment, Python 3.11)."; \
+	  echo "# Regenerate: make lock"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^infbench'; } > requirements.lock.tmp
+	@mv requirements.lock.tmp requirements.lock && echo "wrote requirements.lock"
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from infbench import analysis
+from tests.synth import T0, make_variant, write_mprof
+
+
+def test_parse_mprof_reads_mem_and_children_and_skips_a_torn_last_line(tmp_path: Path) -> None:
+    p = tmp_path / "mprofile.dat"
+    write_mprof(p, [(T0 + 1, 10.0), (T0, 5.0)], {0: [(T0, 2.0)], 1: [(T0, 3.0)]})
+    with p.open("a") as f:
+        f.write("MEM 12.5")  # a crash mid-write leaves half a line
+    mp = analysis.parse_mprof(p)
+    assert mp.mem == [(T0, 5.0), (T0 + 1, 10.0)]  # sorted by time
+    assert set(mp.children) == {"0", "1"}
+    assert mp.bad_lines == 1
+    assert mp.cmdline.startswith("python -m uvicorn")
+
+
+def test_parse_mprof_missing_file_is_empty(tmp_path: Path) -> None:
+    assert analysis.parse_mprof(tmp_path / "nope.dat").mem == []
+
+
+def test_memory_figures_follow_the_definitions(tmp_path: Path) -> None:
+    d = make_variant(tmp_path)
+    s = analysis.summarize_variant(d)
+    m = s["memory_mb"]
+    assert m["start"] == 100.0  # median of the baseline
+    assert m["end"] == 200.0  # last sample at the end of the last drain (t=42)
+    assert m["peak"] == 200.0
+    assert m["after_cooldown"] == 180.0
+    assert m["growth"] == 100.0
+    assert m["retained"] == 80.0
+    assert s["status"] == "complete"
+    assert s["startup_s"] == 4.5
+
+
+def test_step_figures_come_from_locust_csv_and_phases(tmp_path: Path) -> None:
+    s = analysis.summarize_variant(make_variant(tmp_path))
+    s1, s2 = s["steps"]
+    assert (s1["batch"], s1["requests"], s1["failures"], s1["cut_off"]) == (2, 48, 1, 2)
+    assert (s1["rps"], s1["p50_ms"], s1["p95_ms"]) == (4.8, 120.0, 300.0)
+    assert s1["images_per_s"] == 9.6
+    assert s1["mem_end_mb"] == 150.0
+    assert s2["mem_peak_mb"] == 200.0
+    assert s1["complete"] and s2["complete"]
+    assert s["totals"] == {"requests": 78, "failures": 1, "cut_off": 2}
+    assert s["pauses_server_busy_s"] == [1.5]
+
+
+def test_interrupted_cooldown_gives_no_after_cooldown_figure(tmp_path: Path) -> None:
+    s = analysis.summarize_variant(make_variant(tmp_path, status="interrupted",
+                                                cut_cooldown=True))
+    assert s["memory_mb"]["after_cooldown"] is None
+    assert s["memory_mb"]["retained"] is None
+    assert s["memory_mb"]["growth"] == 100.0
+
+
+def test_locust_na_values_are_none(tmp_path: Path) -> None:
+    p = tmp_path / "x_stats.csv"
+    p.write_text("Type,Name,Request Count,Failure Count,Requests/s,50%,95%\n"
+                 ",Aggregated,0,0,0.0,N/A,N/A\n")
+    agg = analysis.locust_aggregate(p)
+    assert agg is not None
+    assert agg["requests"] == 0 and agg["p50_ms"] is None and agg["p95_ms"] is None
