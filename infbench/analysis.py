@@ -154,6 +154,7 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
                  phase_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
     steps = []
     drains = {p.get("index"): p for p in phase_list if p.get("kind") == "drain"}
+    pauses = {p.get("index"): p for p in phase_list if p.get("kind") == "pause"}
     for p in phase_list:
         if p.get("kind") != "step":
             continue
@@ -174,6 +175,10 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
             "images_per_s": _r(stats["rps"] * batch, 1)
             if stats.get("rps") is not None and batch else None,
             "mem_end_mb": _r(last_at_or_before(mem, t_end)),
+            # Seconds into the following pause until the server's CPU went idle; None: it was
+            # still working off abandoned requests when the pause ended (or no pause ran).
+            "server_busy_after_s": pauses.get(i, {}).get("server_busy_s"),
+            "pause_s": pauses.get(i, {}).get("planned"),
             "mem_peak_mb": _r(max(vals)) if vals else None,
             "complete": bool(p.get("end")) and not p.get("cut_short")
             and bool(drain and drain.get("end") and not drain.get("cut_short")),

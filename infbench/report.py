@@ -116,16 +116,22 @@ def memory_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _busy(step: dict[str, Any]) -> str:
+    if step.get("server_busy_after_s") is not None:
+        return f"{step['server_busy_after_s']:.1f}"
+    return "whole pause" if step.get("pause_s") else "-"
+
+
 def steps_table(rows: list[dict[str, Any]]) -> list[str]:
     out = ["| variant | step | img/req | requests | failures | cut off | req/s | img/s | "
-           "p50 (ms) | p95 (ms) | MB at end |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "p50 (ms) | p95 (ms) | MB at end | server busy after (s) |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         for s in r["steps"]:
             out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {_fmt(s['requests'])} "
                        f"| {_fmt(s['failures'])} | {_fmt(s['cut_off'])} | {_fmt(s['rps'], 2)} | "
                        f"{_fmt(s['images_per_s'], 1)} | {_fmt(s['p50_ms'])} | "
-                       f"{_fmt(s['p95_ms'])} | {_fmt(s['mem_end_mb'])} |")
+                       f"{_fmt(s['p95_ms'])} | {_fmt(s['mem_end_mb'])} | {_busy(s)} |")
     return out
 
 
@@ -158,6 +164,9 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines += [f"- **{k}**: {v}" for k, v in analysis.DEFINITIONS.items()]
     lines += ["- **cut off**: requests still in flight when a step's drain timeout ended "
               "(started - finished, counted by the locustfile; Locust itself drops them)",
+              "- **server busy after**: seconds into the following pause until the server's "
+              "CPU fell below 10% of a core for a second - it keeps working on requests whose "
+              "clients are gone; 'whole pause' means it never went idle",
               "", "Plots: `memory_overlay.png` here, `<variant>/memory.png` per variant. "
               "Raw data: `<variant>/mprofile.dat` (`mprof plot` reads it), `phases.json`, "
               "Locust `step*_stats*.csv` / `.html`.", ""]

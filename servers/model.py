@@ -1,0 +1,320 @@
+"""The model every server serves: build it from a seed, load it, preprocess images, predict.
+
+Keras (and so TensorFlow) is imported lazily inside the functions that need it, so that
+`preprocess`, `BadImage` and the CLI's argument checks stay cheap to import (tests, harness).
+
+CLI:
+    python -m servers.model build --arch mobilenet_v2 --input-size 96 --classes 1000 \
+        --seed 0 --alpha 0.35 --out build/models/small.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import keras
+
+ARCHS = ("tiny_cnn", "mobilenet_v2")
+CALL_STYLES = ("predict", "predict_on_batch", "call")
+MODEL_SUFFIXES = (".keras", ".h5")
+
+# Cap on decoded pixels (40 MP): a small upload can decode into gigabytes otherwise. Pillow
+# warns above this and raises above twice this; `preprocess` also rejects above it itself.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class BadImage(ValueError):
+    """An uploaded image that cannot be decoded; `index` is its position in the request."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"image {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def check_arch(arch: str) -> None:
+    """Fail fast (before TensorFlow is imported) on an unknown architecture."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r} (known: {', '.join(ARCHS)})")
+
+
+def build_model(arch: str, input_size: int, classes: int, seed: int,
+                alpha: float = 1.0) -> keras.Model:
+    """A randomly initialised model, identical for identical arguments (weights from `seed`)."""
+    check_arch(arch)
+    if input_size < 1 or classes < 1:
+        raise ValueError("input_size and classes must be positive")
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    shape = (input_size, input_size, 3)
+    if arch == "tiny_cnn":
+        inputs = keras.Input(shape=shape, name="image")
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+        x = keras.layers.MaxPooling2D(2)(x)
+        x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        outputs = keras.layers.Dense(classes, activation="softmax")(x)
+        return keras.Model(inputs, outputs, name="tiny_cnn")
+    # weights=None always: nothing is downloaded, the weights are random from the seed.
+    return keras.applications.MobileNetV2(weights=None, input_shape=shape, alpha=alpha,
+                                          classes=classes)
+
+
+def save_atomically(model: keras.Model, out: Path) -> None:
+    """Save next to `out` then rename, so an interrupted build never leaves a half file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Keras picks the format from the suffix, so the temporary name keeps it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _human_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class SavedModelPredictor:
+    """A TF SavedModel's serving signature, callable on a batch like a Keras model."""
+
+    def __init__(self, path: str) -> None:
+        import keras
+
+        self.layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
+
+    def __call__(self, batch: np.ndarray, training: bool = False) -> np.ndarray:
+        out = self.layer(batch)
+        if isinstance(out, dict):
+            if len(out) != 1:
+                raise ValueError(f"SavedModel has {len(out)} outputs; expected one")
+            out = next(iter(out.values()))
+        return np.asarray(out)
+
+    def predict(self, batch: np.ndarray, verbose: int = 0) -> np.ndarray:
+        return self(batch)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return self(batch)
+
+    def signature_input_size(self) -> int | None:
+        """The square size the serving signature declares, if it declares one."""
+        try:
+            obj = self.layer._reloaded_obj  # noqa: SLF001 - no public accessor in Keras 3
+            _, kwargs = obj.signatures["serving_default"].structured_input_signature
+            (spec,) = kwargs.values()
+            dims = spec.shape.as_list()
+        except Exception:
+            return None
+        return _square_size(dims)
+
+
+def _square_size(shape: Any) -> int | None:
+    """The N of an (batch, N, N, 3) input shape, or None if it is not fixed and square."""
+    dims = list(shape)
+    if len(dims) == 4 and isinstance(dims[1], int) and dims[1] == dims[2] and dims[3] == 3:
+        return int(dims[1])
+    return None
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model and what a server needs to know about it."""
+
+    model: Any  # keras.Model or SavedModelPredictor
+    input_size: int
+    path: str
+    kind: str  # "keras" or "savedmodel"
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def load_model(path: str, input_size: int | None = None) -> LoadedModel:
+    """Load a .keras/.h5 file or a SavedModel directory.
+
+    `input_size` (env INFBENCH_INPUT_SIZE in the servers) is used when the model does not
+    declare a fixed square input itself, as a SavedModel's signature may not.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if p.is_dir():
+        sm = SavedModelPredictor(path)
+        size = input_size or sm.signature_input_size()
+        if size is None:
+            raise ValueError(f"cannot tell the input size of SavedModel {path}; "
+                             "set INFBENCH_INPUT_SIZE")
+        return LoadedModel(sm, size, path, "savedmodel")
+    if p.suffix not in MODEL_SUFFIXES:
+        raise ValueError(f"model file {path} must end in .keras or .h5 (or be a SavedModel dir)")
+    import keras
+
+    model = keras.models.load_model(path, compile=False)
+    size = _square_size(model.input_shape) or input_size
+    if size is None:
+        raise ValueError(f"model {path} has input shape {model.input_shape}, not (N, N, 3); "
+                         "set INFBENCH_INPUT_SIZE")
+    return LoadedModel(model, size, path, "keras")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+
+
+def decode_image(data: bytes, index: int, size: int) -> np.ndarray:
+    """One upload as a (size, size, 3) float32 array in [-1, 1], or BadImage."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise BadImage(index, f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
+            # convert() forces the full decode, so a truncated file fails here, in the try.
+            rgb = img.convert("RGB")
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage(index, "not a recognised image format") from None
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad data
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadImage(index, reason) from None
+    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    # MobileNetV2's convention: [0, 255] -> [-1, 1].
+    return np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+
+
+def preprocess(images: list[bytes], size: int) -> np.ndarray:
+    """Decode, RGB, resize and scale each image; stacked to (N, size, size, 3) float32."""
+    arrays = [decode_image(data, i, size) for i, data in enumerate(images)]
+    if not arrays:
+        return np.zeros((0, size, size, 3), dtype=np.float32)
+    return np.stack(arrays)
+
+
+def predict(model: Any, batch: np.ndarray, style: str = "predict") -> list[tuple[int, float]]:
+    """Top-1 (class, score) per image, calling the model the way `style` names.
+
+    `predict` is Keras' `model.predict` (what the original study used: a tf.data pipeline per
+    call), `predict_on_batch` skips that, `call` is the plain eager forward pass.
+    """
+    if isinstance(model, LoadedModel):
+        model = model.model
+    if style == "predict":
+        out = model.predict(batch, verbose=0)
+    elif style == "predict_on_batch":
+        out = model.predict_on_batch(batch)
+    elif style == "call":
+        out = model(batch, training=False)
+    else:
+        raise ValueError(f"unknown call style {style!r} (known: {', '.join(CALL_STYLES)})")
+    probs = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
+    probs = probs.reshape(len(batch), -1)
+    top = probs.argmax(axis=1)
+    return [(int(c), float(probs[i, c])) for i, c in enumerate(top)]
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr and exit status 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"servers.model: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="python -m servers.model", description="Build the benchmark model.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    b = sub.add_parser("build", help="build a model from a seed and save it")
+    b.add_argument("--arch", required=True, choices=ARCHS)
+    b.add_argument("--input-size", required=True, type=_positive_int)
+    b.add_argument("--classes", required=True, type=_positive_int)
+    b.add_argument("--seed", required=True, type=int)
+    b.add_argument("--alpha", type=_positive_float, default=1.0,
+                   help="MobileNetV2 width multiplier (ignored by tiny_cnn)")
+    b.add_argument("--out", required=True, type=Path, help="output .keras or .h5 file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    args = _parser().parse_args(argv)
+    out: Path = args.out
+    if out.suffix not in MODEL_SUFFIXES:
+        print(f"servers.model: error: --out must end in .keras or .h5, got {out}",
+              file=sys.stderr)
+        return 1
+    if args.arch == "mobilenet_v2" and args.input_size < 32:
+        print("servers.model: error: mobilenet_v2 needs --input-size >= 32", file=sys.stderr)
+        return 1
+    try:
+        model = build_model(args.arch, args.input_size, args.classes, args.seed, args.alpha)
+        save_atomically(model, out)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        print(f"servers.model: error: {msg[0] if msg else type(exc).__name__}", file=sys.stderr)
+        return 1
+    alpha = f"alpha {args.alpha}, " if args.arch == "mobilenet_v2" else ""
+    print(f"built {args.arch} ({alpha}{args.input_size}x{args.input_size}, {args.classes} "
+          f"classes, {_human_count(model.count_params())} params) -> {out} "
+          f"in {time.perf_counter() - started:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

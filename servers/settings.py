@@ -1,0 +1,84 @@
+"""Server configuration, read once from the environment when an app module is imported.
+
+The harness configures every variant through these variables, so a bad value must stop the
+server at startup with a message naming the variable, never surface later as a 500.
+
+    INFBENCH_MODEL_PATH      (required) .keras/.h5 file or TF SavedModel directory
+    INFBENCH_ENDPOINT        sync (default) | async
+    INFBENCH_THREAD_LIMIT    unset (anyio's default, 40) or a positive int
+    INFBENCH_MAX_IMAGES      images per request (default 128)
+    INFBENCH_MAX_BODY_BYTES  request body size (default 64 MiB)
+    INFBENCH_CALL            predict (default) | predict_on_batch | call
+    INFBENCH_INPUT_SIZE      square input size, for models that do not declare one (SavedModel)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENDPOINTS = ("sync", "async")
+CALL_STYLES = ("predict", "predict_on_batch", "call")
+DEFAULT_MAX_IMAGES = 128
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A missing or malformed INFBENCH_* variable; the message starts with its name."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the app modules need to know, validated."""
+
+    model_path: str
+    endpoint: str = "sync"
+    thread_limit: int | None = None
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    call: str = "predict"
+    input_size: int | None = None
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if value not in choices:
+        raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Validate the INFBENCH_* variables (from `env`, default os.environ)."""
+    env = os.environ if env is None else env
+    model_path = env.get("INFBENCH_MODEL_PATH", "").strip()
+    if not model_path:
+        raise SettingsError("INFBENCH_MODEL_PATH: required (a .keras/.h5 file or SavedModel dir)")
+    if not Path(model_path).exists():
+        raise SettingsError(f"INFBENCH_MODEL_PATH: no such file or directory: {model_path}")
+    max_images = _positive(env, "INFBENCH_MAX_IMAGES", DEFAULT_MAX_IMAGES)
+    max_body = _positive(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+    assert max_images is not None and max_body is not None  # they have defaults
+    return Settings(
+        model_path=model_path,
+        endpoint=_choice(env, "INFBENCH_ENDPOINT", ENDPOINTS, "sync"),
+        thread_limit=_positive(env, "INFBENCH_THREAD_LIMIT", None),
+        max_images=max_images,
+        max_body_bytes=max_body,
+        call=_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict"),
+        input_size=_positive(env, "INFBENCH_INPUT_SIZE", None),
+    )
