@@ -137,12 +137,19 @@ class NativeServer:
         program = server_argv(spec.variant, spec.port)
         self.argv = mprof_argv(spec.out_dir / "mprofile.dat", spec.sample_interval, program)
         self.started_at = time.time()
+        self._seen_server = False
         self.group = proc.Group(self.argv, log_path=self.log_path, env=server_env(spec),
                                 cwd=ROOT)
 
     def alive(self) -> bool:
         # mprof outlives its child only by one sampling interval; the server is what matters.
-        return self.group.alive() and bool(self._server_processes())
+        # Until mprof has started the server, mprof being alive is all there is to check.
+        if not self.group.alive():
+            return False
+        if self._server_processes():
+            self._seen_server = True
+            return True
+        return not self._seen_server
 
     def exit_code(self) -> int | None:
         return self.group.poll()
@@ -202,7 +209,9 @@ def wait_healthy(server: Server, timeout: float, on_tick: object = None) -> dict
     url = server.url + server.variant.health_path
     while True:
         if not server.alive():
-            raise LaunchError(f"server exited (code {server.exit_code()}) before it was healthy")
+            code = server.exit_code()
+            raise LaunchError("server exited before it was healthy"
+                              + (f" (mprof exit code {code})" if code is not None else ""))
         body = get_json(url)
         if body is not None:
             return body

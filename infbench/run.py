@@ -249,8 +249,10 @@ class VariantRun:
         if not self.server.alive():
             where = self.log.current
             label = f" during {where['kind']}" if where else ""
+            code = self.server.exit_code()
             raise ServerDied(
-                f"server exited (code {self.server.exit_code()}){label}\n"
+                f"server exited{label}" + (f" (mprof exit code {code})" if code is not None
+                                           else "") + "\n"
                 f"--- tail of {self.out / 'server.log'} ---\n{proc.tail(self.out / 'server.log')}")
 
     def _rss(self) -> float | None:
@@ -314,11 +316,17 @@ class VariantRun:
         counts = {"requests_started": started, "requests_finished": finished,
                   "requests_failed": int(c.get("failed", 0)), "cut_off": started - finished,
                   "locust_exit_code": code}
-        if not drain_started:  # Locust ended without a stopping event (e.g. it crashed)
-            self.log.end(**counts)
-        else:
-            step.update(counts)
+        step.update(counts)
+        if not drain_started and c.get("test_stopping"):
+            # Locust stopped and exited between two polls: the drain still happened.
+            self.log.end(t=c["test_stopping"])
+            self.log.begin("drain", t=c["test_stopping"], index=i, batch=batch,
+                           planned=self.profile.drain_timeout)
+            drain_started = True
+        if drain_started:
             self.log.end(cut_off=started - finished)
+        else:  # Locust ended without a stopping event (e.g. it crashed)
+            self.log.end()
         self._check_server()
 
 

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from servers.settings import CALL_STYLES
+
 if TYPE_CHECKING:
     import keras
 
 ARCHS = ("tiny_cnn", "mobilenet_v2")
-CALL_STYLES = ("predict", "predict_on_batch", "call")
 MODEL_SUFFIXES = (".keras", ".h5")
 
 # Cap on decoded pixels (40 MP): a small upload can decode into gigabytes otherwise. Pillow
@@ -133,7 +134,7 @@ class SavedModelPredictor:
     def signature_input_size(self) -> int | None:
         """The square size the serving signature declares, if it declares one."""
         try:
-            obj = self.layer._reloaded_obj  # noqa: SLF001 - no public accessor in Keras 3
+            obj = self.layer._reloaded_obj  # no public accessor in Keras 3
             _, kwargs = obj.signatures["serving_default"].structured_input_signature
             (spec,) = kwargs.values()
             dims = spec.shape.as_list()
