@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -50,7 +51,9 @@ def packages() -> dict[str, str]:
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
-            found[name.lower()] = dist.version
+            # PEP 503 normal form, as pip and requirements.lock spell it (tensorflow_cpu ->
+            # tensorflow-cpu).
+            found[re.sub(r"[-_.]+", "-", name).lower()] = dist.version
     return dict(sorted(found.items()))
 
 

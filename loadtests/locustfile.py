@@ -16,10 +16,16 @@ Locust reports only requests that finished. Requests still in flight when a step
 timeout ends are killed with their user and would vanish from the figures, so this file counts
 requests started and finished itself and writes both to INFBENCH_COUNTS: the difference is
 what was cut off.
+
+Locust's `--csv` files are rewritten once a second while the test runs, and not again at the
+end: whatever finished in the last second (the drain included) would be missing from
+`*_stats.csv`. When Locust quits, this file writes the final `*_stats.csv` and `*_failures.csv`
+from the same totals Locust prints, through Locust's own CSV writer.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -29,7 +35,9 @@ from typing import Any
 
 import gevent
 from locust import HttpUser, between, events, task
+from locust.env import Environment
 from locust.exception import StopUser
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
@@ -105,8 +113,34 @@ def _on_stop(**_: Any) -> None:
 
 
 @events.quitting.add_listener
+def _on_quitting(**_: Any) -> None:
+    _write_counts()
+
+
+_env: list[Environment] = []
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    _env.append(environment)
+
+
+def _replace(path: str, write: Any) -> None:
+    # A new file, not an overwrite: Locust's periodic writer still holds the old one open.
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        write(csv.writer(f))
+    os.replace(tmp, path)
+
+
+@events.quit.add_listener
 def _on_quit(**_: Any) -> None:
     _write_counts()
+    prefix = getattr(_env[0].parsed_options, "csv_prefix", None) if _env else None
+    if prefix:
+        final = StatsCSV(_env[0], PERCENTILES_TO_REPORT)
+        _replace(f"{prefix}_stats.csv", final.requests_csv)
+        _replace(f"{prefix}_failures.csv", final.failures_csv)
 
 
 class ImageClient(HttpUser):

@@ -248,11 +248,11 @@ def test_settings_errors_name_the_variable(model_path: Path) -> None:
     for name, value in [("INFBENCH_ENDPOINT", "threads"), ("INFBENCH_THREAD_LIMIT", "0"),
                         ("INFBENCH_MAX_IMAGES", "many"), ("INFBENCH_CALL", "apply"),
                         ("INFBENCH_MAX_BODY_BYTES", "-5")]:
-        with pytest.raises(SettingsError, match=f"^{name}"):
+        with pytest.raises(SettingsError, match=rf"^{name}"):
             load_settings({**good, name: value})
-    with pytest.raises(SettingsError, match="^INFBENCH_MODEL_PATH"):
+    with pytest.raises(SettingsError, match=r"^INFBENCH_MODEL_PATH"):
         load_settings({})
-    with pytest.raises(SettingsError, match="^INFBENCH_MODEL_PATH.*nowhere"):
+    with pytest.raises(SettingsError, match=r"^INFBENCH_MODEL_PATH.*nowhere"):
         load_settings({"INFBENCH_MODEL_PATH": "/nowhere/model.keras"})
 
 

@@ -54,7 +54,9 @@ def strays(marker: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def study(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
     results = tmp_path_factory.mktemp("results")
     res = subprocess.run(
         infbench(results, "run", "starlette-uvicorn", "starlette-gunicorn", "--profile", "smoke",
