@@ -73,12 +73,14 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def tree_rss_mb(server: Server) -> float:
-    total = 0
+def tree_rss_mb(server: Server) -> float | None:
+    """The server's processes' RSS summed, or None before the server process exists."""
+    total, seen = 0, False
     for p in server.processes():
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-    return total / 2**20
+            seen = True
+    return total / 2**20 if seen else None
 
 
 def fmt_duration(s: float) -> str:
