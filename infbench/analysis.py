@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench import phases as phases_mod
+from infbench import sampler as sampler_mod
 
 # Version of summary.json. 1: first version.
 SUMMARY_SCHEMA = 1
@@ -35,6 +36,9 @@ DEFINITIONS = {
     "growth": "end - start",
     "retained": "after_cooldown - start",
     "MEM": "mprof --include-children: RSS of the server and all its children, MiB",
+    "processes_mb": "the same figures for each metric of processes.csv (rss, pss, uss, anon, "
+                    "file, swap), summed over the server's processes at each sample; pss "
+                    "counts shared pages once, anon is heap and other anonymous memory",
 }
 
 
@@ -186,6 +190,30 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
     return steps
 
 
+PROCESS_METRICS = ("rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb", "swap_mb")
+
+
+def process_figures(variant_dir: Path, phase_list: list[dict[str, Any]],
+                    sampler: dict[str, Any] | None) -> dict[str, Any] | None:
+    """start / end / peak / growth of each per-process metric summed over the server's
+    processes (processes.csv), by the same definitions as mprof's MEM; None without samples."""
+    tot = sampler_mod.totals(sampler_mod.read_samples(variant_dir / "processes.csv"))
+    if not tot:
+        return None
+    out: dict[str, Any] = {}
+    for key in PROCESS_METRICS:
+        fig = memory_figures([(t["time"], t[key]) for t in tot if t[key] is not None],
+                             phase_list)
+        out[key.removesuffix("_mb")] = {k: fig[k] for k in ("start", "end", "peak", "growth",
+                                                            "after_cooldown")}
+    out["threads_max"] = max(int(t["threads"]) for t in tot)
+    out["processes_max"] = max(int(t["processes"]) for t in tot)
+    out["samples"] = len(tot)
+    if sampler:
+        out["sampler_cpu_s"] = sampler.get("cpu_s")
+    return out
+
+
 def summarize_variant(variant_dir: Path) -> dict[str, Any]:
     """summary.json content for one variant folder."""
     ph = phases_mod.load(variant_dir / "phases.json")
@@ -205,6 +233,7 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         "stopped_in": ph.get("stopped_in"),
         "error": (ph.get("error") or "").splitlines()[0] if ph.get("error") else None,
         "memory_mb": memory_figures(mp.mem, plist),
+        "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,
@@ -217,5 +246,6 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         if ph.get("healthy") and ph.get("server_start") else None,
         "definitions": DEFINITIONS,
         "sources": {"memory": "mprofile.dat", "phases": "phases.json",
+                    "processes": "processes.csv",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }

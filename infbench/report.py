@@ -16,6 +16,7 @@ from infbench import analysis, phases, plots
 from infbench.phases import write_json
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
+CSV_PROCESS = ("pss", "uss", "anon", "file")
 
 
 class ReportError(Exception):
@@ -84,6 +85,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             if key not in batches:
                 batches.append(key)
     header = ["variant", "status"] + [f"{k}_mb" for k in CSV_MEMORY] + \
+        [f"{m}_{k}_mb" for m in CSV_PROCESS for k in ("start", "end")] + \
         ["requests", "failures", "cut_off"]
     for i, b in batches:
         header += [f"s{i}_b{b}_{k}" for k in ("requests", "failures", "cut_off", "rps",
@@ -94,6 +96,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         for r in rows:
             line: list[Any] = [r["variant"], r["status"]]
             line += [r["memory_mb"].get(k) for k in CSV_MEMORY]
+            procs = r.get("processes_mb") or {}
+            line += [procs.get(m, {}).get(k) for m in CSV_PROCESS for k in ("start", "end")]
             line += [r["totals"].get(k) for k in ("requests", "failures", "cut_off")]
             by_key = {(s["index"], s["batch"]): s for s in r["steps"]}
             for key in batches:
@@ -114,6 +118,25 @@ def memory_table(rows: list[dict[str, Any]]) -> list[str]:
                    f"{_fmt(t['requests'])} | {_fmt(t['failures'])} | {_fmt(t['cut_off'])} | "
                    f"{r['status']} |")
     return out
+
+
+def processes_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the memory is: the sampler's figures, start -> end, summed over processes."""
+    out = ["| variant | processes | RSS sum (MB) | PSS (MB) | USS (MB) | anonymous (MB) | "
+           "file-backed (MB) | threads (max) |",
+           "| --- | ---: | --- | --- | --- | --- | --- | ---: |"]
+    for r in rows:
+        p = r.get("processes_mb")
+        if not p:
+            continue
+
+        def span(key: str, fig: dict[str, Any] = p) -> str:
+            m = fig[key]
+            return f"{_fmt(m['start'])} → {_fmt(m['end'])} ({_signed(m['growth'])})"
+
+        out.append(f"| {r['variant']} | {p['processes_max']} | {span('rss')} | {span('pss')} | "
+                   f"{span('uss')} | {span('anon')} | {span('file')} | {p['threads_max']} |")
+    return out if len(out) > 2 else []
 
 
 def _busy(step: dict[str, Any]) -> str:
@@ -152,6 +175,14 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     if git.get("revision"):
         lines.append(f"- git: `{git['revision'][:12]}`" + (" (dirty)" if git.get("dirty") else ""))
     lines += ["", "## Memory (server + children, mprof)", "", *memory_table(rows)]
+    where = processes_table(rows)
+    if where:
+        lines += ["", "## Where the memory is (per-process sampler, after API start → after "
+                  "test)", "", *where, "",
+                  "RSS summed over processes counts shared pages (libraries, a forked "
+                  "master's pages) once per process, as mprof's MEM does; PSS counts them "
+                  "once. Anonymous memory is the heap, allocator arenas, thread stacks and "
+                  "tensors: where growth under load lives. Source: `<variant>/processes.csv`."]
     lines += ["", "## Load per step (Locust)", "", *steps_table(rows)]
     problems = [r for r in rows if r["status"] != "complete"]
     if problems:
@@ -169,5 +200,6 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               "clients are gone; 'whole pause' means it never went idle",
               "", "Plots: `memory_overlay.png` here, `<variant>/memory.png` per variant. "
               "Raw data: `<variant>/mprofile.dat` (`mprof plot` reads it), `phases.json`, "
+              "`processes.csv`, "
               "Locust `step*_stats*.csv` / `.html`.", ""]
     return "\n".join(lines)

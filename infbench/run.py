@@ -31,6 +31,7 @@ from infbench.launch import (
 )
 from infbench.load import StepLoad, start_step
 from infbench.phases import PhaseLog, write_json
+from infbench.sampler import ProcessSampler
 
 # Version of run.json. 1: first version.
 RUN_SCHEMA = 1
@@ -189,6 +190,7 @@ class VariantRun:
         self.log = PhaseLog(out_dir / "phases.json", variant.name)
         self.server: Server | None = None
         self.load: StepLoad | None = None
+        self.sampler: ProcessSampler | None = None
         self.t0 = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------
@@ -214,6 +216,12 @@ class VariantRun:
     def _cleanup(self) -> None:
         if self.load is not None:
             self.load.group.stop(grace=2.0)
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.log.data["sampler"] = {"file": "processes.csv", "samples": self.sampler.samples,
+                                        "interval_s": self.sampler.interval,
+                                        "cpu_s": round(self.sampler.cpu_s, 3)}
+            self.log.save()
         if self.server is not None:
             self.server.stop()
             self.log.mark("server_stop")
@@ -225,6 +233,8 @@ class VariantRun:
                           max_images=max(MAX_IMAGES_DEFAULT, *(s.batch for s in p.steps)))
         self.log.mark("server_start")
         self.server = get_launcher(self.plan.runtime).start(spec)
+        self.sampler = ProcessSampler(self.server.processes, self.out / "processes.csv",
+                                      p.sample_interval).start()
         write_json(self.out / "server.json", self.server.info())
         started = time.monotonic()
         try:

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench import analysis
+from infbench import analysis, sampler
 from infbench.launch import ROOT
 
 pytestmark = pytest.mark.integration
@@ -143,6 +143,29 @@ def test_gunicorn_workers_are_counted(study: tuple[Path, Any]) -> None:
     # MEM includes the children: it is larger than any single worker.
     worker_peak = max(m for series in mp.children.values() for _, m in series)
     assert max(m for _, m in mp.mem) > worker_peak
+
+
+@pytest.mark.parametrize("variant", ["starlette-uvicorn", "starlette-gunicorn"])
+def test_sampler_agrees_with_mprof(study: tuple[Path, Any], variant: str) -> None:
+    d = study[0] / variant
+    s = json.loads((d / "summary.json").read_text())
+    p = s["processes_mb"]
+    rows = sampler.read_samples(d / "processes.csv")
+    # Two independent measurements of the same processes: the sampler's RSS sum and mprof's MEM
+    # at the idle baseline agree closely (they sample a few ms apart).
+    assert p["rss"]["start"] == pytest.approx(s["memory_mb"]["start"], rel=0.03)
+    assert p["samples"] > 50 and len(rows) >= p["samples"]
+    assert p["processes_max"] == (3 if variant == "starlette-gunicorn" else 1)
+    rolled = [r for r in rows if r["pss_mb"] is not None]
+    assert len(rolled) >= 5  # smaps_rollup every 2 s
+    for r in rolled:
+        assert r["uss_mb"] <= r["pss_mb"] + 0.01 and r["pss_mb"] <= r["rss_mb"] + 0.01
+    if variant == "starlette-gunicorn":
+        # The master and two workers share their libraries: RSS summed counts them three
+        # times, PSS once.
+        assert p["pss"]["start"] < 0.9 * p["rss"]["start"]
+    ph = json.loads((d / "phases.json").read_text())
+    assert ph["sampler"]["samples"] >= p["samples"] and ph["sampler"]["cpu_s"] >= 0
 
 
 def test_report_rebuilds_from_files(study: tuple[Path, Any]) -> None:

@@ -1,0 +1,193 @@
+"""Per-process memory sampler: where the server's memory is, process by process.
+
+mprof's MEM is the RSS of the server plus its children, summed. That answers "how much", but
+it double-counts pages that processes share (Gunicorn's workers share the TensorFlow libraries
+with each other and with the master) and it cannot tell heap from mapped files. This sampler
+reads, for the server and each worker, `/proc/<pid>/status` at every sample (microseconds)
+and `/proc/<pid>/smaps_rollup` every ROLLUP_EVERY_S (the kernel walks every mapping for it:
+about 10 ms for a process with TensorFlow loaded, under the lock the process's own mmap calls
+need, so not at mprof's 10 Hz), on its own thread, and writes one row per process per sample
+to `processes.csv`:
+
+    time        unix time, the clock of mprof and phases.json
+    pid, ppid, name
+    rss_mb      resident set (what mprof sums)
+    pss_mb      proportional set: shared pages divided among the processes that map them;
+                summed over processes it counts every page once (smaps_rollup; empty on
+                the samples between two rollup reads)
+    uss_mb      unique set: private pages, what ending the process would give back (idem)
+    anon_mb     anonymous memory (heap, arenas, thread stacks, tensors): where growth lives
+    file_mb     file-backed pages (shared libraries, the model file if mapped)
+    shmem_mb    shared memory
+    swap_mb     swapped out
+    threads     thread count
+
+MiB throughout, as mprof reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb",
+           "shmem_mb", "swap_mb", "threads"]
+FLUSH_EVERY_S = 1.0
+LIST_EVERY_S = 1.0
+ROLLUP_EVERY_S = 2.0
+ROLLUP_KEYS = ("pss_mb", "uss_mb")
+
+
+def _kib_fields(text: str) -> dict[str, int]:
+    """`Key:   123 kB` lines of smaps_rollup/status as {key: KiB}; other lines are ignored."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        key, parts = key.strip(), rest.split()
+        sized = len(parts) == 2 and parts[1] == "kB"
+        counted = len(parts) == 1 and key in ("Threads", "PPid")
+        if (sized or counted) and parts[0].isdigit():
+            out[key] = int(parts[0])
+    return out
+
+
+def parse_proc(status: str, rollup: str | None = None) -> dict[str, float | None]:
+    """One process's figures (MiB, threads) from the text of status and, if read, of
+    smaps_rollup (PSS and USS are None without it)."""
+    s = _kib_fields(status)
+    r = _kib_fields(rollup) if rollup else {}
+    mib = 1024.0
+    return {
+        "rss_mb": s.get("VmRSS", 0) / mib,
+        "pss_mb": r["Pss"] / mib if "Pss" in r else None,
+        "uss_mb": (r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / mib
+        if "Pss" in r else None,
+        "anon_mb": s.get("RssAnon", 0) / mib,
+        "file_mb": s.get("RssFile", 0) / mib,
+        "shmem_mb": s.get("RssShmem", 0) / mib,
+        "swap_mb": s.get("VmSwap", 0) / mib,
+        "threads": float(s.get("Threads", 0)),
+        "ppid": float(s.get("PPid", 0)),
+    }
+
+
+def read_proc(pid: int, rollup: bool = True) -> dict[str, float | None] | None:
+    """The figures of a live process, or None if it is gone (or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        text = None
+        if rollup:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                text = f.read()
+    except OSError:
+        return None
+    return parse_proc(status, text)
+
+
+class ProcessSampler:
+    """Samples `processes()` every `interval` seconds on a daemon thread until stop()."""
+
+    def __init__(self, processes: Callable[[], list[psutil.Process]], path: Path,
+                 interval: float, rollup_every: float = ROLLUP_EVERY_S) -> None:
+        self.processes = processes
+        self.path = path
+        self.interval = interval
+        self.rollup_every = rollup_every
+        self.samples = 0
+        self.cpu_s = 0.0  # the sampler's own thread CPU time, to report its overhead
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="infbench-sampler", daemon=True)
+
+    def start(self) -> ProcessSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+
+    def _loop(self) -> None:
+        with self.path.open("w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(COLUMNS)
+            last_flush = time.monotonic()
+            cpu0 = time.thread_time()
+            names: dict[int, str] = {}
+            pids: list[int] = []
+            listed = rolled = float("-inf")
+            while not self._stop.is_set():
+                tick = time.monotonic()
+                now = time.time()
+                if tick - listed >= LIST_EVERY_S:
+                    # Finding the processes scans /proc (psutil's children()); reading a known
+                    # pid is cheap. So the list is refreshed once a second, or when one goes.
+                    with contextlib.suppress(psutil.Error):
+                        procs = self.processes()
+                        pids = [p.pid for p in procs]
+                        for p in procs:
+                            if p.pid not in names:
+                                with contextlib.suppress(psutil.Error):
+                                    names[p.pid] = p.name()
+                    listed = tick
+                rollup = tick - rolled >= self.rollup_every
+                if rollup:
+                    rolled = tick
+                for pid in pids:
+                    fig = read_proc(pid, rollup)
+                    if fig is None:
+                        listed = float("-inf")
+                        continue
+                    out.writerow(_row(now, pid, names.get(pid, "?"), fig))
+                self.samples += 1
+                if tick - last_flush >= FLUSH_EVERY_S:
+                    f.flush()
+                    last_flush = tick
+                self.cpu_s = time.thread_time() - cpu0
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - tick)))
+
+
+def _row(now: float, pid: int, name: str, fig: dict[str, float | None]) -> list[Any]:
+    mem = ["" if fig[k] is None else f"{fig[k]:.2f}" for k in COLUMNS[4:11]]
+    return [f"{now:.3f}", pid, int(fig["ppid"] or 0), name, *mem, int(fig["threads"] or 0)]
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The rows of a processes.csv, typed; a missing file or a torn last line is skipped."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            try:
+                row: dict[str, Any] = {"time": float(raw["time"]), "pid": int(raw["pid"]),
+                                       "name": raw["name"], "threads": int(raw["threads"])}
+                row.update({k: float(raw[k]) if raw[k] != "" else None
+                            for k in COLUMNS[4:11]})
+            except (KeyError, TypeError, ValueError):
+                continue
+            rows.append(row)
+    return rows
+
+
+def totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sample time: the figures summed over processes, plus the process count. A figure
+    some process lacks at that time (PSS between rollup reads) is None in the total."""
+    by_time: dict[float, dict[str, Any]] = {}
+    for row in rows:
+        t = by_time.setdefault(row["time"], {"time": row["time"], "processes": 0,
+                                             **{k: 0.0 for k in COLUMNS[4:12]}})
+        t["processes"] += 1
+        for k in COLUMNS[4:12]:
+            t[k] = None if t[k] is None or row[k] is None else t[k] + row[k]
+    return [by_time[t] for t in sorted(by_time)]
