@@ -6,7 +6,7 @@
 #   make report RUN=<run-id>    rebuild plots/tables of a finished or interrupted run
 #   make list                   variants, profiles and models
 #
-# Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native RUN=<run-id>|latest
+# Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -65,6 +65,18 @@ test-unit: venv
 lint: venv
 	$(PY) -m ruff check infbench servers loadtests tests
 	$(PY) -m mypy
+
+# The Docker runtime (RUNTIME=docker): an engine on a machine without one (root), the offline
+# base image for machines without an image registry, and the real-engine smoke test.
+.PHONY: docker-engine docker-engine-stop docker-base test-docker
+docker-engine:
+	scripts/docker-engine.sh start
+docker-engine-stop:
+	scripts/docker-engine.sh stop
+docker-base:
+	docker/base.sh
+test-docker: venv
+	INFBENCH_DOCKER_TESTS=1 $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 # Refresh the pins from the current environment (after changing pyproject.toml).
 lock: venv

@@ -23,6 +23,7 @@ from typing import Any
 
 from infbench import phases as phases_mod
 from infbench import sampler as sampler_mod
+from infbench import verdict
 
 # Version of summary.json. 1: first version.
 SUMMARY_SCHEMA = 1
@@ -40,6 +41,10 @@ DEFINITIONS = {
                     "file, swap), summed over the server's processes at each sample; pss "
                     "counts shared pages once, anon is heap and other anonymous memory",
 }
+CGROUP_FILE = "cgroup_memory.csv"
+CGROUP_DEFINITION = ("docker runtime: the container's cgroup memory as `docker stats` shows it "
+                     "(usage minus inactive file cache), MiB; start/end/peak/after_cooldown "
+                     "defined as for MEM, over its samples")
 
 
 @dataclass
@@ -73,6 +78,19 @@ def parse_mprof(path: Path) -> Mprof:
             out.bad_lines += 1  # e.g. a last line cut short by a crash
     out.mem.sort()
     return out
+
+
+def parse_cgroup_csv(path: Path) -> list[tuple[float, float]]:
+    """cgroup_memory.csv (docker runtime: time, mem_mb, ...) -> sorted (t, MiB) samples."""
+    out: list[tuple[float, float]] = []
+    if not path.exists():
+        return out
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            t, mb = _num(row.get("time"), float), _num(row.get("mem_mb"), float)
+            if t is not None and mb is not None:
+                out.append((t, mb))
+    return sorted(out)
 
 
 def locust_aggregate(stats_csv: Path) -> dict[str, Any] | None:
@@ -168,7 +186,7 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
         t_end = (drain or p).get("end")
         vals = samples_between(mem, p.get("start"), t_end)
         steps.append({
-            "index": i, "batch": batch, "users": p.get("users"),
+            "index": i, "batch": batch, "users": p.get("users"), "cycle": p.get("cycle"),
             "seconds": _r((p["end"] - p["start"]) if p.get("end") else None),
             "drain_seconds": _r((drain["end"] - drain["start"])
                                 if drain and drain.get("end") else None),
@@ -226,7 +244,7 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         vals = [s[key] for s in steps if s.get(key) is not None]
         return sum(vals) if vals else None
 
-    return {
+    out: dict[str, Any] = {
         "schema": SUMMARY_SCHEMA,
         "variant": ph.get("variant", variant_dir.name),
         "status": ph.get("status"),
@@ -234,6 +252,7 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         "error": (ph.get("error") or "").splitlines()[0] if ph.get("error") else None,
         "memory_mb": memory_figures(mp.mem, plist),
         "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
+        "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps),
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,
@@ -249,3 +268,10 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
                     "processes": "processes.csv",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }
+    cgroup = parse_cgroup_csv(variant_dir / CGROUP_FILE)
+    if cgroup:  # docker runs: the container's own figure, beside mprof's
+        out["cgroup_memory_mb"] = memory_figures(cgroup, plist)
+        out["samples"]["cgroup"] = len(cgroup)
+        out["definitions"] = {**DEFINITIONS, "cgroup_memory_mb": CGROUP_DEFINITION}
+        out["sources"]["cgroup_memory"] = CGROUP_FILE
+    return out

@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--all", action="store_true", help="every variant in the file")
         sp.add_argument("--model", default=_env("MODEL"), help="model preset (env INFBENCH_MODEL)")
         sp.add_argument("--runtime", default=_env("RUNTIME", "native"),
-                        help="native (env INFBENCH_RUNTIME)")
+                        help="native or docker (env INFBENCH_RUNTIME)")
 
     b = sub.add_parser("build", help="build the model(s) and sample images a run needs")
     selection(b)
@@ -88,9 +88,10 @@ def cmd_list(exp: config.Experiments) -> int:
 
 def cmd_build(exp: config.Experiments, args: argparse.Namespace) -> int:
     variants = _select(exp, args)
-    get_launcher(args.runtime)
+    launcher = get_launcher(args.runtime)
     images = assets.ensure_images()
     print(f"sample images: {len(images)} JPEGs in {assets.images_dir()}")
+    launcher.prepare(variants, print)
     done: set[str] = set()
     for v in variants:
         m = exp.model_for(v, args.model)
@@ -107,13 +108,16 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     profile = exp.profile(args.profile or exp.study_profile)
     for v in variants:  # validate every model name before anything starts
         exp.model_for(v, args.model)
-    get_launcher(args.runtime)
+    get_launcher(args.runtime).prepare(variants, print)
     plan = Plan(experiments=exp, variants=variants, profile=profile,
                 model_override=args.model, runtime=args.runtime, results=Path(args.results),
                 run_id=args.run_id)
     outcome = run_study(plan)
     summary = report.build(outcome.run_dir)
     print("\n".join(report.memory_table(summary["variants"])))
+    if any("cgroup_memory_mb" in r for r in summary["variants"]):
+        print("\ncontainer cgroup memory (as `docker stats` shows it):")
+        print("\n".join(report.cgroup_table(summary["variants"])))
     print(f"\nresults: {outcome.run_dir}/summary.md (plots: memory_overlay.png, "
           f"<variant>/memory.png)")
     if outcome.status == "interrupted":

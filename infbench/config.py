@@ -61,11 +61,14 @@ class Profile:
     request_timeout: float = 60.0
     wait: tuple[float, float] = (0.0, 1.0)
     sample_interval: float = 0.1
+    cycles: int = 1
+    rest: float = 0.0
 
     def planned_seconds(self) -> float:
         """Upper bound of load + pauses for one variant (drains at their timeout)."""
         per_step = sum(s.seconds + self.drain_timeout + self.pause for s in self.steps)
-        return self.baseline + per_step + self.cooldown
+        rests = self.rest * self.cycles if self.cycles > 1 else 0.0
+        return self.baseline + per_step * self.cycles + rests + self.cooldown
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Variant:
     command: tuple[str, ...] = ()
     health_path: str = "/health"
     startup_timeout: float = 180.0
+    probes: bool = False
+    tracemalloc: bool = False
 
     def __hash__(self) -> int:  # env is a dict; hash what identifies the variant
         return hash(self.name)
@@ -195,7 +200,8 @@ def _load_profile(name: str, table: Any) -> Profile:
     where = f"profiles.{name}"
     spec = {"description": str, "users": int, "spawn_rate": NUM, "steps": list,
             "baseline": NUM, "pause": NUM, "cooldown": NUM, "drain_timeout": NUM,
-            "request_timeout": NUM, "wait": list, "sample_interval": NUM}
+            "request_timeout": NUM, "wait": list, "sample_interval": NUM, "cycles": int,
+            "rest": NUM}
     values = _fields(where, table, spec, required=("users", "spawn_rate", "steps"))
     steps: list[Step] = []
     if not values["steps"]:
@@ -209,9 +215,10 @@ def _load_profile(name: str, table: Any) -> Profile:
     values["steps"] = tuple(steps)
     _positive(where, "users", values["users"])
     _positive(where, "spawn_rate", values["spawn_rate"])
-    for key in ("baseline", "pause", "cooldown", "drain_timeout"):
+    for key in ("baseline", "pause", "cooldown", "drain_timeout", "rest"):
         if key in values:
             _positive(where, key, values[key], allow_zero=True)
+    _positive(where, "cycles", values.get("cycles", 1))
     for key in ("request_timeout", "sample_interval"):
         if key in values:
             _positive(where, key, values[key])
@@ -223,7 +230,7 @@ def _load_profile(name: str, table: Any) -> Profile:
                               f"got {w!r}")
         values["wait"] = (float(w[0]), float(w[1]))
     for key in ("spawn_rate", "baseline", "pause", "cooldown", "drain_timeout",
-                "request_timeout", "sample_interval"):
+                "request_timeout", "sample_interval", "rest"):
         if key in values:
             values[key] = float(values[key])
     return Profile(name=name, **values)
@@ -233,7 +240,8 @@ def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
     where = f"variants.{name}"
     spec = {"description": str, "server": str, "app": str, "endpoint": str,
             "thread_limit": int, "workers": int, "call": str, "model": str, "env": dict,
-            "command": list, "health_path": str, "startup_timeout": NUM}
+            "command": list, "health_path": str, "startup_timeout": NUM, "probes": bool,
+            "tracemalloc": bool}
     values = _fields(where, table, spec, required=("server",))
     _one_of(where, "server", values["server"], SERVERS)
     _one_of(where, "app", values.get("app", "starlette"), APPS)

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,7 +78,7 @@ def server_argv(variant: Variant, port: int, python: str = sys.executable) -> li
                 "--graceful-timeout", str(int(GRACE_S)), app]
     if variant.server == "command":
         return [part.replace("{port}", str(port)).replace("{host}", HOST)
-                for part in variant.command]
+                .replace("{python}", python) for part in variant.command]
     raise ValueError(f"unknown server {variant.server!r}")
 
 
@@ -104,6 +105,12 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
         env["INFBENCH_THREAD_LIMIT"] = str(v.thread_limit)
     else:
         env.pop("INFBENCH_THREAD_LIMIT", None)
+    for key in ("INFBENCH_PROBE_DIR", "INFBENCH_TRACEMALLOC"):
+        env.pop(key, None)
+    if v.probes:  # servers/probes.py: one JSON line a second per process, in the run folder
+        env["INFBENCH_PROBE_DIR"] = str(spec.out_dir)
+        if v.tracemalloc:
+            env["INFBENCH_TRACEMALLOC"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(v.env)
     return env
@@ -123,6 +130,8 @@ class Server(Protocol):
 class Launcher(Protocol):
     name: str
 
+    def check(self) -> None: ...
+    def prepare(self, variants: list[Variant], say: Callable[[str], None]) -> None: ...
     def start(self, spec: ServerSpec) -> Server: ...
 
 
@@ -188,6 +197,12 @@ class NativeServer:
 class NativeLauncher:
     name = "native"
 
+    def check(self) -> None:
+        """Nothing to check: the native runtime needs only this environment."""
+
+    def prepare(self, variants: list[Variant], say: Callable[[str], None]) -> None:
+        """Nothing to build beyond the model and images, which the run makes itself."""
+
     def start(self, spec: ServerSpec) -> NativeServer:
         return NativeServer(spec)
 
@@ -223,9 +238,18 @@ def wait_healthy(server: Server, timeout: float, on_tick: object = None) -> dict
 
 
 LAUNCHERS: dict[str, Launcher] = {"native": NativeLauncher()}
+RUNTIMES = ("native", "docker")
 
 
 def get_launcher(runtime: str) -> Launcher:
+    """The launcher of a runtime, checked (e.g. that a Docker engine answers): a one-line
+    LaunchError before anything starts."""
+    if runtime == "docker" and runtime not in LAUNCHERS:
+        from infbench.docker import DockerLauncher  # on demand: infbench.docker builds on this
+
+        LAUNCHERS[runtime] = DockerLauncher()
     if runtime not in LAUNCHERS:
-        raise LaunchError(f"unknown runtime {runtime!r} (known: {', '.join(LAUNCHERS)})")
-    return LAUNCHERS[runtime]
+        raise LaunchError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    launcher = LAUNCHERS[runtime]
+    launcher.check()
+    return launcher

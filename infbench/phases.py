@@ -15,7 +15,7 @@ from typing import Any
 
 # Version of phases.json. 1: first version.
 PHASES_SCHEMA = 1
-KINDS = ("baseline", "step", "drain", "pause", "cooldown")
+KINDS = ("baseline", "step", "drain", "pause", "rest", "cooldown", "trim")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -31,20 +31,25 @@ def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float, label_y: float)
                      fontsize=8, color=color, fontweight="bold")
         elif kind == "drain":
             ax.axvspan(a, b, color="#999999", alpha=0.15, lw=0, hatch="///")
-        elif kind in ("baseline", "cooldown"):
+        elif kind in ("baseline", "rest", "cooldown", "trim"):
             ax.axvspan(a, b, color="#cccccc", alpha=0.25, lw=0)
             ax.text((a + b) / 2, label_y, kind, ha="center", va="top", fontsize=7,
                     color="#666666")
 
 
+Series = list[tuple[float, float]]
+
+
 def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out: Path,
-                 title: str) -> Path:
+                 title: str, extra: tuple[tuple[str, Series, str], ...] = ()) -> Path:
+    """Memory over time, phases shaded; `extra` adds (label, samples, colour) lines on the
+    same clock (e.g. the container's cgroup memory of a docker run)."""
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
     if mp.mem:
         t0 = mp.mem[0][0]
         xs = [t - t0 for t, _ in mp.mem]
         ys = [m for _, m in mp.mem]
-        top = max(ys) * 1.12
+        top = max(ys + [m for _, series_, _ in extra for _, m in series_]) * 1.12
         ax.set_ylim(0, top)
         _shade(ax, phases.get("phases", []), t0, top * 0.99)
         ax.plot(xs, ys, color="black", lw=1.2, label="server + children (mprof MEM)")
@@ -52,6 +57,10 @@ def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out
             for n, (idx, series) in enumerate(sorted(mp.children.items())):
                 ax.plot([t - t0 for t, _ in series], [m for _, m in series], lw=0.7,
                         alpha=0.7, label=f"child {idx}" if n < 4 else None)
+        for label, series_, colour in extra:
+            if series_:
+                ax.plot([t - t0 for t, _ in series_], [m for _, m in series_], lw=1.0,
+                        ls="--", color=colour, label=label)
         mem = summary.get("memory_mb", {})
         if mem.get("start") is not None:
             ax.axhline(mem["start"], color="#2a9d8f", ls=":", lw=1)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infbench import analysis, phases, plots
+from infbench import analysis, phases, plots, verdict
 from infbench.phases import write_json
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
@@ -66,7 +66,9 @@ def build(run_dir: Path) -> dict[str, Any]:
         write_json(vd / "summary.json", s)
         ph = phases.load(vd / "phases.json")
         mp = analysis.parse_mprof(vd / "mprofile.dat")
-        plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time")
+        cgroup = analysis.parse_cgroup_csv(vd / analysis.CGROUP_FILE)  # docker runs only
+        plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
+                           extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),))
         series.append((s["variant"], mp))
         rows.append(s)
     title = f"{info.get('run_id', run_dir.name)}: memory, all variants (profile " \
@@ -90,6 +92,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     for i, b in batches:
         header += [f"s{i}_b{b}_{k}" for k in ("requests", "failures", "cut_off", "rps",
                                                "p50_ms", "p95_ms", "mem_end_mb")]
+    cgroup = any("cgroup_memory_mb" in r for r in rows)  # docker runs: appended columns
+    if cgroup:
+        header += [f"cgroup_{k}_mb" for k in CSV_MEMORY]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -104,6 +109,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
                 s = by_key.get(key, {})
                 line += [s.get(k) for k in ("requests", "failures", "cut_off", "rps",
                                             "p50_ms", "p95_ms", "mem_end_mb")]
+            if cgroup:
+                line += [(r.get("cgroup_memory_mb") or {}).get(k) for k in CSV_MEMORY]
             w.writerow(["" if x is None else x for x in line])
 
 
@@ -118,6 +125,23 @@ def memory_table(rows: list[dict[str, Any]]) -> list[str]:
                    f"{_fmt(t['requests'])} | {_fmt(t['failures'])} | {_fmt(t['cut_off'])} | "
                    f"{r['status']} |")
     return out
+
+
+def cgroup_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Docker runs: the container's cgroup memory (`docker stats`) beside mprof's figures."""
+    out = ["| variant | after API start (MB) | after test (MB) | growth (MB) | peak (MB) | "
+           "after cooldown (MB) | peak - mprof peak (MB) |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        c = r.get("cgroup_memory_mb")
+        if not c:
+            continue
+        mp = r["memory_mb"].get("peak")
+        diff = c["peak"] - mp if c.get("peak") is not None and mp is not None else None
+        out.append(f"| {r['variant']} | {_fmt(c['start'])} | {_fmt(c['end'])} | "
+                   f"{_signed(c['growth'])} | {_fmt(c['peak'])} | {_fmt(c['after_cooldown'])} | "
+                   f"{_signed(diff)} |")
+    return out if len(out) > 2 else []
 
 
 def processes_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -136,6 +160,24 @@ def processes_table(rows: list[dict[str, Any]]) -> list[str]:
 
         out.append(f"| {r['variant']} | {p['processes_max']} | {span('rss')} | {span('pss')} | "
                    f"{span('uss')} | {span('anon')} | {span('file')} | {p['threads_max']} |")
+    return out if len(out) > 2 else []
+
+
+def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Leak / allocator retention / plateau per variant, with the figures that decided it."""
+    out = ["| variant | verdict | post-rest MB per cycle | growth / cycle (MB) | "
+           "per 1,000 requests (MB) | malloc_trim gave back (MB) | why |",
+           "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        v = r.get("verdict") or {}
+        if v.get("cycles", 0) < 2:
+            continue
+        per = " → ".join(_fmt(x) for x in v.get("post_rest_mb") or []) or "-"
+        where = f" ({v['where']})" if v.get("where") else ""
+        out.append(f"| {r['variant']} | **{v['verdict']}**{where} | {per} | "
+                   f"{_signed(v.get('growth_per_cycle_mb'))} | "
+                   f"{_fmt(v.get('growth_per_1000_requests_mb'), 2)} | "
+                   f"{_fmt(v.get('trim_freed_mb'))} | {v.get('reason', '')} |")
     return out if len(out) > 2 else []
 
 
@@ -175,6 +217,14 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     if git.get("revision"):
         lines.append(f"- git: `{git['revision'][:12]}`" + (" (dirty)" if git.get("dirty") else ""))
     lines += ["", "## Memory (server + children, mprof)", "", *memory_table(rows)]
+    cgroup = cgroup_table(rows)
+    if cgroup:
+        lines += ["", "## Memory of the container (cgroup, as `docker stats` shows it)", "",
+                  *cgroup, "",
+                  "The container's memory cgroup: usage minus inactive file cache, sampled at "
+                  "mprof's interval. It counts each page once and includes the page cache the "
+                  "server keeps active and kernel memory; mprof's MEM sums the RSS of the "
+                  "processes. Source: `<variant>/cgroup_memory.csv`."]
     where = processes_table(rows)
     if where:
         lines += ["", "## Where the memory is (per-process sampler, after API start → after "
@@ -183,6 +233,19 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "master's pages) once per process, as mprof's MEM does; PSS counts them "
                   "once. Anonymous memory is the heap, allocator arenas, thread stacks and "
                   "tensors: where growth under load lives. Source: `<variant>/processes.csv`."]
+    judged = verdict_table(rows)
+    if not judged:
+        lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "
+                  "`PROFILE=cycles` repeats it with a rest after each cycle (and variants "
+                  "with `probes = true` say where the memory is)."]
+    else:
+        lines += ["", "## Leak, allocator retention or plateau", "", *judged, "",
+                  "Memory is compared at the end of each cycle's rest, with the first cycle "
+                  "as warm-up; a verdict needs at least "
+                  f"{verdict.MIN_CYCLES} cycles (a profile with `cycles`, e.g. "
+                  "`PROFILE=cycles`) and the server probes (`probes = true`) to tell a leak "
+                  "from retention. The rules and thresholds are in `summary.json` and the "
+                  "README."]
     lines += ["", "## Load per step (Locust)", "", *steps_table(rows)]
     problems = [r for r in rows if r["status"] != "complete"]
     if problems:

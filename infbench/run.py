@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import psutil
 
 from infbench import assets, manifest, proc
-from infbench.config import Experiments, Model, Profile, Variant, as_dict, fingerprint
+from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.launch import (
     LaunchError,
     Server,
@@ -32,11 +32,13 @@ from infbench.launch import (
 from infbench.load import StepLoad, start_step
 from infbench.phases import PhaseLog, write_json
 from infbench.sampler import ProcessSampler
+from servers.probes import TRIM_REQUEST
 
 # Version of run.json. 1: first version.
 RUN_SCHEMA = 1
 STARTUP_ESTIMATE_S = 20.0
 MAX_IMAGES_DEFAULT = 128
+TRIM_WAIT_S = 3.0
 
 
 class ServerDied(Exception):
@@ -248,12 +250,19 @@ class VariantRun:
         self.log.data["health"] = health
         write_json(self.out / "server.json", {**self.server.info(), "health": health})
         self._hold("baseline", p.baseline, "baseline")
-        for i, step in enumerate(p.steps, start=1):
-            self._step(i, step.batch, step.seconds)
-            if p.pause:
-                self._hold("pause", p.pause, f"pause {i}/{len(p.steps)}", index=i,
-                           batch=step.batch)
+        total = len(p.steps) * p.cycles
+        for c in range(1, p.cycles + 1):
+            for j, step in enumerate(p.steps, start=1):
+                # Steps are numbered through all cycles, so every step keeps its own files.
+                i = (c - 1) * len(p.steps) + j
+                self._step(i, total, step, c)
+                if p.pause:
+                    self._hold("pause", p.pause, f"pause {i}/{total}", index=i,
+                               batch=step.batch, cycle=c)
+            if p.cycles > 1 and p.rest:
+                self._hold("rest", p.rest, f"rest {c}/{p.cycles}", cycle=c)
         self._hold("cooldown", p.cooldown, "cooldown")
+        self._trim()
 
     # -- pieces --------------------------------------------------------------------------
     def _check_server(self) -> None:
@@ -289,13 +298,21 @@ class VariantRun:
         phase["server_busy_s"] = cpu.busy_seconds(start)
         self.log.end()
 
-    def _step(self, i: int, batch: int, seconds: float) -> None:
+    def _trim(self) -> None:
+        """With probes on: after the cooldown (so that 'after cooldown' is what the allocator
+        kept by itself), ask each server process for malloc_trim(0); their probe threads
+        answer within a second with what it gave back."""
+        if not self.v.probes:
+            return
+        (self.out / TRIM_REQUEST).touch()
+        self._hold("trim", TRIM_WAIT_S, "malloc_trim(0)")
+
+    def _step(self, i: int, n: int, spec: Step, cycle: int) -> None:
         assert self.server is not None
-        n = len(self.profile.steps)
-        self.load = start_step(self.profile, self.profile.steps[i - 1], i, self.server.url,
-                               self.out, self.images)
+        batch, seconds = spec.batch, spec.seconds
+        self.load = start_step(self.profile, spec, i, self.server.url, self.out, self.images)
         step = self.log.begin("step", index=i, batch=batch, planned=seconds,
-                              users=self.profile.users)
+                              users=self.profile.users, cycle=cycle)
         drain_started = False
         while self.load.group.poll() is None:
             self._check_server()

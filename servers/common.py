@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servers import probes
 from servers.model import BadImage, LoadedModel, load_model, predict, preprocess
 from servers.settings import Settings
 
@@ -186,6 +187,7 @@ class Service:
     async def lifespan(self, app: object) -> AsyncIterator[None]:
         """Load and warm the model before the server accepts connections."""
         s = self.settings
+        probes.start_from_env()  # INFBENCH_PROBE_DIR: the memory probes' thread (opt-in)
         if s.thread_limit is not None:
             # Must run inside the event loop: the limiter belongs to the running loop.
             anyio.to_thread.current_default_thread_limiter().total_tokens = s.thread_limit

@@ -59,6 +59,13 @@ def test_minimal_file_fills_defaults(tmp_path: Path) -> None:
     p = exp.profile("p")
     assert p.steps == (config.Step(batch=1, seconds=2.0),) and p.wait == (0.0, 1.0)
     assert p.planned_seconds() == pytest.approx(10 + 2 + 20 + 15 + 30)
+    assert (p.cycles, p.rest, a.probes, a.tracemalloc) == (1, 0.0, False, False)
+
+
+def test_cycles_repeat_the_sweep_with_a_rest(tmp_path: Path) -> None:
+    text = GOOD.replace("users = 2", "users = 2\ncycles = 3\nrest = 7")
+    p = config.load(write(tmp_path, text)).profile("p")
+    assert p.planned_seconds() == pytest.approx(10 + 3 * (2 + 20 + 15) + 3 * 7 + 30)
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -76,6 +83,10 @@ def test_minimal_file_fills_defaults(tmp_path: Path) -> None:
     (('input_size = 32', ''), r"models\.m: needs either 'path'"),
     (('[variants.a]', '[variant.a]'), r"unknown key 'variant'"),
     (('server = "uvicorn"', 'server = "command"'), r"needs a command list"),
+    (('users = 2', 'users = 2\ncycles = 0'), r"profiles\.p\.cycles: must be > 0"),
+    (('users = 2', 'users = 2\nrest = -1'), r"profiles\.p\.rest: must be >= 0"),
+    (('server = "uvicorn"', 'server = "uvicorn"\nprobes = "yes"'),
+     r"variants\.a\.probes: expected bool, got str"),
 ])
 def test_config_errors_are_one_line_and_name_the_key(tmp_path: Path, edit: tuple[str, str],
                                                      message: str) -> None:

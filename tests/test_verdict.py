@@ -1,0 +1,101 @@
+"""The verdict rules on small synthetic cycle figures: each verdict, and inconclusive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infbench import verdict
+
+
+def cycles(rss: list[float], **series: list[float | None]) -> list[dict[str, Any]]:
+    out = []
+    for i, mb in enumerate(rss):
+        c: dict[str, Any] = {"cycle": i + 1, "complete": True, "requests": 500,
+                             "post_rest_mb": mb}
+        for key, values in series.items():
+            c[key] = values[i]
+        out.append(c)
+    return out
+
+
+def test_plateau_after_warmup() -> None:
+    # Big warm-up growth, then flat: the working set was reached.
+    v = verdict.decide(cycles([900, 1150, 1153, 1152]))
+    assert v["verdict"] == "plateau"
+    assert v["growth_last_cycle_mb"] == -1.0 and v["noise_mb"] == pytest.approx(9.0)
+    assert "stopped growing" in v["reason"]
+
+
+def test_plateau_reached_in_the_last_cycle() -> None:
+    v = verdict.decide(cycles([600, 700, 760, 763]))
+    assert v["verdict"] == "plateau"
+
+
+def test_python_leak() -> None:
+    v = verdict.decide(cycles([600, 650, 700, 750], py_blocks=[1e5, 2e5, 3e5, 4e5],
+                              malloc_in_use_mb=[300, 350, 400, 450],
+                              malloc_free_mb=[20, 20, 21, 20]))
+    assert v["verdict"] == "leak" and v["where"] == "python objects"
+    assert v["growth_per_cycle_mb"] == 50.0
+    assert v["growth_per_1000_requests_mb"] == pytest.approx(150 / 1500 * 1000)
+    assert v["python_heap"]["measure"] == "py_blocks"
+
+
+def test_python_leak_by_tracemalloc_wins_over_blocks() -> None:
+    v = verdict.decide(cycles([600, 640, 680], py_blocks=[1e5, 1e5, 1e5],
+                              py_traced_mb=[10, 50, 90]))
+    assert v["verdict"] == "leak" and v["python_heap"]["measure"] == "tracemalloc_mb"
+
+
+def test_native_leak() -> None:
+    v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.001e5, 1e5],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["verdict"] == "leak" and v["where"] == "native allocations"
+
+
+def test_allocator_retention_by_free_lists() -> None:
+    v = verdict.decide(cycles([600, 700, 800], py_blocks=[1e5, 1e5, 1e5],
+                              malloc_in_use_mb=[300, 302, 301], malloc_free_mb=[50, 140, 240]))
+    assert v["verdict"] == "allocator retention"
+    assert v["malloc_free_growth_mb"] == 190.0
+
+
+def test_allocator_retention_by_trim() -> None:
+    # Free-list figures unavailable (e.g. not sampled), but trim gave most of it back.
+    v = verdict.decide(cycles([600, 700, 800], py_blocks=[1e5, 1e5, 1e5]), trim_freed_mb=150.0)
+    assert v["verdict"] == "allocator retention" and "malloc_trim" in v["reason"]
+
+
+def test_growing_without_probes_is_inconclusive() -> None:
+    v = verdict.decide(cycles([600, 700, 800, 900]))
+    assert v["verdict"] == "inconclusive"
+    assert "probes" in v["reason"] and v["growth_per_cycle_mb"] == 100.0
+
+
+def test_growth_nothing_explains_is_inconclusive() -> None:
+    v = verdict.decide(cycles([600, 700, 800], py_blocks=[1e5, 1e5, 1e5],
+                              malloc_in_use_mb=[300, 305, 310], malloc_free_mb=[20, 21, 20]),
+                       trim_freed_mb=2.0)
+    assert v["verdict"] == "inconclusive" and "neither" in v["reason"]
+
+
+@pytest.mark.parametrize("rss", [[600], [600, 700]])
+def test_too_few_cycles(rss: list[float]) -> None:
+    v = verdict.decide(cycles(rss))
+    assert v["verdict"] == "inconclusive" and "need at least 3" in v["reason"]
+
+
+def test_an_interrupted_cycle_is_never_judged() -> None:
+    c = cycles([600, 700, 800, 900])
+    c[-1]["complete"] = False
+    assert verdict.decide(c)["verdict"] == "inconclusive"
+    c = cycles([600, 700, 800])
+    c[1]["post_rest_mb"] = None  # a rest without samples
+    assert verdict.decide(c)["verdict"] == "inconclusive"
+
+
+def test_noisy_but_flat_on_average_is_inconclusive() -> None:
+    v = verdict.decide(cycles([600, 590, 612, 598, 611]))
+    assert v["verdict"] == "inconclusive" and "more cycles" in v["reason"]
