@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infbench import analysis, phases, plots, verdict
+from infbench import analysis, phases, plots, sampler, verdict
 from infbench.phases import write_json
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
@@ -68,7 +68,8 @@ def build(run_dir: Path) -> dict[str, Any]:
         mp = analysis.parse_mprof(vd / "mprofile.dat")
         cgroup = analysis.parse_cgroup_csv(vd / analysis.CGROUP_FILE)  # docker runs only
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
-                           extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),))
+                           extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
+                                  *sampler_lines(vd)))
         series.append((s["variant"], mp))
         rows.append(s)
     title = f"{info.get('run_id', run_dir.name)}: memory, all variants (profile " \
@@ -77,6 +78,15 @@ def build(run_dir: Path) -> dict[str, Any]:
     _write_csv(run_dir / "summary.csv", rows)
     (run_dir / "summary.md").write_text(markdown(info, rows))
     return {"run": info, "variants": rows}
+
+
+def sampler_lines(variant_dir: Path) -> tuple[tuple[str, plots.Series, str], ...]:
+    """PSS and anonymous memory summed over the server's processes (processes.csv)."""
+    tot = sampler.totals(sampler.read_samples(variant_dir / "processes.csv"))
+    pss = [(t["time"], t["pss_mb"]) for t in tot if t["pss_mb"] is not None]
+    anon = [(t["time"], t["anon_mb"]) for t in tot]
+    return (("PSS, all processes (sampler)", pss, "#6a4c93"),
+            ("anonymous, all processes (sampler)", anon, "#8d99ae"))
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -222,9 +232,10 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines += ["", "## Memory of the container (cgroup, as `docker stats` shows it)", "",
                   *cgroup, "",
                   "The container's memory cgroup: usage minus inactive file cache, sampled at "
-                  "mprof's interval. It counts each page once and includes the page cache the "
-                  "server keeps active and kernel memory; mprof's MEM sums the RSS of the "
-                  "processes. Source: `<variant>/cgroup_memory.csv`."]
+                  "mprof's interval. It counts each page once, with kernel memory; file pages "
+                  "(the libraries' code) count only if this container read them first, so it "
+                  "can sit far below mprof's RSS sum (which counts them in every process) and "
+                  "still grow by the same amount. Source: `<variant>/cgroup_memory.csv`."]
     where = processes_table(rows)
     if where:
         lines += ["", "## Where the memory is (per-process sampler, after API start → after "

@@ -92,8 +92,9 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> 
     })
     if d[-1] <= noise:
         out["verdict"] = "plateau"
-        out["reason"] = (f"post-rest memory changed by {d[-1]:+.1f} MB in the last cycle, "
-                         f"within the noise of {noise:.1f} MB: it stopped growing")
+        how = (f"fell {-d[-1]:.1f} MB" if d[-1] < -noise else
+               f"changed by {d[-1]:+.1f} MB, within the noise of {noise:.1f} MB,")
+        out["reason"] = f"post-rest memory {how} in the last cycle: it stopped growing"
         return out
     if statistics.fmean(d) <= noise:
         out["verdict"] = "inconclusive"

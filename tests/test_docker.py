@@ -446,10 +446,14 @@ def test_docker_smoke_run(docker_run: tuple[Path, subprocess.CompletedProcess[st
     base = ph["phases"][0]
     assert c["start"] == pytest.approx(
         statistics.median(m for t, m in cg if base["start"] <= t <= base["end"]), abs=0.06)
-    # The container holds the server (and a few MB of docker-init and mprof): the same order
-    # of memory as mprof's RSS sum, if not the same figure.
-    assert s["memory_mb"]["start"] > 100
-    assert 0.5 * s["memory_mb"]["start"] < c["start"] < 2.0 * s["memory_mb"]["start"]
+    # The cgroup holds the server's anonymous memory (and docker-init's and mprof's); the file
+    # pages of its libraries are in mprof's RSS but charged to whichever cgroup first read
+    # them (with vfs, the engine's copy of the image). Growth under load is anonymous: both
+    # see the same growth.
+    anon = s["processes_mb"]["anon"]["start"]
+    assert s["memory_mb"]["start"] > 100 and anon > 50
+    assert 0.9 * anon <= c["start"] <= 1.5 * s["memory_mb"]["start"] + 100
+    assert abs(c["growth"] - s["memory_mb"]["growth"]) <= 20
     assert s["totals"]["requests"] > 0 and s["totals"]["failures"] == 0
     assert our_containers(run_dir.name) == []
 
