@@ -229,6 +229,10 @@ def container_env(spec: ServerSpec, model_path: str) -> dict[str, str]:
            "INFBENCH_CALL": v.call, "INFBENCH_MAX_IMAGES": str(spec.max_images)}
     if v.thread_limit:
         env["INFBENCH_THREAD_LIMIT"] = str(v.thread_limit)
+    if v.probes:  # the probes write into the mounted variant folder, as natively
+        env["INFBENCH_PROBE_DIR"] = OUT
+        if v.tracemalloc:
+            env["INFBENCH_TRACEMALLOC"] = "1"
     env.update(v.env)
     return env
 

@@ -105,6 +105,13 @@ def test_run_argv_of_gunicorn_carries_workers_limit_and_env(tmp_path: Path) -> N
     assert pairs(inner, "-b") == ["127.0.0.1:43210"]
 
 
+def test_probes_write_into_the_mounted_variant_folder(tmp_path: Path) -> None:
+    v = dataclasses.replace(UVICORN, probes=True, tracemalloc=True)
+    env = dict(e.split("=", 1) for e in pairs(dk.run_argv(spec(tmp_path, v), "img:1", "r"),
+                                                "--env"))
+    assert env["INFBENCH_PROBE_DIR"] == "/out" and env["INFBENCH_TRACEMALLOC"] == "1"
+
+
 def test_container_and_image_names_are_valid_docker_names() -> None:
     v = dataclasses.replace(UVICORN, name="My_Variant.v2 (test)")
     assert dk.image_tag(v, "0123456789ab") == "infbench-my_variant.v2-test:0123456789ab"
