@@ -51,6 +51,7 @@ from infbench.launch import (
     ROOT,
     LaunchError,
     ServerSpec,
+    WatchedServer,
     mprof_argv,
     server_argv,
 )
@@ -294,7 +295,7 @@ class ContainerGroup(proc.Group):
         return code
 
 
-class DockerServer:
+class DockerServer(WatchedServer):
     """A variant's server in a container; the same interface as the native one."""
 
     def __init__(self, spec: ServerSpec, image: str) -> None:
@@ -347,22 +348,8 @@ class DockerServer:
         except psutil.Error:
             return []
 
-    def alive(self) -> bool:
-        # The foreground client ends with the container. As natively, once the server has been
-        # seen, mprof alone (for its last interval) does not count.
-        if not self.group.alive():
-            return False
-        if self._server_processes():
-            self._seen_server = True
-            return True
-        return not self._seen_server
-
-    def exit_code(self) -> int | None:
-        return self.group.poll()
-
-    def processes(self) -> list[psutil.Process]:
-        """The server and its workers (host pids), without docker-init and mprof."""
-        return self._server_processes()
+    # alive(), exit_code(), processes(): as natively (WatchedServer). The foreground client
+    # ends with the container; the server and its workers are host pids under mprof.
 
     def info(self) -> dict[str, object]:
         return {"launcher": "docker", "image": self.image, "image_id": image_id(self.image),

@@ -135,20 +135,15 @@ class Launcher(Protocol):
     def start(self, spec: ServerSpec) -> Server: ...
 
 
-class NativeServer:
-    """The server as a local process group: mprof at its head, the server as mprof's child."""
+class WatchedServer:
+    """What every launcher's server shares: a local process group (mprof, or the client of a
+    container) watched through the server processes under it."""
 
-    def __init__(self, spec: ServerSpec) -> None:
-        self.variant = spec.variant
-        self.url = f"http://{HOST}:{spec.port}"
-        self.spec = spec
-        self.log_path = spec.out_dir / "server.log"
-        program = server_argv(spec.variant, spec.port)
-        self.argv = mprof_argv(spec.out_dir / "mprofile.dat", spec.sample_interval, program)
-        self.started_at = time.time()
-        self._seen_server = False
-        self.group = proc.Group(self.argv, log_path=self.log_path, env=server_env(spec),
-                                cwd=ROOT)
+    group: proc.Group
+    _seen_server: bool = False
+
+    def _server_processes(self) -> list[psutil.Process]:
+        raise NotImplementedError
 
     def alive(self) -> bool:
         # mprof outlives its child only by one sampling interval; the server is what matters.
@@ -163,15 +158,31 @@ class NativeServer:
     def exit_code(self) -> int | None:
         return self.group.poll()
 
+    def processes(self) -> list[psutil.Process]:
+        """The server and its workers, without mprof itself."""
+        return self._server_processes()
+
+
+class NativeServer(WatchedServer):
+    """The server as a local process group: mprof at its head, the server as mprof's child."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.variant = spec.variant
+        self.url = f"http://{HOST}:{spec.port}"
+        self.spec = spec
+        self.log_path = spec.out_dir / "server.log"
+        program = server_argv(spec.variant, spec.port)
+        self.argv = mprof_argv(spec.out_dir / "mprofile.dat", spec.sample_interval, program)
+        self.started_at = time.time()
+        self._seen_server = False
+        self.group = proc.Group(self.argv, log_path=self.log_path, env=server_env(spec),
+                                cwd=ROOT)
+
     def _server_processes(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.group.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-
-    def processes(self) -> list[psutil.Process]:
-        """The server and its workers, without mprof itself."""
-        return self._server_processes()
 
     def info(self) -> dict[str, object]:
         return {"launcher": "native", "argv": self.argv, "url": self.url,

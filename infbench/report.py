@@ -137,58 +137,60 @@ def memory_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _table(columns: list[str], lines: list[list[str]]) -> list[str]:
+    """A markdown table; a column named with a leading '>' is right-aligned. No rows: []."""
+    if not lines:
+        return []
+    names = [c.lstrip(">") for c in columns]
+    align = ["---:" if c.startswith(">") else "---" for c in columns]
+    return ["| " + " | ".join(names) + " |", "| " + " | ".join(align) + " |",
+            *("| " + " | ".join(cells) + " |" for cells in lines)]
+
+
 def cgroup_table(rows: list[dict[str, Any]]) -> list[str]:
     """Docker runs: the container's cgroup memory (`docker stats`) beside mprof's figures."""
-    out = ["| variant | after API start (MB) | after test (MB) | growth (MB) | peak (MB) | "
-           "after cooldown (MB) | peak - mprof peak (MB) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = []
     for r in rows:
         c = r.get("cgroup_memory_mb")
         if not c:
             continue
         mp = r["memory_mb"].get("peak")
         diff = c["peak"] - mp if c.get("peak") is not None and mp is not None else None
-        out.append(f"| {r['variant']} | {_fmt(c['start'])} | {_fmt(c['end'])} | "
-                   f"{_signed(c['growth'])} | {_fmt(c['peak'])} | {_fmt(c['after_cooldown'])} | "
-                   f"{_signed(diff)} |")
-    return out if len(out) > 2 else []
+        lines.append([r["variant"], _fmt(c["start"]), _fmt(c["end"]), _signed(c["growth"]),
+                      _fmt(c["peak"]), _fmt(c["after_cooldown"]), _signed(diff)])
+    return _table(["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)",
+                   ">peak (MB)", ">after cooldown (MB)", ">peak - mprof peak (MB)"], lines)
 
 
 def processes_table(rows: list[dict[str, Any]]) -> list[str]:
     """Where the memory is: the sampler's figures, start -> end, summed over processes."""
-    out = ["| variant | processes | RSS sum (MB) | PSS (MB) | USS (MB) | anonymous (MB) | "
-           "file-backed (MB) | threads (max) |",
-           "| --- | ---: | --- | --- | --- | --- | --- | ---: |"]
+    lines = []
     for r in rows:
         p = r.get("processes_mb")
         if not p:
             continue
-
-        def span(key: str, fig: dict[str, Any] = p) -> str:
-            m = fig[key]
-            return f"{_fmt(m['start'])} → {_fmt(m['end'])} ({_signed(m['growth'])})"
-
-        out.append(f"| {r['variant']} | {p['processes_max']} | {span('rss')} | {span('pss')} | "
-                   f"{span('uss')} | {span('anon')} | {span('file')} | {p['threads_max']} |")
-    return out if len(out) > 2 else []
+        spans = [f"{_fmt(p[k]['start'])} → {_fmt(p[k]['end'])} ({_signed(p[k]['growth'])})"
+                 for k in ("rss", "pss", "uss", "anon", "file")]
+        lines.append([r["variant"], str(p["processes_max"]), *spans, str(p["threads_max"])])
+    return _table(["variant", ">processes", "RSS sum (MB)", "PSS (MB)", "USS (MB)",
+                   "anonymous (MB)", "file-backed (MB)", ">threads (max)"], lines)
 
 
 def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
     """Leak / allocator retention / plateau per variant, with the figures that decided it."""
-    out = ["| variant | verdict | post-rest MB per cycle | growth / cycle (MB) | "
-           "per 1,000 requests (MB) | malloc_trim gave back (MB) | why |",
-           "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    lines = []
     for r in rows:
         v = r.get("verdict") or {}
         if v.get("cycles", 0) < 2:
             continue
         per = " → ".join(_fmt(x) for x in v.get("post_rest_mb") or []) or "-"
         where = f" ({v['where']})" if v.get("where") else ""
-        out.append(f"| {r['variant']} | **{v['verdict']}**{where} | {per} | "
-                   f"{_signed(v.get('growth_per_cycle_mb'))} | "
-                   f"{_fmt(v.get('growth_per_1000_requests_mb'), 2)} | "
-                   f"{_fmt(v.get('trim_freed_mb'))} | {v.get('reason', '')} |")
-    return out if len(out) > 2 else []
+        lines.append([r["variant"], f"**{v['verdict']}**{where}", per,
+                      _signed(v.get("growth_per_cycle_mb")),
+                      _fmt(v.get("growth_per_1000_requests_mb"), 2),
+                      _fmt(v.get("trim_freed_mb")), v.get("reason", "")])
+    return _table(["variant", "verdict", "post-rest MB per cycle", ">growth / cycle (MB)",
+                   ">per 1,000 requests (MB)", ">malloc_trim gave back (MB)", "why"], lines)
 
 
 def _busy(step: dict[str, Any]) -> str:
