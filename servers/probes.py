@@ -148,9 +148,10 @@ class Probe:
         ok = bool(self.libc.malloc_trim(0)) if self.libc is not None and hasattr(
             self.libc, "malloc_trim") else None
         after, _ = _rss_threads()
+        before, after = round(before, 2), round(after, 2)
         return {"t": round(time.time(), 3), "pid": self.pid, "event": "trim",
-                "allocator": self.allocator, "released": ok, "rss_before_mb": round(before, 2),
-                "rss_after_mb": round(after, 2), "freed_mb": round(before - after, 2)}
+                "allocator": self.allocator, "released": ok, "rss_before_mb": before,
+                "rss_after_mb": after, "freed_mb": round(before - after, 2)}
 
     def run(self) -> None:
         with self.path.open("a") as f:
