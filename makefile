@@ -4,7 +4,8 @@
 #   make test                   unit + integration tests (tiny model, seconds of load)
 #   make run_<variant>          one hypothesis;  make build_<variant>  its model + images
 #   make report RUN=<run-id>    rebuild plots/tables of a finished or interrupted run
-#   make list                   variants, profiles and models
+#   make list                   variants, profiles, studies and models
+#   make run_study STUDY=<name> a named study (default: allocators)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 
@@ -17,15 +18,17 @@ PROFILE ?=
 MODEL ?=
 RUNTIME ?= native
 RUN ?= latest
+STUDY ?= allocators
 PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
-.PHONY: help venv build build_all run run_all report list test test-unit lint lock clean
+.PHONY: help venv build build_all run run_all run_study report list test test-unit lint lock \
+	clean allocators
 
 help:
-	@sed -n '2,11p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -47,6 +50,8 @@ run: venv
 	$(PY) -m infbench run $(opts)
 run_all: venv
 	$(PY) -m infbench run --all $(opts)
+run_study: venv
+	$(PY) -m infbench run --study $(STUDY) $(opts)
 run_%: venv
 	$(PY) -m infbench run $* $(opts)
 
@@ -77,6 +82,10 @@ docker-base:
 	docker/base.sh
 test-docker: venv
 	INFBENCH_DOCKER_TESTS=1 $(PY) -m pytest -m docker $(PYTEST_ARGS)
+
+# The allocators the allocator hypotheses preload (Debian's packages; root).
+allocators:
+	scripts/allocators.sh
 
 # Refresh the pins from the current environment (after changing pyproject.toml).
 lock: venv

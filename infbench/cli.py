@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
     def selection(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("variants", nargs="*", help="variant names (default: the study's)")
         sp.add_argument("--all", action="store_true", help="every variant in the file")
+        sp.add_argument("--study", default=_env("STUDY"),
+                        help="a named study of experiments.toml: its variants and profile "
+                             "(env INFBENCH_STUDY)")
         sp.add_argument("--model", default=_env("MODEL"), help="model preset (env INFBENCH_MODEL)")
         sp.add_argument("--runtime", default=_env("RUNTIME", "native"),
                         help="native or docker (env INFBENCH_RUNTIME)")
@@ -65,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
 def _select(exp: config.Experiments, args: argparse.Namespace) -> list[config.Variant]:
     if args.all:
         return list(exp.variants.values())
+    if args.study and not args.variants:
+        return [exp.variant(n) for n in exp.study(args.study).variants]
     names = args.variants or list(exp.study_variants)
     return [exp.variant(n) for n in names]
 
@@ -79,6 +84,11 @@ def cmd_list(exp: config.Experiments) -> int:
         default = " (default)" if name == exp.study_profile else ""
         print(f"    {name:32s} {p.description}{default}"
               f" [up to ~{p.planned_seconds() / 60:.1f} min a variant]")
+    if exp.studies:
+        print("studies (make run_study STUDY=<name>):")
+        for name, st in exp.studies.items():
+            print(f"    {name:32s} {st.description} [profile {st.profile}, "
+                  f"{len(st.variants)} variants]")
     print("models:")
     for name, m in exp.models.items():
         default = " (default)" if name == exp.study_model else ""
@@ -105,7 +115,8 @@ def cmd_build(exp: config.Experiments, args: argparse.Namespace) -> int:
 
 def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     variants = _select(exp, args)
-    profile = exp.profile(args.profile or exp.study_profile)
+    default = exp.study(args.study).profile if args.study else exp.study_profile
+    profile = exp.profile(args.profile or default)
     for v in variants:  # validate every model name before anything starts
         exp.model_for(v, args.model)
     get_launcher(args.runtime).prepare(variants, print)

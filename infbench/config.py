@@ -18,6 +18,13 @@ SERVERS = ("uvicorn", "gunicorn", "hypercorn", "command")
 APPS = ("fastapi", "starlette")
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
+# malloc implementations a variant can preload (Debian's packages; `make allocators`).
+ALLOCATORS = {
+    "glibc": "",
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "mimalloc": "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4",
+}
 
 
 class ConfigError(Exception):
@@ -88,9 +95,22 @@ class Variant:
     startup_timeout: float = 180.0
     probes: bool = False
     tracemalloc: bool = False
+    allocator: str = "glibc"
+    trim_each_request: bool = False
+    base: str = ""
 
     def __hash__(self) -> int:  # env is a dict; hash what identifies the variant
         return hash(self.name)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named set of variants under one profile: `make run_study STUDY=<name>`."""
+
+    name: str
+    variants: tuple[str, ...]
+    profile: str
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,7 @@ class Experiments:
     study_variants: tuple[str, ...]
     study_profile: str
     study_model: str
+    studies: dict[str, Study] = field(default_factory=dict)
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
@@ -116,6 +137,11 @@ class Experiments:
                 f"unknown profile {name!r} (known: {', '.join(sorted(self.profiles))})"
             )
         return self.profiles[name]
+
+    def study(self, name: str) -> Study:
+        if name not in self.studies:
+            raise ConfigError(f"unknown study {name!r} (known: {', '.join(sorted(self.studies))})")
+        return self.studies[name]
 
     def model(self, name: str) -> Model:
         if name not in self.models:
@@ -241,12 +267,13 @@ def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
     spec = {"description": str, "server": str, "app": str, "endpoint": str,
             "thread_limit": int, "workers": int, "call": str, "model": str, "env": dict,
             "command": list, "health_path": str, "startup_timeout": NUM, "probes": bool,
-            "tracemalloc": bool}
+            "tracemalloc": bool, "allocator": str, "trim_each_request": bool, "base": str}
     values = _fields(where, table, spec, required=("server",))
     _one_of(where, "server", values["server"], SERVERS)
     _one_of(where, "app", values.get("app", "starlette"), APPS)
     _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
     _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)
+    _one_of(where, "allocator", values.get("allocator", "glibc"), tuple(ALLOCATORS))
     _positive(where, "thread_limit", values.get("thread_limit", 0), allow_zero=True)
     _positive(where, "workers", values.get("workers", 1))
     if "startup_timeout" in values:
@@ -270,6 +297,29 @@ def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
     return Variant(name=name, **values)
 
 
+def _inherit(name: str, tables: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    """A variant's table with its `base` variant's keys underneath (env merged, base's env
+    first), so a hypothesis can be "that server, plus this environment"."""
+    table = tables[name]
+    if not isinstance(table, dict) or "base" not in table:
+        return table
+    where = f"variants.{name}.base"
+    base = _check(f"variants.{name}", "base", table["base"], str)
+    if base not in tables:
+        raise ConfigError(f"{where}: unknown variant {base!r}")
+    if base in seen or base == name:
+        chain = " -> ".join((*seen, name, base))
+        raise ConfigError(f"{where}: variants inherit in a circle ({chain})")
+    parent = _inherit(base, tables, (*seen, name))
+    if not isinstance(parent, dict):
+        return table  # the parent's own error is reported when it is loaded
+    merged = {k: v for k, v in parent.items() if k != "description"}
+    merged.update(table)
+    if isinstance(parent.get("env"), dict) and isinstance(table.get("env"), dict):
+        merged["env"] = {**parent["env"], **table["env"]}
+    return merged
+
+
 def load(path: Path | str) -> Experiments:
     path = Path(path)
     try:
@@ -285,11 +335,13 @@ def load(path: Path | str) -> Experiments:
 
 
 def _build(path: Path, raw: dict[str, Any]) -> Experiments:
-    top = _fields("(top level)", raw, {"study": dict, "models": dict, "profiles": dict,
-                                       "variants": dict}, required=("variants",))
+    top = _fields("(top level)", raw, {"study": dict, "studies": dict, "models": dict,
+                                       "profiles": dict, "variants": dict},
+                  required=("variants",))
     models = {n: _load_model(n, t, path.parent) for n, t in top.get("models", {}).items()}
     profiles = {n: _load_profile(n, t) for n, t in top.get("profiles", {}).items()}
-    variants = {n: _load_variant(n, t, models) for n, t in top["variants"].items()}
+    raw_variants = top["variants"]
+    variants = {n: _load_variant(n, _inherit(n, raw_variants), models) for n in raw_variants}
     study = _fields("study", top.get("study", {}),
                     {"variants": list, "profile": str, "model": str})
     study_variants = tuple(study.get("variants", list(variants)))
@@ -302,8 +354,23 @@ def _build(path: Path, raw: dict[str, Any]) -> Experiments:
         raise ConfigError(f"study.profile: unknown profile {profile!r}")
     if model not in models:
         raise ConfigError(f"study.model: unknown model {model!r}")
+    studies = {}
+    for name, table in top.get("studies", {}).items():
+        where = f"studies.{name}"
+        st = _fields(where, table, {"description": str, "variants": list, "profile": str},
+                     required=("variants",))
+        for i, v in enumerate(st["variants"]):
+            _check(f"{where}.variants", f"[{i}]", v, str)
+            if v not in variants:
+                raise ConfigError(f"{where}.variants: unknown variant {v!r}")
+        st_profile = st.get("profile", profile)
+        if st_profile not in profiles:
+            raise ConfigError(f"{where}.profile: unknown profile {st_profile!r}")
+        studies[name] = Study(name=name, variants=tuple(st["variants"]), profile=st_profile,
+                              description=st.get("description", ""))
     return Experiments(path=path, models=models, profiles=profiles, variants=variants,
-                       study_variants=study_variants, study_profile=profile, study_model=model)
+                       study_variants=study_variants, study_profile=profile, study_model=model,
+                       studies=studies)
 
 
 def as_dict(obj: Any) -> Any:

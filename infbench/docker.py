@@ -728,6 +728,10 @@ class DockerLauncher:
     def prepare(self, variants: list[Variant], say: Say) -> None:
         """Build (or find) the image of every variant before anything runs."""
         for v in variants:
+            if v.allocator != "glibc":
+                raise LaunchError(f"variant {v.name}: allocator {v.allocator} runs natively "
+                                  "only for now (the image has no allocator packages)")
+        for v in variants:
             tag = self.ensure_image(v, say)
             self._images[v.name] = tag
             say(f"variant {v.name}: image {tag}")

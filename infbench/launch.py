@@ -26,7 +26,7 @@ from typing import Protocol
 import psutil
 
 from infbench import proc
-from infbench.config import Variant
+from infbench.config import ALLOCATORS, Variant
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -105,8 +105,13 @@ def server_env(spec: ServerSpec) -> dict[str, str]:
         env["INFBENCH_THREAD_LIMIT"] = str(v.thread_limit)
     else:
         env.pop("INFBENCH_THREAD_LIMIT", None)
-    for key in ("INFBENCH_PROBE_DIR", "INFBENCH_TRACEMALLOC"):
+    for key in ("INFBENCH_PROBE_DIR", "INFBENCH_TRACEMALLOC", "INFBENCH_TRIM_EACH"):
         env.pop(key, None)
+    if v.allocator != "glibc":
+        env["LD_PRELOAD"] = " ".join(p for p in (ALLOCATORS[v.allocator],
+                                                 env.get("LD_PRELOAD", "")) if p)
+    if v.trim_each_request:
+        env["INFBENCH_TRIM_EACH"] = "1"
     if v.probes:  # servers/probes.py: one JSON line a second per process, in the run folder
         env["INFBENCH_PROBE_DIR"] = str(spec.out_dir)
         if v.tracemalloc:
@@ -212,7 +217,9 @@ class NativeLauncher:
         """Nothing to check: the native runtime needs only this environment."""
 
     def prepare(self, variants: list[Variant], say: Callable[[str], None]) -> None:
-        """Nothing to build beyond the model and images, which the run makes itself."""
+        """Nothing to build beyond the model and images, which the run makes itself; but a
+        preloaded allocator must be installed, or nothing starts."""
+        check_allocators(variants)
 
     def start(self, spec: ServerSpec) -> NativeServer:
         return NativeServer(spec)
@@ -246,6 +253,34 @@ def wait_healthy(server: Server, timeout: float, on_tick: object = None) -> dict
         if callable(on_tick):
             on_tick()
         time.sleep(0.5)
+
+
+def check_allocators(variants: list[Variant]) -> None:
+    """One line, before anything starts, for a preloaded allocator that is not installed."""
+    for v in variants:
+        lib = ALLOCATORS[v.allocator]
+        if lib and not Path(lib).exists():
+            raise LaunchError(f"variant {v.name}: allocator {v.allocator} needs {lib}, which is "
+                              "not installed; `make allocators` installs Debian's libjemalloc2, "
+                              "libmimalloc2.0 and libgoogle-perftools4 (root)")
+
+
+def check_allocator_loaded(server: Server) -> None:
+    """After start-up: the preloaded allocator is mapped in every server process. A preload
+    that silently failed (wrong path, a setuid binary, a static build) would otherwise make
+    the run a second glibc run under another name."""
+    v = server.variant
+    lib = ALLOCATORS[v.allocator]
+    if not lib:
+        return
+    for p in server.processes():
+        try:
+            maps = Path(f"/proc/{p.pid}/maps").read_text()
+        except OSError:
+            continue
+        if Path(lib).name not in maps:
+            raise LaunchError(f"variant {v.name}: LD_PRELOAD={lib} did not take: "
+                              f"{Path(lib).name} is not mapped in /proc/{p.pid}/maps")
 
 
 LAUNCHERS: dict[str, Launcher] = {"native": NativeLauncher()}

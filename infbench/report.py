@@ -177,19 +177,27 @@ def processes_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
-    """Leak / allocator retention / plateau per variant, with the figures that decided it."""
+    """Leak / allocator retention / plateau per variant, with the figures that decided it,
+    ranked by growth after warm-up (least first)."""
+    judged = [r for r in rows if (r.get("verdict") or {}).get("cycles", 0) >= 2]
+
+    def growth(r: dict[str, Any]) -> float:
+        g = r["verdict"].get("growth_after_warmup_mb")
+        return float("inf") if g is None else float(g)
+
     lines = []
-    for r in rows:
-        v = r.get("verdict") or {}
-        if v.get("cycles", 0) < 2:
-            continue
+    for r in sorted(judged, key=growth):
+        v = r["verdict"]
         per = " → ".join(_fmt(x) for x in v.get("post_rest_mb") or []) or "-"
         where = f" ({v['where']})" if v.get("where") else ""
-        lines.append([r["variant"], f"**{v['verdict']}**{where}", per,
+        loaded = ", ".join((v.get("probes") or {}).get("allocators") or ["-"])
+        lines.append([r["variant"], loaded, f"**{v['verdict']}**{where}", per,
+                      _signed(v.get("growth_after_warmup_mb")),
                       _signed(v.get("growth_per_cycle_mb")),
                       _fmt(v.get("growth_per_1000_requests_mb"), 2),
                       _fmt(v.get("trim_freed_mb")), v.get("reason", "")])
-    return _table(["variant", "verdict", "post-rest MB per cycle", ">growth / cycle (MB)",
+    return _table(["variant", "malloc (loaded)", "verdict", "post-rest MB per cycle",
+                   ">growth after warm-up (MB)", ">growth / cycle (MB)",
                    ">per 1,000 requests (MB)", ">malloc_trim gave back (MB)", "why"], lines)
 
 

@@ -25,6 +25,7 @@ from infbench.launch import (
     LaunchError,
     Server,
     ServerSpec,
+    check_allocator_loaded,
     free_port,
     get_launcher,
     wait_healthy,
@@ -246,6 +247,7 @@ class VariantRun:
         except LaunchError as e:
             raise LaunchError(f"{e}\n--- tail of {self.out / 'server.log'} ---\n"
                               f"{proc.tail(self.out / 'server.log')}") from None
+        check_allocator_loaded(self.server)
         self.log.mark("healthy")
         self.log.data["health"] = health
         write_json(self.out / "server.json", {**self.server.info(), "health": health})

@@ -101,6 +101,19 @@ def _rss_threads() -> tuple[float, int]:
     return rss_kb / 1024.0, threads
 
 
+_LIBC: Any = None
+
+
+def malloc_trim() -> bool | None:
+    """glibc's malloc_trim(0): give free arena memory back to the system (None: no glibc)."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = _libc() or False
+    if not _LIBC or not hasattr(_LIBC, "malloc_trim"):
+        return None
+    return bool(_LIBC.malloc_trim(0))
+
+
 class Probe:
     """The sampling thread of one server process."""
 

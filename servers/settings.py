@@ -10,6 +10,7 @@ server at startup with a message naming the variable, never surface later as a 5
     INFBENCH_MAX_BODY_BYTES  request body size (default 64 MiB)
     INFBENCH_CALL            predict (default) | predict_on_batch | call
     INFBENCH_INPUT_SIZE      square input size, for models that do not declare one (SavedModel)
+    INFBENCH_TRIM_EACH       1: call glibc's malloc_trim(0) after every request (a hypothesis)
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     call: str = "predict"
     input_size: int | None = None
+    trim_each: bool = False
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -81,4 +83,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=max_body,
         call=_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict"),
         input_size=_positive(env, "INFBENCH_INPUT_SIZE", None),
+        trim_each=_choice(env, "INFBENCH_TRIM_EACH", ("0", "1"), "0") == "1",
     )

@@ -138,3 +138,62 @@ def test_cli_bad_config_file(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "variants.a.server: expected str, got int" in res.stderr
     assert res.stderr.count("\n") == 1
+
+
+BASED = GOOD + """
+[variants.b]
+base = "a"
+description = "a, with jemalloc"
+allocator = "jemalloc"
+env = { MALLOC_ARENA_MAX = "2" }
+
+[variants.c]
+base = "b"
+env = { EXTRA = "1" }
+
+[studies.s]
+variants = ["a", "b"]
+"""
+
+
+def test_a_variant_inherits_its_base_and_merges_env(tmp_path: Path) -> None:
+    exp = config.load(write(tmp_path, GOOD.replace('server = "uvicorn"',
+                                                   'server = "uvicorn"\nenv = { A = "1" }')
+                            + BASED.removeprefix(GOOD)))
+    b, c = exp.variant("b"), exp.variant("c")
+    assert (b.server, b.allocator, b.description) == ("uvicorn", "jemalloc", "a, with jemalloc")
+    assert b.env == {"A": "1", "MALLOC_ARENA_MAX": "2"}
+    assert c.env == {"A": "1", "MALLOC_ARENA_MAX": "2", "EXTRA": "1"} and c.allocator == "jemalloc"
+    assert c.description == ""  # a description is the variant's own
+    st = exp.study("s")
+    assert st.variants == ("a", "b") and st.profile == "p"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (('base = "a"', 'base = "zz"'), r"variants\.b\.base: unknown variant 'zz'"),
+    (('base = "a"', 'base = "c"'),
+     r"variants\.[bc]\.base: variants inherit in a circle \(b -> c -> b\)"),
+    (('allocator = "jemalloc"', 'allocator = "je"'), r"variants\.b\.allocator: 'je' is not one"),
+    (('variants = ["a", "b"]', 'variants = ["a", "x"]'),
+     r"studies\.s\.variants: unknown variant 'x'"),
+    (('variants = ["a", "b"]', 'variants = ["a"]\nprofile = "q"'),
+     r"studies\.s\.profile: unknown profile 'q'"),
+])
+def test_inheritance_and_study_errors(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    old, new = edit
+    assert old in BASED
+    with pytest.raises(config.ConfigError, match=message) as e:
+        config.load(write(tmp_path, BASED.replace(old, new, 1)))
+    assert "\n" not in str(e.value)
+
+
+def test_the_shipped_allocator_study() -> None:
+    exp = config.load(ROOT / "experiments.toml")
+    st = exp.study("allocators")
+    assert st.profile == "cycles" and exp.profile("cycles").cycles >= 3
+    chosen = [exp.variant(n) for n in st.variants]
+    assert {v.allocator for v in chosen} == {"glibc", "jemalloc", "mimalloc", "tcmalloc"}
+    assert all(v.probes and v.server == "uvicorn" for v in chosen)
+    assert exp.variant("alloc-arena2").env["MALLOC_ARENA_MAX"] == "2"
+    with pytest.raises(config.ConfigError, match="unknown study 'nope'"):
+        exp.study("nope")
