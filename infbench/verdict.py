@@ -12,7 +12,10 @@ The rules, in order (thresholds are module constants and are written into summar
 2. plateau       the last cycle's change in post-rest memory is within the noise
                  (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
                  memory stopped growing once the working set was reached.
-3. still growing after warm-up (last change above noise and the mean change too); then
+3. inconclusive  the mean change is within the noise, or some cycle after warm-up fell by
+                 more than the noise while others grew: not a steady climb, not yet flat.
+4. still growing after warm-up (last and mean change above the noise, no cycle falling by
+   more than it); then
    with the server probes (servers/probes.py):
    leak          the Python heap (allocated blocks, or tracemalloc's bytes) grew in every
                  cycle after warm-up by more than PY_NOISE_FRACTION, or the allocator's
@@ -100,6 +103,14 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> 
         out["verdict"] = "inconclusive"
         out["reason"] = (f"grew {d[-1]:+.1f} MB in the last cycle but {statistics.fmean(d):+.1f}"
                          f" MB a cycle on average (noise {noise:.1f} MB): run more cycles")
+        return out
+    if min(d) < -noise:
+        # Growth overall, but some cycle gave back more than the noise: that is not the steady
+        # climb of a leak, nor yet a plateau.
+        out["verdict"] = "inconclusive"
+        out["reason"] = (f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from "
+                         f"cycle to cycle: up and down by more than the noise of {noise:.1f} "
+                         "MB; run more cycles")
         return out
 
     py = _python_growth(done)

@@ -206,7 +206,8 @@ class Service:
         return {"status": "ok", "model": self.model.name, "input_size": self.model.input_size,
                 "endpoint": s.endpoint, "thread_limit": s.thread_limit, "call": s.call,
                 "pid": os.getpid(), "inflight": self.inflight, "max_images": s.max_images,
-                "max_body_bytes": s.max_body_bytes, "trim_each_request": s.trim_each}
+                "max_body_bytes": s.max_body_bytes, "trim_each_request": s.trim_each,
+                "pad_batch": s.pad_batch}
 
     def check_uploads(self, items: Sequence[object]) -> list[UploadFile]:
         """The `images` parts as files, or the 400/413 the request deserves."""
@@ -223,7 +224,7 @@ class Service:
     def infer(self, images: list[bytes], started: float) -> JSONResponse:
         """Decode, predict and answer; blocking (CPU-bound), wherever the caller runs it."""
         batch = preprocess(images, self.model.input_size)
-        top = predict(self.model, batch, self.settings.call)
+        top = predict(self.model, batch, self.settings.call, self.settings.pad_batch)
         del batch
         if self.settings.trim_each:
             probes.malloc_trim()

@@ -225,14 +225,21 @@ def preprocess(images: list[bytes], size: int) -> np.ndarray:
     return np.stack(arrays)
 
 
-def predict(model: Any, batch: np.ndarray, style: str = "predict") -> list[tuple[int, float]]:
+def predict(model: Any, batch: np.ndarray, style: str = "predict",
+            pad_to: int = 0) -> list[tuple[int, float]]:
     """Top-1 (class, score) per image, calling the model the way `style` names.
 
     `predict` is Keras' `model.predict` (what the original study used: a tf.data pipeline per
-    call), `predict_on_batch` skips that, `call` is the plain eager forward pass.
+    call), `predict_on_batch` skips that, `call` is the plain eager forward pass. `pad_to` > 0
+    pads the batch with blank images up to a multiple of it, so the model sees a few fixed
+    shapes instead of one per batch size (a new shape can mean a new trace and new buffers).
     """
     if isinstance(model, LoadedModel):
         model = model.model
+    n = len(batch)
+    if pad_to > 0 and n % pad_to:
+        blank = np.zeros((pad_to - n % pad_to, *batch.shape[1:]), dtype=batch.dtype)
+        batch = np.concatenate([batch, blank])
     if style == "predict":
         out = model.predict(batch, verbose=0)
     elif style == "predict_on_batch":
@@ -242,7 +249,7 @@ def predict(model: Any, batch: np.ndarray, style: str = "predict") -> list[tuple
     else:
         raise ValueError(f"unknown call style {style!r} (known: {', '.join(CALL_STYLES)})")
     probs = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
-    probs = probs.reshape(len(batch), -1)
+    probs = probs.reshape(len(batch), -1)[:n]
     top = probs.argmax(axis=1)
     return [(int(c), float(probs[i, c])) for i, c in enumerate(top)]
 

@@ -11,6 +11,7 @@ server at startup with a message naming the variable, never surface later as a 5
     INFBENCH_CALL            predict (default) | predict_on_batch | call
     INFBENCH_INPUT_SIZE      square input size, for models that do not declare one (SavedModel)
     INFBENCH_TRIM_EACH       1: call glibc's malloc_trim(0) after every request (a hypothesis)
+    INFBENCH_PAD_BATCH       pad each batch with blank images to a multiple of N (fixed shapes)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Settings:
     call: str = "predict"
     input_size: int | None = None
     trim_each: bool = False
+    pad_batch: int = 0
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -84,4 +86,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         call=_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict"),
         input_size=_positive(env, "INFBENCH_INPUT_SIZE", None),
         trim_each=_choice(env, "INFBENCH_TRIM_EACH", ("0", "1"), "0") == "1",
+        pad_batch=_positive(env, "INFBENCH_PAD_BATCH", None) or 0,
     )

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from servers.model import BadImage, build_model, preprocess
+from servers.model import BadImage, build_model, load_model, predict, preprocess
 from servers.settings import SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,6 +227,20 @@ def test_preprocess_rejects_non_image(jpegs: list[bytes]) -> None:
     assert str(info.value).startswith("image 0:")
 
 
+@pytest.mark.parametrize("style", ["predict", "predict_on_batch", "call"])
+def test_call_styles_and_padding_give_the_same_answers(model_path: Path, jpegs: list[bytes],
+                                                       style: str) -> None:
+    model = load_model(str(model_path))
+    batch = preprocess(jpegs, INPUT_SIZE)
+    plain = predict(model, batch, "predict")
+    assert len(plain) == len(jpegs)
+    for pad in (0, 2, 4, 8):
+        got = predict(model, batch, style, pad_to=pad)
+        assert [c for c, _ in got] == [c for c, _ in plain]
+        assert [score for _, score in got] == pytest.approx([score for _, score in plain],
+                                                           abs=1e-5)
+
+
 def test_build_model_unknown_arch() -> None:
     with pytest.raises(ValueError, match="unknown arch 'resnet'"):
         build_model("resnet", INPUT_SIZE, CLASSES, seed=0)
@@ -247,7 +261,8 @@ def test_settings_errors_name_the_variable(model_path: Path) -> None:
     assert load_settings(good).endpoint == "sync"
     for name, value in [("INFBENCH_ENDPOINT", "threads"), ("INFBENCH_THREAD_LIMIT", "0"),
                         ("INFBENCH_MAX_IMAGES", "many"), ("INFBENCH_CALL", "apply"),
-                        ("INFBENCH_MAX_BODY_BYTES", "-5")]:
+                        ("INFBENCH_MAX_BODY_BYTES", "-5"), ("INFBENCH_TRIM_EACH", "yes"),
+                        ("INFBENCH_PAD_BATCH", "0")]:
         with pytest.raises(SettingsError, match=rf"^{name}"):
             load_settings({**good, name: value})
     with pytest.raises(SettingsError, match=r"^INFBENCH_MODEL_PATH"):

@@ -99,3 +99,11 @@ def test_an_interrupted_cycle_is_never_judged() -> None:
 def test_noisy_but_flat_on_average_is_inconclusive() -> None:
     v = verdict.decide(cycles([600, 590, 612, 598, 611]))
     assert v["verdict"] == "inconclusive" and "more cycles" in v["reason"]
+
+
+def test_up_and_down_is_inconclusive_not_a_leak() -> None:
+    # Seen with fixed malloc thresholds: 893 -> 867 -> 890 -> 946 MB, malloc in use noisy.
+    v = verdict.decide(cycles([893, 867, 890, 946], py_blocks=[1e6] * 4,
+                              malloc_in_use_mb=[300, 420, 380, 428],
+                              malloc_free_mb=[50, 40, 60, 50]))
+    assert v["verdict"] == "inconclusive" and "up and down" in v["reason"]
