@@ -8,6 +8,7 @@
 #   make run_study STUDY=<name> a named study (default: allocators)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
+#            PROBES=1 (the server-side memory probes in every variant)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,9 +20,11 @@ MODEL ?=
 RUNTIME ?= native
 RUN ?= latest
 STUDY ?= allocators
+PROBES ?=
 PYTEST_ARGS ?=
 
-opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
+opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
+       $(if $(filter 1 yes true,$(PROBES)),--probes)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
 .PHONY: help venv build build_all run run_all run_study report list test test-unit lint lock \
@@ -68,7 +71,7 @@ test-unit: venv
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: venv
-	$(PY) -m ruff check infbench servers loadtests tests
+	$(PY) -m ruff check infbench servers loadtests tests examples
 	$(PY) -m mypy
 
 # The Docker runtime (RUNTIME=docker): an engine on a machine without one (root), the offline

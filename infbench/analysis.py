@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infbench import breakdown, verdict
 from infbench import phases as phases_mod
 from infbench import sampler as sampler_mod
-from infbench import verdict
 
 # Version of summary.json. 1: first version.
 SUMMARY_SCHEMA = 1
@@ -40,6 +40,11 @@ DEFINITIONS = {
     "processes_mb": "the same figures for each metric of processes.csv (rss, pss, uss, anon, "
                     "file, swap), summed over the server's processes at each sample; pss "
                     "counts shared pages once, anon is heap and other anonymous memory",
+    "breakdown_mb": "RSS split into file-backed, malloc in use, malloc free (retained) and "
+                    "other anonymous memory (processes.csv + the probes' mallinfo2, all "
+                    "processes summed) at the end of the baseline and of the cooldown, and "
+                    "each part's growth between them; named_pct: share of RSS the file-backed "
+                    "and malloc parts explain (infbench/breakdown.py)",
 }
 CGROUP_FILE = "cgroup_memory.csv"
 CGROUP_DEFINITION = ("docker runtime: the container's cgroup memory as `docker stats` shows it "
@@ -253,6 +258,7 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         "memory_mb": memory_figures(mp.mem, plist),
         "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
         "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps),
+        "breakdown_mb": breakdown.figures(variant_dir, plist),
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,
@@ -265,7 +271,7 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         if ph.get("healthy") and ph.get("server_start") else None,
         "definitions": DEFINITIONS,
         "sources": {"memory": "mprofile.dat", "phases": "phases.json",
-                    "processes": "processes.csv",
+                    "processes": "processes.csv", "probes": "probes-<pid>.jsonl",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }
     cgroup = parse_cgroup_csv(variant_dir / CGROUP_FILE)

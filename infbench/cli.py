@@ -8,6 +8,7 @@ Exit codes: 0 done, 1 a config error or a failed variant, 2 usage, 130 Ctrl-C, 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -58,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     selection(r)
     r.add_argument("--profile", default=_env("PROFILE"), help="profile (env INFBENCH_PROFILE)")
     r.add_argument("--run-id", default=_env("RUN_ID"), help="name of the run folder")
+    r.add_argument("--probes", action="store_true",
+                   default=_env("PROBES").lower() in ("1", "true", "yes"),
+                   help="start the server-side memory probes in every variant (as probes = "
+                        "true would; env INFBENCH_PROBES=1)")
     rep = sub.add_parser("report", help="rebuild plots and tables of a (finished or "
                          "interrupted) run from its files")
     rep.add_argument("run", nargs="?", default=_env("RUN", "latest"),
@@ -115,10 +120,13 @@ def cmd_build(exp: config.Experiments, args: argparse.Namespace) -> int:
 
 def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     variants = _select(exp, args)
+    if args.probes:
+        variants = [dataclasses.replace(v, probes=True) for v in variants]
     default = exp.study(args.study).profile if args.study else exp.study_profile
     profile = exp.profile(args.profile or default)
-    for v in variants:  # validate every model name before anything starts
+    for v in variants:  # validate every model name and request before anything starts
         exp.model_for(v, args.model)
+        v.request.check_steps(f"variants.{v.name}", profile.steps)
     get_launcher(args.runtime).prepare(variants, print)
     plan = Plan(experiments=exp, variants=variants, profile=profile,
                 model_override=args.model, runtime=args.runtime, results=Path(args.results),

@@ -18,6 +18,13 @@ SERVERS = ("uvicorn", "gunicorn", "hypercorn", "command")
 APPS = ("fastapi", "starlette")
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
+# How the load can carry a batch of sample images (see Request).
+BODIES = ("multipart", "json", "binary", "npy")
+METHODS = ("POST", "PUT", "PATCH")
+# Placeholders a request template understands.
+BATCH_MARK = "{batch}"
+IMAGES_MARK = "{images}"
+IMAGE_MARKS = ("{b64}", "{name}", "{pixels}")
 # malloc implementations a variant can preload (Debian's packages; `make allocators`).
 ALLOCATORS = {
     "glibc": "",
@@ -79,6 +86,41 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class Request:
+    """How the load sends one batch of sample images: what a server of your own expects.
+
+    body = multipart: one file part per image in the form field `field` (our servers' contract).
+    body = json: the `json` template with the string "{images}" replaced by the list of the
+    batch's images, each rendered through the `image` template ("{b64}" base64 of the JPEG,
+    "{name}" its file name, "{pixels}" its RGB pixels as nested lists of 0-255 at `image_size`);
+    "{batch}" anywhere becomes the batch size.
+    body = binary: one JPEG as the raw body (batch 1 only).
+    body = npy: a NumPy .npy array of uint8 RGB pixels, shape (batch, image_size, image_size, 3).
+    "{batch}" in `path` becomes the batch size too. `image_size` 0 means the model's input size.
+    """
+
+    method: str = "POST"
+    path: str = "/predict"
+    body: str = "multipart"
+    form_field: str = "images"
+    json_template: Any = None
+    image: Any = "{b64}"
+    content_type: str = ""
+    image_size: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    ok_status: tuple[int, ...] = (200,)
+
+    def check_steps(self, where: str, steps: tuple[Step, ...]) -> None:
+        """A profile this request cannot carry is a one-line error before anything starts."""
+        if self.body == "binary" and any(s.batch != 1 for s in steps):
+            batches = sorted({s.batch for s in steps if s.batch != 1})
+            raise ConfigError(
+                f"{where}: request.body = 'binary' sends one image per request, but the profile "
+                f"has steps with batch {', '.join(map(str, batches))}; use a profile with "
+                "batch 1, or body = 'npy', 'json' or 'multipart'")
+
+
+@dataclass(frozen=True)
 class Variant:
     name: str
     server: str
@@ -98,6 +140,7 @@ class Variant:
     allocator: str = "glibc"
     trim_each_request: bool = False
     base: str = ""
+    request: Request = field(default_factory=Request)
 
     def __hash__(self) -> int:  # env is a dict; hash what identifies the variant
         return hash(self.name)
@@ -267,8 +310,11 @@ def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
     spec = {"description": str, "server": str, "app": str, "endpoint": str,
             "thread_limit": int, "workers": int, "call": str, "model": str, "env": dict,
             "command": list, "health_path": str, "startup_timeout": NUM, "probes": bool,
-            "tracemalloc": bool, "allocator": str, "trim_each_request": bool, "base": str}
+            "tracemalloc": bool, "allocator": str, "trim_each_request": bool, "base": str,
+            "request": dict}
     values = _fields(where, table, spec, required=("server",))
+    if "request" in values:
+        values["request"] = _load_request(f"{where}.request", values["request"])
     _one_of(where, "server", values["server"], SERVERS)
     _one_of(where, "app", values.get("app", "starlette"), APPS)
     _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
@@ -295,6 +341,59 @@ def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
         raise ConfigError(f"{where}.model: unknown model {values['model']!r} "
                           f"(known: {', '.join(sorted(models))})")
     return Variant(name=name, **values)
+
+
+def _has_mark(template: Any, mark: str) -> bool:
+    if isinstance(template, str):
+        return mark in template
+    if isinstance(template, dict):
+        return any(_has_mark(v, mark) for v in template.values())
+    if isinstance(template, list):
+        return any(_has_mark(v, mark) for v in template)
+    return False
+
+
+def _load_request(where: str, table: Any) -> Request:
+    spec = {"method": str, "path": str, "body": str, "field": str, "json": (dict, list),
+            "image": (str, dict, list), "content_type": str, "image_size": int,
+            "headers": dict, "ok_status": (int, list)}
+    values = _fields(where, table, spec)
+    values["method"] = values.get("method", "POST").upper()
+    _one_of(where, "method", values["method"], METHODS)
+    _one_of(where, "body", values.get("body", "multipart"), BODIES)
+    if not values.get("path", "/").startswith("/"):
+        raise ConfigError(f"{where}.path: must start with '/', got {values['path']!r}")
+    if "image_size" in values:
+        _positive(where, "image_size", values["image_size"])
+    for k, v in values.get("headers", {}).items():
+        _check(f"{where}.headers", k, v, str)
+    status = values.get("ok_status", [200])
+    status = [status] if isinstance(status, int) else status
+    for i, code in enumerate(status):
+        _check(f"{where}.ok_status", f"[{i}]", code, int)
+        if not 100 <= code <= 599:
+            raise ConfigError(f"{where}.ok_status: {code} is not an HTTP status")
+    values["ok_status"] = tuple(status)
+    body = values.get("body", "multipart")
+    if "json" in values:
+        if body != "json":
+            raise ConfigError(f"{where}.json: only used with body = 'json'")
+        values["json_template"] = values.pop("json")
+    if body == "json":
+        if not _has_mark(values.get("json_template"), IMAGES_MARK):
+            raise ConfigError(f"{where}.json: body = 'json' needs a json template with "
+                              f"\"{IMAGES_MARK}\" where the batch's images go, e.g. "
+                              f"{{ instances = \"{IMAGES_MARK}\" }}")
+        if not any(_has_mark(values.get("image", "{b64}"), m) for m in IMAGE_MARKS):
+            raise ConfigError(f"{where}.image: the per-image template needs one of "
+                              f"{', '.join(IMAGE_MARKS)}")
+    elif "image" in values:
+        raise ConfigError(f"{where}.image: only used with body = 'json'")
+    if "field" in values:
+        if body != "multipart":
+            raise ConfigError(f"{where}.field: only used with body = 'multipart'")
+        values["form_field"] = values.pop("field")
+    return Request(**values)
 
 
 def _inherit(name: str, tables: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:

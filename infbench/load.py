@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from infbench import proc
-from infbench.config import Profile, Step
+from infbench.config import Profile, Request, Step, as_dict
 from infbench.launch import ROOT
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+# Pixels per side for request bodies that carry decoded pixels (npy, "{pixels}") when neither
+# the request nor the model says.
+DEFAULT_IMAGE_SIZE = 224
 
 
 def step_name(index: int, step: Step) -> str:
@@ -39,12 +42,14 @@ def locust_argv(profile: Profile, step: Step, host: str, prefix: Path,
 
 
 def locust_env(profile: Profile, step: Step, images: Path, counts: Path,
-               path: str = "/predict") -> dict[str, str]:
+               request: Request | None = None, image_size: int = 0) -> dict[str, str]:
+    request = request or Request()
     env = dict(os.environ)
     env.update({
         "INFBENCH_IMAGES": str(images),
         "INFBENCH_BATCH": str(step.batch),
-        "INFBENCH_PATH": path,
+        "INFBENCH_REQUEST": json.dumps(as_dict(request)),
+        "INFBENCH_IMAGE_SIZE": str(request.image_size or image_size or DEFAULT_IMAGE_SIZE),
         "INFBENCH_WAIT_MIN": f"{profile.wait[0]:g}",
         "INFBENCH_WAIT_MAX": f"{profile.wait[1]:g}",
         "INFBENCH_REQUEST_TIMEOUT": f"{profile.request_timeout:g}",
@@ -84,10 +89,11 @@ class StepLoad:
 
 
 def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Path,
-               images: Path, path: str = "/predict") -> StepLoad:
+               images: Path, request: Request | None = None, image_size: int = 0) -> StepLoad:
     prefix = out_dir / step_name(index, step)
     counts = out_dir / f"{step_name(index, step)}_counts.json"
     group = proc.Group(locust_argv(profile, step, host, prefix),
                        log_path=out_dir / f"{step_name(index, step)}_locust.log",
-                       env=locust_env(profile, step, images, counts, path), cwd=ROOT)
+                       env=locust_env(profile, step, images, counts, request, image_size),
+                       cwd=ROOT)
     return StepLoad(group=group, counts_path=counts, launched=time.time())

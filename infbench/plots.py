@@ -112,3 +112,46 @@ def overlay_plot(series: list[tuple[str, Mprof]], out: Path, title: str) -> Path
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+PART_STYLE = (  # bottom to top: what the stack is made of, and its colour
+    ("file_mb", "file-backed (libraries, mapped files)", "#b8c4d6"),
+    ("other_anon_mb", "anonymous, not malloc's (Python object arenas, stacks, mmaps)", "#8d99ae"),
+    ("malloc_in_use_mb", "malloc: in use (arrays, tensors, large objects)", "#4c72b0"),
+    ("malloc_free_mb", "malloc: free but kept (retention)", "#dd8452"),
+)
+
+
+def parts_plot(points: list[dict[str, Any]], phases: dict[str, Any], t0: float, out: Path,
+               title: str, note: str = "") -> Path:
+    """RSS as a stack of its parts (infbench/breakdown.py), phases shaded, on memory.png's
+    clock. Negative 'other anonymous' (malloc counting pages that are not resident) is drawn
+    as zero, so the stack then overshoots the RSS line by that much."""
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
+    if points:
+        xs = [p["time"] - t0 for p in points]
+        layers = [[max(0.0, p[key] or 0.0) for p in points] for key, _, _ in PART_STYLE]
+        stacked_top = [sum(col) for col in zip(*layers, strict=True)]
+        rss = [p["rss_mb"] for p in points]
+        top = max(rss + stacked_top) * 1.12
+        ax.set_ylim(0, top)
+        _shade(ax, phases.get("phases", []), t0, top * 0.99)
+        ax.stackplot(xs, layers, labels=[label for _, label, _ in PART_STYLE],
+                     colors=[c for _, _, c in PART_STYLE], alpha=0.85, lw=0)
+        ax.plot(xs, rss, color="black", lw=1.2, label="RSS, all processes (sampler)")
+        traced = [(x, p["python_traced_mb"]) for x, p in zip(xs, points, strict=True)
+                  if p["python_traced_mb"] is not None]
+        if traced:
+            ax.plot([x for x, _ in traced], [y for _, y in traced], color="#2a9d8f", lw=1.2,
+                    ls="--", label="Python heap (tracemalloc; overlaps the layers)")
+        ax.legend(loc="lower right", fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no sampler data", ha="center", transform=ax.transAxes)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    ax.set_xlabel("seconds since server start")
+    ax.set_ylabel("memory (MB)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

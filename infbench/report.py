@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from infbench import analysis, phases, plots, sampler, verdict
+from infbench import analysis, breakdown, phases, plots, sampler, verdict
 from infbench.phases import write_json
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
@@ -70,6 +70,11 @@ def build(run_dir: Path) -> dict[str, Any]:
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
                            extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
                                   *sampler_lines(vd)))
+        points = breakdown.series(vd)
+        if points:
+            t0 = mp.mem[0][0] if mp.mem else points[0]["time"]
+            plots.parts_plot(points, ph, t0, vd / "memory_parts.png",
+                             f"{s['variant']} — where the memory is", parts_note(s))
         series.append((s["variant"], mp))
         rows.append(s)
     title = f"{info.get('run_id', run_dir.name)}: memory, all variants (profile " \
@@ -78,6 +83,26 @@ def build(run_dir: Path) -> dict[str, Any]:
     _write_csv(run_dir / "summary.csv", rows)
     (run_dir / "summary.md").write_text(markdown(info, rows))
     return {"run": info, "variants": rows}
+
+
+def parts_note(s: dict[str, Any]) -> str:
+    """One line under the stacked plot's title: how far the named parts explain RSS."""
+    b = s.get("breakdown_mb") or {}
+    probes = (s.get("verdict") or {}).get("probes") or {}
+    others = [a for a in probes.get("allocators", []) if a != "glibc"]
+    if others:
+        return f"{', '.join(others)} serves malloc: glibc's figures do not apply; " \
+            "anonymous vs file-backed only"
+    if not b.get("probed"):
+        return "no probes (probes = true splits malloc's share out): anonymous vs file-backed"
+    after = b.get("after_cooldown") or b.get("start") or {}
+    if after.get("named_pct") is None:
+        return ""
+    other = after.get("other_anon_mb")
+    extra = f", other anonymous {other:,.0f} MB" if other is not None and other >= 0 else \
+        f"; malloc counts {-other:,.0f} MB more than is resident" if other is not None else ""
+    return (f"end of cooldown: file-backed + malloc (in use + free) = "
+            f"{after['named_pct']:.0f}% of RSS{extra}")
 
 
 def sampler_lines(variant_dir: Path) -> tuple[tuple[str, plots.Series, str], ...]:
@@ -176,6 +201,24 @@ def processes_table(rows: list[dict[str, Any]]) -> list[str]:
                    "anonymous (MB)", "file-backed (MB)", ">threads (max)"], lines)
 
 
+def growth_parts_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the growth went: each part of RSS, end of baseline -> end of cooldown."""
+    lines = []
+    for r in rows:
+        b = r.get("breakdown_mb") or {}
+        a, s, g = b.get("after_cooldown"), b.get("start"), b.get("growth")
+        if not (b.get("probed") and a and s and g):
+            continue
+        lines.append([r["variant"], f"{_fmt(s['rss_mb'])} → {_fmt(a['rss_mb'])}",
+                      _signed(g["rss_mb"]), _signed(g["malloc_in_use_mb"]),
+                      _signed(g["malloc_free_mb"]), _signed(g["other_anon_mb"]),
+                      _signed(g["file_mb"]), _signed(g["python_traced_mb"]),
+                      _fmt(a["named_pct"])])
+    return _table(["variant", "RSS (MB)", ">growth", ">malloc in use", ">malloc free (kept)",
+                   ">other anonymous", ">file-backed", ">Python heap (traced)",
+                   ">named at end (% of RSS)"], lines)
+
+
 def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
     """Leak / allocator retention / plateau per variant, with the figures that decided it,
     ranked by growth after warm-up (least first)."""
@@ -254,6 +297,14 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "master's pages) once per process, as mprof's MEM does; PSS counts them "
                   "once. Anonymous memory is the heap, allocator arenas, thread stacks and "
                   "tensors: where growth under load lives. Source: `<variant>/processes.csv`."]
+    parts = growth_parts_table(rows)
+    if parts:
+        lines += ["", "## Where the growth went (probed variants, end of baseline → end of "
+                  "cooldown, MB)", "", *parts, "",
+                  "malloc in use and free are glibc's own figures (mallinfo2, all processes); "
+                  "other anonymous is the anonymous RSS malloc does not account for (Python's "
+                  "small-object arenas, thread stacks, TensorFlow's own mappings); the four "
+                  "parts add up to RSS. Plots: `<variant>/memory_parts.png`."]
     judged = verdict_table(rows)
     if not judged:
         lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "
@@ -282,7 +333,8 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
               "- **server busy after**: seconds into the following pause until the server's "
               "CPU fell below 10% of a core for a second - it keeps working on requests whose "
               "clients are gone; 'whole pause' means it never went idle",
-              "", "Plots: `memory_overlay.png` here, `<variant>/memory.png` per variant. "
+              "", "Plots: `memory_overlay.png` here, `<variant>/memory.png` per variant, "
+              "`<variant>/memory_parts.png` (RSS as a stack of its parts). "
               "Raw data: `<variant>/mprofile.dat` (`mprof plot` reads it), `phases.json`, "
               "`processes.csv`, "
               "Locust `step*_stats*.csv` / `.html`.", ""]

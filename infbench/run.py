@@ -312,7 +312,8 @@ class VariantRun:
     def _step(self, i: int, n: int, spec: Step, cycle: int) -> None:
         assert self.server is not None
         batch, seconds = spec.batch, spec.seconds
-        self.load = start_step(self.profile, spec, i, self.server.url, self.out, self.images)
+        self.load = start_step(self.profile, spec, i, self.server.url, self.out, self.images,
+                               self.v.request, self.plan.model_of(self.v).input_size)
         step = self.log.begin("step", index=i, batch=batch, planned=seconds,
                               users=self.profile.users, cycle=cycle)
         drain_started = False

@@ -198,7 +198,7 @@ def read_probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], lis
     return samples, trims
 
 
-def _probe_totals(samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str, float | None]:
+def probe_totals(samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str, float | None]:
     """Each process's last probe sample at or before t, summed over processes."""
     last = [next((r for r in reversed(rows) if r["t"] <= t), None) for rows in samples.values()]
     rows = [r for r in last if r is not None]
@@ -241,7 +241,7 @@ def cycle_figures(phase_list: list[dict[str, Any]], mem: list[tuple[float, float
             t1 = end["end"]
             vals = [m for t, m in mem if max(end["start"], t1 - REST_TAIL_S) <= t <= t1]
             entry["post_rest_mb"] = _r(statistics.median(vals)) if vals else None
-            entry.update({k: _r(v, 2) for k, v in _probe_totals(samples, t1).items()})
+            entry.update({k: _r(v, 2) for k, v in probe_totals(samples, t1).items()})
         out.append(entry)
     return out
 

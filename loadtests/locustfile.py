@@ -4,12 +4,16 @@ Run by the harness once per step, headless, with its settings in the environment
 
   INFBENCH_IMAGES           folder of sample JPEGs (made by `make build`)
   INFBENCH_BATCH            images per request
-  INFBENCH_PATH             request path (default /predict); files go in the field `images`
+  INFBENCH_REQUEST          the variant's request template as JSON (infbench.config.Request):
+                            method, path, body (multipart | json | binary | npy), field, json,
+                            image, content_type, headers, ok_status; default: POST /predict,
+                            one multipart file part per image in the field `images`
+  INFBENCH_IMAGE_SIZE       pixels per side for bodies that carry pixels (npy, "{pixels}")
   INFBENCH_WAIT_MIN/_MAX    seconds each user waits between requests
   INFBENCH_REQUEST_TIMEOUT  seconds before a request counts as failed
   INFBENCH_COUNTS           JSON file this load writes once a second and at the end
 
-The multipart body is encoded once per process: the load generator should spend its CPU on
+The body is encoded once per process: the load generator should spend its CPU on
 sending, not on re-encoding megabytes per request, since it shares the machine with the server.
 
 Locust reports only requests that finished. Requests still in flight when a step's drain
@@ -25,7 +29,9 @@ from the same totals Locust prints, through Locust's own CSV writer.
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import os
 import time
@@ -41,7 +47,11 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
-PATH = os.environ.get("INFBENCH_PATH", "/predict")
+REQUEST: dict[str, Any] = json.loads(os.environ.get("INFBENCH_REQUEST") or "{}")
+IMAGE_SIZE = int(os.environ.get("INFBENCH_IMAGE_SIZE", "224"))
+METHOD = REQUEST.get("method", "POST")
+PATH = REQUEST.get("path", "/predict").replace("{batch}", str(BATCH))
+OK_STATUS = set(REQUEST.get("ok_status", [200]))
 WAIT_MIN = float(os.environ.get("INFBENCH_WAIT_MIN", "0"))
 WAIT_MAX = float(os.environ.get("INFBENCH_WAIT_MAX", "1"))
 TIMEOUT = float(os.environ.get("INFBENCH_REQUEST_TIMEOUT", "60"))
@@ -65,16 +75,78 @@ def encode_multipart(files: list[tuple[str, bytes]], field: str = "images") -> t
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def _pixels(data: bytes) -> Any:
+    """An image as uint8 RGB pixels, IMAGE_SIZE x IMAGE_SIZE (numpy and Pillow are imported
+    only for the bodies that need them)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _render(template: Any, marks: dict[str, Any]) -> Any:
+    """A JSON template with its placeholders filled in: a string that is exactly a mark becomes
+    the mark's value (a list, a number); a mark inside a longer string is replaced as text."""
+    if isinstance(template, dict):
+        return {k: _render(v, marks) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_render(v, marks) for v in template]
+    if isinstance(template, str):
+        if template in marks:
+            return marks[template]
+        for mark, value in marks.items():
+            if mark in template and isinstance(value, str | int):
+                template = template.replace(mark, str(value))
+    return template
+
+
+def _json_body(files: list[tuple[str, bytes]]) -> bytes:
+    per_image = REQUEST.get("image", "{b64}")
+    wants_pixels = "{pixels}" in json.dumps(per_image)
+    images = []
+    for name, data in files:
+        marks: dict[str, Any] = {"{b64}": base64.b64encode(data).decode("ascii"), "{name}": name}
+        if wants_pixels:
+            marks["{pixels}"] = _pixels(data).tolist()
+        images.append(_render(per_image, marks))
+    doc = _render(REQUEST.get("json_template"), {"{images}": images, "{batch}": BATCH})
+    return json.dumps(doc).encode()
+
+
+def _npy_body(files: list[tuple[str, bytes]]) -> bytes:
+    import numpy as np
+
+    out = io.BytesIO()
+    np.save(out, np.stack([_pixels(data) for _, data in files]), allow_pickle=False)
+    return out.getvalue()
+
+
 def _load_body() -> tuple[bytes, str]:
     paths = sorted(IMAGES.glob("*.jpg"))
     if not paths:
         raise SystemExit(f"locustfile: no sample images in {IMAGES} (run `make build`)")
     files = [(paths[i % len(paths)].name, paths[i % len(paths)].read_bytes())
              for i in range(BATCH)]
-    return encode_multipart(files)
+    kind = REQUEST.get("body", "multipart")
+    given = REQUEST.get("content_type", "")
+    if kind == "multipart":
+        body, content_type = encode_multipart(files, REQUEST.get("form_field", "images"))
+        return body, given or content_type
+    if kind == "json":
+        return _json_body(files), given or "application/json"
+    if kind == "binary":
+        if BATCH != 1:
+            raise SystemExit(f"locustfile: body 'binary' carries one image, not {BATCH}")
+        return files[0][1], given or "image/jpeg"
+    if kind == "npy":
+        return _npy_body(files), given or "application/octet-stream"
+    raise SystemExit(f"locustfile: unknown request body {kind!r}")
 
 
 BODY, CONTENT_TYPE = _load_body()
+HEADERS = {**REQUEST.get("headers", {}), "Content-Type": CONTENT_TYPE}
 
 
 def _write_counts() -> None:
@@ -155,13 +227,15 @@ class ImageClient(HttpUser):
             raise StopUser()
         _counts["started"] += 1
         try:
-            with self.client.post(
-                PATH, data=BODY, headers={"Content-Type": CONTENT_TYPE},
+            with self.client.request(
+                METHOD, PATH, data=BODY, headers=HEADERS,
                 name=f"{PATH} [batch {BATCH}]", timeout=TIMEOUT, catch_response=True,
             ) as resp:
-                if resp.status_code != 200:
+                if resp.status_code not in OK_STATUS:
                     resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                     _counts["failed"] += 1
+                else:
+                    resp.success()  # a status the variant declared good, even if not 2xx
         except gevent.GreenletExit:
             raise  # killed at the drain timeout: not finished, so counted as cut off
         except Exception:

@@ -51,8 +51,8 @@ env = { PLANTED_LEAK = "1000" }
 server = "command"
 command = ["{python}", "-m", "uvicorn", "tests.planted_app:app", "--host", "{host}",
            "--port", "{port}", "--no-access-log"]
-probes = true
 env = { PLANTED_LEAK = "0" }
+# no `probes = true` here: the run's --probes (make ... PROBES=1) turns them on
 """
 
 
@@ -62,8 +62,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exp = base / "experiments.toml"
     exp.write_text(EXPERIMENTS)
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(base / "results"),
-                          "--experiments", str(exp), "run"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=240)
+                          "--experiments", str(exp), "run", "--probes"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (run_dir,) = [p for p in (base / "results").iterdir() if p.is_dir() and not p.is_symlink()]
     return run_dir
