@@ -6,6 +6,7 @@
 #   make report RUN=<run-id>    rebuild plots/tables of a finished or interrupted run
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
+#   make bench-probes           what the memory probes cost (req/s, p50 with / without)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant)
@@ -27,11 +28,11 @@ opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --r
        $(if $(filter 1 yes true,$(PROBES)),--probes)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
-.PHONY: help venv build build_all run run_all run_study report list test test-unit lint lock \
+.PHONY: help venv build build_all run run_all run_study bench-probes report list test test-unit lint lock \
 	clean allocators
 
 help:
-	@sed -n '2,12p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,13p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -55,6 +56,11 @@ run_all: venv
 	$(PY) -m infbench run --all $(opts)
 run_study: venv
 	$(PY) -m infbench run --study $(STUDY) $(opts)
+# What the probes cost: the same server without, with, with and without them in one run (~9 min),
+# then requests/s and p50 latency as ratios.
+bench-probes: venv
+	$(PY) -m infbench run --study probe-overhead $(opts)
+	$(PY) -m infbench.overhead latest
 run_%: venv
 	$(PY) -m infbench run $* $(opts)
 

@@ -83,7 +83,11 @@ def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out
     else:
         ax.text(0.5, 0.5, "no memory samples", ha="center", transform=ax.transAxes)
     status = phases.get("status")
-    ax.set_title(title + ("" if status == "complete" else f"  [{status}]"), fontsize=11)
+    return _finish(fig, ax, out, title + ("" if status == "complete" else f"  [{status}]"))
+
+
+def _finish(fig: Any, ax: Any, out: Path, title: str, fontsize: int = 11) -> Path:
+    ax.set_title(title, fontsize=fontsize)
     ax.set_xlabel("seconds since server start")
     ax.set_ylabel("memory (MB)")
     ax.grid(alpha=0.3)
@@ -147,11 +151,4 @@ def parts_plot(points: list[dict[str, Any]], phases: dict[str, Any], t0: float, 
         ax.legend(loc="lower right", fontsize=7)
     else:
         ax.text(0.5, 0.5, "no sampler data", ha="center", transform=ax.transAxes)
-    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
-    ax.set_xlabel("seconds since server start")
-    ax.set_ylabel("memory (MB)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _finish(fig, ax, out, title + (f"\n{note}" if note else ""), fontsize=10)

@@ -13,9 +13,12 @@ The rules, in order (thresholds are module constants and are written into summar
                  (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
                  memory stopped growing once the working set was reached.
 3. inconclusive  the mean change is within the noise, or some cycle after warm-up fell by
-                 more than the noise while others grew: not a steady climb, not yet flat.
+                 more than the noise while others grew, or the last STEADY_CYCLES cycles did
+                 not each grow and by more than the noise on average (one jump after
+                 warm-up, then little: a slow warm-up as much as a leak): not a steady
+                 climb, not yet flat.
 4. still growing after warm-up (last and mean change above the noise, no cycle falling by
-   more than it); then
+   more than it, the last STEADY_CYCLES cycles all growing); then
    with the server probes (servers/probes.py):
    leak          the Python heap (allocated blocks, or tracemalloc's bytes) grew in every
                  cycle after warm-up by more than PY_NOISE_FRACTION, or the allocator's
@@ -45,11 +48,12 @@ PY_NOISE_FRACTION = 0.01
 PY_NOISE_BLOCKS = 2000
 EXPLAINS = 0.5
 REST_TAIL_S = 3.0
+STEADY_CYCLES = 2
 
 THRESHOLDS = {
     "min_cycles": MIN_CYCLES, "noise_mb": NOISE_MB, "noise_fraction": NOISE_FRACTION,
     "py_noise_fraction": PY_NOISE_FRACTION, "py_noise_blocks": PY_NOISE_BLOCKS,
-    "explains": EXPLAINS, "rest_tail_s": REST_TAIL_S,
+    "explains": EXPLAINS, "rest_tail_s": REST_TAIL_S, "steady_cycles": STEADY_CYCLES,
 }
 
 
@@ -111,6 +115,16 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> 
         out["reason"] = (f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from "
                          f"cycle to cycle: up and down by more than the noise of {noise:.1f} "
                          "MB; run more cycles")
+        return out
+    recent = d[-STEADY_CYCLES:]
+    if min(recent) <= 0 or statistics.fmean(recent) <= noise:
+        # A leak keeps growing; a jump right after warm-up and then little is as much a slow
+        # warm-up. (Seen: Gunicorn 1,840 -> 2,034 -> 2,018 -> 2,067 MB.)
+        out["verdict"] = "inconclusive"
+        out["reason"] = (f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from "
+                         f"cycle to cycle: the last {len(recent)} did not each grow, by more "
+                         f"than the noise of {noise:.1f} MB on average; not a steady climb "
+                         "yet: run more cycles")
         return out
 
     py = _python_growth(done)

@@ -8,6 +8,15 @@ from typing import Any
 
 T0 = 1_700_000_000.0
 
+# The model table every integration test's experiments file uses.
+TINY_MODEL = """
+[models.tiny]
+arch = "tiny_cnn"
+input_size = 32
+classes = 10
+seed = 0
+"""
+
 LOCUST_HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,"
                  "Average Response Time,Min Response Time,Max Response Time,"
                  "Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,"

@@ -15,6 +15,7 @@ import pytest
 from infbench import launch
 from infbench.config import ALLOCATORS, Variant
 from infbench.launch import ROOT, LaunchError, ServerSpec, server_env
+from tests.synth import TINY_MODEL
 
 JEMALLOC = ALLOCATORS["jemalloc"]
 PLAIN = Variant(name="v", server="uvicorn")
@@ -51,12 +52,7 @@ variants = ["planted-jemalloc", "planted-preload-dropped"]
 profile = "short"
 model = "tiny"
 
-[models.tiny]
-arch = "tiny_cnn"
-input_size = 32
-classes = 10
-seed = 0
-
+""" + TINY_MODEL + """
 [profiles.short]
 users = 2
 spawn_rate = 2

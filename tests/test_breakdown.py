@@ -117,3 +117,25 @@ def test_report_draws_the_stack_and_tables_the_growth(run_dir: Path) -> None:
     s = json.loads((run_dir / "probed" / "summary.json").read_text())
     assert s["breakdown_mb"]["growth"]["malloc_free_mb"] == 65
     assert "breakdown_mb" in s["definitions"]
+
+
+def test_probe_overhead_compares_the_two_sides(tmp_path: Path) -> None:
+    from infbench import overhead
+
+    run = make_run(tmp_path, ("plain", "probed", "plain-2", "probed-2"))
+    for name in ("plain", "probed", "plain-2", "probed-2"):
+        (run / name / "manifest.json").write_text(
+            json.dumps({"config": {"variant": {"name": name,
+                                                 "probes": name.startswith("probed")}}}))
+    report.build(run)
+    # Same synthetic steps on both sides: every ratio is exactly 1.
+    lines = overhead.table(run)
+    rows = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2
+    assert all(row.split("|")[5].strip() == "1.000" and row.split("|")[8].strip() == "1.000"
+               for row in rows), rows
+    for name in ("probed", "probed-2"):
+        (run / name / "manifest.json").write_text(
+            json.dumps({"config": {"variant": {"probes": False}}}))
+    with pytest.raises(SystemExit, match="needs variants with and without probes"):
+        overhead.table(run)

@@ -20,6 +20,7 @@ import pytest
 from infbench import config
 from infbench.config import ConfigError, Step
 from infbench.launch import ROOT
+from tests.synth import TINY_MODEL
 
 HEAD = """
 [study]
@@ -27,12 +28,7 @@ variants = {variants}
 profile = "{profile}"
 model = "tiny"
 
-[models.tiny]
-arch = "tiny_cnn"
-input_size = 32
-classes = 10
-seed = 0
-
+""" + TINY_MODEL + """
 [profiles.shapes]
 users = 3
 spawn_rate = 3

@@ -107,3 +107,16 @@ def test_up_and_down_is_inconclusive_not_a_leak() -> None:
                               malloc_in_use_mb=[300, 420, 380, 428],
                               malloc_free_mb=[50, 40, 60, 50]))
     assert v["verdict"] == "inconclusive" and "up and down" in v["reason"]
+
+
+def test_one_jump_after_warmup_then_little_is_not_a_leak() -> None:
+    # Seen with Gunicorn: 1,840 -> 2,034 -> 2,018 -> 2,067 MB, malloc in use up by 196 MB.
+    v = verdict.decide(cycles([1840, 2034, 2018, 2067], py_blocks=[1e6] * 4,
+                              malloc_in_use_mb=[600, 780, 770, 796],
+                              malloc_free_mb=[300, 310, 300, 305]))
+    assert v["verdict"] == "inconclusive" and "not a steady climb" in v["reason"], v
+    # The same climb, growing in each of the last two cycles, is judged.
+    v = verdict.decide(cycles([1840, 2034, 2060, 2100], py_blocks=[1e6] * 4,
+                              malloc_in_use_mb=[600, 780, 800, 840],
+                              malloc_free_mb=[300, 310, 300, 305]))
+    assert v["verdict"] == "leak" and v["where"] == "native allocations", v

@@ -1,5 +1,6 @@
-"""Planted behaviour through the whole path: a server that leaks Python objects on purpose and
-a healthy one, each run as a custom-command variant with the probes, three cycles of load.
+"""Planted behaviour through the whole path: a server that leaks Python objects on purpose, one
+that leaks native memory (malloc without free) and a healthy one, each run as a
+custom-command variant with the probes, three cycles of load.
 Each must get its verdict from the harness, from the files alone."""
 
 from __future__ import annotations
@@ -13,21 +14,17 @@ from typing import Any
 import pytest
 
 from infbench.launch import ROOT
+from tests.synth import TINY_MODEL
 
 pytestmark = pytest.mark.integration
 
 EXPERIMENTS = """
 [study]
-variants = ["planted-leak", "planted-healthy"]
+variants = ["planted-leak", "planted-native", "planted-healthy"]
 profile = "leakcheck"
 model = "tiny"
 
-[models.tiny]
-arch = "tiny_cnn"
-input_size = 32
-classes = 10
-seed = 0
-
+""" + TINY_MODEL + """
 [profiles.leakcheck]
 users = 4
 spawn_rate = 4
@@ -46,6 +43,12 @@ command = ["{python}", "-m", "uvicorn", "tests.planted_app:app", "--host", "{hos
            "--port", "{port}", "--no-access-log"]
 probes = true
 env = { PLANTED_LEAK = "1000" }
+
+[variants.planted-native]
+server = "command"
+command = ["{python}", "-m", "uvicorn", "tests.planted_app:app", "--host", "{host}",
+           "--port", "{port}", "--no-access-log"]
+env = { PLANTED_NATIVE_KB = "64" }
 
 [variants.planted-healthy]
 server = "command"
@@ -83,6 +86,15 @@ def test_leaking_server_is_a_leak_of_python_objects(planted: Path) -> None:
     assert all(c["complete"] and c["requests"] > 0 for c in v["per_cycle"])
 
 
+def test_native_leak_is_a_leak_of_native_allocations(planted: Path) -> None:
+    v = summary(planted, "planted-native")["verdict"]
+    assert v["verdict"] == "leak", v
+    assert v["where"] == "native allocations"
+    assert not v["python_heap"]["grows_every_cycle"]
+    # 64 KiB a request: malloc's in-use memory explains the growth.
+    assert v["malloc_in_use_growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
+
+
 def test_healthy_server_is_a_plateau(planted: Path) -> None:
     v = summary(planted, "planted-healthy")["verdict"]
     assert v["verdict"] == "plateau", v
@@ -90,7 +102,7 @@ def test_healthy_server_is_a_plateau(planted: Path) -> None:
 
 
 def test_probes_and_trim_are_recorded(planted: Path) -> None:
-    for variant in ("planted-leak", "planted-healthy"):
+    for variant in ("planted-leak", "planted-native", "planted-healthy"):
         d = planted / variant
         files = list(d.glob("probes-*.jsonl"))
         assert len(files) == 1
