@@ -237,8 +237,10 @@ def process_figures(variant_dir: Path, phase_list: list[dict[str, Any]],
     return out
 
 
-def summarize_variant(variant_dir: Path) -> dict[str, Any]:
-    """summary.json content for one variant folder."""
+def summarize_variant(variant_dir: Path,
+                      points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """summary.json content for one variant folder. `points`: its breakdown.series, if the
+    caller has read them already (the report draws them too)."""
     ph = phases_mod.load(variant_dir / "phases.json")
     mp = parse_mprof(variant_dir / "mprofile.dat")
     plist = ph.get("phases", [])
@@ -258,7 +260,8 @@ def summarize_variant(variant_dir: Path) -> dict[str, Any]:
         "memory_mb": memory_figures(mp.mem, plist),
         "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
         "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps),
-        "breakdown_mb": breakdown.figures(variant_dir, plist),
+        "breakdown_mb": breakdown.figures(
+            breakdown.series(variant_dir) if points is None else points, plist),
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,

@@ -48,17 +48,15 @@ def series(variant_dir: Path) -> list[dict[str, Any]]:
         last = row["time"]
         p = probe_totals(probes, row["time"]) if probes else {}
         in_use, free = p.get("malloc_in_use_mb"), p.get("malloc_free_mb")
-        probed = in_use is not None and free is not None
         anon = row["anon_mb"]
-        out.append({
-            "time": row["time"], "rss_mb": row["rss_mb"], "anon_mb": anon,
-            "file_mb": row["rss_mb"] - anon,  # RssFile + RssShmem
-            "malloc_in_use_mb": in_use if probed else None,
-            "malloc_free_mb": free if probed else None,
-            "other_anon_mb": anon - (in_use + free) if probed else anon,  # type: ignore[operator]
-            "python_traced_mb": p.get("py_traced_mb"),
-            "probed": probed,
-        })
+        point = {"time": row["time"], "rss_mb": row["rss_mb"], "anon_mb": anon,
+                 "file_mb": row["rss_mb"] - anon,  # RssFile + RssShmem
+                 "malloc_in_use_mb": None, "malloc_free_mb": None, "other_anon_mb": anon,
+                 "python_traced_mb": p.get("py_traced_mb"), "probed": False}
+        if in_use is not None and free is not None:
+            point.update(malloc_in_use_mb=in_use, malloc_free_mb=free,
+                         other_anon_mb=anon - in_use - free, probed=True)
+        out.append(point)
     return out
 
 
@@ -79,10 +77,10 @@ def _moment(p: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def figures(variant_dir: Path, phase_list: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The split at the end of the baseline and at the end of the cooldown (before any trim),
-    and what each part grew between them: where the growth went."""
-    points = series(variant_dir)
+def figures(points: list[dict[str, Any]],
+            phase_list: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """From `series`: the split at the end of the baseline and at the end of the cooldown
+    (before any trim), and what each part grew between them: where the growth went."""
     if not points:
         return None
     ends = {p["kind"]: p.get("end") for p in phase_list if p.get("kind") in

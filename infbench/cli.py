@@ -27,6 +27,11 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(f"INFBENCH_{name}", default)
 
 
+def results_default() -> str:
+    """Where runs go unless --results says: INFBENCH_RESULTS, else results/ in the checkout."""
+    return _env("RESULTS", str(ROOT / "results"))
+
+
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     # One shutdown path: SIGTERM goes the same way as Ctrl-C.
     _signal_seen.append(signum)
@@ -37,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="infbench", description=__doc__.splitlines()[0])
     p.add_argument("--experiments", default=_env("EXPERIMENTS", str(ROOT / "experiments.toml")),
                    help="experiments file (env INFBENCH_EXPERIMENTS)")
-    p.add_argument("--results", default=_env("RESULTS", str(ROOT / "results")),
+    p.add_argument("--results", default=results_default(),
                    help="results folder (env INFBENCH_RESULTS)")
     sub = p.add_subparsers(dest="cmd", required=True)
 

@@ -21,10 +21,14 @@ CALL_STYLES = ("predict", "predict_on_batch", "call")
 # How the load can carry a batch of sample images (see Request).
 BODIES = ("multipart", "json", "binary", "npy")
 METHODS = ("POST", "PUT", "PATCH")
-# Placeholders a request template understands.
+# Placeholders a request template understands (the locustfile fills them in).
 BATCH_MARK = "{batch}"
 IMAGES_MARK = "{images}"
-IMAGE_MARKS = ("{b64}", "{name}", "{pixels}")
+B64_MARK, NAME_MARK, PIXELS_MARK = "{b64}", "{name}", "{pixels}"
+IMAGE_MARKS = (B64_MARK, NAME_MARK, PIXELS_MARK)
+# Pixels per side for bodies that carry decoded pixels (npy, "{pixels}") when neither the
+# request nor the model says.
+DEFAULT_IMAGE_SIZE = 224
 # malloc implementations a variant can preload (Debian's packages; `make allocators`).
 ALLOCATORS = {
     "glibc": "",
@@ -104,11 +108,16 @@ class Request:
     body: str = "multipart"
     form_field: str = "images"
     json_template: Any = None
-    image: Any = "{b64}"
+    image: Any = B64_MARK
     content_type: str = ""
     image_size: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     ok_status: tuple[int, ...] = (200,)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        """The inverse of as_dict (how the harness hands a request to the locustfile)."""
+        return cls(**{**data, "ok_status": tuple(data.get("ok_status", (200,)))})
 
     def check_steps(self, where: str, steps: tuple[Step, ...]) -> None:
         """A profile this request cannot carry is a one-line error before anything starts."""
@@ -384,7 +393,7 @@ def _load_request(where: str, table: Any) -> Request:
             raise ConfigError(f"{where}.json: body = 'json' needs a json template with "
                               f"\"{IMAGES_MARK}\" where the batch's images go, e.g. "
                               f"{{ instances = \"{IMAGES_MARK}\" }}")
-        if not any(_has_mark(values.get("image", "{b64}"), m) for m in IMAGE_MARKS):
+        if not any(_has_mark(values.get("image", B64_MARK), m) for m in IMAGE_MARKS):
             raise ConfigError(f"{where}.image: the per-image template needs one of "
                               f"{', '.join(IMAGE_MARKS)}")
     elif "image" in values:

@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from infbench import proc
-from infbench.config import Profile, Request, Step, as_dict
+from infbench.config import DEFAULT_IMAGE_SIZE, Profile, Request, Step, as_dict
 from infbench.launch import ROOT
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
-# Pixels per side for request bodies that carry decoded pixels (npy, "{pixels}") when neither
-# the request nor the model says.
-DEFAULT_IMAGE_SIZE = 224
 
 
 def step_name(index: int, step: Step) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench import report
-from infbench.launch import ROOT
+from infbench.cli import results_default
 
 
 def _load(run_dir: Path) -> list[tuple[bool, dict[str, Any]]]:
@@ -35,10 +35,6 @@ def _mean(xs: list[float]) -> float | None:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or not b else f"{a / b:.3f}"
-
-
-def _num(x: float | None, nd: int = 0) -> str:
-    return "-" if x is None else f"{x:,.{nd}f}"
 
 
 def table(run_dir: Path) -> list[str]:
@@ -65,10 +61,10 @@ def table(run_dir: Path) -> list[str]:
             each += [f"{s['variant']} {st['rps']}" for s in rows for st in s["steps"]
                      if st["index"] == i]
         batch = next(st["batch"] for s in sides[False] for st in s["steps"] if st["index"] == i)
-        lines.append(f"| {i} | {batch} | {_num(fig[False]['rps'], 2)} | "
-                     f"{_num(fig[True]['rps'], 2)} | "
+        lines.append(f"| {i} | {batch} | {report.fmt(fig[False]['rps'], 2)} | "
+                     f"{report.fmt(fig[True]['rps'], 2)} | "
                      f"{_ratio(fig[True]['rps'], fig[False]['rps'])} | "
-                     f"{_num(fig[False]['p50'])} | {_num(fig[True]['p50'])} | "
+                     f"{report.fmt(fig[False]['p50'])} | {report.fmt(fig[True]['p50'])} | "
                      f"{_ratio(fig[True]['p50'], fig[False]['p50'])} | {'; '.join(each)} |")
     cpu = [f"{s['variant']} {s['processes_mb'].get('sampler_cpu_s')} s"
            for _, s in variants if s.get("processes_mb")]
@@ -78,7 +74,7 @@ def table(run_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    run_dir = report.resolve_run(ROOT / "results", args[0] if args else "latest")
+    run_dir = report.resolve_run(Path(results_default()), args[0] if args else "latest")
     print("\n".join(table(run_dir)))
     return 0
 

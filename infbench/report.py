@@ -44,7 +44,8 @@ def variant_dirs(run_dir: Path) -> list[Path]:
     return found + extra
 
 
-def _fmt(x: Any, nd: int = 0) -> str:
+def fmt(x: Any, nd: int = 0) -> str:
+    """A figure for a table: "-" for none, thousands separated, `nd` decimals for floats."""
     if x is None:
         return "-"
     if isinstance(x, float):
@@ -62,7 +63,8 @@ def build(run_dir: Path) -> dict[str, Any]:
     rows = []
     series = []
     for vd in variant_dirs(run_dir):
-        s = analysis.summarize_variant(vd)
+        points = breakdown.series(vd)
+        s = analysis.summarize_variant(vd, points)
         write_json(vd / "summary.json", s)
         ph = phases.load(vd / "phases.json")
         mp = analysis.parse_mprof(vd / "mprofile.dat")
@@ -70,7 +72,6 @@ def build(run_dir: Path) -> dict[str, Any]:
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
                            extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
                                   *sampler_lines(vd)))
-        points = breakdown.series(vd)
         if points:
             t0 = mp.mem[0][0] if mp.mem else points[0]["time"]
             plots.parts_plot(points, ph, t0, vd / "memory_parts.png",
@@ -155,9 +156,9 @@ def memory_table(rows: list[dict[str, Any]]) -> list[str]:
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         m, t = r["memory_mb"], r["totals"]
-        out.append(f"| {r['variant']} | {_fmt(m['start'])} | {_fmt(m['end'])} | "
-                   f"{_signed(m['growth'])} | {_fmt(m['peak'])} | {_fmt(m['after_cooldown'])} | "
-                   f"{_fmt(t['requests'])} | {_fmt(t['failures'])} | {_fmt(t['cut_off'])} | "
+        out.append(f"| {r['variant']} | {fmt(m['start'])} | {fmt(m['end'])} | "
+                   f"{_signed(m['growth'])} | {fmt(m['peak'])} | {fmt(m['after_cooldown'])} | "
+                   f"{fmt(t['requests'])} | {fmt(t['failures'])} | {fmt(t['cut_off'])} | "
                    f"{r['status']} |")
     return out
 
@@ -181,8 +182,8 @@ def cgroup_table(rows: list[dict[str, Any]]) -> list[str]:
             continue
         mp = r["memory_mb"].get("peak")
         diff = c["peak"] - mp if c.get("peak") is not None and mp is not None else None
-        lines.append([r["variant"], _fmt(c["start"]), _fmt(c["end"]), _signed(c["growth"]),
-                      _fmt(c["peak"]), _fmt(c["after_cooldown"]), _signed(diff)])
+        lines.append([r["variant"], fmt(c["start"]), fmt(c["end"]), _signed(c["growth"]),
+                      fmt(c["peak"]), fmt(c["after_cooldown"]), _signed(diff)])
     return _table(["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)",
                    ">peak (MB)", ">after cooldown (MB)", ">peak - mprof peak (MB)"], lines)
 
@@ -194,7 +195,7 @@ def processes_table(rows: list[dict[str, Any]]) -> list[str]:
         p = r.get("processes_mb")
         if not p:
             continue
-        spans = [f"{_fmt(p[k]['start'])} → {_fmt(p[k]['end'])} ({_signed(p[k]['growth'])})"
+        spans = [f"{fmt(p[k]['start'])} → {fmt(p[k]['end'])} ({_signed(p[k]['growth'])})"
                  for k in ("rss", "pss", "uss", "anon", "file")]
         lines.append([r["variant"], str(p["processes_max"]), *spans, str(p["threads_max"])])
     return _table(["variant", ">processes", "RSS sum (MB)", "PSS (MB)", "USS (MB)",
@@ -209,11 +210,11 @@ def growth_parts_table(rows: list[dict[str, Any]]) -> list[str]:
         a, s, g = b.get("after_cooldown"), b.get("start"), b.get("growth")
         if not (b.get("probed") and a and s and g):
             continue
-        lines.append([r["variant"], f"{_fmt(s['rss_mb'])} → {_fmt(a['rss_mb'])}",
+        lines.append([r["variant"], f"{fmt(s['rss_mb'])} → {fmt(a['rss_mb'])}",
                       _signed(g["rss_mb"]), _signed(g["malloc_in_use_mb"]),
                       _signed(g["malloc_free_mb"]), _signed(g["other_anon_mb"]),
                       _signed(g["file_mb"]), _signed(g["python_traced_mb"]),
-                      _fmt(a["named_pct"])])
+                      fmt(a["named_pct"])])
     return _table(["variant", "RSS (MB)", ">growth", ">malloc in use", ">malloc free (kept)",
                    ">other anonymous", ">file-backed", ">Python heap (traced)",
                    ">named at end (% of RSS)"], lines)
@@ -231,14 +232,14 @@ def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in sorted(judged, key=growth):
         v = r["verdict"]
-        per = " → ".join(_fmt(x) for x in v.get("post_rest_mb") or []) or "-"
+        per = " → ".join(fmt(x) for x in v.get("post_rest_mb") or []) or "-"
         where = f" ({v['where']})" if v.get("where") else ""
         loaded = ", ".join((v.get("probes") or {}).get("allocators") or ["-"])
         lines.append([r["variant"], loaded, f"**{v['verdict']}**{where}", per,
                       _signed(v.get("growth_after_warmup_mb")),
                       _signed(v.get("growth_per_cycle_mb")),
-                      _fmt(v.get("growth_per_1000_requests_mb"), 2),
-                      _fmt(v.get("trim_freed_mb")), v.get("reason", "")])
+                      fmt(v.get("growth_per_1000_requests_mb"), 2),
+                      fmt(v.get("trim_freed_mb")), v.get("reason", "")])
     return _table(["variant", "malloc (loaded)", "verdict", "post-rest MB per cycle",
                    ">growth after warm-up (MB)", ">growth / cycle (MB)",
                    ">per 1,000 requests (MB)", ">malloc_trim gave back (MB)", "why"], lines)
@@ -256,11 +257,16 @@ def steps_table(rows: list[dict[str, Any]]) -> list[str]:
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         for s in r["steps"]:
-            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {_fmt(s['requests'])} "
-                       f"| {_fmt(s['failures'])} | {_fmt(s['cut_off'])} | {_fmt(s['rps'], 2)} | "
-                       f"{_fmt(s['images_per_s'], 1)} | {_fmt(s['p50_ms'])} | "
-                       f"{_fmt(s['p95_ms'])} | {_fmt(s['mem_end_mb'])} | {_busy(s)} |")
+            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {fmt(s['requests'])} "
+                       f"| {fmt(s['failures'])} | {fmt(s['cut_off'])} | {fmt(s['rps'], 2)} | "
+                       f"{fmt(s['images_per_s'], 1)} | {fmt(s['p50_ms'])} | "
+                       f"{fmt(s['p95_ms'])} | {fmt(s['mem_end_mb'])} | {_busy(s)} |")
     return out
+
+
+def _section(title: str, table: list[str], caption: str) -> list[str]:
+    """A summary.md section: heading, table and caption, or nothing when the table is empty."""
+    return ["", f"## {title}", "", *table, "", caption] if table else []
 
 
 def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -273,38 +279,34 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                  f"`{', '.join(info.get('models', []))}`, runtime: `{info.get('runtime')}`")
     if started:
         lines.append(f"- started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}"
-                     f", wall time {_fmt(info.get('wall_seconds'))} s")
+                     f", wall time {fmt(info.get('wall_seconds'))} s")
     lines.append(f"- machine: {m.get('cpus')} CPUs ({m.get('cpu')}), {m.get('memory_gib')} GiB, "
                  f"Python {m.get('python')}, {m.get('platform')}")
     git = info.get("git", {})
     if git.get("revision"):
         lines.append(f"- git: `{git['revision'][:12]}`" + (" (dirty)" if git.get("dirty") else ""))
     lines += ["", "## Memory (server + children, mprof)", "", *memory_table(rows)]
-    cgroup = cgroup_table(rows)
-    if cgroup:
-        lines += ["", "## Memory of the container (cgroup, as `docker stats` shows it)", "",
-                  *cgroup, "",
-                  "The container's memory cgroup: usage minus inactive file cache, sampled at "
-                  "mprof's interval. It counts each page once, with kernel memory; file pages "
-                  "(the libraries' code) count only if this container read them first, so it "
-                  "can sit far below mprof's RSS sum (which counts them in every process) and "
-                  "still grow by the same amount. Source: `<variant>/cgroup_memory.csv`."]
-    where = processes_table(rows)
-    if where:
-        lines += ["", "## Where the memory is (per-process sampler, after API start → after "
-                  "test)", "", *where, "",
-                  "RSS summed over processes counts shared pages (libraries, a forked "
-                  "master's pages) once per process, as mprof's MEM does; PSS counts them "
-                  "once. Anonymous memory is the heap, allocator arenas, thread stacks and "
-                  "tensors: where growth under load lives. Source: `<variant>/processes.csv`."]
-    parts = growth_parts_table(rows)
-    if parts:
-        lines += ["", "## Where the growth went (probed variants, end of baseline → end of "
-                  "cooldown, MB)", "", *parts, "",
-                  "malloc in use and free are glibc's own figures (mallinfo2, all processes); "
-                  "other anonymous is the anonymous RSS malloc does not account for (Python's "
-                  "small-object arenas, thread stacks, TensorFlow's own mappings); the four "
-                  "parts add up to RSS. Plots: `<variant>/memory_parts.png`."]
+    lines += _section(
+        "Memory of the container (cgroup, as `docker stats` shows it)", cgroup_table(rows),
+        "The container's memory cgroup: usage minus inactive file cache, sampled at "
+        "mprof's interval. It counts each page once, with kernel memory; file pages "
+        "(the libraries' code) count only if this container read them first, so it "
+        "can sit far below mprof's RSS sum (which counts them in every process) and "
+        "still grow by the same amount. Source: `<variant>/cgroup_memory.csv`.")
+    lines += _section(
+        "Where the memory is (per-process sampler, after API start → after test)",
+        processes_table(rows),
+        "RSS summed over processes counts shared pages (libraries, a forked "
+        "master's pages) once per process, as mprof's MEM does; PSS counts them "
+        "once. Anonymous memory is the heap, allocator arenas, thread stacks and "
+        "tensors: where growth under load lives. Source: `<variant>/processes.csv`.")
+    lines += _section(
+        "Where the growth went (probed variants, end of baseline → end of cooldown, MB)",
+        growth_parts_table(rows),
+        "malloc in use and free are glibc's own figures (mallinfo2, all processes); "
+        "other anonymous is the anonymous RSS malloc does not account for (Python's "
+        "small-object arenas, thread stacks, TensorFlow's own mappings); the four "
+        "parts add up to RSS. Plots: `<variant>/memory_parts.png`.")
     judged = verdict_table(rows)
     if not judged:
         lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "

@@ -35,6 +35,7 @@ The rules, in order (thresholds are module constants and are written into summar
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import statistics
@@ -108,23 +109,22 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> 
         out["reason"] = (f"grew {d[-1]:+.1f} MB in the last cycle but {statistics.fmean(d):+.1f}"
                          f" MB a cycle on average (noise {noise:.1f} MB): run more cycles")
         return out
+    moved = f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from cycle to cycle"
     if min(d) < -noise:
         # Growth overall, but some cycle gave back more than the noise: that is not the steady
         # climb of a leak, nor yet a plateau.
         out["verdict"] = "inconclusive"
-        out["reason"] = (f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from "
-                         f"cycle to cycle: up and down by more than the noise of {noise:.1f} "
-                         "MB; run more cycles")
+        out["reason"] = (f"{moved}: up and down by more than the noise of {noise:.1f} MB; run "
+                         "more cycles")
         return out
     recent = d[-STEADY_CYCLES:]
     if min(recent) <= 0 or statistics.fmean(recent) <= noise:
         # A leak keeps growing; a jump right after warm-up and then little is as much a slow
         # warm-up. (Seen: Gunicorn 1,840 -> 2,034 -> 2,018 -> 2,067 MB.)
         out["verdict"] = "inconclusive"
-        out["reason"] = (f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from "
-                         f"cycle to cycle: the last {len(recent)} did not each grow, by more "
-                         f"than the noise of {noise:.1f} MB on average; not a steady climb "
-                         "yet: run more cycles")
+        out["reason"] = (f"{moved}: the last {len(recent)} did not each grow, by more than the "
+                         f"noise of {noise:.1f} MB on average; not a steady climb yet: run "
+                         "more cycles")
         return out
 
     py = _python_growth(done)
@@ -214,8 +214,10 @@ def read_probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], lis
 
 def probe_totals(samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str, float | None]:
     """Each process's last probe sample at or before t, summed over processes."""
-    last = [next((r for r in reversed(rows) if r["t"] <= t), None) for rows in samples.values()]
-    rows = [r for r in last if r is not None]
+    # Rows are in time order (read_probes sorts them): bisect, since the breakdown asks once
+    # a second over the whole run.
+    at = [bisect.bisect_right(rows, t, key=lambda r: r["t"]) for rows in samples.values()]
+    rows = [r[i - 1] for r, i in zip(samples.values(), at, strict=True) if i]
     if not rows:
         return {}
 

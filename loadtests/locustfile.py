@@ -4,9 +4,8 @@ Run by the harness once per step, headless, with its settings in the environment
 
   INFBENCH_IMAGES           folder of sample JPEGs (made by `make build`)
   INFBENCH_BATCH            images per request
-  INFBENCH_REQUEST          the variant's request template as JSON (infbench.config.Request):
-                            method, path, body (multipart | json | binary | npy), field, json,
-                            image, content_type, headers, ok_status; default: POST /predict,
+  INFBENCH_REQUEST          the variant's request template, infbench.config.Request as JSON
+                            (config.as_dict); unset: Request()'s defaults, POST /predict with
                             one multipart file part per image in the field `images`
   INFBENCH_IMAGE_SIZE       pixels per side for bodies that carry pixels (npy, "{pixels}")
   INFBENCH_WAIT_MIN/_MAX    seconds each user waits between requests
@@ -45,13 +44,21 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+from infbench.config import (
+    B64_MARK,
+    BATCH_MARK,
+    DEFAULT_IMAGE_SIZE,
+    IMAGES_MARK,
+    NAME_MARK,
+    PIXELS_MARK,
+    Request,
+)
+
 IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
-REQUEST: dict[str, Any] = json.loads(os.environ.get("INFBENCH_REQUEST") or "{}")
-IMAGE_SIZE = int(os.environ.get("INFBENCH_IMAGE_SIZE", "224"))
-METHOD = REQUEST.get("method", "POST")
-PATH = REQUEST.get("path", "/predict").replace("{batch}", str(BATCH))
-OK_STATUS = set(REQUEST.get("ok_status", [200]))
+REQUEST = Request.from_dict(json.loads(os.environ.get("INFBENCH_REQUEST") or "{}"))
+IMAGE_SIZE = int(os.environ.get("INFBENCH_IMAGE_SIZE", DEFAULT_IMAGE_SIZE))
+PATH = REQUEST.path.replace(BATCH_MARK, str(BATCH))
 WAIT_MIN = float(os.environ.get("INFBENCH_WAIT_MIN", "0"))
 WAIT_MAX = float(os.environ.get("INFBENCH_WAIT_MAX", "1"))
 TIMEOUT = float(os.environ.get("INFBENCH_REQUEST_TIMEOUT", "60"))
@@ -103,15 +110,15 @@ def _render(template: Any, marks: dict[str, Any]) -> Any:
 
 
 def _json_body(files: list[tuple[str, bytes]]) -> bytes:
-    per_image = REQUEST.get("image", "{b64}")
-    wants_pixels = "{pixels}" in json.dumps(per_image)
+    wants_pixels = PIXELS_MARK in json.dumps(REQUEST.image)
     images = []
     for name, data in files:
-        marks: dict[str, Any] = {"{b64}": base64.b64encode(data).decode("ascii"), "{name}": name}
+        marks: dict[str, Any] = {B64_MARK: base64.b64encode(data).decode("ascii"),
+                                 NAME_MARK: name}
         if wants_pixels:
-            marks["{pixels}"] = _pixels(data).tolist()
-        images.append(_render(per_image, marks))
-    doc = _render(REQUEST.get("json_template"), {"{images}": images, "{batch}": BATCH})
+            marks[PIXELS_MARK] = _pixels(data).tolist()
+        images.append(_render(REQUEST.image, marks))
+    doc = _render(REQUEST.json_template, {IMAGES_MARK: images, BATCH_MARK: BATCH})
     return json.dumps(doc).encode()
 
 
@@ -129,10 +136,9 @@ def _load_body() -> tuple[bytes, str]:
         raise SystemExit(f"locustfile: no sample images in {IMAGES} (run `make build`)")
     files = [(paths[i % len(paths)].name, paths[i % len(paths)].read_bytes())
              for i in range(BATCH)]
-    kind = REQUEST.get("body", "multipart")
-    given = REQUEST.get("content_type", "")
+    kind, given = REQUEST.body, REQUEST.content_type
     if kind == "multipart":
-        body, content_type = encode_multipart(files, REQUEST.get("form_field", "images"))
+        body, content_type = encode_multipart(files, REQUEST.form_field)
         return body, given or content_type
     if kind == "json":
         return _json_body(files), given or "application/json"
@@ -146,7 +152,7 @@ def _load_body() -> tuple[bytes, str]:
 
 
 BODY, CONTENT_TYPE = _load_body()
-HEADERS = {**REQUEST.get("headers", {}), "Content-Type": CONTENT_TYPE}
+HEADERS = {**REQUEST.headers, "Content-Type": CONTENT_TYPE}
 
 
 def _write_counts() -> None:
@@ -228,10 +234,10 @@ class ImageClient(HttpUser):
         _counts["started"] += 1
         try:
             with self.client.request(
-                METHOD, PATH, data=BODY, headers=HEADERS,
+                REQUEST.method, PATH, data=BODY, headers=HEADERS,
                 name=f"{PATH} [batch {BATCH}]", timeout=TIMEOUT, catch_response=True,
             ) as resp:
-                if resp.status_code not in OK_STATUS:
+                if resp.status_code not in REQUEST.ok_status:
                     resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                     _counts["failed"] += 1
                 else:

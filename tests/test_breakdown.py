@@ -65,7 +65,7 @@ def phases_of(d: Path) -> list[dict[str, Any]]:
 
 def test_parts_at_the_end_of_baseline_and_cooldown(run_dir: Path) -> None:
     d = run_dir / "probed"
-    b = breakdown.figures(d, phases_of(d))
+    b = breakdown.figures(breakdown.series(d), phases_of(d))
     assert b is not None and b["probed"]
     start, after, growth = b["start"], b["after_cooldown"], b["growth"]
     assert (start["rss_mb"], start["file_mb"], start["malloc_in_use_mb"],
@@ -83,7 +83,7 @@ def test_parts_at_the_end_of_baseline_and_cooldown(run_dir: Path) -> None:
 def test_without_malloc_figures_everything_anonymous_is_other(run_dir: Path) -> None:
     for name in ("unprobed", "jemalloc"):
         d = run_dir / name
-        b = breakdown.figures(d, phases_of(d))
+        b = breakdown.figures(breakdown.series(d), phases_of(d))
         assert b is not None and not b["probed"]
         assert b["after_cooldown"]["other_anon_mb"] == 180  # all anonymous memory
         assert b["after_cooldown"]["malloc_free_mb"] is None
@@ -99,7 +99,7 @@ def test_malloc_counting_more_than_is_resident_is_a_negative_remainder(tmp_path:
         write_probes(d)
     finally:
         A["after"] = saved
-    after = breakdown.figures(d, phases_of(d))["after_cooldown"]  # type: ignore[index]
+    after = breakdown.figures(breakdown.series(d), phases_of(d))["after_cooldown"]  # type: ignore[index]
     assert after["other_anon_mb"] == -30 + 20  # A: -30, B: +20
     assert after["named_pct"] > 100
 
