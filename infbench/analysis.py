@@ -23,10 +23,11 @@ from typing import Any
 
 from infbench import breakdown, verdict
 from infbench import phases as phases_mod
-from infbench import sampler as sampler_mod
+from infbench.monitor import sampler as sampler_mod
 
-# Version of summary.json. 1: first version.
-SUMMARY_SCHEMA = 1
+# Version of summary.json. 1: first version. 2: "services" (memory and CPU per service of a
+# topology), "events" and "faults", a status per step, variant status "degraded".
+SUMMARY_SCHEMA = 2
 COOLDOWN_TAIL_S = 5.0
 
 DEFINITIONS = {
@@ -209,6 +210,9 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
             "mem_peak_mb": _r(max(vals)) if vals else None,
             "complete": bool(p.get("end")) and not p.get("cut_short")
             and bool(drain and drain.get("end") and not drain.get("cut_short")),
+            "status": p.get("status") or ("degraded" if p.get("degraded") or (
+                drain or {}).get("degraded") else "complete"),
+            "t_start": p.get("load_start") or p.get("start"), "t_end": t_end,
         })
     return steps
 
@@ -237,12 +241,111 @@ def process_figures(variant_dir: Path, phase_list: list[dict[str, Any]],
     return out
 
 
+def sum_series(series: list[list[tuple[float, float]]],
+               step: float = 0.5) -> list[tuple[float, float]]:
+    """Several replicas' samples as one: on a common grid, each replica's last sample at or
+    before the time (nothing before its first sample or after its last) summed."""
+    series = [s for s in series if s]
+    if len(series) <= 1:
+        return series[0] if series else []
+    t0 = min(s[0][0] for s in series)
+    t1 = max(s[-1][0] for s in series)
+    out: list[tuple[float, float]] = []
+    idx = [0] * len(series)
+    t = t0
+    while t <= t1 + 1e-9:
+        total = 0.0
+        for k, s in enumerate(series):
+            while idx[k] + 1 < len(s) and s[idx[k] + 1][0] <= t:
+                idx[k] += 1
+            if s[0][0] <= t <= s[-1][0] + step:
+                total += s[idx[k]][1]
+        out.append((round(t, 3), total))
+        t += step
+    return out
+
+
+def replica_mprofs(variant_dir: Path, ph: dict[str, Any]) -> dict[str, Mprof]:
+    """Each service replica's mprofile.dat: the variant's own for a one-service variant."""
+    labels = [k for k in ph.get("services", {}) if k != "server"]
+    if not labels:
+        return {"server": parse_mprof(variant_dir / "mprofile.dat")}
+    return {label: parse_mprof(variant_dir / label / "mprofile.dat") for label in labels}
+
+
+def variant_mprof(variant_dir: Path, ph: dict[str, Any]) -> Mprof:
+    """The variant's memory: its server's, or every replica's MEM summed over time."""
+    per = replica_mprofs(variant_dir, ph)
+    if len(per) == 1:
+        return next(iter(per.values()))
+    out = Mprof(cmdline="(sum of every service replica)")
+    out.mem = sum_series([m.mem for m in per.values()])
+    out.bad_lines = sum(m.bad_lines for m in per.values())
+    return out
+
+
+def service_figures(variant_dir: Path, ph: dict[str, Any],
+                    steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per service of a topology: memory (mprof, its replicas summed) and, per step, CPU (% of
+    one core, from the sampler's cpu_s) and RSS at the step's end."""
+    services = ph.get("services", {})
+    if not services or list(services) == ["server"]:
+        return None
+    per = replica_mprofs(variant_dir, ph)
+    plist = ph.get("phases", [])
+    rows = sampler_mod.read_samples(variant_dir / "processes.csv")
+    out: dict[str, Any] = {}
+    names = sorted({d.get("service", k) for k, d in services.items()})
+    for name in names:
+        labels = [k for k, d in services.items() if d.get("service") == name]
+        mem = sum_series([per[k].mem for k in labels if k in per])
+        mine = [r for r in rows if r.get("service") == name]
+        per_step = []
+        for st in steps:
+            t0, t1 = st.get("t_start"), st.get("t_end")
+            per_step.append({"index": st["index"], "cpu_pct": cpu_pct(mine, t0, t1),
+                             "rss_mb": _r(rss_at(mine, t1))})
+        out[name] = {"replicas": len(labels), "labels": labels,
+                     "memory_mb": memory_figures(mem, plist), "steps": per_step}
+    return out
+
+
+def cpu_pct(rows: list[dict[str, Any]], t0: float | None, t1: float | None) -> float | None:
+    """CPU used between t0 and t1 by these processes, as % of one core."""
+    if t0 is None or t1 is None or t1 <= t0:
+        return None
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for r in rows:
+        if t0 <= r["time"] <= t1:
+            first.setdefault(r["pid"], r["cpu_s"])
+            last[r["pid"]] = r["cpu_s"]
+    if not last:
+        return None
+    used = sum(last[p] - first[p] for p in last)
+    return round(100.0 * used / (t1 - t0), 1)
+
+
+def rss_at(rows: list[dict[str, Any]], t: float | None) -> float | None:
+    """The RSS of these processes at their last sample at or before t, summed."""
+    if t is None:
+        return None
+    latest: dict[int, tuple[float, float]] = {}
+    for r in rows:
+        if r["time"] <= t and r.get("rss_mb") is not None:
+            latest[r["pid"]] = (r["time"], r["rss_mb"])
+    if not latest:
+        return None
+    newest = max(tt for tt, _ in latest.values())
+    return sum(mb for tt, mb in latest.values() if newest - tt < 2.0)
+
+
 def summarize_variant(variant_dir: Path,
                       points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """summary.json content for one variant folder. `points`: its breakdown.series, if the
     caller has read them already (the report draws them too)."""
     ph = phases_mod.load(variant_dir / "phases.json")
-    mp = parse_mprof(variant_dir / "mprofile.dat")
+    mp = variant_mprof(variant_dir, ph)
     plist = ph.get("phases", [])
     steps = step_figures(variant_dir, mp.mem, plist)
     pauses = [p for p in plist if p.get("kind") == "pause"]
@@ -262,6 +365,9 @@ def summarize_variant(variant_dir: Path,
         "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps),
         "breakdown_mb": breakdown.figures(
             breakdown.series(variant_dir) if points is None else points, plist),
+        "services": service_figures(variant_dir, ph, steps),
+        "events": ph.get("events", []),
+        "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,

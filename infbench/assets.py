@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from infbench.config import Model, as_dict, fingerprint
-from infbench.launch import ROOT
+from infbench.paths import ROOT
 
 BUILD = ROOT / "build"
 IMAGE_COUNT = 24
@@ -65,6 +65,33 @@ def _quiet_tf_env() -> dict[str, str]:
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env
+
+
+CHECK_TIMEOUT_S = 300.0
+
+
+def check_model_file(model: Model) -> None:
+    """A model file of the user's, checked before any server starts: it exists, is not empty,
+    and loads with the very code the servers use (servers.model.load_model, in a child: the
+    harness never imports TensorFlow). A 0-byte or garbage file is one line here, not a server
+    that fails at start-up with Keras's misleading "file not found"."""
+    path = Path(model.path)
+    where = f"model {model.name!r} ({path})"
+    if not path.exists():
+        raise AssetError(f"{where}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise AssetError(f"{where}: the file is empty")
+    code = ("import sys\nfrom servers.model import load_model\n"
+            "m = load_model(sys.argv[1])\nprint(m.kind, m.input_size)")
+    try:
+        res = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT,
+                             capture_output=True, text=True, env=_quiet_tf_env(),
+                             timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AssetError(f"{where}: loading it took over {CHECK_TIMEOUT_S:.0f} s") from None
+    if res.returncode != 0:
+        lines = [ln for ln in (res.stderr or res.stdout).strip().splitlines() if ln.strip()]
+        raise AssetError(f"{where}: cannot be loaded: {lines[-1][:300] if lines else '?'}")
 
 
 def images_dir(build_dir: Path = BUILD) -> Path:

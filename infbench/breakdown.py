@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from infbench import sampler
+from infbench.monitor import sampler
 from infbench.verdict import probe_totals, read_probes
 
 PARTS = ("file_mb", "other_anon_mb", "malloc_in_use_mb", "malloc_free_mb")

@@ -2,13 +2,14 @@
 
 Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL, ...), so
 `make run PROFILE=quick` and `INFBENCH_PROFILE=quick python -m infbench run` agree.
-Exit codes: 0 done, 1 a config error or a failed variant, 2 usage, 130 Ctrl-C, 143 SIGTERM.
+Exit codes: 0 complete, 1 an error (config, a failed run, a file that could not be written),
+2 usage, 3 partial (a variant failed or ran with faults: a restart, a load-generator failure, a
+step whose requests all failed), 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -16,10 +17,13 @@ from pathlib import Path
 from types import FrameType
 
 from infbench import assets, config, proc, report
-from infbench.launch import ROOT, LaunchError, get_launcher
+from infbench.files import WriteError, check_writable
+from infbench.launch import LaunchError, get_launcher
+from infbench.paths import ROOT
 from infbench.run import Plan, run_study
 
 EXIT_FAILED = 1
+EXIT_PARTIAL = 3
 _signal_seen: list[int] = []
 
 
@@ -32,10 +36,26 @@ def results_default() -> str:
     return _env("RESULTS", str(ROOT / "results"))
 
 
-def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    # One shutdown path: SIGTERM goes the same way as Ctrl-C.
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    # One shutdown path: SIGTERM and SIGHUP (a closed terminal) go the same way as Ctrl-C.
     _signal_seen.append(signum)
     raise KeyboardInterrupt
+
+
+def _interrupt_code() -> int:
+    if not _signal_seen:
+        return 130
+    return 128 + _signal_seen[0]
+
+
+def install_signals() -> None:
+    """SIGINT back to Python's default (a run started in the background from a script inherits
+    it ignored), SIGTERM and SIGHUP through the same path, SIGXFSZ ignored so that a file-size
+    limit is an OSError on the write (one line) rather than a silent kill."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,12 +146,17 @@ def cmd_build(exp: config.Experiments, args: argparse.Namespace) -> int:
 def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     variants = _select(exp, args)
     if args.probes:
-        variants = [dataclasses.replace(v, probes=True) for v in variants]
+        variants = [v.with_probes() for v in variants]
     default = exp.study(args.study).profile if args.study else exp.study_profile
     profile = exp.profile(args.profile or default)
-    for v in variants:  # validate every model name and request before anything starts
-        exp.model_for(v, args.model)
+    checked: set[str] = set()
+    for v in variants:  # validate every model and request before anything starts
+        m = exp.model_for(v, args.model)
         v.request.check_steps(f"variants.{v.name}", profile.steps)
+        if m.is_file and m.name not in checked:
+            assets.check_model_file(m)
+            checked.add(m.name)
+    check_writable(Path(args.results))
     get_launcher(args.runtime).prepare(variants, print)
     plan = Plan(experiments=exp, variants=variants, profile=profile,
                 model_override=args.model, runtime=args.runtime, results=Path(args.results),
@@ -144,14 +169,16 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
         print("\n".join(report.cgroup_table(summary["variants"])))
     print(f"\nresults: {outcome.run_dir}/summary.md (plots: memory_overlay.png, "
           f"<variant>/memory.png)")
+    report.print_faults(summary)
     if outcome.status == "interrupted":
         print(f"interrupted in {summary['run'].get('stopped_in')}: what was measured is kept; "
               f"`make report RUN={outcome.run_dir.name}` rebuilds this report")
-        return 143 if _signal_seen else 130
-    failed = [n for n, s in outcome.results.items() if s != "complete"]
-    if failed:
-        print(f"failed: {', '.join(failed)} (see summary.md and <variant>/server.log)")
-        return EXIT_FAILED
+        return _interrupt_code()
+    not_complete = {n: s for n, s in outcome.results.items() if s != "complete"}
+    if not_complete:
+        print(f"run {outcome.status}: " + ", ".join(f"{n} {s}" for n, s in not_complete.items())
+              + " (see summary.md, phases.json events and <variant>/server.log)")
+        return EXIT_PARTIAL if outcome.status == "partial" else EXIT_FAILED
     return 0
 
 
@@ -166,7 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    install_signals()
     try:
         if args.cmd == "report":
             return cmd_report(args)
@@ -176,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "build":
             return cmd_build(exp, args)
         return cmd_run(exp, args)
-    except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError) as e:
+    except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError,
+            WriteError) as e:
         print(f"infbench: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("infbench: interrupted", file=sys.stderr)
-        return 143 if _signal_seen else 130
+        return _interrupt_code()
     finally:
         proc.stop_all()
+        proc.WATCHDOG.close()
 
 
 if __name__ == "__main__":

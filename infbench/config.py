@@ -9,13 +9,34 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SERVERS = ("uvicorn", "gunicorn", "hypercorn", "command")
-APPS = ("fastapi", "starlette")
+# What a service runs (infbench/launch/argv.py turns each into a command line):
+#   uvicorn | gunicorn | hypercorn   one of our apps (`app`) on that server
+#   module                           `{python} -m <module> <args>` (a worker, the TF-Serving server)
+#   redis                            Debian's redis-server, bound to loopback on the harness's port
+#   command                          any command of yours (`command`, with placeholders)
+SERVERS = ("uvicorn", "gunicorn", "hypercorn", "module", "redis", "command")
+# Our apps: name -> (import path, interface). WSGI apps run on Gunicorn's sync workers only.
+APP_MODULES: dict[str, tuple[str, str]] = {
+    "starlette": ("servers.app_starlette:app", "asgi"),
+    "fastapi": ("servers.app_fastapi:app", "asgi"),
+    "queue-fastapi": ("servers.queue_api_fastapi:app", "asgi"),
+    "queue-flask": ("servers.queue_api_flask:app", "wsgi"),
+    "scoring-fastapi": ("servers.scoring_fastapi:app", "asgi"),
+    "scoring-flask": ("servers.scoring_flask:app", "wsgi"),
+    "model-api-fastapi": ("servers.model_api_fastapi:app", "asgi"),
+    "model-api-flask": ("servers.model_api_flask:app", "wsgi"),
+}
+APPS = tuple(APP_MODULES)
+HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
+# The placeholders a service's command, args and env may use (see Service).
+PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_.-]*)\}")
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
 # How the load can carry a batch of sample images (see Request).
@@ -61,8 +82,16 @@ class Model:
 
 @dataclass(frozen=True)
 class Step:
+    """One load step: `batch` images per request for up to `seconds`; `users` and `spawn_rate`
+    (0: the profile's) let a profile ramp users from step to step; with `until_stable` the
+    step ends early once throughput and median latency have held within the profile's
+    tolerance for `stable_windows` windows in a row (never before the first full set)."""
+
     batch: int
     seconds: float
+    users: int = 0
+    spawn_rate: float = 0.0
+    until_stable: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +110,20 @@ class Profile:
     sample_interval: float = 0.1
     cycles: int = 1
     rest: float = 0.0
+    # The mix of tasks each user runs: predict (the request template) and, with a weight
+    # above 0, POST /feedback on its last prediction; `on_start` is a path each user GETs once.
+    feedback_weight: int = 0
+    predict_weight: int = 1
+    on_start: str = ""
+    stable_window_s: float = 10.0
+    stable_windows: int = 3
+    stable_tolerance: float = 0.10
+
+    def users_of(self, step: Step) -> int:
+        return step.users or self.users
+
+    def spawn_rate_of(self, step: Step) -> float:
+        return step.spawn_rate or self.spawn_rate
 
     def planned_seconds(self) -> float:
         """Upper bound of load + pauses for one variant (drains at their timeout)."""
@@ -130,29 +173,120 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Variant:
+class Service:
+    """One thing that runs in a variant: one of our servers, Redis, a worker, your command.
+
+    `ports` are named; every replica gets its own port for each name, chosen by the harness.
+    `command`, `args` and `env` values may use placeholders, filled in per replica:
+    {port} (the first port), {ports.<name>}, {host}, {python}, {replica}, {out} (the replica's
+    results folder) and {services.<other>.port|url|ports.<name>} of another service. Each
+    service it `depends_on` is also handed over as INFBENCH_<NAME>_URL and INFBENCH_<NAME>_PORT
+    (name upper-cased, '-' as '_').
+    """
+
     name: str
     server: str
-    description: str = ""
     app: str = "starlette"
+    module: str = ""
     endpoint: str = "sync"
     thread_limit: int = 0
     workers: int = 1
     call: str = "predict"
-    model: str = ""
     env: dict[str, str] = field(default_factory=dict)
     command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    replicas: int = 1
+    depends_on: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ("port",)
+    health: str = "http"
     health_path: str = "/health"
+    health_command: tuple[str, ...] = ()
     startup_timeout: float = 180.0
     probes: bool = False
     tracemalloc: bool = False
     allocator: str = "glibc"
     trim_each_request: bool = False
+    gets_model: bool = True  # INFBENCH_MODEL_PATH in its environment (not Redis)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    @property
+    def uses_python(self) -> bool:
+        """Started with the harness's (or the image's) Python, so the probes can run in it."""
+        return self.server in ("uvicorn", "gunicorn", "hypercorn", "module") or (
+            self.server == "command" and bool(self.command) and self.command[0] == "{python}")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A hypothesis: a topology of services, one of them the `entry` the load is sent to.
+
+    The flat form of experiments.toml (server, app, endpoint, ... at the variant's top level) is
+    a topology of one service, named "server", whose files stay at the variant folder's top.
+    """
+
+    name: str
+    services: tuple[Service, ...]
+    entry: str = "server"
+    description: str = ""
+    model: str = ""
     base: str = ""
     request: Request = field(default_factory=Request)
 
-    def __hash__(self) -> int:  # env is a dict; hash what identifies the variant
+    def __hash__(self) -> int:  # services hold dicts; hash what identifies the variant
         return hash(self.name)
+
+    @property
+    def single(self) -> bool:
+        """A one-service topology (the flat form): its files stay where they always were."""
+        return len(self.services) == 1 and self.services[0].replicas == 1
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    @property
+    def entry_service(self) -> Service:
+        return self.service(self.entry)
+
+    def __getattr__(self, name: str) -> Any:
+        """The entry service's settings (v.server, v.app, ...), for code and tests that read a
+        one-service variant as the flat form wrote it."""
+        if name in _SERVICE_FIELDS:
+            return getattr(self.entry_service, name)
+        raise AttributeError(name)
+
+    @property
+    def probes(self) -> bool:
+        return any(s.probes for s in self.services)
+
+    @property
+    def allocators(self) -> set[str]:
+        return {s.allocator for s in self.services}
+
+    def with_probes(self) -> Variant:
+        """Every Python service with the probes on (PROBES=1, --probes)."""
+        return dataclasses.replace(self, services=tuple(
+            dataclasses.replace(s, probes=True) if s.uses_python else s for s in self.services))
+
+
+_SERVICE_FIELDS = frozenset(f.name for f in dataclasses.fields(Service)) - {"name"}
+
+
+def one_service(name: str, *, request: Request | None = None, model: str = "",
+                description: str = "", **fields: Any) -> Variant:
+    """A variant of one service, as the flat form of experiments.toml makes (tests, tools)."""
+    return Variant(name=name, services=(Service(name="server", **fields),),
+                   request=request or Request(), model=model, description=description)
+
+
+def with_server(v: Variant, **fields: Any) -> Variant:
+    """The variant with its entry service changed (e.g. another allocator)."""
+    return dataclasses.replace(v, services=tuple(
+        dataclasses.replace(s, **fields) if s.name == v.entry else s for s in v.services))
 
 
 @dataclass(frozen=True)
@@ -221,6 +355,8 @@ def _check(where: str, key: str, value: Any, expected: Any) -> Any:
             f"{where}.{key}: expected {_type_name(expected)}, got {type(value).__name__} "
             f"{value!r}"
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}")
     return value
 
 
@@ -279,17 +415,35 @@ def _load_profile(name: str, table: Any) -> Profile:
     spec = {"description": str, "users": int, "spawn_rate": NUM, "steps": list,
             "baseline": NUM, "pause": NUM, "cooldown": NUM, "drain_timeout": NUM,
             "request_timeout": NUM, "wait": list, "sample_interval": NUM, "cycles": int,
-            "rest": NUM}
+            "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
+            "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM}
     values = _fields(where, table, spec, required=("users", "spawn_rate", "steps"))
+    for key in ("feedback_weight",):
+        _positive(where, key, values.get(key, 0), allow_zero=True)
+    for key in ("predict_weight", "stable_windows"):
+        _positive(where, key, values.get(key, 1))
+    for key in ("stable_window_s", "stable_tolerance"):
+        if key in values:
+            _positive(where, key, values[key])
+            values[key] = float(values[key])
+    if values.get("on_start") and not values["on_start"].startswith("/"):
+        raise ConfigError(f"{where}.on_start: must be a path starting with '/', got "
+                          f"{values['on_start']!r}")
     steps: list[Step] = []
     if not values["steps"]:
         raise ConfigError(f"{where}.steps: needs at least one step")
     for i, raw in enumerate(values["steps"]):
-        s = _fields(f"{where}.steps[{i}]", raw, {"batch": int, "seconds": NUM},
-                    required=("batch", "seconds"))
-        _positive(f"{where}.steps[{i}]", "batch", s["batch"])
-        _positive(f"{where}.steps[{i}]", "seconds", s["seconds"])
-        steps.append(Step(batch=s["batch"], seconds=float(s["seconds"])))
+        sw = f"{where}.steps[{i}]"
+        s = _fields(sw, raw, {"batch": int, "seconds": NUM, "users": int, "spawn_rate": NUM,
+                              "until_stable": bool}, required=("batch", "seconds"))
+        _positive(sw, "batch", s["batch"])
+        _positive(sw, "seconds", s["seconds"])
+        for key in ("users", "spawn_rate"):
+            if key in s:
+                _positive(sw, key, s[key])
+        steps.append(Step(batch=s["batch"], seconds=float(s["seconds"]),
+                          users=s.get("users", 0), spawn_rate=float(s.get("spawn_rate", 0)),
+                          until_stable=s.get("until_stable", False)))
     values["steps"] = tuple(steps)
     _positive(where, "users", values["users"])
     _positive(where, "spawn_rate", values["spawn_rate"])
@@ -302,8 +456,8 @@ def _load_profile(name: str, table: Any) -> Profile:
             _positive(where, key, values[key])
     if "wait" in values:
         w = values["wait"]
-        if len(w) != 2 or not all(isinstance(x, NUM) and not isinstance(x, bool) for x in w) \
-                or not 0 <= w[0] <= w[1]:
+        if len(w) != 2 or not all(isinstance(x, NUM) and not isinstance(x, bool)
+                                  and math.isfinite(x) for x in w) or not 0 <= w[0] <= w[1]:
             raise ConfigError(f"{where}.wait: expected [min, max] seconds with 0 <= min <= max, "
                               f"got {w!r}")
         values["wait"] = (float(w[0]), float(w[1]))
@@ -314,42 +468,205 @@ def _load_profile(name: str, table: Any) -> Profile:
     return Profile(name=name, **values)
 
 
-def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
-    where = f"variants.{name}"
-    spec = {"description": str, "server": str, "app": str, "endpoint": str,
-            "thread_limit": int, "workers": int, "call": str, "model": str, "env": dict,
-            "command": list, "health_path": str, "startup_timeout": NUM, "probes": bool,
-            "tracemalloc": bool, "allocator": str, "trim_each_request": bool, "base": str,
-            "request": dict}
-    values = _fields(where, table, spec, required=("server",))
-    if "request" in values:
-        values["request"] = _load_request(f"{where}.request", values["request"])
-    _one_of(where, "server", values["server"], SERVERS)
+SERVICE_SPEC: dict[str, Any] = {
+    "server": str, "app": str, "module": str, "endpoint": str, "thread_limit": int,
+    "workers": int, "call": str, "env": dict, "command": list, "args": list, "replicas": int,
+    "depends_on": list, "ports": list, "health": str, "health_path": str,
+    "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
+    "allocator": str, "trim_each_request": bool}
+# Keys of a variant in the topology form; the flat form has these and SERVICE_SPEC's.
+VARIANT_SPEC: dict[str, Any] = {"description": str, "base": str, "request": dict,
+                                "model": str, "entry": str, "services": dict}
+NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _strings(where: str, key: str, values: list[Any]) -> tuple[str, ...]:
+    for i, part in enumerate(values):
+        _check(f"{where}.{key}", f"[{i}]", part, str)
+    return tuple(values)
+
+
+def _load_service(where: str, name: str, table: Any) -> Service:
+    values = _fields(where, table, SERVICE_SPEC, required=("server",))
+    server = values["server"]
+    _one_of(where, "server", server, SERVERS)
+    if not NAME.match(name):
+        raise ConfigError(f"{where}: a service name is lower-case letters, digits, '-' and '_', "
+                          f"starting with a letter; got {name!r}")
     _one_of(where, "app", values.get("app", "starlette"), APPS)
     _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
     _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)
     _one_of(where, "allocator", values.get("allocator", "glibc"), tuple(ALLOCATORS))
     _positive(where, "thread_limit", values.get("thread_limit", 0), allow_zero=True)
     _positive(where, "workers", values.get("workers", 1))
+    _positive(where, "replicas", values.get("replicas", 1))
     if "startup_timeout" in values:
         _positive(where, "startup_timeout", values["startup_timeout"])
         values["startup_timeout"] = float(values["startup_timeout"])
-    env = values.get("env", {})
-    for k, v in env.items():
+    for k, v in values.get("env", {}).items():
         _check(f"{where}.env", k, v, str)
-    if values["server"] == "command":
-        cmd = values.get("command", [])
-        if not cmd:
+    for key in ("command", "args", "depends_on", "ports", "health_command"):
+        if key in values:
+            values[key] = _strings(where, key, values[key])
+    if server == "command":
+        if not values.get("command"):
             raise ConfigError(f"{where}.command: server = 'command' needs a command list")
-        for i, part in enumerate(cmd):
-            _check(f"{where}.command", f"[{i}]", part, str)
-        values["command"] = tuple(cmd)
     elif "command" in values:
         raise ConfigError(f"{where}.command: only used with server = 'command'")
-    if values.get("model") and values["model"] not in models:
-        raise ConfigError(f"{where}.model: unknown model {values['model']!r} "
+    if server == "module" and not values.get("module"):
+        raise ConfigError(f"{where}.module: server = 'module' needs a module, e.g. "
+                          "'servers.queue_worker'")
+    if "module" in values and server != "module":
+        raise ConfigError(f"{where}.module: only used with server = 'module'")
+    app = values.get("app", "starlette")
+    if server in ("uvicorn", "hypercorn") and APP_MODULES[app][1] == "wsgi":
+        raise ConfigError(f"{where}.app: {app!r} is a WSGI app; run it with server = 'gunicorn'")
+    ports = values.get("ports", ("port",))
+    if not ports:
+        raise ConfigError(f"{where}.ports: needs at least one port name")
+    for p in ports:
+        if not re.match(r"^[a-z][a-z0-9_]*$", p):
+            raise ConfigError(f"{where}.ports: {p!r} is not a port name (letters, digits, _)")
+    if len(set(ports)) != len(ports):
+        raise ConfigError(f"{where}.ports: a port name is given twice")
+    health = values.get("health", "redis" if server == "redis" else "http")
+    _one_of(where, "health", health, HEALTH_KINDS)
+    values["health"] = health
+    if health == "command" and not values.get("health_command"):
+        raise ConfigError(f"{where}.health_command: health = 'command' needs a command list")
+    path = values.get("health_path", "/health")
+    if not path.startswith("/"):
+        raise ConfigError(f"{where}.health_path: must start with '/', got {path!r}")
+    if server == "redis":
+        for key in ("probes", "tracemalloc", "trim_each_request"):
+            if values.get(key):
+                raise ConfigError(f"{where}.{key}: not for Redis (a C program): probes run in "
+                                  "Python servers")
+        values["gets_model"] = False
+    if values.get("tracemalloc") and not values.get("probes"):
+        raise ConfigError(f"{where}.tracemalloc: needs probes = true (the probes read it)")
+    return Service(name=name, **values)
+
+
+def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
+    where = f"variants.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    topology = "services" in table
+    spec = VARIANT_SPEC if topology else {**VARIANT_SPEC, **SERVICE_SPEC}
+    values = _fields(where, table, spec, required=() if topology else ("server",))
+    own = {k: values.pop(k) for k in list(values) if k in VARIANT_SPEC}
+    request = _load_request(f"{where}.request", own["request"]) if "request" in own \
+        else Request()
+    if own.get("model") and own["model"] not in models:
+        raise ConfigError(f"{where}.model: unknown model {own['model']!r} "
                           f"(known: {', '.join(sorted(models))})")
-    return Variant(name=name, **values)
+    if topology:
+        raw = own.pop("services")
+        if not raw:
+            raise ConfigError(f"{where}.services: needs at least one service")
+        services = tuple(_load_service(f"{where}.services.{n}", n, t) for n, t in raw.items())
+        entry = own.pop("entry", "")
+        if not entry:
+            http = [s.name for s in services if s.health == "http"]
+            if len(services) == 1:
+                entry = services[0].name
+            else:
+                raise ConfigError(f"{where}.entry: name the service the load is sent to (one of "
+                                  f"{', '.join(http or [s.name for s in services])})")
+    else:
+        if "entry" in own:
+            raise ConfigError(f"{where}.entry: only used with [{where}.services.<name>] tables")
+        services = (_load_service(where, "server", values),)
+        entry = "server"
+    variant = Variant(name=name, services=services, entry=entry,
+                      description=own.get("description", ""), model=own.get("model", ""),
+                      base=own.get("base", ""), request=request)
+    check_topology(where, variant)
+    return variant
+
+
+def _placeholders(text: str) -> list[str]:
+    return PLACEHOLDER.findall(text)
+
+
+def check_topology(where: str, v: Variant) -> None:
+    """Every reference resolves, dependencies have no cycle, the entry can take the load."""
+    names = [s.name for s in v.services]
+    by_name = {s.name: s for s in v.services}
+    if v.entry not in by_name:
+        raise ConfigError(f"{where}.entry: no service {v.entry!r} (services: {', '.join(names)})")
+    entry = by_name[v.entry]
+    if entry.replicas != 1:
+        raise ConfigError(f"{where}.services.{v.entry}.replicas: the entry service takes the "
+                          "load on one port, so it has one replica (scale its `workers`, or "
+                          "the services behind it)")
+    if entry.server == "redis" or entry.health not in ("http", "none", "tcp", "command"):
+        raise ConfigError(f"{where}.entry: {v.entry!r} is not an HTTP service the load can target")
+    for s in v.services:
+        sw = f"{where}.services.{s.name}" if not v.single or s.name != "server" else where
+        for dep in s.depends_on:
+            if dep not in by_name:
+                raise ConfigError(f"{sw}.depends_on: no service {dep!r} (services: "
+                                  f"{', '.join(names)})")
+            if dep == s.name:
+                raise ConfigError(f"{sw}.depends_on: a service cannot depend on itself")
+        texts = [*s.command, *s.args, *s.env.values(), *s.health_command]
+        for text in texts:
+            for ref in _placeholders(text):
+                _check_ref(sw, ref, s, by_name)
+    start_order(where, v)
+
+
+def _check_ref(where: str, ref: str, s: Service, by_name: dict[str, Service]) -> None:
+    parts = ref.split(".")
+    if ref in ("port", "host", "python", "replica", "out"):
+        return
+    if parts[0] == "ports" and len(parts) == 2:
+        if parts[1] not in s.ports:
+            raise ConfigError(f"{where}: {{{ref}}}: service {s.name!r} has no port {parts[1]!r} "
+                              f"(its ports: {', '.join(s.ports)})")
+        return
+    if parts[0] == "services" and len(parts) >= 3:
+        other = by_name.get(parts[1])
+        if other is None:
+            raise ConfigError(f"{where}: {{{ref}}}: no service {parts[1]!r}")
+        if other.replicas != 1:
+            raise ConfigError(f"{where}: {{{ref}}}: service {parts[1]!r} has {other.replicas} "
+                              "replicas; a port of one of them means nothing")
+        if parts[2:] in (["port"], ["url"]):
+            return
+        if len(parts) == 4 and parts[2] == "ports":
+            if parts[3] not in other.ports:
+                raise ConfigError(f"{where}: {{{ref}}}: service {parts[1]!r} has no port "
+                                  f"{parts[3]!r} (its ports: {', '.join(other.ports)})")
+            return
+    raise ConfigError(f"{where}: unknown placeholder {{{ref}}} (known: {{port}}, {{ports.<name>}}"
+                      ", {host}, {python}, {replica}, {out}, {services.<name>.port|url|ports."
+                      "<name>})")
+
+
+def start_order(where: str, v: Variant) -> list[Service]:
+    """Services in dependency order (a dependency before its dependants; ties in file order)."""
+    by_name = {s.name: s for s in v.services}
+    done: list[Service] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = " -> ".join((*path[path.index(name):], name))
+            raise ConfigError(f"{where}: services depend on each other in a circle ({cycle})")
+        state[name] = 1
+        for dep in by_name[name].depends_on:
+            visit(dep, (*path, name))
+        state[name] = 2
+        done.append(by_name[name])
+
+    for s in v.services:
+        visit(s.name, ())
+    return done
 
 
 def _has_mark(template: Any, mark: str) -> bool:
@@ -425,6 +742,20 @@ def _inherit(name: str, tables: dict[str, Any], seen: tuple[str, ...] = ()) -> A
     merged.update(table)
     if isinstance(parent.get("env"), dict) and isinstance(table.get("env"), dict):
         merged["env"] = {**parent["env"], **table["env"]}
+    ps, ts = parent.get("services"), table.get("services")
+    if isinstance(ps, dict) and isinstance(ts, dict):
+        # Nested service tables merge one by one: a child names only what it changes.
+        services = dict(ps)
+        for svc, t in ts.items():
+            p = ps.get(svc)
+            if isinstance(p, dict) and isinstance(t, dict):
+                m = {**p, **t}
+                if isinstance(p.get("env"), dict) and isinstance(t.get("env"), dict):
+                    m["env"] = {**p["env"], **t["env"]}
+                services[svc] = m
+            else:
+                services[svc] = t
+        merged["services"] = services
     return merged
 
 

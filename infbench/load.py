@@ -13,7 +13,7 @@ from typing import Any
 
 from infbench import proc
 from infbench.config import DEFAULT_IMAGE_SIZE, Profile, Request, Step, as_dict
-from infbench.launch import ROOT
+from infbench.paths import ROOT
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -30,7 +30,8 @@ def locust_argv(profile: Profile, step: Step, host: str, prefix: Path,
     return [
         python, "-m", "locust", "-f", str(locustfile), "--headless",
         "--host", host,
-        "--users", str(profile.users), "--spawn-rate", f"{profile.spawn_rate:g}",
+        "--users", str(profile.users_of(step)),
+        "--spawn-rate", f"{profile.spawn_rate_of(step):g}",
         "--run-time", f"{max(1, math.ceil(step.seconds))}s",
         "--stop-timeout", f"{profile.drain_timeout:g}",
         "--csv", str(prefix), "--html", f"{prefix}.html",
@@ -51,6 +52,13 @@ def locust_env(profile: Profile, step: Step, images: Path, counts: Path,
         "INFBENCH_WAIT_MAX": f"{profile.wait[1]:g}",
         "INFBENCH_REQUEST_TIMEOUT": f"{profile.request_timeout:g}",
         "INFBENCH_COUNTS": str(counts),
+        "INFBENCH_PREDICT_WEIGHT": str(profile.predict_weight),
+        "INFBENCH_FEEDBACK_WEIGHT": str(profile.feedback_weight),
+        "INFBENCH_ON_START": profile.on_start,
+        "INFBENCH_UNTIL_STABLE": "1" if step.until_stable else "0",
+        "INFBENCH_STABLE_WINDOW_S": f"{profile.stable_window_s:g}",
+        "INFBENCH_STABLE_WINDOWS": str(profile.stable_windows),
+        "INFBENCH_STABLE_TOLERANCE": f"{profile.stable_tolerance:g}",
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -63,6 +71,7 @@ class StepLoad:
     group: proc.Group
     counts_path: Path
     launched: float
+    prefix: Path | None = None
     _last: tuple[float, int] | None = None
     rps: float = 0.0
 
@@ -93,4 +102,27 @@ def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Pat
                        log_path=out_dir / f"{step_name(index, step)}_locust.log",
                        env=locust_env(profile, step, images, counts, request, image_size),
                        cwd=ROOT)
-    return StepLoad(group=group, counts_path=counts, launched=time.time())
+    return StepLoad(group=group, counts_path=counts, launched=time.time(), prefix=prefix)
+
+
+def check_outputs(load: StepLoad | None) -> list[str]:
+    """Locust's files of a finished step, checked: a truncated HTML (a file-size limit, a full
+    disk) or a stats CSV without its totals is a damaged artifact, not a result."""
+    if load is None or load.prefix is None:
+        return []
+    problems = []
+    stats = Path(f"{load.prefix}_stats.csv")
+    html = Path(f"{load.prefix}.html")
+    try:
+        if "Aggregated" not in stats.read_text(errors="replace"):
+            problems.append(f"{stats.name} has no 'Aggregated' row (cut short?)")
+    except OSError as e:
+        problems.append(f"{stats.name}: {e.strerror or e}")
+    try:
+        with html.open("rb") as f:
+            f.seek(max(0, html.stat().st_size - 64))
+            if b"</html>" not in f.read().lower():
+                problems.append(f"{html.name} is truncated (no closing </html>)")
+    except OSError as e:
+        problems.append(f"{html.name}: {e.strerror or e}")
+    return problems

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from infbench.launch import ROOT
+from infbench.paths import ROOT
 
 # Version of manifest.json. 1: first version.
 MANIFEST_SCHEMA = 1

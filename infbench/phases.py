@@ -8,21 +8,22 @@ of everything up to the moment it stopped.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-# Version of phases.json. 1: first version.
-PHASES_SCHEMA = 1
+from infbench.files import write_json
+
+# Version of phases.json. 1: first version. 2: "services" (start / healthy / stop per service
+# replica), "events" (faults and notes on the run's clock), a status per step ("complete",
+# "degraded", "failed") and the variant status "degraded". Version 1 files read unchanged.
+PHASES_SCHEMA = 2
+READS = (1, 2)
 KINDS = ("baseline", "step", "drain", "pause", "rest", "cooldown", "trim")
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON so a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+# Events that are faults: they mark the phase they fall in `degraded` and keep the variant
+# from `complete`. Other kinds are notes (shown, not held against the run).
+FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",
+          "step_all_failed", "artifact_damaged", "write_failed")
 
 
 class PhaseLog:
@@ -38,6 +39,8 @@ class PhaseLog:
             "server_start": None,
             "healthy": None,
             "server_stop": None,
+            "services": {},
+            "events": [],
             "phases": [],
         }
         self._open: dict[str, Any] | None = None
@@ -70,6 +73,28 @@ class PhaseLog:
         self._open = None
         self.save()
 
+    def service(self, what: str, detail: dict[str, Any]) -> None:
+        """A service replica started, turned healthy or stopped (topology.Topology.mark)."""
+        entry = self.data["services"].setdefault(detail["replica"], {})
+        entry.update({k: v for k, v in detail.items() if k != "replica"})
+        entry[what] = time.time()
+        self.save()
+
+    def event(self, kind: str, detail: str, t: float | None = None, **fields: Any) -> None:
+        """A fault or a note, on the run's clock; a fault marks the open phase degraded."""
+        fault = kind in FAULTS
+        ev = {"t": time.time() if t is None else t, "kind": kind, "fault": fault,
+              "detail": detail, "phase": describe(self._open) if self._open else None,
+              **fields}
+        self.data["events"].append(ev)
+        if fault and self._open is not None:
+            self._open["degraded"] = True
+        self.save()
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        return [e for e in self.data["events"] if e.get("fault")]
+
     @property
     def current(self) -> dict[str, Any] | None:
         return self._open
@@ -97,7 +122,9 @@ def describe(phase: dict[str, Any]) -> str:
 
 def load(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
-    if data.get("schema") != PHASES_SCHEMA:
+    if data.get("schema") not in READS:
         raise ValueError(f"{path}: phases schema {data.get('schema')!r}, "
-                         f"this infbench reads {PHASES_SCHEMA}")
+                         f"this infbench reads {', '.join(map(str, READS))}")
+    data.setdefault("services", {})  # version 1: one server, no events
+    data.setdefault("events", [])
     return data

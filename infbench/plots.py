@@ -13,6 +13,17 @@ import matplotlib.pyplot as plt
 from infbench.analysis import Mprof
 
 STEP_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
+SERVICE_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
+
+
+def _events(ax: Any, phases: dict[str, Any], t0: float, top: float) -> None:
+    """Faults (restarts, a failed load generator, a dead replica) as red marks on the clock."""
+    for n, e in enumerate(x for x in phases.get("events", []) if x.get("fault")):
+        x = e["t"] - t0
+        ax.axvline(x, color="#d62728", lw=1.0, ls="--", alpha=0.8)
+        if n < 6:
+            ax.text(x, top * (0.90 - 0.05 * (n % 3)), f" {e['kind']}", color="#d62728",
+                    fontsize=7, va="top")
 
 
 def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float, label_y: float) -> None:
@@ -52,6 +63,7 @@ def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out
         top = max(ys + [m for _, series_, _ in extra for _, m in series_]) * 1.12
         ax.set_ylim(0, top)
         _shade(ax, phases.get("phases", []), t0, top * 0.99)
+        _events(ax, phases, t0, top)
         ax.plot(xs, ys, color="black", lw=1.2, label="server + children (mprof MEM)")
         if len(mp.children) > 1:
             for n, (idx, series) in enumerate(sorted(mp.children.items())):

@@ -2,15 +2,21 @@
 
 Every child is registered on start; `stop_all()` is the one place that ends whatever is still
 alive (TERM, a grace period, KILL, wait), and the CLI calls it on normal exit, on exceptions,
-on Ctrl-C and on SIGTERM. Only groups we started are ever signalled.
+on Ctrl-C, SIGTERM and SIGHUP. Only groups we started are ever signalled.
+
+If the harness itself dies (SIGKILL, an OOM kill) none of that runs, so every group (and every
+container) is also registered with a watchdog process (infbench/watchdog.py) that outlives the
+harness and ends them when the harness's pipe to it closes.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +25,48 @@ from typing import IO
 import psutil
 
 _LIVE: dict[int, Group] = {}
+
+
+class Watchdog:
+    """The harness's end of the pipe to infbench/watchdog.py, started on first use."""
+
+    def __init__(self) -> None:
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.broken = False
+
+    def tell(self, line: str) -> None:
+        if self.broken:
+            return
+        if self.popen is None or self.popen.poll() is not None:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "infbench.watchdog", str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=Path(__file__).resolve().parent.parent, start_new_session=True,
+                close_fds=True)
+        try:
+            assert self.popen.stdin is not None
+            self.popen.stdin.write((line + "\n").encode())
+            self.popen.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self.broken = True
+
+    def close(self, clean: bool = False) -> None:
+        """At exit: whatever is still registered is ended by it, and a run still `running`
+        marked interrupted (`clean` says there is nothing of the kind to do)."""
+        if self.popen is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if clean:
+                self.tell("done")
+            assert self.popen.stdin is not None
+            self.popen.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=15)
+        self.popen = None
+
+
+WATCHDOG = Watchdog()
+atexit.register(WATCHDOG.close)
 
 
 class Group:
@@ -51,6 +99,7 @@ class Group:
         self.pid = self.popen.pid
         self.pgid = self.pid  # start_new_session makes the child its group's leader
         _LIVE[self.pid] = self
+        WATCHDOG.tell(f"group {self.pgid}")
 
     def poll(self) -> int | None:
         return self.popen.poll()
@@ -100,6 +149,7 @@ class Group:
             time.sleep(0.05)
         self._log.close()
         _LIVE.pop(self.pid, None)
+        WATCHDOG.tell(f"ungroup {self.pgid}")
         return self.popen.returncode
 
 
@@ -107,6 +157,16 @@ def stop_all(grace: float = 5.0) -> None:
     """End every group we started that is still registered (the one cleanup path)."""
     for group in list(_LIVE.values()):
         group.stop(grace)
+
+
+def watch_container(name: str, on: bool = True) -> None:
+    """Register a container of ours with the watchdog (or take it off once removed)."""
+    WATCHDOG.tell(f"{'container' if on else 'uncontainer'} {name}")
+
+
+def watch_run(run_json: Path) -> None:
+    """The run the watchdog marks `interrupted` if the harness dies mid-way."""
+    WATCHDOG.tell(f"run {run_json.resolve()}")
 
 
 def live_groups() -> list[Group]:

@@ -6,14 +6,18 @@ from another machine (`make report RUN=<run-id>`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from infbench import analysis, breakdown, phases, plots, sampler, verdict
-from infbench.phases import write_json
+import psutil
+
+from infbench import analysis, breakdown, phases, plots, verdict
+from infbench.files import WriteError, write_json
+from infbench.monitor import sampler
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
 CSV_PROCESS = ("pss", "uss", "anon", "file")
@@ -37,7 +41,7 @@ def resolve_run(results: Path, run: str) -> Path:
 
 
 def variant_dirs(run_dir: Path) -> list[Path]:
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run(run_dir)
     order = info.get("variants", [])
     found = [run_dir / v for v in order if (run_dir / v / "phases.json").exists()]
     extra = sorted(p.parent for p in run_dir.glob("*/phases.json") if p.parent not in found)
@@ -57,21 +61,75 @@ def _signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+,.0f}"
 
 
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """run.json, with a run left `running` by a harness that is gone marked `interrupted`
+    (and the file rewritten, so the next reader agrees)."""
+    try:
+        info: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ReportError(f"{run_dir / 'run.json'} is damaged or unreadable: {e}") from None
+    if info.get("status") == "running" and not harness_alive(info.get("harness")):
+        info["status"] = "interrupted"
+        info["stopped_in"] = info.get("stopped_in") or info.get("current")
+        info["error"] = info.get("error") or "the harness died while the run was going"
+        with contextlib.suppress(OSError, WriteError):
+            write_json(run_dir / "run.json", info)
+    return info
+
+
+def harness_alive(who: Any) -> bool:
+    """Is the process that wrote this run.json still the same live process? (Version 1 files
+    do not say: then assume it is, as before.)"""
+    if not isinstance(who, dict) or "pid" not in who:
+        return True
+    try:
+        p = psutil.Process(int(who["pid"]))
+        return abs(p.create_time() - float(who.get("create_time", 0))) < 1.0
+    except (psutil.Error, ValueError, TypeError):
+        return False
+
+
+def damaged_summary(vd: Path, why: str) -> dict[str, Any]:
+    """A variant whose files cannot be read: named, not a crash of the whole report."""
+    return {"schema": analysis.SUMMARY_SCHEMA, "variant": vd.name, "status": "damaged",
+            "stopped_in": None, "error": why, "memory_mb": analysis.memory_figures([], []),
+            "processes_mb": None, "verdict": {"verdict": "inconclusive", "reason": why,
+                                              "cycles": 0},
+            "breakdown_mb": None, "services": None, "events": [], "faults": 1,
+            "totals": {"requests": None, "failures": None, "cut_off": None}, "steps": []}
+
+
 def build(run_dir: Path) -> dict[str, Any]:
     """(Re)write every derived file of a run; returns the run-level summary."""
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run(run_dir)
     rows = []
     series = []
     for vd in variant_dirs(run_dir):
-        points = breakdown.series(vd)
-        s = analysis.summarize_variant(vd, points)
+        try:
+            points = breakdown.series(vd)
+            s = analysis.summarize_variant(vd, points)
+            ph = phases.load(vd / "phases.json")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            s = damaged_summary(vd, f"cannot read {vd.name}'s files: {type(e).__name__}: "
+                                f"{str(e)[:200]}")
+            with contextlib.suppress(OSError, WriteError):
+                write_json(vd / "summary.json", s)
+            rows.append(s)
+            continue
         write_json(vd / "summary.json", s)
-        ph = phases.load(vd / "phases.json")
-        mp = analysis.parse_mprof(vd / "mprofile.dat")
+        mp = analysis.variant_mprof(vd, ph)
         cgroup = analysis.parse_cgroup_csv(vd / analysis.CGROUP_FILE)  # docker runs only
+        per_service: tuple[tuple[str, plots.Series, str], ...] = ()
+        if s.get("services"):
+            per = analysis.replica_mprofs(vd, ph)
+            per_service = tuple(
+                (f"service {name} (mprof, {sv['replicas']} replica(s))",
+                 analysis.sum_series([per[lb].mem for lb in sv["labels"] if lb in per]),
+                 plots.SERVICE_COLORS[n % len(plots.SERVICE_COLORS)])
+                for n, (name, sv) in enumerate(s["services"].items()))
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
                            extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
-                                  *sampler_lines(vd)))
+                                  *sampler_lines(vd), *per_service))
         if points:
             t0 = mp.mem[0][0] if mp.mem else points[0]["time"]
             plots.parts_plot(points, ph, t0, vd / "memory_parts.png",
@@ -84,6 +142,28 @@ def build(run_dir: Path) -> dict[str, Any]:
     _write_csv(run_dir / "summary.csv", rows)
     (run_dir / "summary.md").write_text(markdown(info, rows))
     return {"run": info, "variants": rows}
+
+
+def fault_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Every fault of the run, one line each, on the run's clock."""
+    out = []
+    for r in rows:
+        for e in r.get("events") or []:
+            if e.get("fault"):
+                when = time.strftime("%H:%M:%S", time.localtime(e["t"])) if e.get("t") else "?"
+                out.append(f"- {when} **{r['variant']}** {e['kind']}"
+                           + (f" in {e['phase']}" if e.get("phase") else "")
+                           + f": {e.get('detail', '')}")
+        if r.get("status") == "damaged":
+            out.append(f"- **{r['variant']}**: {r.get('error')}")
+    return out
+
+
+def print_faults(summary: dict[str, Any]) -> None:
+    lines = fault_lines(summary["variants"])
+    if lines:
+        print("\nfaults (each keeps the run from `complete`):")
+        print("\n".join(lines))
 
 
 def parts_note(s: dict[str, Any]) -> str:
@@ -245,6 +325,19 @@ def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
                    ">per 1,000 requests (MB)", ">malloc_trim gave back (MB)", "why"], lines)
 
 
+def services_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in rows:
+        for name, sv in (r.get("services") or {}).items():
+            m = sv["memory_mb"]
+            cpu = " / ".join(fmt(st["cpu_pct"]) for st in sv["steps"]) or "-"
+            rss = " / ".join(fmt(st["rss_mb"]) for st in sv["steps"]) or "-"
+            lines.append([r["variant"], name, str(sv["replicas"]), fmt(m["start"]),
+                          fmt(m["end"]), _signed(m["growth"]), fmt(m["peak"]), cpu, rss])
+    return _table(["variant", "service", ">replicas", ">start (MB)", ">after test (MB)",
+                   ">growth (MB)", ">peak (MB)", "CPU % per step", "RSS MB per step"], lines)
+
+
 def _busy(step: dict[str, Any]) -> str:
     if step.get("server_busy_after_s") is not None:
         return f"{step['server_busy_after_s']:.1f}"
@@ -321,6 +414,17 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "from retention. The rules and thresholds are in `summary.json` and the "
                   "README."]
     lines += ["", "## Load per step (Locust)", "", *steps_table(rows)]
+    faults = fault_lines(rows)
+    if faults:
+        lines += ["", "## Faults", "", *faults, "",
+                  "A fault (a process that exited or appeared, a replica that died, a load "
+                  "generator that failed, a step whose requests all failed, a damaged file) "
+                  "marks its step degraded and keeps the run from `complete`. Source: "
+                  "`<variant>/phases.json` → `events`."]
+    services = services_table(rows)
+    if services:
+        lines += ["", "## Per service (memory by mprof, replicas summed; CPU % of one core "
+                  "and RSS at the end of each step, from processes.csv)", "", *services]
     problems = [r for r in rows if r["status"] != "complete"]
     if problems:
         lines += ["", "## Not complete", ""]

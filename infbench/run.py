@@ -1,14 +1,20 @@
-"""A run: each variant's server under mprof, the profile's steps of Locust load, phases on disk.
+"""A run: each variant's services under mprof, the profile's steps of Locust load, phases on disk.
 
 The flow for one variant (see DESIGN.md):
-  start server (own process group, under mprof) -> wait healthy -> baseline
-  -> for each step: Locust (CSV + HTML) -> drain in-flight requests -> pause
-  -> cooldown -> stop server (always, on every exit path)
+  start the topology (each service in dependency order, each replica health-checked from its
+  own process tree) -> baseline -> for each step: Locust (CSV + HTML) -> drain in-flight
+  requests -> pause -> cooldown -> stop everything (always, on every exit path)
+
+Faults are events (phases.json "events"): a process of a service that exits or appears (a
+restarted worker), a replica that dies, a load generator that fails, a step where every
+request failed, a damaged artifact. Each marks its step `degraded`/`failed` and the variant
+`degraded`; the run is `complete` only if every variant completed without one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -19,27 +25,25 @@ from typing import Any, TextIO
 
 import psutil
 
-from infbench import assets, manifest, proc
+from infbench import assets, files, manifest, proc
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
-from infbench.launch import (
-    LaunchError,
-    Server,
-    ServerSpec,
-    check_allocator_loaded,
-    free_port,
-    get_launcher,
-    wait_healthy,
-)
-from infbench.load import StepLoad, start_step
-from infbench.phases import PhaseLog, write_json
-from infbench.sampler import ProcessSampler
-from servers.probes import TRIM_REQUEST
+from infbench.files import WriteError, write_json
+from infbench.launch import LaunchError, get_launcher
+from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
+from infbench.load import StepLoad, check_outputs, start_step
+from infbench.monitor.procwatch import ProcessWatch
+from infbench.monitor.redis import RedisSampler
+from infbench.monitor.sampler import ProcessSampler
+from infbench.phases import PhaseLog
+from infbench.topology import Topology
 
-# Version of run.json. 1: first version.
-RUN_SCHEMA = 1
+# Version of run.json. 1: first version. 2: statuses "partial"/"degraded", "harness" (pid and
+# start time, so a run left "running" by a dead harness is told apart), "events" per variant.
+RUN_SCHEMA = 2
 STARTUP_ESTIMATE_S = 20.0
-MAX_IMAGES_DEFAULT = 128
 TRIM_WAIT_S = 3.0
+TRIM_REQUEST = "trim.request"  # servers/probes.py watches for this file (one contract)
+MAX_BODY_CAP = 1024 * 1024 * 1024
 
 
 class ServerDied(Exception):
@@ -69,7 +73,7 @@ def signals_deferred() -> Iterator[None]:
     """Let cleanup finish: a second Ctrl-C during it is noted, not obeyed mid-way."""
     got: list[int] = []
     old = {s: signal.signal(s, lambda n, _f: got.append(n))
-           for s in (signal.SIGINT, signal.SIGTERM)}
+           for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -77,10 +81,10 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def tree_rss_mb(server: Server) -> float | None:
-    """The server's processes' RSS summed, or None before the server process exists."""
+def tree_rss_mb(topology: Topology) -> float | None:
+    """Every service's processes' RSS summed, or None before any server process exists."""
     total, seen = 0, False
-    for p in server.processes():
+    for p, _, _ in topology.processes():
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
             seen = True
@@ -152,7 +156,7 @@ class Progress:
 def new_run_dir(results: Path, profile: Profile, model_names: list[str],
                 run_id: str = "") -> Path:
     """A fresh folder per run; the id carries a hash of what makes runs comparable."""
-    results.mkdir(parents=True, exist_ok=True)
+    files.mkdir(results)
     if not run_id:
         tag = fingerprint(profile, sorted(model_names), manifest.machine_class())
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{profile.name}-{tag}"
@@ -163,7 +167,10 @@ def new_run_dir(results: Path, profile: Profile, model_names: list[str],
             return candidate
         except FileExistsError:
             continue
-    raise RuntimeError(f"could not make a new run folder under {results}")
+        except OSError as e:
+            raise WriteError(f"cannot create {candidate}: "
+                             f"{files.describe(e)}") from None
+    raise WriteError(f"could not make a new run folder under {results}")
 
 
 def _update_latest(results: Path, run_dir: Path) -> None:
@@ -178,7 +185,7 @@ def _update_latest(results: Path, run_dir: Path) -> None:
 
 
 class VariantRun:
-    """One variant under one profile: the loop that owns its server and load processes."""
+    """One variant under one profile: the loop that owns its services and load processes."""
 
     def __init__(self, plan: Plan, variant: Variant, index: int, out_dir: Path,
                  progress: Progress, images: Path, model_path: Path) -> None:
@@ -191,66 +198,92 @@ class VariantRun:
         self.model_path = model_path
         self.profile = plan.profile
         self.log = PhaseLog(out_dir / "phases.json", variant.name)
-        self.server: Server | None = None
+        self.topology: Topology | None = None
         self.load: StepLoad | None = None
         self.sampler: ProcessSampler | None = None
+        self.watch: ProcessWatch | None = None
+        self.redis: list[RedisSampler] = []
         self.t0 = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------
     def execute(self) -> str:
         try:
             self._run()
-            self.log.finish("complete")
-            return "complete"
+            status = "degraded" if self.log.faults else "complete"
+            self.log.finish(status, None if status == "complete" else
+                            f"{len(self.log.faults)} fault(s): "
+                            + "; ".join(sorted({e["kind"] for e in self.log.faults})))
+            if status == "degraded":
+                self.progress.say(f"  DEGRADED {self.v.name}: " + "; ".join(
+                    f"{e['kind']} ({e['detail']})" for e in self.log.faults[:5]))
+            return status
         except KeyboardInterrupt:
-            self.log.finish("interrupted", "interrupted (Ctrl-C or SIGTERM)")
+            self._finish_safely("interrupted", "interrupted (Ctrl-C, SIGTERM or SIGHUP)")
             raise
-        except (ServerDied, LaunchError, LoadError) as e:
-            self.log.finish("failed", str(e))
+        except (ServerDied, LaunchError, LoadError, WriteError) as e:
+            self._finish_safely("failed", str(e))
             self.progress.say(f"  FAILED {self.v.name}: {e}")
             return "failed"
         except BaseException as e:
-            self.log.finish("failed", f"harness error: {e!r}")
+            self._finish_safely("failed", f"harness error: {e!r}")
             raise
         finally:
             with signals_deferred():
                 self._cleanup()
 
+    def _finish_safely(self, status: str, error: str) -> None:
+        with contextlib.suppress(WriteError):
+            self.log.finish(status, error)
+
     def _cleanup(self) -> None:
         if self.load is not None:
             self.load.group.stop(grace=2.0)
+        for r in self.redis:
+            r.stop()
         if self.sampler is not None:
             self.sampler.stop()
             self.log.data["sampler"] = {"file": "processes.csv", "samples": self.sampler.samples,
                                         "interval_s": self.sampler.interval,
                                         "cpu_s": round(self.sampler.cpu_s, 3)}
-            self.log.save()
-        if self.server is not None:
-            self.server.stop()
-            self.log.mark("server_stop")
+            with contextlib.suppress(WriteError):
+                self.log.save()
+        if self.topology is not None:
+            if self.watch is not None:
+                self.watch.active = False  # processes ending now are ours ending them
+            self.topology.stop()
+            with contextlib.suppress(WriteError):
+                self.log.mark("server_stop")
+
+    def _mark(self, what: str, detail: dict[str, Any]) -> None:
+        self.log.service(what, detail)
 
     def _run(self) -> None:
         p = self.profile
-        spec = ServerSpec(variant=self.v, model_path=self.model_path, port=free_port(),
-                          out_dir=self.out, sample_interval=p.sample_interval,
-                          max_images=max(MAX_IMAGES_DEFAULT, *(s.batch for s in p.steps)))
+        batch = max(s.batch for s in p.steps)
         self.log.mark("server_start")
-        self.server = get_launcher(self.plan.runtime).start(spec)
-        self.sampler = ProcessSampler(self.server.processes, self.out / "processes.csv",
+        self.topology = Topology(
+            variant=self.v, launcher=get_launcher(self.plan.runtime), out_dir=self.out,
+            model_path=self.model_path, sample_interval=p.sample_interval,
+            run_id=self.out.parent.name, max_images=max(MAX_IMAGES_DEFAULT, batch),
+            max_body_bytes=body_limit(self.images, batch), mark=self._mark)
+        self.sampler = ProcessSampler(self.topology.processes, self.out / "processes.csv",
                                       p.sample_interval).start()
-        write_json(self.out / "server.json", self.server.info())
         started = time.monotonic()
-        try:
-            health = wait_healthy(
-                self.server, self.v.startup_timeout,
-                on_tick=lambda: self._tick("starting", time.monotonic() - started, None))
-        except LaunchError as e:
-            raise LaunchError(f"{e}\n--- tail of {self.out / 'server.log'} ---\n"
-                              f"{proc.tail(self.out / 'server.log')}") from None
-        check_allocator_loaded(self.server)
+        self.topology.start(
+            on_tick=lambda label: self._tick(label, time.monotonic() - started, None))
+        write_json(self.out / "server.json", {
+            **self.topology.entry.info(), "health": self.topology.healthy.get(
+                self.topology.entry.spec.label),
+            "replicas": [r.info() for r in self.topology.replicas]})
         self.log.mark("healthy")
-        self.log.data["health"] = health
-        write_json(self.out / "server.json", {**self.server.info(), "health": health})
+        self.log.data["health"] = self.topology.healthy.get(self.topology.entry.spec.label)
+        self.watch = ProcessWatch(self.topology, self.log)
+        keys = queue_keys(self.v)
+        for r in self.topology.replicas:
+            if r.spec.service.server == "redis":
+                self.redis.append(RedisSampler(
+                    r.spec.port, self.out / f"redis-{r.spec.label}.csv", keys,
+                    note=lambda kind, detail: self.log.event(kind, detail)).start())
         self._hold("baseline", p.baseline, "baseline")
         total = len(p.steps) * p.cycles
         for c in range(1, p.cycles + 1):
@@ -268,18 +301,32 @@ class VariantRun:
 
     # -- pieces --------------------------------------------------------------------------
     def _check_server(self) -> None:
-        assert self.server is not None
-        if not self.server.alive():
+        """Every replica still there; a death is fatal unless other replicas of its service
+        carry on (then it is a fault event, and the load shows what it cost)."""
+        assert self.topology is not None
+        if self.watch is not None:
+            self.watch.poll()
+        for r in self.topology.dead():
+            label = r.spec.label
+            siblings = [o for o in self.topology.replicas if o.spec.service == r.spec.service
+                        and o is not r and o.alive()]
+            code = r.exit_code()
+            tail = f"--- tail of {r.log_path} ---\n{proc.tail(r.log_path)}"
+            if siblings and self.watch is not None:
+                if self.watch.note_death(r, code):
+                    self.progress.say(f"  {label} died (exit code {code}); "
+                                      f"{len(siblings)} replica(s) of {r.spec.service.name} "
+                                      "carry on")
+                continue
             where = self.log.current
-            label = f" during {where['kind']}" if where else ""
-            code = self.server.exit_code()
-            raise ServerDied(
-                f"server exited{label}" + (f" (mprof exit code {code})" if code is not None
-                                           else "") + "\n"
-                f"--- tail of {self.out / 'server.log'} ---\n{proc.tail(self.out / 'server.log')}")
+            during = f" during {where['kind']}" if where else ""
+            who = "server" if self.v.single else label
+            raise ServerDied(f"{who} exited{during}"
+                             + (f" (exit code {code})" if code is not None else "")
+                             + f"\n{tail}")
 
     def _rss(self) -> float | None:
-        return tree_rss_mb(self.server) if self.server is not None else None
+        return tree_rss_mb(self.topology) if self.topology is not None else None
 
     def _tick(self, label: str, elapsed: float, total: float | None,
               rps: float | None = None) -> None:
@@ -287,10 +334,10 @@ class VariantRun:
                              time.monotonic() - self.t0, self._rss(), rps)
 
     def _hold(self, kind: str, seconds: float, label: str, **fields: Any) -> None:
-        """An idle phase; the server is watched, and how long it stayed busy is recorded."""
+        """An idle phase; the services are watched, and how long they stayed busy is recorded."""
         phase = self.log.begin(kind, **fields, planned=seconds)
         start = time.monotonic()
-        cpu = CpuWatch(self.server)
+        cpu = CpuWatch(self.topology)
         while (left := seconds - (time.monotonic() - start)) > 0:
             self._check_server()
             cpu.sample()
@@ -302,20 +349,31 @@ class VariantRun:
 
     def _trim(self) -> None:
         """With probes on: after the cooldown (so that 'after cooldown' is what the allocator
-        kept by itself), ask each server process for malloc_trim(0); their probe threads
+        kept by itself), ask each probed process for malloc_trim(0); their probe threads
         answer within a second with what it gave back."""
-        if not self.v.probes:
+        assert self.topology is not None
+        probed = [r for r in self.topology.replicas if r.spec.service.probes]
+        if not probed:
             return
-        (self.out / TRIM_REQUEST).touch()
+        for r in probed:
+            try:
+                (r.spec.out_dir / TRIM_REQUEST).touch()
+            except OSError as e:
+                raise WriteError(f"cannot write {r.spec.out_dir / TRIM_REQUEST}: "
+                                 f"{files.describe(e)}") from None
         self._hold("trim", TRIM_WAIT_S, "malloc_trim(0)")
 
     def _step(self, i: int, n: int, spec: Step, cycle: int) -> None:
-        assert self.server is not None
+        assert self.topology is not None
         batch, seconds = spec.batch, spec.seconds
-        self.load = start_step(self.profile, spec, i, self.server.url, self.out, self.images,
-                               self.v.request, self.plan.model_of(self.v).input_size)
+        try:
+            self.load = start_step(self.profile, spec, i, self.topology.entry.url, self.out,
+                                   self.images, self.v.request,
+                                   self.plan.model_of(self.v).input_size)
+        except OSError as e:
+            raise LoadError(f"cannot start Locust for step {i}: {e.strerror or e}") from None
         step = self.log.begin("step", index=i, batch=batch, planned=seconds,
-                              users=self.profile.users, cycle=cycle)
+                              users=self.profile.users_of(spec), cycle=cycle)
         drain_started = False
         while self.load.group.poll() is None:
             self._check_server()
@@ -339,14 +397,11 @@ class VariantRun:
             time.sleep(0.5)
         code = self.load.group.stop(grace=2.0)
         c = self.load.counts()
-        self.load = None
-        if not c:
-            raise LoadError(f"Locust ended (code {code}) without writing its counters; see "
-                            f"{self.out / f'step{i}-b{batch}_locust.log'}:\n"
-                            f"{proc.tail(self.out / f'step{i}-b{batch}_locust.log', 10)}")
+        load, self.load = self.load, None
         started, finished = int(c.get("started", 0)), int(c.get("finished", 0))
+        failed = int(c.get("failed", 0))
         counts = {"requests_started": started, "requests_finished": finished,
-                  "requests_failed": int(c.get("failed", 0)), "cut_off": started - finished,
+                  "requests_failed": failed, "cut_off": started - finished,
                   "locust_exit_code": code}
         step.update(counts)
         if not drain_started and c.get("test_stopping"):
@@ -355,11 +410,58 @@ class VariantRun:
             self.log.begin("drain", t=c["test_stopping"], index=i, batch=batch,
                            planned=self.profile.drain_timeout)
             drain_started = True
+        log_file = self.out / f"step{i}-b{batch}_locust.log"
+        problems = []
+        if code != 0 or not c:
+            why = f"killed by signal {-code}" if code is not None and code < 0 else \
+                f"exit code {code}"
+            problems.append(("load_failed", f"Locust {why} in step {i}"
+                             + ("" if c else ", without writing its counters")
+                             + f"; see {log_file.name}: {proc.tail(log_file, 3)[-300:]}"))
+        elif finished == 0:
+            problems.append(("step_all_failed", f"step {i}: no request finished "
+                             f"({started} started)"))
+        elif failed >= finished:
+            problems.append(("step_all_failed", f"step {i}: all {finished} requests failed "
+                             f"(see step{i}-b{batch}_failures.csv)"))
+        for bad in check_outputs(load):
+            problems.append(("artifact_damaged", bad))
         if drain_started:
             self.log.end(cut_off=started - finished)
         else:  # Locust ended without a stopping event (e.g. it crashed)
             self.log.end()
+        for kind, detail in problems:
+            self.log.event(kind, detail, step=i)
+            step["degraded"] = True
+            if kind in ("load_failed", "step_all_failed"):
+                step["failed"] = True
+            self.progress.say(f"  {self.v.name}: {detail}")
+        step["status"] = "failed" if step.get("failed") else \
+            "degraded" if step.get("degraded") else "complete"
+        self.log.save()
         self._check_server()
+
+
+def queue_keys(v: Variant) -> list[str]:
+    """The Redis lists whose length is the queue: the queue apps
+    (INFBENCH_QUEUE_KEY, default "infbench"): `<prefix>:queue`."""
+    prefixes = {s.env.get("INFBENCH_QUEUE_KEY", "infbench") for s in v.services
+                if s.server != "redis"}
+    return sorted(f"{p}:queue" for p in prefixes)
+
+
+def body_limit(images: Path, batch: int) -> int:
+    """A request body limit that the profile's largest request fits in: at least the servers'
+    default, else twice the largest batch of sample images; refused above MAX_BODY_CAP."""
+    sizes = sorted((p.stat().st_size for p in images.glob("*.jpg")), reverse=True)
+    if not sizes:
+        return MAX_BODY_DEFAULT
+    largest = sum(sizes[i % len(sizes)] for i in range(batch)) + 1024 * batch
+    limit = max(MAX_BODY_DEFAULT, 2 * largest)
+    if limit > MAX_BODY_CAP:
+        raise LaunchError(f"a request of {batch} sample images is ~{largest / 2**20:,.0f} MiB; "
+                          f"over the {MAX_BODY_CAP / 2**30:.0f} GiB the servers accept")
+    return limit
 
 
 class CpuWatch:
@@ -368,15 +470,15 @@ class CpuWatch:
 
     IDLE_FRACTION = 0.10  # of one core
 
-    def __init__(self, server: Server | None) -> None:
-        self.server = server
+    def __init__(self, topology: Topology | None) -> None:
+        self.topology = topology
         self.samples: list[tuple[float, float]] = []  # (monotonic, cpu seconds)
 
     def sample(self) -> None:
-        if self.server is None:
+        if self.topology is None:
             return
         total = 0.0
-        for p in self.server.processes():
+        for p, _, _ in self.topology.processes():
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
                 total += t.user + t.system
@@ -412,9 +514,25 @@ class Outcome:
     status: str  # complete | interrupted | failed
 
 
+def run_status(results: dict[str, str]) -> str:
+    """complete only if every variant completed without a fault; failed if none ran through."""
+    values = list(results.values())
+    if values and all(v == "complete" for v in values):
+        return "complete"
+    if any(v in ("complete", "degraded") for v in values):
+        return "partial"
+    return "failed"
+
+
+def harness_identity() -> dict[str, Any]:
+    """Who runs this run: a `running` run.json whose harness is gone was interrupted."""
+    me = psutil.Process(os.getpid())
+    return {"pid": me.pid, "create_time": me.create_time()}
+
+
 def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
-    """Run every planned variant. Ctrl-C/SIGTERM (as KeyboardInterrupt) stops the run: what
-    was measured is kept, everything started is ended, and the outcome says `interrupted`."""
+    """Run every planned variant. Ctrl-C/SIGTERM/SIGHUP (as KeyboardInterrupt) stops the run:
+    what was measured is kept, everything started is ended, the outcome says `interrupted`."""
     stream = stream or sys.stdout
     per_variant = plan.profile.planned_seconds() + STARTUP_ESTIMATE_S
     progress = Progress(len(plan.variants), per_variant, stream)
@@ -427,17 +545,21 @@ def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
         "started": time.time(), "ended": None, "wall_seconds": None,
         "profile": plan.profile.name, "models": model_names, "runtime": plan.runtime,
         "variants": [v.name for v in plan.variants], "results": {}, "stopped_in": None,
+        "current": None, "error": None, "harness": harness_identity(),
         "command": sys.argv, "machine": manifest.machine(), "git": manifest.git_revision(),
     }
     write_json(run_dir / "run.json", run_info)
+    proc.watch_run(run_dir / "run.json")
     progress.say(f"run {run_dir}  ({len(plan.variants)} variant(s), profile "
                  f"{plan.profile.name!r}, up to ~{fmt_duration(per_variant)} each)")
     results: dict[str, str] = {}
     try:
         for index, v in enumerate(plan.variants, start=1):
             out = run_dir / v.name
-            out.mkdir()
+            files.mkdir(out)
             model = plan.model_of(v)
+            run_info["current"] = v.name
+            write_json(run_dir / "run.json", run_info)
             write_json(out / "manifest.json", manifest.build({
                 "variant": as_dict(v), "profile": as_dict(plan.profile),
                 "model": as_dict(model), "model_path": str(models[model.name]),
@@ -449,7 +571,7 @@ def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
             results[v.name] = status
             run_info["results"] = results
             write_json(run_dir / "run.json", run_info)
-        run_info["status"] = "complete"
+        run_info["status"] = run_status(results)
     except KeyboardInterrupt:
         run_info["status"] = "interrupted"
         done = set(results)
@@ -457,14 +579,23 @@ def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
         if stopped:
             results[stopped] = "interrupted"
             run_info["stopped_in"] = stopped
+    except WriteError as e:
+        run_info["status"] = "failed"
+        run_info["error"] = str(e)
+        raise
     finally:
         with signals_deferred():
             proc.stop_all()
             run_info["results"] = results
+            run_info["current"] = None
             run_info["ended"] = time.time()
             run_info["wall_seconds"] = round(run_info["ended"] - run_info["started"], 1)
             if run_info["status"] == "running":
                 run_info["status"] = "failed"
-            write_json(run_dir / "run.json", run_info)
+            try:
+                write_json(run_dir / "run.json", run_info)
+            except WriteError as e:
+                progress.say(f"infbench: {e}")
+                run_info["status"] = "failed"
             progress.say("")
     return Outcome(run_dir, results, run_info["status"])

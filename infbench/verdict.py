@@ -195,7 +195,7 @@ def read_probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], lis
     """probes-<pid>.jsonl files: samples by pid (in time order) and trim events."""
     samples: dict[int, list[dict[str, Any]]] = {}
     trims: list[dict[str, Any]] = []
-    for path in sorted(variant_dir.glob("probes-*.jsonl")):
+    for path in sorted(variant_dir.rglob("probes-*.jsonl")):
         for line in path.read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)

@@ -11,6 +11,13 @@ Run by the harness once per step, headless, with its settings in the environment
   INFBENCH_WAIT_MIN/_MAX    seconds each user waits between requests
   INFBENCH_REQUEST_TIMEOUT  seconds before a request counts as failed
   INFBENCH_COUNTS           JSON file this load writes once a second and at the end
+  INFBENCH_PREDICT_WEIGHT / _FEEDBACK_WEIGHT
+                            the task mix: predict (the request) and POST /feedback on the
+                            user's last prediction id (0: no feedback task)
+  INFBENCH_ON_START         a path each user GETs once when it starts ("" : none)
+  INFBENCH_UNTIL_STABLE     1: end the step early once throughput and p50 held within
+                            INFBENCH_STABLE_TOLERANCE for INFBENCH_STABLE_WINDOWS windows of
+                            INFBENCH_STABLE_WINDOW_S seconds (the step's seconds are the most)
 
 The body is encoded once per process: the load generator should spend its CPU on
 sending, not on re-encoding megabytes per request, since it shares the machine with the server.
@@ -29,10 +36,12 @@ from the same totals Locust prints, through Locust's own CSV writer.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
 import os
+import random
 import time
 import uuid
 from pathlib import Path
@@ -63,10 +72,18 @@ WAIT_MIN = float(os.environ.get("INFBENCH_WAIT_MIN", "0"))
 WAIT_MAX = float(os.environ.get("INFBENCH_WAIT_MAX", "1"))
 TIMEOUT = float(os.environ.get("INFBENCH_REQUEST_TIMEOUT", "60"))
 COUNTS = os.environ.get("INFBENCH_COUNTS", "")
+PREDICT_WEIGHT = int(os.environ.get("INFBENCH_PREDICT_WEIGHT", "1") or 1)
+FEEDBACK_WEIGHT = int(os.environ.get("INFBENCH_FEEDBACK_WEIGHT", "0") or 0)
+ON_START = os.environ.get("INFBENCH_ON_START", "")
+UNTIL_STABLE = os.environ.get("INFBENCH_UNTIL_STABLE", "0") == "1"
+STABLE_WINDOW_S = float(os.environ.get("INFBENCH_STABLE_WINDOW_S", "10") or 10)
+STABLE_WINDOWS = int(os.environ.get("INFBENCH_STABLE_WINDOWS", "3") or 3)
+STABLE_TOLERANCE = float(os.environ.get("INFBENCH_STABLE_TOLERANCE", "0.1") or 0.1)
 
 _counts: dict[str, Any] = {
     "batch": BATCH, "started": 0, "finished": 0, "failed": 0,
     "test_start": None, "test_stopping": None, "test_stop": None, "updated": None,
+    "windows": [], "stable_at": None,
 }
 
 
@@ -171,10 +188,48 @@ def _writer() -> None:
         gevent.sleep(1.0)
 
 
+def within(values: list[float], tolerance: float) -> bool:
+    """All values within `tolerance` (a fraction) of their mean."""
+    if not values:
+        return False
+    mean = sum(values) / len(values)
+    if mean <= 0:
+        return False
+    return all(abs(v - mean) <= tolerance * mean for v in values)
+
+
+def _stability() -> None:
+    """Windows of throughput and median latency; once the last STABLE_WINDOWS agree within
+    the tolerance, quit as --run-time would (the drain follows as usual)."""
+    if not _env:
+        return
+    env = _env[0]
+    last = 0
+    while True:
+        gevent.sleep(STABLE_WINDOW_S)
+        total = env.stats.total
+        done = total.num_requests + total.num_failures
+        rps = (done - last) / STABLE_WINDOW_S
+        last = done
+        p50 = total.get_current_response_time_percentile(0.5) or 0.0
+        _counts["windows"].append({"t": time.time(), "rps": round(rps, 3), "p50_ms": p50})
+        recent = _counts["windows"][-STABLE_WINDOWS:]
+        if len(recent) == STABLE_WINDOWS and within([w["rps"] for w in recent],
+                                                     STABLE_TOLERANCE) \
+                and within([w["p50_ms"] for w in recent], STABLE_TOLERANCE):
+            _counts["stable_at"] = time.time()
+            _write_counts()
+            if env.runner is not None:
+                env.runner.quit()
+            return
+
+
 @events.test_start.add_listener
 def _on_start(**_: Any) -> None:
     _counts["test_start"] = time.time()
     gevent.spawn(_writer)
+    if UNTIL_STABLE:
+        gevent.spawn(_stability)
 
 
 @events.test_stopping.add_listener
@@ -223,8 +278,34 @@ def _on_quit(**_: Any) -> None:
 
 class ImageClient(HttpUser):
     wait_time = between(WAIT_MIN, WAIT_MAX)
+    last_id: str | None = None
 
-    @task
+    def on_start(self) -> None:
+        if ON_START:
+            self.client.get(ON_START, name=f"GET {ON_START}", timeout=TIMEOUT)
+
+    @task(FEEDBACK_WEIGHT)
+    def feedback(self) -> None:
+        """The user says whether the last answer was right (the queue study's /feedback)."""
+        if self.last_id is None or _counts["test_stopping"] is not None:
+            return
+        _counts["started"] += 1
+        try:
+            with self.client.post("/feedback", json={"id": self.last_id,
+                                                     "correct": random.random() < 0.5},
+                                  name="/feedback", timeout=TIMEOUT,
+                                  catch_response=True) as resp:
+                if resp.status_code != 200:
+                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    _counts["failed"] += 1
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            _counts["finished"] += 1
+            raise
+        _counts["finished"] += 1
+
+    @task(PREDICT_WEIGHT)
     def predict(self) -> None:
         if _counts["test_stopping"] is not None:
             # Locust kills a user that was waiting when the step ended, but the kill lands at
@@ -242,6 +323,9 @@ class ImageClient(HttpUser):
                     _counts["failed"] += 1
                 else:
                     resp.success()  # a status the variant declared good, even if not 2xx
+                    if FEEDBACK_WEIGHT:
+                        with contextlib.suppress(ValueError, AttributeError):
+                            self.last_id = resp.json().get("id")
         except gevent.GreenletExit:
             raise  # killed at the drain timeout: not finished, so counted as cut off
         except Exception:

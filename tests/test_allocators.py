@@ -12,23 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from infbench import launch
-from infbench.config import ALLOCATORS, Variant
-from infbench.launch import ROOT, LaunchError, ServerSpec, server_env
+from infbench.config import ALLOCATORS, Variant, one_service, with_server
+from infbench.launch import LaunchError
+from infbench.launch.base import check_allocators
+from infbench.launch.contract import ReplicaSpec
+from infbench.launch.native import native_env as server_env
+from infbench.paths import ROOT
 from tests.synth import TINY_MODEL
 
 JEMALLOC = ALLOCATORS["jemalloc"]
-PLAIN = Variant(name="v", server="uvicorn")
+PLAIN = one_service("v", server="uvicorn")
 
 
-def spec(v: Variant, tmp_path: Path) -> ServerSpec:
-    return ServerSpec(variant=v, model_path=tmp_path / "m.keras", port=1, out_dir=tmp_path,
-                      sample_interval=0.1, max_images=8)
+def spec(v: Variant, tmp_path: Path) -> ReplicaSpec:
+    return ReplicaSpec(variant=v, service=v.entry_service, replica=0, ports={"port": 1},
+                       out_dir=tmp_path, model_path=tmp_path / "m.keras", sample_interval=0.1,
+                       run_id="r", max_images=8)
 
 
 def test_preload_and_trim_go_into_the_server_environment(tmp_path: Path) -> None:
-    env = server_env(spec(dataclasses.replace(PLAIN, allocator="jemalloc",
-                                              trim_each_request=True), tmp_path))
+    env = server_env(spec(with_server(PLAIN, allocator="jemalloc", trim_each_request=True),
+                          tmp_path))
     assert env["LD_PRELOAD"].split()[0] == JEMALLOC and env["INFBENCH_TRIM_EACH"] == "1"
     plain = server_env(spec(PLAIN, tmp_path))
     assert JEMALLOC not in plain.get("LD_PRELOAD", "") and "INFBENCH_TRIM_EACH" not in plain
@@ -38,12 +42,12 @@ def test_a_missing_library_is_one_line_before_anything_starts(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(ALLOCATORS, "jemalloc", "/nonexistent/libjemalloc.so.2")
     with pytest.raises(LaunchError) as e:
-        launch.check_allocators([PLAIN, dataclasses.replace(PLAIN, name="j",
-                                                            allocator="jemalloc")])
+        check_allocators([PLAIN, dataclasses.replace(with_server(PLAIN, allocator="jemalloc"),
+                                                     name="j")])
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("variant j: allocator jemalloc needs /nonexistent")
     assert "make allocators" in msg
-    launch.check_allocators([PLAIN])  # glibc needs nothing
+    check_allocators([PLAIN])  # glibc needs nothing
 
 
 EXPERIMENTS = """
@@ -86,7 +90,7 @@ def test_preload_is_verified_in_the_running_server(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
                           "--experiments", str(exp), "run"], cwd=ROOT, capture_output=True,
                          text=True, timeout=180)
-    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]  # one variant failed
+    assert res.returncode == 3, res.stdout[-2000:] + res.stderr[-2000:]  # partial: one failed
     (run_dir,) = [p for p in (tmp_path / "r").iterdir() if p.is_dir() and not p.is_symlink()]
     ok = json.loads((run_dir / "planted-jemalloc" / "summary.json").read_text())
     assert ok["status"] == "complete"
@@ -98,4 +102,4 @@ def test_preload_is_verified_in_the_running_server(tmp_path: Path) -> None:
     bad = json.loads((run_dir / "planted-preload-dropped" / "summary.json").read_text())
     assert bad["status"] == "failed"
     assert "did not take" in bad["error"] and "libjemalloc.so.2" in bad["error"]
-    assert "failed: planted-preload-dropped" in res.stdout
+    assert "run partial: planted-preload-dropped failed" in res.stdout

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from infbench import breakdown, report, sampler
+from infbench import breakdown, report
+from infbench.monitor import sampler
 from tests.synth import T0, make_run
 
 # Two processes. Before t=42 (the cooldown) process A has 50 MB anonymous, of which malloc has

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from infbench import config
-from infbench.launch import ROOT
+from infbench.paths import ROOT
 
 GOOD = """
 [study]

@@ -21,24 +21,32 @@ import psutil
 import pytest
 
 from infbench import analysis, proc, report
-from infbench import docker as dk
-from infbench.config import Variant
-from infbench.launch import ROOT, ServerSpec, mprof_argv, server_argv
+from infbench.config import Variant, one_service, with_server
+from infbench.launch.argv import mprof_argv, server_argv
+from infbench.launch.contract import ReplicaSpec
+from infbench.launch.docker import cgroup as dkc
+from infbench.launch.docker import container as dk
+from infbench.launch.docker import engine as dke
+from infbench.launch.docker import image as dki
+from infbench.launch.native import native_env
+from infbench.paths import ROOT
 from tests import synth
 
-UVICORN = Variant(name="starlette-uvicorn", server="uvicorn", app="starlette")
-GUNICORN = Variant(name="starlette-gunicorn", server="gunicorn", app="starlette", workers=2,
-                   thread_limit=1, env={"MALLOC_ARENA_MAX": "2"})
+UVICORN = one_service("starlette-uvicorn", server="uvicorn", app="starlette")
+GUNICORN = one_service("starlette-gunicorn", server="gunicorn", app="starlette", workers=2,
+                       thread_limit=1, env={"MALLOC_ARENA_MAX": "2"})
+RUN_ID = "20260101-000000-smoke-abc123"
 
 
-def spec(tmp_path: Path, variant: Variant = UVICORN) -> ServerSpec:
-    out = tmp_path / "results" / "20260101-000000-smoke-abc123" / variant.name
+def spec(tmp_path: Path, variant: Variant = UVICORN) -> ReplicaSpec:
+    out = tmp_path / "results" / RUN_ID / variant.name
     out.mkdir(parents=True)
     model = tmp_path / "build" / "models" / "tiny-123456.keras"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"model")
-    return ServerSpec(variant=variant, model_path=model, port=43210, out_dir=out,
-                      sample_interval=0.1, max_images=128)
+    return ReplicaSpec(variant=variant, service=variant.entry_service, replica=0,
+                       ports={"port": 43210}, out_dir=out, model_path=model,
+                       sample_interval=0.1, run_id=RUN_ID, max_images=128)
 
 
 def pairs(argv: list[str], flag: str) -> list[str]:
@@ -47,8 +55,8 @@ def pairs(argv: list[str], flag: str) -> list[str]:
 
 # -- command lines ---------------------------------------------------------------------------
 def test_build_argv_uses_the_host_network_and_the_build_arguments(tmp_path: Path) -> None:
-    argv = dk.build_argv("infbench-x:0123456789ab", tmp_path, "infbench-base:bookworm",
-                         "http://127.0.0.1:47811/")
+    argv = dki.build_argv("infbench-x:0123456789ab", tmp_path, "infbench-base:bookworm",
+                          "http://127.0.0.1:47811/")
     assert argv[:2] == ["docker", "build"] and argv[-1] == str(tmp_path)
     assert pairs(argv, "--network") == ["host"]
     assert pairs(argv, "--file") == [str(tmp_path / "Dockerfile")]
@@ -58,7 +66,7 @@ def test_build_argv_uses_the_host_network_and_the_build_arguments(tmp_path: Path
 
 
 def test_the_dockerfile_defaults_to_a_slim_python_and_pip_defaults() -> None:
-    text = dk.DOCKERFILE.read_text()
+    text = dki.DOCKERFILE.read_text()
     assert "ARG BASE_IMAGE=python:3.11-slim" in text
     assert "ARG WHEELHOUSE=\n" in text  # no machine-specific location baked in
     assert "COPY servers/ /app/servers/" in text
@@ -67,36 +75,42 @@ def test_the_dockerfile_defaults_to_a_slim_python_and_pip_defaults() -> None:
 
 def test_run_argv_mounts_names_labels_and_runs_mprof_inside(tmp_path: Path) -> None:
     s = spec(tmp_path)
-    argv = dk.run_argv(s, "infbench-starlette-uvicorn:0123456789ab", "20260101-000000-smoke-abc123",
-                       user="1000:1000")
+    argv = dk.run_argv(s, "infbench-server:0123456789ab", user="1000:1000")
     assert argv[:2] == ["docker", "run"]
-    assert pairs(argv, "--name") == ["infbench-20260101-000000-smoke-abc123-starlette-uvicorn"]
-    assert pairs(argv, "--label") == ["infbench.run=20260101-000000-smoke-abc123",
-                                      "infbench.variant=starlette-uvicorn"]
+    assert pairs(argv, "--name") == [f"infbench-{RUN_ID}-starlette-uvicorn-server"]
+    assert pairs(argv, "--label") == [f"infbench.run={RUN_ID}",
+                                      "infbench.variant=starlette-uvicorn",
+                                      "infbench.replica=server"]
     assert pairs(argv, "--network") == ["host"]
     assert pairs(argv, "--user") == ["1000:1000"]
     assert "--init" in argv and "--sig-proxy=false" in argv and "-d" not in argv
+    assert s.model_path is not None
     assert pairs(argv, "--mount") == [
         f"type=bind,source={s.out_dir.resolve()},target=/out",
         f"type=bind,source={s.model_path.parent.resolve()},target=/models,readonly"]
     env = dict(e.split("=", 1) for e in pairs(argv, "--env"))
     assert env == {"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+                   "INFBENCH_SERVICE": "server", "INFBENCH_REPLICA": "0",
+                   "INFBENCH_PORT": "43210", "INFBENCH_TIMING_DIR": "/out",
+                   "PYTHONPATH": "/app",
                    "INFBENCH_MODEL_PATH": "/models/tiny-123456.keras",
                    "INFBENCH_ENDPOINT": "sync", "INFBENCH_CALL": "predict",
-                   "INFBENCH_MAX_IMAGES": "128"}  # nothing of the host's environment
-    image_at = argv.index("infbench-starlette-uvicorn:0123456789ab")
+                   "INFBENCH_MAX_IMAGES": "128",
+                   "INFBENCH_MAX_BODY_BYTES": str(64 * 2**20)}  # nothing of the host's
+    image_at = argv.index("infbench-server:0123456789ab")
     inner = argv[image_at + 1:]
     py = dk.CONTAINER_PYTHON
     assert inner == mprof_argv(Path("/out/mprofile.dat"), 0.1,
-                               server_argv(UVICORN, 43210, python=py), python=py)
-    assert inner[:9] == [py, "-m", "mprof", "run", "--include-children", "--multiprocess",
-                         "--interval", "0.1", "-o"]
-    assert inner[9] == "/out/mprofile.dat"
+                               server_argv(UVICORN.entry_service, s.values(dk.container_where(s)),
+                                           py, "/out"), python=py)
+    assert inner[:10] == [py, "-m", "mprof", "run", "--include-children", "--multiprocess",
+                          "--exit-code", "--interval", "0.1", "-o"]
+    assert inner[10] == "/out/mprofile.dat"
     assert pairs(inner, "--host") == ["127.0.0.1"] and pairs(inner, "--port") == ["43210"]
 
 
 def test_run_argv_of_gunicorn_carries_workers_limit_and_env(tmp_path: Path) -> None:
-    argv = dk.run_argv(spec(tmp_path, GUNICORN), "img:1", "run1")
+    argv = dk.run_argv(spec(tmp_path, GUNICORN), "img:1")
     env = dict(e.split("=", 1) for e in pairs(argv, "--env"))
     assert env["INFBENCH_THREAD_LIMIT"] == "1" and env["MALLOC_ARENA_MAX"] == "2"
     assert pairs(argv, "--user") == [f"{os.getuid()}:{os.getgid()}"]
@@ -106,17 +120,39 @@ def test_run_argv_of_gunicorn_carries_workers_limit_and_env(tmp_path: Path) -> N
 
 
 def test_probes_write_into_the_mounted_variant_folder(tmp_path: Path) -> None:
-    v = dataclasses.replace(UVICORN, probes=True, tracemalloc=True)
-    env = dict(e.split("=", 1) for e in pairs(dk.run_argv(spec(tmp_path, v), "img:1", "r"),
+    v = with_server(UVICORN, probes=True, tracemalloc=True)
+    env = dict(e.split("=", 1) for e in pairs(dk.run_argv(spec(tmp_path, v), "img:1"),
                                                 "--env"))
     assert env["INFBENCH_PROBE_DIR"] == "/out" and env["INFBENCH_TRACEMALLOC"] == "1"
 
 
-def test_container_and_image_names_are_valid_docker_names() -> None:
+@pytest.mark.parametrize("change", [
+    {"trim_each_request": True}, {"probes": True, "tracemalloc": True}, {"thread_limit": 3},
+    {"endpoint": "async", "call": "predict_on_batch"}, {"env": {"MALLOC_ARENA_MAX": "2"}},
+])
+def test_native_and_docker_environments_agree(tmp_path: Path, change: dict[str, Any]) -> None:
+    """One contract for both runtimes: every variable of ours reaches both, with the same
+    value up to the paths (found by review: alloc-trim-each once ran as plain glibc in
+    Docker, INFBENCH_TRIM_EACH missing)."""
+    s = spec(tmp_path, with_server(UVICORN, **change))
+    native = native_env(s)
+    docker = dict(e.split("=", 1) for e in pairs(dk.run_argv(s, "img:1"), "--env"))
+    paths = {str(s.out_dir): "/out", str(s.model_path): "/models/tiny-123456.keras",
+             str(ROOT): "/app"}
+    for key, value in docker.items():
+        assert key in native, key
+        if key != "PYTHONPATH":
+            assert paths.get(native[key], native[key]) == value, key
+    ours = {k for k in native if k.startswith("INFBENCH_") or k in change.get("env", {})}
+    assert ours <= set(docker)
+
+
+def test_container_and_image_names_are_valid_docker_names(tmp_path: Path) -> None:
     v = dataclasses.replace(UVICORN, name="My_Variant.v2 (test)")
-    assert dk.image_tag(v, "0123456789ab") == "infbench-my_variant.v2-test:0123456789ab"
-    assert dk.container_name("20260101-000000-smoke-abc123.1", v) == \
-        "infbench-20260101-000000-smoke-abc123.1-my_variant.v2-test"
+    assert dki.image_tag("0123456789ab") == "infbench-server:0123456789ab"
+    s = dataclasses.replace(spec(tmp_path, v), run_id="20260101-000000-smoke-abc123.1")
+    assert dk.container_name(s) == \
+        "infbench-20260101-000000-smoke-abc123.1-my_variant.v2-test-server"
 
 
 # -- image tags ------------------------------------------------------------------------------
@@ -124,31 +160,15 @@ FILES = {"Dockerfile": b"FROM x\n", "requirements-server.txt": b"numpy==2.4.6\n"
          "servers/app_starlette.py": b"app = 1\n"}
 
 
-def tag_hash(variant: Variant = UVICORN, files: dict[str, bytes] = FILES,
-             base: str = "infbench-base:bookworm", base_id: str = "sha256:aa") -> str:
-    return dk.image_hash(files, variant, base, base_id)
+def tag_hash(files: dict[str, bytes] = FILES, base: str = "infbench-base:bookworm",
+             base_id: str = "sha256:aa") -> str:
+    return dki.image_hash(files, base, base_id)
 
 
 def test_image_hash_is_12_hex_and_stable() -> None:
     h = tag_hash()
     assert len(h) == 12 and int(h, 16) >= 0
     assert tag_hash() == h
-
-
-@pytest.mark.parametrize("change", [
-    {"server": "hypercorn"}, {"app": "fastapi"}, {"env": {"LD_PRELOAD": "libjemalloc.so.2"}},
-    {"server": "command", "command": ("python", "-m", "x")},
-])
-def test_image_hash_changes_with_what_shapes_the_container(change: dict[str, Any]) -> None:
-    assert tag_hash(dataclasses.replace(UVICORN, **change)) != tag_hash()
-
-
-@pytest.mark.parametrize("change", [
-    {"thread_limit": 1}, {"workers": 4}, {"endpoint": "async"}, {"description": "other"},
-    {"startup_timeout": 10.0}, {"call": "predict_on_batch"}, {"model": "tiny"},
-])
-def test_image_hash_ignores_runtime_settings(change: dict[str, Any]) -> None:
-    assert tag_hash(dataclasses.replace(UVICORN, **change)) == tag_hash()
 
 
 def test_image_hash_changes_with_files_and_base() -> None:
@@ -161,9 +181,9 @@ def test_image_hash_changes_with_files_and_base() -> None:
 
 
 def test_the_context_is_the_dockerfile_the_pins_and_servers_only() -> None:
-    files = dk.context_files("numpy==1\n")
+    files = dki.context_files("numpy==1\n")
     assert files["requirements-server.txt"] == b"numpy==1\n"
-    assert files["Dockerfile"] == dk.DOCKERFILE.read_bytes()
+    assert files["Dockerfile"] == dki.DOCKERFILE.read_bytes()
     others = {k for k in files if k not in ("Dockerfile", "requirements-server.txt")}
     assert others and all(k.startswith("servers/") and "__pycache__" not in k for k in others)
     assert "servers/app_starlette.py" in others
@@ -174,20 +194,20 @@ def test_server_requirements_are_the_closure_pinned_by_the_lock() -> None:
             "rich": ["pygments"], "fastapi": ["starlette", "pydantic"]}
     lock = "# comment\nnumpy==2.4.6\nkeras==3.15.1\nrich==15.0.0\nPygments==2.21.0\n" \
            "matplotlib==3.11.2\nlocust==2.47.0\n"
-    text = dk.server_requirements(lock, requires=lambda n: deps.get(n, []),
+    text = dki.server_requirements(lock, requires=lambda n: deps.get(n, []),
                                   version=lambda n: "9.9")
     pins = dict(ln.split("==") for ln in text.splitlines() if not ln.startswith("#"))
     assert pins["numpy"] == "2.4.6" and pins["keras"] == "3.15.1"
     assert pins["pygments"] == "2.21.0"  # a dependency of a dependency, from the lock
     assert pins["setuptools"] == "9.9"  # not in the lock: the installed version
     assert "matplotlib" not in pins and "locust" not in pins  # the harness's, not the servers'
-    assert set(dk.SERVER_PACKAGES) <= set(pins)
+    assert set(dki.SERVER_PACKAGES) <= set(pins)
 
 
 def test_server_requirements_from_this_environment_cover_the_servers() -> None:
-    pins = dict(ln.split("==") for ln in dk.server_requirements(dk.LOCK.read_text()).splitlines()
+    pins = dict(ln.split("==") for ln in dki.server_requirements(dki.LOCK.read_text()).splitlines()
                 if not ln.startswith("#"))
-    lock = dk.read_lock(dk.LOCK.read_text())
+    lock = dki.read_lock(dki.LOCK.read_text())
     for name in ("tensorflow-cpu", "uvicorn", "gunicorn", "hypercorn", "memory-profiler"):
         assert pins[name] == lock[name]
     assert not {"locust", "matplotlib", "pytest", "mypy"} & set(pins)
@@ -213,13 +233,13 @@ inactive_file 62914560
 
 def test_docker_stats_figure_is_usage_minus_inactive_file() -> None:
     usage = 650 * 2**20
-    v1 = dk.parse_memory_stat(STAT_V1)
+    v1 = dkc.parse_memory_stat(STAT_V1)
     assert v1["total_inactive_file"] == 60 * 2**20
-    assert dk.docker_stats_bytes(usage, v1) == 590 * 2**20  # v1: total_inactive_file
-    v2 = dk.parse_memory_stat(STAT_V2)
-    assert dk.docker_stats_bytes(usage, v2) == 590 * 2**20  # v2: inactive_file
-    assert dk.docker_stats_bytes(10, v2) == 10  # never below zero: the usage as it is
-    assert dk.docker_stats_bytes(usage, {}) == usage
+    assert dkc.docker_stats_bytes(usage, v1) == 590 * 2**20  # v1: total_inactive_file
+    v2 = dkc.parse_memory_stat(STAT_V2)
+    assert dkc.docker_stats_bytes(usage, v2) == 590 * 2**20  # v2: inactive_file
+    assert dkc.docker_stats_bytes(10, v2) == 10  # never below zero: the usage as it is
+    assert dkc.docker_stats_bytes(usage, {}) == usage
 
 
 MOUNTS = """25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
@@ -233,21 +253,21 @@ V2_MOUNTS = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelega
 
 def test_cgroup_dir_v1_hybrid_and_v2() -> None:
     v1 = "12:devices:/docker/abc\n4:memory:/docker/abc\n0::/docker/abc\n"
-    assert dk.cgroup_memory_dir(v1, MOUNTS) == (Path("/sys/fs/cgroup/memory/docker/abc"), 1)
+    assert dkc.cgroup_memory_dir(v1, MOUNTS) == (Path("/sys/fs/cgroup/memory/docker/abc"), 1)
     v2 = "0::/system.slice/docker-abc.scope\n"
-    assert dk.cgroup_memory_dir(v2, V2_MOUNTS) == (
+    assert dkc.cgroup_memory_dir(v2, V2_MOUNTS) == (
         Path("/sys/fs/cgroup/system.slice/docker-abc.scope"), 2)
     nested = "35 31 0:32 /outer /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
-    assert dk.cgroup_memory_dir("4:memory:/outer/docker/abc\n", nested) == (
+    assert dkc.cgroup_memory_dir("4:memory:/outer/docker/abc\n", nested) == (
         Path("/sys/fs/cgroup/memory/docker/abc"), 1)
-    assert dk.cgroup_memory_dir("4:memory:/docker/abc\n", V2_MOUNTS) is None
+    assert dkc.cgroup_memory_dir("4:memory:/docker/abc\n", V2_MOUNTS) is None
 
 
 def test_parse_size_of_docker_stats() -> None:
-    assert dk.parse_size("512MiB ") == 512 * 2**20
-    assert dk.parse_size("1.5GiB") == int(1.5 * 2**30)
-    assert dk.parse_size("100kB") == 100_000
-    assert dk.parse_size("--") is None
+    assert dkc.parse_size("512MiB ") == 512 * 2**20
+    assert dkc.parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert dkc.parse_size("100kB") == 100_000
+    assert dkc.parse_size("--") is None
 
 
 def test_cgroup_monitor_samples_the_files_at_the_interval(tmp_path: Path,
@@ -256,10 +276,10 @@ def test_cgroup_monitor_samples_the_files_at_the_interval(tmp_path: Path,
     cg.mkdir()
     (cg / "memory.usage_in_bytes").write_text(str(650 * 2**20))
     (cg / "memory.stat").write_text(STAT_V1)
-    monkeypatch.setattr(dk, "cgroup_memory_dir", lambda *_: (cg, 1))
-    monkeypatch.setattr(dk.CgroupMonitor, "_pid", lambda self: os.getpid())
+    monkeypatch.setattr(dkc, "cgroup_memory_dir", lambda *_: (cg, 1))
+    monkeypatch.setattr(dkc.CgroupMonitor, "_pid", lambda self: os.getpid())
     out = tmp_path / "cgroup_memory.csv"
-    mon = dk.CgroupMonitor("c", out, 0.05)
+    mon = dkc.CgroupMonitor("c", out, 0.05)
     t0 = time.time()
     mon.start()
     time.sleep(0.6)
@@ -268,7 +288,7 @@ def test_cgroup_monitor_samples_the_files_at_the_interval(tmp_path: Path,
     assert not mon._thread.is_alive()
     with out.open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(dk.CgroupMonitor.HEADER)
+    assert list(rows[0]) == list(dkc.CgroupMonitor.HEADER)
     assert 6 <= len(rows) <= 14
     assert all(float(r["mem_mb"]) == 590.0 and r["source"] == "cgroup-v1" for r in rows)
     times = [float(r["time"]) for r in rows]
@@ -282,7 +302,7 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
     run_dir = synth.make_run(tmp_path, ("v1",))
     with (run_dir / "v1" / "cgroup_memory.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(dk.CgroupMonitor.HEADER)
+        w.writerow(dkc.CgroupMonitor.HEADER)
         for i in range(0, 521):  # mprof's synthetic curve + 20 MB (page cache, kernel)
             t = i / 10
             mb = 120.0 if t < 10 else 250.0 if t <= 42 else 210.0
@@ -323,6 +343,7 @@ def test_stop_all_also_stops_and_removes_the_container(tmp_path: Path,
         return subprocess.CompletedProcess(["docker", *args], 0, "x\n", "")
 
     monkeypatch.setattr(dk, "docker", fake_docker)
+    monkeypatch.setattr(dke, "docker", fake_docker)
     stopped: list[bool] = []
     group = dk.ContainerGroup([sys.executable, "-c", "import time; time.sleep(60)"],
                               name="infbench-run-v", log_path=tmp_path / "server.log",
@@ -405,7 +426,7 @@ def our_containers(run_id: str) -> list[str]:
 @pytest.fixture(scope="module")
 def docker_run(tmp_path_factory: pytest.TempPathFactory
                ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    problem = dk.engine_problem()
+    problem = dke.engine_problem()
     if problem:
         pytest.fail(f"INFBENCH_DOCKER_TESTS=1 but no engine: {problem} (make docker-engine)")
     results = tmp_path_factory.mktemp("results")

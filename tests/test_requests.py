@@ -19,7 +19,7 @@ import pytest
 
 from infbench import config
 from infbench.config import ConfigError, Step
-from infbench.launch import ROOT
+from infbench.paths import ROOT
 from tests.synth import TINY_MODEL
 
 HEAD = """
@@ -206,7 +206,11 @@ def test_json_and_npy_templates_reach_a_strict_server(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_binary_put_with_header_and_201_and_a_missing_header_fails(tmp_path: Path) -> None:
     res, run_dir = run(tmp_path, ["shape-raw", "shape-raw-wrong"], "single")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # A step whose requests all failed is a fault: the run is partial (exit 3), not complete.
+    assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["results"] == {
+        "shape-raw": "complete", "shape-raw-wrong": "degraded"}
+    assert "step_all_failed: step 1: all" in res.stdout
     good = aggregated(run_dir / "shape-raw" / "step1-b1_stats.csv")
     assert int(good["Request Count"]) > 0 and int(good["Failure Count"]) == 0
     # Without the header the strict server says 400: the load must count those as failures.

@@ -15,8 +15,9 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench import analysis, sampler
-from infbench.launch import ROOT
+from infbench import analysis
+from infbench.monitor import sampler
+from infbench.paths import ROOT
 
 pytestmark = pytest.mark.integration
 

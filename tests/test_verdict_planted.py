@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from infbench.launch import ROOT
+from infbench.paths import ROOT
 from tests.synth import TINY_MODEL
 
 pytestmark = pytest.mark.integration

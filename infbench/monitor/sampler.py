@@ -21,6 +21,8 @@ to `processes.csv`:
     shmem_mb    shared memory
     swap_mb     swapped out
     threads     thread count
+    cpu_s       CPU seconds (user + system) the process has used so far (/proc/<pid>/stat)
+    service, replica   which service replica the process belongs to (a topology has several)
 
 MiB throughout, as mprof reports.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +41,8 @@ from typing import Any
 import psutil
 
 COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb",
-           "shmem_mb", "swap_mb", "threads"]
+           "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLUSH_EVERY_S = 1.0
 LIST_EVERY_S = 1.0
 ROLLUP_EVERY_S = 2.0
@@ -80,24 +84,32 @@ def parse_proc(status: str, rollup: str | None = None) -> dict[str, float | None
     }
 
 
+def cpu_seconds(stat: str) -> float:
+    """utime + stime of /proc/<pid>/stat (fields 14 and 15, after the command in brackets)."""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def read_proc(pid: int, rollup: bool = True) -> dict[str, float | None] | None:
     """The figures of a live process, or None if it is gone (or not ours to read)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             status = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            cpu = cpu_seconds(f.read())
         text = None
         if rollup:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 text = f.read()
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
-    return parse_proc(status, text)
+    return {**parse_proc(status, text), "cpu_s": cpu}
 
 
 class ProcessSampler:
     """Samples `processes()` every `interval` seconds on a daemon thread until stop()."""
 
-    def __init__(self, processes: Callable[[], list[psutil.Process]], path: Path,
+    def __init__(self, processes: Callable[[], Any], path: Path,
                  interval: float, rollup_every: float = ROLLUP_EVERY_S) -> None:
         self.processes = processes
         self.path = path
@@ -124,6 +136,7 @@ class ProcessSampler:
             last_flush = time.monotonic()
             cpu0 = time.thread_time()
             names: dict[int, str] = {}
+            owners: dict[int, tuple[str, int]] = {}
             pids: list[int] = []
             listed = rolled = float("-inf")
             while not self._stop.is_set():
@@ -133,9 +146,11 @@ class ProcessSampler:
                     # Finding the processes scans /proc (psutil's children()); reading a known
                     # pid is cheap. So the list is refreshed once a second, or when one goes.
                     with contextlib.suppress(psutil.Error):
-                        procs = self.processes()
-                        pids = [p.pid for p in procs]
-                        for p in procs:
+                        procs = [x if isinstance(x, tuple) else (x, "server", 0)
+                                 for x in self.processes()]
+                        pids = [p.pid for p, _, _ in procs]
+                        for p, service, replica in procs:
+                            owners[p.pid] = (service, replica)
                             if p.pid not in names:
                                 with contextlib.suppress(psutil.Error):
                                     names[p.pid] = p.name()
@@ -148,7 +163,8 @@ class ProcessSampler:
                     if fig is None:
                         listed = float("-inf")
                         continue
-                    out.writerow(_row(now, pid, names.get(pid, "?"), fig))
+                    out.writerow(_row(now, pid, names.get(pid, "?"), fig,
+                                      owners.get(pid, ("server", 0))))
                 self.samples += 1
                 if tick - last_flush >= FLUSH_EVERY_S:
                     f.flush()
@@ -157,9 +173,11 @@ class ProcessSampler:
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - tick)))
 
 
-def _row(now: float, pid: int, name: str, fig: dict[str, float | None]) -> list[Any]:
+def _row(now: float, pid: int, name: str, fig: dict[str, float | None],
+         owner: tuple[str, int]) -> list[Any]:
     mem = ["" if fig[k] is None else f"{fig[k]:.2f}" for k in COLUMNS[4:11]]
-    return [f"{now:.3f}", pid, int(fig["ppid"] or 0), name, *mem, int(fig["threads"] or 0)]
+    return [f"{now:.3f}", pid, int(fig["ppid"] or 0), name, *mem, int(fig["threads"] or 0),
+            f"{fig.get('cpu_s') or 0:.2f}", owner[0], owner[1]]
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -171,7 +189,11 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
         for raw in csv.DictReader(f):
             try:
                 row: dict[str, Any] = {"time": float(raw["time"]), "pid": int(raw["pid"]),
-                                       "name": raw["name"], "threads": int(raw["threads"])}
+                                       "name": raw["name"], "threads": int(raw["threads"]),
+                                       # Older files have no cpu/service/replica columns.
+                                       "cpu_s": float(raw.get("cpu_s") or 0.0),
+                                       "service": raw.get("service") or "server",
+                                       "replica": int(raw.get("replica") or 0)}
                 row.update({k: float(raw[k]) if raw[k] != "" else None
                             for k in COLUMNS[4:11]})
             except (KeyError, TypeError, ValueError):
@@ -186,8 +208,8 @@ def totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_time: dict[float, dict[str, Any]] = {}
     for row in rows:
         t = by_time.setdefault(row["time"], {"time": row["time"], "processes": 0,
-                                             **{k: 0.0 for k in COLUMNS[4:12]}})
+                                             **{k: 0.0 for k in COLUMNS[4:13]}})
         t["processes"] += 1
-        for k in COLUMNS[4:12]:
+        for k in COLUMNS[4:13]:
             t[k] = None if t[k] is None or row[k] is None else t[k] + row[k]
     return [by_time[t] for t in sorted(by_time)]

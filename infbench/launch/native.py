@@ -1,0 +1,105 @@
+"""The native runtime: every replica a local process group, mprof at its head."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import psutil
+
+from infbench import proc
+from infbench.config import Variant
+from infbench.launch.argv import GRACE_S, REDIS_BINARY, mprof_argv, server_argv
+from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
+from infbench.launch.contract import SCRUBBED, ReplicaSpec, Where, replica_env
+from infbench.paths import ROOT
+
+
+def native_where(spec: ReplicaSpec) -> Where:
+    return Where(python=sys.executable, out=str(spec.out_dir),
+                 model=str(spec.model_path or ""), root=str(ROOT))
+
+
+def native_env(spec: ReplicaSpec) -> dict[str, str]:
+    """The host's environment, less our stale variables, plus the replica's contract."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
+    ours = replica_env(spec, native_where(spec))
+    for key in ("LD_PRELOAD", "PYTHONPATH"):  # ours first, then what the host had
+        sep = " " if key == "LD_PRELOAD" else os.pathsep
+        if key in ours and env.get(key):
+            ours[key] = sep.join((ours[key], env[key]))
+    env.update(ours)
+    return env
+
+
+class NativeReplica(WatchedProcess):
+    """A replica as a local process group: mprof at its head, the server as mprof's child."""
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.spec = spec
+        self.url = spec.url
+        self.log_path = spec.out_dir / "server.log"
+        where = native_where(spec)
+        self.program = server_argv(spec.service, spec.values(where), where.python,
+                                   spec.out_dir)
+        self.argv = mprof_argv(spec.out_dir / "mprofile.dat", spec.sample_interval,
+                               self.program)
+        self.started_at = time.time()
+        self._seen_server = False
+        try:
+            self.group = proc.Group(self.argv, log_path=self.log_path, env=native_env(spec),
+                                    cwd=ROOT)
+        except OSError as e:
+            raise LaunchError(f"cannot start {spec.label}: {e.strerror or e}") from None
+
+    def _server_processes(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.group.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def info(self) -> dict[str, object]:
+        return {"launcher": "native", "service": self.spec.service.name,
+                "replica": self.spec.replica, "argv": self.argv, "url": self.url,
+                "ports": self.spec.ports, "mprof_pid": self.group.pid,
+                "server_pids": [p.pid for p in self._server_processes()],
+                "started_at": self.started_at}
+
+    def stop(self) -> None:
+        # TERM the server first so mprof sees its child exit, writes its last samples and
+        # closes the file; ending mprof first would lose its unflushed buffer.
+        try:
+            direct = psutil.Process(self.group.pid).children()
+        except psutil.NoSuchProcess:
+            direct = []
+        for p in direct:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.group.popen.wait(timeout=GRACE_S + 3)
+        self.group.stop(GRACE_S)
+
+
+class NativeLauncher:
+    name = "native"
+
+    def check(self) -> None:
+        """Nothing to check: the native runtime needs only this environment."""
+
+    def prepare(self, variants: list[Variant], say: Callable[[str], None]) -> None:
+        """Nothing to build beyond the model and images, which the run makes itself; but a
+        preloaded allocator or redis-server must be installed, or nothing starts."""
+        check_allocators(variants)
+        if any(s.server == "redis" for v in variants for s in v.services) \
+                and shutil.which(REDIS_BINARY) is None:
+            raise LaunchError("a variant runs Redis, but there is no `redis-server` on PATH; "
+                              "`make redis` installs Debian's redis-server (root)")
+
+    def start(self, spec: ReplicaSpec) -> NativeReplica:
+        return NativeReplica(spec)
