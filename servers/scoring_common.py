@@ -34,7 +34,7 @@ message naming the variable):
     INFBENCH_MODEL_SEED        seeds the sleep RNG and the sleep kind's weights (default 0)
     INFBENCH_MODEL_SLEEP_MS    sleep kind: "MIN-MAX" milliseconds, uniform (default 40-50)
     INFBENCH_MODEL_PATH        model kind: (required) the Keras model file
-    INFBENCH_CALL              model kind: predict (default) | predict_on_batch | call
+    INFBENCH_CALL              model kind: predict_on_batch (default) | predict | call
     INFBENCH_MAX_FEATURES      longest feature vector accepted (default 4096)
     INFBENCH_MAX_BODY_BYTES    request body limit (default 1 MiB)
 """
@@ -77,6 +77,10 @@ DEFAULT_UPSTREAM_TIMEOUT_S = 5.0
 DEFAULT_UPSTREAM_POOL = 100
 DEFAULT_SLEEP_MS = (40.0, 50.0)
 MODEL_API_KINDS = ("sleep", "model")
+# Not the image servers' `predict`: for a batch of one, Keras' model.predict builds a tf.data
+# pipeline per call that costs several times the forward pass itself (hundreds of ms against
+# ~10 ms for the small model here), so the model kind would measure Keras, not inference.
+DEFAULT_MODEL_CALL = "predict_on_batch"
 
 # The one-line messages both builds give for the same bad input.
 MSG_NOT_JSON = "body is not valid JSON"
@@ -330,7 +334,7 @@ class ModelApiSettings:
     seed: int = 0
     sleep_ms: tuple[float, float] = DEFAULT_SLEEP_MS
     model_path: str | None = None
-    call: str = "predict"
+    call: str = DEFAULT_MODEL_CALL
     max_features: int = DEFAULT_MAX_FEATURES
     max_body_bytes: int = DEFAULT_MODEL_BODY_BYTES
 
@@ -358,7 +362,7 @@ def load_model_api_settings(env: Mapping[str, str] | None = None) -> ModelApiSet
         seed = int(seed_raw)
     except ValueError:
         raise SettingsError(f"INFBENCH_MODEL_SEED: expected an integer, got {seed_raw!r}") from None
-    call = env.get("INFBENCH_CALL", "").strip() or "predict"
+    call = env.get("INFBENCH_CALL", "").strip() or DEFAULT_MODEL_CALL
     if call not in CALL_STYLES:
         raise SettingsError(f"INFBENCH_CALL: expected one of {', '.join(CALL_STYLES)}, "
                             f"got {call!r}")
@@ -409,13 +413,41 @@ def features_image(features: Sequence[float], size: int) -> np.ndarray:
     return np.resize(squashed, size * size * 3).reshape(1, size, size, 3).astype(np.float32)
 
 
+def class_score(probabilities: np.ndarray, name: str) -> float:
+    """The model kind's score: how much the model favours "its" class k over chance.
+
+    k = crc32(name) mod classes, so model_a and model_b read different classes of one model;
+    with p the probability of k and C the number of classes, score = C*p / (1 + C*p): 0.5 when
+    the model is indifferent (p = 1/C), towards 1 as it favours k, towards 0 as it avoids it.
+    """
+    probs = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    ratio = len(probs) * float(probs[zlib.crc32(name.encode()) % len(probs)])
+    return ratio / (1.0 + ratio)
+
+
+def probabilities(model: Any, batch: np.ndarray, style: str) -> np.ndarray:
+    """The model's output for a batch of one, called the way `style` (INFBENCH_CALL) names.
+
+    The same three styles as servers.model.predict, which returns only the top-1 class.
+    """
+    if style == "predict":
+        out = model.predict(batch, verbose=0)
+    elif style == "predict_on_batch":
+        out = model.predict_on_batch(batch)
+    elif style == "call":
+        out = model(batch, training=False)
+    else:
+        raise ValueError(f"unknown call style {style!r} (known: {', '.join(CALL_STYLES)})")
+    return np.asarray(out.numpy() if hasattr(out, "numpy") else out).reshape(-1)
+
+
 class Scorer:
     """One model API process's scorer: the sleep kind's delay and score, or the Keras model.
 
     sleep: a uniform delay in INFBENCH_MODEL_SLEEP_MS from a seeded RNG (the caller sleeps,
            with time.sleep or asyncio.sleep), then a logistic regression on the features.
-    model: the features as an image (`features_image`) through the Keras model at
-           INFBENCH_MODEL_PATH (real CPU-bound inference); the score is the top-1 probability.
+    model: real CPU-bound inference: the features as an image (`features_image`) through the
+           Keras model at INFBENCH_MODEL_PATH, batch of one; the score is `class_score`.
     """
 
     def __init__(self, settings: ModelApiSettings) -> None:
@@ -448,13 +480,11 @@ class Scorer:
         """The score; for the model kind this blocks on TensorFlow (run it off the event loop)."""
         if self.settings.kind == "sleep":
             return linear_score(features, self.weights)
-        from servers.model import predict
-
         if self._model is None:
             raise RuntimeError("model not loaded")
-        ((_, score),) = predict(self._model, features_image(features, self.input_size),
-                                self.settings.call)
-        return score
+        image = features_image(features, self.input_size)
+        return class_score(probabilities(self._model.model, image, self.settings.call),
+                           self.settings.name)
 
     def health(self) -> dict[str, Any]:
         s = self.settings

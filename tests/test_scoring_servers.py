@@ -142,10 +142,10 @@ def ours(proc: Proc, pid: object) -> bool:
         return False
 
 
-def wait_healthy(procs: list[Proc]) -> dict[str, dict[str, Any]]:
+def wait_healthy(procs: list[Proc], timeout: float = START_TIMEOUT_S) -> dict[str, dict[str, Any]]:
     """Poll every service's /health until each answers 200 from its own process group."""
     healthy: dict[str, dict[str, Any]] = {}
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
         while len(healthy) < len(procs):
             for p in procs:
@@ -159,7 +159,7 @@ def wait_healthy(procs: list[Proc]) -> dict[str, dict[str, Any]]:
                         healthy[p.name] = r.json()
             if time.monotonic() > deadline:
                 missing = [p for p in procs if p.name not in healthy]
-                pytest.fail(f"not healthy after {START_TIMEOUT_S:.0f} s: "
+                pytest.fail(f"not healthy after {timeout:.0f} s: "
                             + "; ".join(f"{p.name}:\n{p.tail()}" for p in missing))
             time.sleep(0.1)
     return healthy
@@ -174,11 +174,13 @@ def server_argv(build: str, module: str, port: int) -> list[str]:
             "--port", str(port), "--workers", "1", "--no-access-log"]
 
 
-def start_model_api(build: str, name: str, logs: Path) -> Proc:
+def start_model_api(build: str, name: str, logs: Path, **extra: str) -> Proc:
     port = free_port()
-    env = base_env(INFBENCH_MODEL_API_KIND="sleep", INFBENCH_MODEL_NAME=name,
-                   INFBENCH_MODEL_SEED=str(SEED), INFBENCH_MODEL_SLEEP_MS="{:g}-{:g}".format(
-                       *SLEEP_MS))
+    settings = {"INFBENCH_MODEL_API_KIND": "sleep", "INFBENCH_MODEL_NAME": name,
+                "INFBENCH_MODEL_SEED": str(SEED),
+                "INFBENCH_MODEL_SLEEP_MS": "{:g}-{:g}".format(*SLEEP_MS),
+                "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = base_env(**{**settings, **extra})
     return spawn(f"{name}-{build}", server_argv(build, "model_api", port), env, logs, port)
 
 
@@ -365,8 +367,8 @@ def test_seed_layout_and_output(stack: Stack) -> None:
     assert keys == {feature_key(i) for i in range(ENTITIES)} | {META_KEY}
     for i in (0, 42, ENTITIES - 1):
         assert stack.store.get(feature_key(i)) == encode_features(matrix[i])
-    meta = {bytes(k).decode(): bytes(v).decode()
-            for k, v in stack.store.hgetall(META_KEY).items()}
+    meta = {k.decode(): v.decode() for k, v in stack.store.hgetall(META_KEY).items()
+            if isinstance(k, bytes) and isinstance(v, bytes)}
     assert {k: meta[k] for k in ("entities", "dim", "seed", "dtype", "prefix")} == {
         "entities": str(ENTITIES), "dim": str(DIM), "seed": str(SEED), "dtype": "<f4",
         "prefix": "features:"}
@@ -657,3 +659,42 @@ def test_model_b_stopped_then_killed(stack: Stack, tmp_path: Path) -> None:
             assert lines[1]["model_a_ms"] is not None and lines[1]["model_b_ms"] is None
     finally:
         stop_all(procs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration: the model kind (a real Keras model; TensorFlow makes this the slow test)
+
+
+@pytest.mark.integration
+def test_model_kind_runs_the_keras_model(tmp_path: Path) -> None:
+    from infbench import assets, config
+
+    tiny = config.load(ROOT / "experiments.toml").models["tiny"]
+    path = assets.ensure_model(tiny, log=False)  # the project's cached build (3 s the 1st time)
+    procs = {b: start_model_api(b, "model_a", tmp_path, INFBENCH_MODEL_API_KIND="model",
+                                INFBENCH_MODEL_PATH=str(path)) for b in BUILDS}
+    try:
+        health = wait_healthy(list(procs.values()), timeout=90)
+        matrix = feature_matrix(ENTITIES, DIM, SEED)
+        scores: dict[str, list[float]] = {}
+        with httpx.Client(timeout=30) as client:
+            for build, p in procs.items():
+                h = health[p.name]
+                assert (h["kind"], h["input_size"], h["call"]) == ("model", tiny.input_size,
+                                                                   "predict_on_batch")
+                for entity in (3, 4, 3):
+                    r = post_json(client, f"{p.url}/predict",
+                                  {"features": [float(x) for x in matrix[entity]]})
+                    assert r.status_code == 200, r.text
+                    assert r.json()["model"] == "model_a"
+                    scores.setdefault(build, []).append(r.json()["score"])
+                assert_error(post_json(client, f"{p.url}/predict", {"features": ["x"]}),
+                             BAD_STATUS[build], "features.0")
+        for found in scores.values():
+            assert all(0.0 < x < 1.0 for x in found), found
+            assert found[0] == pytest.approx(found[2], rel=1e-6)  # the same features again
+            assert found[0] != pytest.approx(found[1], rel=1e-6)  # other features reach it
+        # One model, one image per feature vector: both builds score alike.
+        assert scores["flask"] == pytest.approx(scores["fastapi"], rel=1e-5)
+    finally:
+        stop_all(list(procs.values()))
