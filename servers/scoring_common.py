@@ -51,7 +51,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit, urlunsplit
@@ -581,12 +581,11 @@ class ScoreTiming:
     models: float | None = None
     model_a_server_ms: float | None = None
     model_b_server_ms: float | None = None
-    fields: dict[str, float | None] = field(default_factory=dict)
 
     def finish(self) -> dict[str, float | None]:
         total = time.perf_counter() - self.t0
         spent = sum(x for x in (self.features, self.models) if x is not None)
-        self.fields = {
+        return {
             "features_ms": _ms(self.features),
             "model_a_ms": _ms(self.model_a),
             "model_b_ms": _ms(self.model_b),
@@ -596,7 +595,6 @@ class ScoreTiming:
             "model_a_server_ms": self.model_a_server_ms,
             "model_b_server_ms": self.model_b_server_ms,
         }
-        return self.fields
 
 
 class TimingLog:
