@@ -16,6 +16,7 @@ Definitions (also written into summary.json):
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,6 +341,21 @@ def rss_at(rows: list[dict[str, Any]], t: float | None) -> float | None:
     return sum(mb for tt, mb in latest.values() if newest - tt < 2.0)
 
 
+def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Per step: where the time went, by the servers' own timing lines, and Locust's failures
+    by kind."""
+    rows = read_timings(variant_dir)
+    out = []
+    for st in steps:
+        prefix = variant_dir / f"step{st['index']}-b{st['batch']}"
+        split = timing_split(rows, st.get("t_start"), st.get("t_end"))
+        kinds = failure_kinds(prefix)
+        if split or kinds:
+            out.append({"index": st["index"], "users": st.get("users"), "split": split,
+                        "failures_by_kind": kinds})
+    return out or None
+
+
 def summarize_variant(variant_dir: Path,
                       points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """summary.json content for one variant folder. `points`: its breakdown.series, if the
@@ -366,6 +382,7 @@ def summarize_variant(variant_dir: Path,
         "breakdown_mb": breakdown.figures(
             breakdown.series(variant_dir) if points is None else points, plist),
         "services": service_figures(variant_dir, ph, steps),
+        "split": split_figures(variant_dir, steps),
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
         "totals": {"requests": total("requests"), "failures": total("failures"),
@@ -390,3 +407,108 @@ def summarize_variant(variant_dir: Path,
         out["definitions"] = {**DEFINITIONS, "cgroup_memory_mb": CGROUP_DEFINITION}
         out["sources"]["cgroup_memory"] = CGROUP_FILE
     return out
+
+
+# -- where the time goes: the servers' own timing lines (timings-<pid>.jsonl) -----------------
+# The queue API stamps t_received / t_enqueued / t_dequeued / t_model_start / t_model_done /
+# t_responded; other servers write *_ms fields (the TF-Serving-compatible server: parse,
+# decode, queue, model, serialize; the scoring API: features, model_a, model_b, framework).
+STAMPED = (("queue_wait_ms", "t_enqueued", "t_dequeued"),
+           ("model_ms", "t_model_start", "t_model_done"))
+
+
+def read_timings(variant_dir: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in sorted(variant_dir.rglob("timings-*.jsonl")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a torn last line
+            if not isinstance(row, dict):
+                continue
+            t = row.get("t_received", row.get("t"))
+            if not isinstance(t, int | float):
+                continue
+            row["_t"] = float(t)
+            if "t_received" in row and "t_responded" in row:
+                total = (row["t_responded"] - row["t_received"]) * 1000
+                row["total_ms"] = total
+                parts = 0.0
+                for name, a, b in STAMPED:
+                    if isinstance(row.get(a), int | float) and isinstance(row.get(b), int | float):
+                        row[name] = (row[b] - row[a]) * 1000
+                        parts += row[name]
+                row["api_overhead_ms"] = total - parts
+            rows.append(row)
+    return sorted(rows, key=lambda r: r["_t"])
+
+
+def timing_split(rows: list[dict[str, Any]], t0: float | None,
+                 t1: float | None) -> dict[str, Any] | None:
+    """Per step: the median of each *_ms part over the requests received in the window."""
+    if t0 is None or t1 is None:
+        return None
+    mine = [r for r in rows if t0 <= r["_t"] <= t1]
+    if not mine:
+        return None
+    keys = sorted({k for r in mine for k, v in r.items()
+                   if k.endswith("_ms") and isinstance(v, int | float)})
+    out: dict[str, Any] = {"requests": len(mine)}
+    for k in keys:
+        vals = [float(r[k]) for r in mine if isinstance(r.get(k), int | float)]
+        out[k] = round(statistics.median(vals), 1) if vals else None
+    batches = [r["batch_size"] for r in mine if isinstance(r.get("batch_size"), int)]
+    if batches:
+        out["mean_batch"] = round(statistics.fmean(batches), 2)
+    return out
+
+
+def failure_kinds(stats_prefix: Path) -> dict[str, int]:
+    """Locust's *_failures.csv, by kind: 'HTTP 504', 'ConnectionRefusedError', ..."""
+    path = Path(f"{stats_prefix}_failures.csv")
+    out: dict[str, int] = {}
+    if not path.exists():
+        return out
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            error = (row.get("Error") or "?").strip()
+            kind = error.split(":", 1)[0] if error.startswith("HTTP") else \
+                error.split("(", 1)[0].strip()[:60]
+            out[kind] = out.get(kind, 0) + (_num(row.get("Occurrences"), int) or 0)
+    return out
+
+
+def bottleneck(split: dict[str, Any] | None, services: dict[str, Any] | None,
+               index: int, cores: int) -> str:
+    """One sentence naming the bottleneck of a step, from the split and per-service CPU."""
+    if not split or split.get("total_ms") in (None, 0):
+        return ""
+    total = float(split["total_ms"])
+    parts = {k: float(split[k]) for k in ("queue_wait_ms", "model_ms", "api_overhead_ms")
+             if isinstance(split.get(k), int | float)}
+    if not parts:
+        return ""
+    worst = max(parts, key=lambda k: parts[k])
+    share = 100.0 * parts[worst] / total
+    cpu = {}
+    for name, sv in (services or {}).items():
+        st = next((x for x in sv["steps"] if x["index"] == index), None)
+        if st and st.get("cpu_pct") is not None:
+            cpu[name] = st["cpu_pct"]
+    busiest = max(cpu, key=lambda k: cpu[k]) if cpu else None
+    load = f"; {busiest} used {cpu[busiest]:.0f}% of a core ({cores} cores here)" \
+        if busiest else ""
+    saturated = busiest is not None and cpu[busiest] >= 80.0
+    if worst != "queue_wait_ms" and not saturated:
+        name = worst.removesuffix("_ms").replace("_", " ")
+        return (f"not saturated: the largest part is {name} ({share:.0f}% of the median "
+                f"request) and no service used 80% of a core{load}")
+    if worst == "queue_wait_ms":
+        return (f"queue wait is {share:.0f}% of the median request ({parts[worst]:,.0f} of "
+                f"{total:,.0f} ms): the model workers are the bottleneck{load}")
+    if worst == "model_ms":
+        return (f"the model call is {share:.0f}% of the median request: the model itself is "
+                f"the bottleneck{load}")
+    return (f"the API's own time is {share:.0f}% of the median request: the API is the "
+            f"bottleneck{load}")

@@ -325,6 +325,27 @@ def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
                    ">per 1,000 requests (MB)", ">malloc_trim gave back (MB)", "why"], lines)
 
 
+def split_table(rows: list[dict[str, Any]], cores: int) -> list[str]:
+    lines = []
+    for r in rows:
+        steps = {s["index"]: s for s in r.get("steps", [])}
+        for sp in r.get("split") or []:
+            st = steps.get(sp["index"], {})
+            split = sp.get("split") or {}
+            parts = ", ".join(f"{k.removesuffix('_ms').replace('_', ' ')} {fmt(v)}"
+                              for k, v in split.items() if k.endswith("_ms") and k != "total_ms"
+                              and v is not None)
+            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(sp["failures_by_kind"].items()))
+            lines.append([r["variant"], str(sp["index"]), fmt(st.get("users")),
+                          fmt(st.get("rps"), 2), fmt(st.get("p50_ms")), fmt(st.get("p95_ms")),
+                          kinds or "0", fmt(split.get("total_ms")), parts or "-",
+                          fmt(split.get("mean_batch"), 1),
+                          analysis.bottleneck(split, r.get("services"), sp["index"], cores)])
+    return _table(["variant", ">step", ">users", ">req/s", ">p50 (ms)", ">p95 (ms)",
+                   "failures by kind", ">server median (ms)", "of it (median ms)",
+                   ">jobs per model call", "bottleneck"], lines)
+
+
 def services_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
@@ -421,6 +442,14 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "generator that failed, a step whose requests all failed, a damaged file) "
                   "marks its step degraded and keeps the run from `complete`. Source: "
                   "`<variant>/phases.json` → `events`."]
+    split = split_table(rows, int(m.get("cpus") or 1))
+    if split:
+        lines += ["", "## Where the time goes, and the bottleneck (per step)", "", *split, "",
+                  "Medians over the requests each step received, from the servers' own timing "
+                  "lines (`<service>-<i>/timings-<pid>.jsonl`): for the queue, wait = dequeued "
+                  "- enqueued, model = model done - model start, API = the rest of the API's "
+                  "time. Failures by kind from Locust's `*_failures.csv`. The sentence names the "
+                  "largest part, with the busiest service's CPU."]
     services = services_table(rows)
     if services:
         lines += ["", "## Per service (memory by mprof, replicas summed; CPU % of one core "

@@ -282,7 +282,7 @@ class VariantRun:
         for r in self.topology.replicas:
             if r.spec.service.server == "redis":
                 self.redis.append(RedisSampler(
-                    r.spec.port, self.out / f"redis-{r.spec.label}.csv", keys,
+                    r.spec.port, r.spec.out_dir / "redis_stats.csv", keys,
                     note=lambda kind, detail: self.log.event(kind, detail)).start())
         self._hold("baseline", p.baseline, "baseline")
         total = len(p.steps) * p.cycles
