@@ -910,8 +910,14 @@ def options(argv: list[str] | None = None, env: dict[str, str] | None = None) ->
 
 
 def _rest_socket(host: str, port: int) -> socket.socket:
-    """Bound here, handed to Uvicorn: port 0 works, and the bound port is known for certain."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    """Bound here, handed to Uvicorn: port 0 works, and the bound port is known for certain.
+
+    The protocol must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections
+    only when their socket says so, and without it each response (headers, then body) waits
+    ~40 ms on Nagle and the client's delayed ACK, which would be charged to REST.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

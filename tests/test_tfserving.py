@@ -697,6 +697,36 @@ def test_cli_errors_one_line_exit_1(model_files: dict[str, Path]) -> None:
                 proc.communicate()
 
 
+def test_rest_socket_gets_tcp_nodelay_from_asyncio() -> None:
+    """The REST socket is made by hand (port 0): it must still get asyncio's TCP_NODELAY on
+    each connection, or every response waits on Nagle and delayed ACKs (~40 ms a request)."""
+    import asyncio
+
+    from servers.tfserving import _rest_socket
+
+    async def accept_one() -> int:
+        got: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                sock = transport.get_extra_info("socket")
+                got.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        sock = _rest_socket(HOST, 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        port = sock.getsockname()[1]
+        _, writer = await asyncio.open_connection(HOST, port)
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accept_one()) != 0
+
+
 def test_zz_sigterm_writes_the_last_timings(tiny: Server, tf: Any, images: list[bytes]) -> None:
     """Last in the module (no module-scoped parametrisation reorders it): stops the tiny
     server. Lines still in the buffer when SIGTERM arrives reach the file."""
