@@ -28,7 +28,10 @@ from servers.settings import CALL_STYLES
 if TYPE_CHECKING:
     import keras
 
-ARCHS = ("tiny_cnn", "mobilenet_v2")
+ARCHS = ("tiny_cnn", "mobilenet_v2", "mnist_cnn")
+# Colour channels of each architecture's input; images are converted to match (1: grayscale).
+ARCH_CHANNELS = {"tiny_cnn": 3, "mobilenet_v2": 3, "mnist_cnn": 1}
+CHANNELS = (1, 3)
 MODEL_SUFFIXES = (".keras", ".h5")
 
 # Cap on decoded pixels (40 MP): a small upload can decode into gigabytes otherwise. Pillow
@@ -65,7 +68,7 @@ def build_model(arch: str, input_size: int, classes: int, seed: int,
     import keras
 
     keras.utils.set_random_seed(seed)
-    shape = (input_size, input_size, 3)
+    shape = (input_size, input_size, ARCH_CHANNELS[arch])
     if arch == "tiny_cnn":
         inputs = keras.Input(shape=shape, name="image")
         x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
@@ -74,6 +77,16 @@ def build_model(arch: str, input_size: int, classes: int, seed: int,
         x = keras.layers.GlobalAveragePooling2D()(x)
         outputs = keras.layers.Dense(classes, activation="softmax")(x)
         return keras.Model(inputs, outputs, name="tiny_cnn")
+    if arch == "mnist_cnn":
+        # The classic Keras MNIST convnet's shape (grayscale digits), with random weights.
+        inputs = keras.Input(shape=shape, name="image")
+        x = keras.layers.Conv2D(32, 3, activation="relu")(inputs)
+        x = keras.layers.MaxPooling2D(2)(x)
+        x = keras.layers.Conv2D(64, 3, activation="relu")(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+        x = keras.layers.Flatten()(x)
+        outputs = keras.layers.Dense(classes, activation="softmax")(x)
+        return keras.Model(inputs, outputs, name="mnist_cnn")
     # weights=None always: nothing is downloaded, the weights are random from the seed.
     return keras.applications.MobileNetV2(weights=None, input_shape=shape, alpha=alpha,
                                           classes=classes)
@@ -133,6 +146,11 @@ class SavedModelPredictor:
 
     def signature_input_size(self) -> int | None:
         """The square size the serving signature declares, if it declares one."""
+        shape = self.signature_image_shape()
+        return shape[0] if shape else None
+
+    def signature_image_shape(self) -> tuple[int, int] | None:
+        """(size, channels) of the serving signature's input, if it declares a square image."""
         try:
             obj = self.layer._reloaded_obj  # no public accessor in Keras 3
             _, kwargs = obj.signatures["serving_default"].structured_input_signature
@@ -140,15 +158,22 @@ class SavedModelPredictor:
             dims = spec.shape.as_list()
         except Exception:
             return None
-        return _square_size(dims)
+        return _image_shape(dims)
+
+
+def _image_shape(shape: Any) -> tuple[int, int] | None:
+    """(N, C) of a (batch, N, N, C) input shape with C in CHANNELS, or None if it is not one."""
+    dims = list(shape)
+    if (len(dims) == 4 and isinstance(dims[1], int) and dims[1] == dims[2]
+            and dims[3] in CHANNELS):
+        return int(dims[1]), int(dims[3])
+    return None
 
 
 def _square_size(shape: Any) -> int | None:
-    """The N of an (batch, N, N, 3) input shape, or None if it is not fixed and square."""
-    dims = list(shape)
-    if len(dims) == 4 and isinstance(dims[1], int) and dims[1] == dims[2] and dims[3] == 3:
-        return int(dims[1])
-    return None
+    """The N of a (batch, N, N, 3) or (batch, N, N, 1) input shape, or None."""
+    found = _image_shape(shape)
+    return found[0] if found else None
 
 
 @dataclass
@@ -159,6 +184,7 @@ class LoadedModel:
     input_size: int
     path: str
     kind: str  # "keras" or "savedmodel"
+    channels: int = 3  # 3: RGB images; 1: grayscale (models with an (N, N, 1) input)
 
     @property
     def name(self) -> str:
@@ -176,35 +202,42 @@ def load_model(path: str, input_size: int | None = None) -> LoadedModel:
         raise FileNotFoundError(f"model not found: {path}")
     if p.is_dir():
         sm = SavedModelPredictor(path)
-        size = input_size or sm.signature_input_size()
+        declared = sm.signature_image_shape()
+        size = input_size or (declared[0] if declared else None)
         if size is None:
             raise ValueError(f"cannot tell the input size of SavedModel {path}; "
                              "set INFBENCH_INPUT_SIZE")
-        return LoadedModel(sm, size, path, "savedmodel")
+        return LoadedModel(sm, size, path, "savedmodel", declared[1] if declared else 3)
     if p.suffix not in MODEL_SUFFIXES:
         raise ValueError(f"model file {path} must end in .keras or .h5 (or be a SavedModel dir)")
     import keras
 
     model = keras.models.load_model(path, compile=False)
-    size = _square_size(model.input_shape) or input_size
+    declared = _image_shape(model.input_shape)
+    size = (declared[0] if declared else None) or input_size
     if size is None:
-        raise ValueError(f"model {path} has input shape {model.input_shape}, not (N, N, 3); "
-                         "set INFBENCH_INPUT_SIZE")
-    return LoadedModel(model, size, path, "keras")
+        raise ValueError(f"model {path} has input shape {model.input_shape}, not (N, N, 3) or "
+                         "(N, N, 1); set INFBENCH_INPUT_SIZE")
+    return LoadedModel(model, size, path, "keras", declared[1] if declared else 3)
 
 
 # ---------------------------------------------------------------------------------------------
 # Inference
 
 
-def decode_image(data: bytes, index: int, size: int) -> np.ndarray:
-    """One upload as a (size, size, 3) float32 array in [-1, 1], or BadImage."""
+def decode_image(data: bytes, index: int, size: int, channels: int = 3) -> np.ndarray:
+    """One upload as a (size, size, channels) float32 array in [-1, 1], or BadImage.
+
+    channels 3 is RGB; 1 is grayscale (Pillow's "L"), for models with an (N, N, 1) input.
+    """
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be one of {CHANNELS}, got {channels}")
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise BadImage(index, f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
             # convert() forces the full decode, so a truncated file fails here, in the try.
-            rgb = img.convert("RGB")
+            rgb = img.convert("RGB" if channels == 3 else "L")
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -214,20 +247,29 @@ def decode_image(data: bytes, index: int, size: int) -> np.ndarray:
         raise BadImage(index, reason) from None
     resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
     # MobileNetV2's convention: [0, 255] -> [-1, 1].
-    return np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+    pixels = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+    return pixels if channels == 3 else pixels[..., np.newaxis]
 
 
-def preprocess(images: list[bytes], size: int) -> np.ndarray:
-    """Decode, RGB, resize and scale each image; stacked to (N, size, size, 3) float32."""
-    arrays = [decode_image(data, i, size) for i, data in enumerate(images)]
+def preprocess(images: list[bytes], size: int, channels: int = 3) -> np.ndarray:
+    """Decode, convert, resize and scale each image; stacked to (N, size, size, channels)."""
+    arrays = [decode_image(data, i, size, channels) for i, data in enumerate(images)]
     if not arrays:
-        return np.zeros((0, size, size, 3), dtype=np.float32)
+        return np.zeros((0, size, size, channels), dtype=np.float32)
     return np.stack(arrays)
 
 
 def predict(model: Any, batch: np.ndarray, style: str = "predict",
             pad_to: int = 0) -> list[tuple[int, float]]:
-    """Top-1 (class, score) per image, calling the model the way `style` names.
+    """Top-1 (class, score) per image, calling the model the way `style` names (see forward)."""
+    probs = forward(model, batch, style, pad_to)
+    top = probs.argmax(axis=1)
+    return [(int(c), float(probs[i, c])) for i, c in enumerate(top)]
+
+
+def forward(model: Any, batch: np.ndarray, style: str = "predict",
+            pad_to: int = 0) -> np.ndarray:
+    """The model's whole output for `batch`, (N, outputs) float32, one model call.
 
     `predict` is Keras' `model.predict` (what the original study used: a tf.data pipeline per
     call), `predict_on_batch` skips that, `call` is the plain eager forward pass. `pad_to` > 0
@@ -249,9 +291,7 @@ def predict(model: Any, batch: np.ndarray, style: str = "predict",
     else:
         raise ValueError(f"unknown call style {style!r} (known: {', '.join(CALL_STYLES)})")
     probs = out.numpy() if hasattr(out, "numpy") else np.asarray(out)
-    probs = probs.reshape(len(batch), -1)[:n]
-    top = probs.argmax(axis=1)
-    return [(int(c), float(probs[i, c])) for i, c in enumerate(top)]
+    return np.asarray(probs.reshape(len(batch), -1)[:n], dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +334,7 @@ def _parser() -> _Parser:
     b.add_argument("--classes", required=True, type=_positive_int)
     b.add_argument("--seed", required=True, type=int)
     b.add_argument("--alpha", type=_positive_float, default=1.0,
-                   help="MobileNetV2 width multiplier (ignored by tiny_cnn)")
+                   help="MobileNetV2 width multiplier (ignored by the other archs)")
     b.add_argument("--out", required=True, type=Path, help="output .keras or .h5 file")
     return parser
 

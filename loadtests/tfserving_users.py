@@ -1,0 +1,438 @@
+"""Locust users for a TensorFlow-Serving-compatible server (servers.tfserving, or the real one).
+
+One kind of user per Locust process, chosen by the environment, so that REST and gRPC runs
+differ only in the transport and the encoding of the same sample images:
+
+  INFBENCH_TFS_KIND     rest-row-pixels  POST :predict {"instances": [<float tensor>, ...]}
+                        rest-b64         POST :predict {"instances": [{"b64": <JPEG>}, ...]}
+                        rest-columnar    POST :predict {"inputs": [<float tensor>, ...]}
+                        grpc-tensor      Predict, a DT_FLOAT TensorProto in tensor_content
+                        grpc-string      Predict, a DT_STRING TensorProto of JPEGs (string_val)
+  INFBENCH_BATCH        instances per request (default 1)
+  INFBENCH_TFS_MODEL    the model name (default "default")
+  INFBENCH_TFS_INPUT    the input's name in gRPC requests (default "image"; servers.tfserving
+                        takes a one-input model's input under any name, TF-Serving does not)
+  INFBENCH_TFS_REPEAT   1 (default): the same body every request; 0: every request unique --
+                        float kinds change one pixel's value, JPEG kinds take the next images
+                        of the folder and end each JPEG with a request-unique trailer after its
+                        end marker (decoders ignore it), so no two bodies are equal
+  INFBENCH_IMAGES       folder of sample JPEGs (`make build`)
+  INFBENCH_IMAGE_SIZE   pixels per side of the float tensors (the model's input size; needed
+                        by the float kinds), INFBENCH_IMAGE_CHANNELS 3 (default) or 1
+  INFBENCH_GRPC_HOST    host:port of the gRPC server (gRPC kinds); REST kinds use --host
+  INFBENCH_WAIT_MIN/_MAX, INFBENCH_REQUEST_TIMEOUT, INFBENCH_COUNTS: as loadtests/locustfile.py
+
+Float tensors are the images after servers.model's preprocessing (what the server would feed
+the model), rounded to 6 decimals in JSON; gRPC sends the exact float32 bytes.
+
+Bodies are built once per process: the load generator shares the machine with the server, so
+per request it only joins prepared bytes (and, with REPEAT=0, splices in the changing part).
+
+The gRPC user is gevent-compatible (grpc.experimental.gevent.init_gevent() before any channel),
+has its own channel (and connection) per user like an HTTP user's session, sends the prepared
+request bytes through a generic unary-unary call, and fires Locust's `request` event with
+request_type "grpc", so the CSV and HTML reports are the same as for HTTP.
+
+The TF-Serving protobuf modules live inside the `tensorflow` package, whose __init__ loads all
+of TensorFlow (about 6 s and hundreds of MB). Here only the generated protobuf modules are
+needed, so `tensorflow` is registered as a bare namespace before importing them (unless
+TensorFlow is already imported): nothing else in a Locust process may import TensorFlow after.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import importlib.util
+import itertools
+import json
+import os
+import random
+import struct
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import HttpUser, User, between, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+KINDS = ("rest-row-pixels", "rest-b64", "rest-columnar", "grpc-tensor", "grpc-string")
+FLOAT_KINDS = ("rest-row-pixels", "rest-columnar", "grpc-tensor")
+SIGNATURE = "serving_default"
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+# One float of the tensor changes per request with REPEAT=0: a million distinct values.
+UNIQUE_VALUES = 1_000_000
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"tfserving_users: {message}")
+
+
+def _int_env(name: str, default: int, lowest: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < lowest:
+        raise _fail(f"{name}: expected an integer >= {lowest}, got {raw!r}")
+    return int(raw)
+
+
+KIND = os.environ.get("INFBENCH_TFS_KIND", "").strip()
+if KIND not in KINDS:
+    raise _fail(f"INFBENCH_TFS_KIND: expected one of {', '.join(KINDS)}, got {KIND!r}")
+IS_GRPC = KIND.startswith("grpc-")
+BATCH = _int_env("INFBENCH_BATCH", 1)
+MODEL = os.environ.get("INFBENCH_TFS_MODEL", "").strip() or "default"
+INPUT = os.environ.get("INFBENCH_TFS_INPUT", "").strip() or "image"
+REPEAT = os.environ.get("INFBENCH_TFS_REPEAT", "1").strip() or "1"
+if REPEAT not in ("0", "1"):
+    raise _fail(f"INFBENCH_TFS_REPEAT: expected 1 (same input) or 0 (unique), got {REPEAT!r}")
+UNIQUE = REPEAT == "0"
+IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
+GRPC_HOST = os.environ.get("INFBENCH_GRPC_HOST", "").strip()
+if IS_GRPC and not GRPC_HOST:
+    raise _fail(f"INFBENCH_GRPC_HOST: required for {KIND} (host:port of the gRPC server)")
+WAIT_MIN = float(os.environ.get("INFBENCH_WAIT_MIN", "0"))
+WAIT_MAX = float(os.environ.get("INFBENCH_WAIT_MAX", "1"))
+TIMEOUT = float(os.environ.get("INFBENCH_REQUEST_TIMEOUT", "60"))
+COUNTS = os.environ.get("INFBENCH_COUNTS", "")
+REST_PATH = f"/v1/models/{MODEL}:predict"
+NAME = f"{'Predict' if IS_GRPC else REST_PATH} [{KIND} batch {BATCH}]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies, built once
+
+
+def _jpegs() -> list[bytes]:
+    paths = sorted(IMAGES.glob("*.jpg"))
+    if not paths:
+        raise _fail(f"no sample images in {IMAGES} (run `make build`)")
+    return [p.read_bytes() for p in paths]
+
+
+def _tensor(jpegs: list[bytes]) -> Any:
+    """The batch as the server's preprocessing makes it: (BATCH, size, size, channels) float32."""
+    from servers.model import preprocess
+
+    size = _int_env("INFBENCH_IMAGE_SIZE", 0, lowest=0)
+    if size < 1:
+        raise _fail(f"INFBENCH_IMAGE_SIZE: required for {KIND} (the model's input size)")
+    channels = _int_env("INFBENCH_IMAGE_CHANNELS", 3)
+    if channels not in (1, 3):
+        raise _fail(f"INFBENCH_IMAGE_CHANNELS: expected 1 or 3, got {channels}")
+    return preprocess([jpegs[i % len(jpegs)] for i in range(BATCH)], size, channels)
+
+
+def _unique_value(n: int) -> float:
+    return (n % UNIQUE_VALUES) / UNIQUE_VALUES
+
+
+class Payload:
+    """Request n's body: fixed bytes, or fixed bytes with one spliced-in part."""
+
+    def __init__(self, fixed: bytes) -> None:
+        self.fixed = fixed
+
+    def body(self, n: int) -> bytes:
+        return self.fixed
+
+
+class JsonFloats(Payload):
+    """REST float tensor; unique: the first number is written per request."""
+
+    def __init__(self, key: str, tensor: Any) -> None:
+        import numpy as np
+
+        mark = "@infbench-unique@"
+        values = np.round(tensor.astype(np.float64), 6).tolist()
+        doc: dict[str, Any] = {"signature_name": SIGNATURE, key: values}
+        super().__init__(json.dumps(doc).encode())
+        values[0][0][0][0] = mark
+        head, tail = json.dumps(doc).split(json.dumps(mark))
+        self.head, self.tail = head.encode(), tail.encode()
+
+    def body(self, n: int) -> bytes:
+        if not UNIQUE:
+            return self.fixed
+        return b"".join((self.head, f"{_unique_value(n):.6f}".encode(), self.tail))
+
+
+def _padded(jpeg: bytes) -> bytes:
+    """The JPEG padded to a multiple of 3 bytes, so that base64(jpeg + trailer) is
+    base64(jpeg) + base64(trailer): the trailer is encoded per request, the image once."""
+    return jpeg + b"\0" * (-len(jpeg) % 3)
+
+
+def _trailer(n: int) -> bytes:
+    return (n % 2**48).to_bytes(6, "big")  # 6 bytes: base64 without padding
+
+
+class JsonB64(Payload):
+    """REST {"b64": ...} instances; unique: rotate through the folder, with trailers."""
+
+    def __init__(self, jpegs: list[bytes]) -> None:
+        self.b64 = [base64.b64encode(_padded(j)) for j in jpegs]
+        self.count = len(jpegs)
+        fixed = [base64.b64encode(jpegs[i % self.count]) for i in range(BATCH)]
+        super().__init__(self._join(fixed))
+
+    @staticmethod
+    def _join(values: list[bytes]) -> bytes:
+        items = b", ".join(b'{"b64": "' + v + b'"}' for v in values)
+        return b'{"signature_name": "' + SIGNATURE.encode() + b'", "instances": [' + items + b"]}"
+
+    def body(self, n: int) -> bytes:
+        if not UNIQUE:
+            return self.fixed
+        tail = base64.b64encode(_trailer(n))
+        return self._join([self.b64[(n * BATCH + i) % self.count] + tail for i in range(BATCH)])
+
+
+def _import_protos() -> tuple[Any, Any]:
+    """predict_pb2 and types_pb2 without running tensorflow/__init__ (see the docstring)."""
+    if "tensorflow" not in sys.modules:
+        spec = importlib.util.find_spec("tensorflow")
+        if spec is not None and spec.submodule_search_locations is not None:
+            namespace = types.ModuleType("tensorflow")
+            namespace.__path__ = list(spec.submodule_search_locations)
+            sys.modules["tensorflow"] = namespace
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    return predict_pb2, types_pb2
+
+
+class GrpcTensor(Payload):
+    """A serialised PredictRequest with tensor_content; unique: its first float overwritten."""
+
+    def __init__(self, tensor: Any) -> None:
+        predict_pb2, types_pb2 = _import_protos()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.model_spec.signature_name = SIGNATURE
+        proto = request.inputs[INPUT]
+        proto.dtype = types_pb2.DT_FLOAT
+        for n in tensor.shape:
+            proto.tensor_shape.dim.add().size = int(n)
+        content = tensor.astype("<f4").tobytes()
+        proto.tensor_content = content
+        fixed = request.SerializeToString()
+        super().__init__(fixed)
+        self.offset = fixed.find(content)
+        assert self.offset > 0
+
+    def body(self, n: int) -> bytes:
+        if not UNIQUE:
+            return self.fixed
+        at = self.offset
+        return b"".join((self.fixed[:at], struct.pack("<f", _unique_value(n)),
+                         self.fixed[at + 4:]))
+
+
+class GrpcString(Payload):
+    """A serialised PredictRequest of DT_STRING JPEGs; unique: rebuilt per request, rotating."""
+
+    def __init__(self, jpegs: list[bytes]) -> None:
+        self.predict_pb2, self.types_pb2 = _import_protos()
+        self.jpegs = jpegs
+        self.padded = [_padded(j) for j in jpegs]
+        super().__init__(self._request([jpegs[i % len(jpegs)] for i in range(BATCH)]))
+
+    def _request(self, images: list[bytes]) -> bytes:
+        request = self.predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.model_spec.signature_name = SIGNATURE
+        proto = request.inputs[INPUT]
+        proto.dtype = self.types_pb2.DT_STRING
+        proto.tensor_shape.dim.add().size = len(images)
+        proto.string_val.extend(images)
+        return bytes(request.SerializeToString())
+
+    def body(self, n: int) -> bytes:
+        if not UNIQUE:
+            return self.fixed
+        tail = _trailer(n)
+        count = len(self.padded)
+        return self._request([self.padded[(n * BATCH + i) % count] + tail for i in range(BATCH)])
+
+
+def _payload() -> Payload:
+    jpegs = _jpegs()
+    if KIND == "rest-row-pixels":
+        return JsonFloats("instances", _tensor(jpegs))
+    if KIND == "rest-columnar":
+        return JsonFloats("inputs", _tensor(jpegs))
+    if KIND == "rest-b64":
+        return JsonB64(jpegs)
+    if KIND == "grpc-tensor":
+        return GrpcTensor(_tensor(jpegs))
+    return GrpcString(jpegs)
+
+
+PAYLOAD = _payload()
+# Request numbers: a random start per process, so that several load processes with
+# REPEAT=0 do not send the same sequence.
+_numbers = itertools.count(random.SystemRandom().randrange(UNIQUE_VALUES))
+
+if IS_GRPC:
+    import grpc
+    import grpc.experimental.gevent as grpc_gevent
+
+    grpc_gevent.init_gevent()  # after Locust's monkey-patching, before any channel
+
+
+# ---------------------------------------------------------------------------------------------
+# Counts and the final CSV (the same contract as loadtests/locustfile.py)
+
+_counts: dict[str, Any] = {
+    "batch": BATCH, "kind": KIND, "started": 0, "finished": 0, "failed": 0,
+    "test_start": None, "test_stopping": None, "test_stop": None, "updated": None,
+}
+_env: list[Environment] = []
+
+
+def _write_counts() -> None:
+    if not COUNTS:
+        return
+    _counts["updated"] = time.time()
+    tmp = COUNTS + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(_counts, f)
+    os.replace(tmp, COUNTS)
+
+
+def _writer() -> None:
+    while True:
+        _write_counts()
+        gevent.sleep(1.0)
+
+
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    _env.append(environment)
+
+
+@events.test_start.add_listener
+def _on_start(**_: Any) -> None:
+    _counts["test_start"] = time.time()
+    gevent.spawn(_writer)
+
+
+@events.test_stopping.add_listener
+def _on_stopping(**_: Any) -> None:
+    _counts["test_stopping"] = time.time()
+    _write_counts()
+
+
+@events.test_stop.add_listener
+def _on_stop(**_: Any) -> None:
+    _counts["test_stop"] = time.time()
+    _write_counts()
+
+
+def _replace(path: str, write: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        write(csv.writer(f))
+    os.replace(tmp, path)
+
+
+@events.quit.add_listener
+def _on_quit(**_: Any) -> None:
+    # Locust's --csv files are rewritten once a second, not at the end: write the final ones.
+    _write_counts()
+    prefix = getattr(_env[0].parsed_options, "csv_prefix", None) if _env else None
+    if prefix:
+        final = StatsCSV(_env[0], PERCENTILES_TO_REPORT)
+        _replace(f"{prefix}_stats.csv", final.requests_csv)
+        _replace(f"{prefix}_failures.csv", final.failures_csv)
+
+
+def _begin() -> bytes:
+    """The next body; no request starts once the step is ending (see locustfile.py)."""
+    if _counts["test_stopping"] is not None:
+        raise StopUser()
+    _counts["started"] += 1
+    return PAYLOAD.body(next(_numbers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Users
+
+
+class RestUser(HttpUser):
+    """POST :predict with the prepared JSON body."""
+
+    abstract = IS_GRPC
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+
+    @task
+    def predict(self) -> None:
+        body = _begin()
+        try:
+            with self.client.post(REST_PATH, data=body, name=NAME, timeout=TIMEOUT,
+                                  headers={"Content-Type": "application/json"},
+                                  catch_response=True) as resp:
+                if resp.status_code != 200:
+                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    _counts["failed"] += 1
+                else:
+                    resp.success()
+        except gevent.GreenletExit:
+            raise  # killed at the drain timeout: not finished, counted as cut off
+        except Exception:
+            _counts["finished"] += 1
+            raise
+        _counts["finished"] += 1
+
+
+class GrpcFailure(Exception):
+    """A gRPC status other than OK, as Locust's failure table shows it."""
+
+
+class GrpcUser(User):
+    """Predict over its own gRPC channel, reported to Locust like an HTTP request."""
+
+    abstract = not IS_GRPC
+    wait_time = between(WAIT_MIN, WAIT_MAX)
+
+    def on_start(self) -> None:
+        # A local subchannel pool: each user gets its own connection, as each HttpUser does.
+        self.channel = grpc.insecure_channel(GRPC_HOST, options=[
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+        ])
+        # Prepared bytes in, raw bytes out: no per-request (de)serialising in the load.
+        self.call = self.channel.unary_unary(PREDICT_METHOD, request_serializer=None,
+                                             response_deserializer=None)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    @task
+    def predict(self) -> None:
+        body = _begin()
+        started_at = time.time()
+        started = time.perf_counter()
+        length = 0
+        error: Exception | None = None
+        try:
+            response = self.call(body, timeout=TIMEOUT)
+            length = len(response)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            error = GrpcFailure(f"{code.name if code else 'UNKNOWN'}: {exc.details()}")
+            _counts["failed"] += 1
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        _counts["finished"] += 1
+        self.environment.events.request.fire(
+            request_type="grpc", name=NAME, response_time=elapsed_ms,
+            response_length=length, response=None, context={}, exception=error,
+            start_time=started_at, url=GRPC_HOST)
