@@ -11,6 +11,7 @@
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant)
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -36,10 +37,11 @@ help:
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing pinned packages into $(VENV) (first time: ~2 min, TensorFlow is large)..."
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -96,11 +98,18 @@ test-docker: venv
 allocators:
 	scripts/allocators.sh
 
+# Debian's redis-server, for the topologies with a Redis service (root).
+.PHONY: redis
+redis:
+	scripts/redis.sh
+
 # Refresh the pins from the current environment (after changing pyproject.toml).
 lock: venv
 	@{ echo "# Exact versions installed by \`make venv\` (pip freeze of a working environment, Python 3.11)."; \
 	  echo "# Regenerate: make lock"; \
-	  $(PY) -m pip freeze --exclude-editable | grep -v '^infbench'; } > requirements.lock.tmp
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^infbench' \
+	    | grep -v -i -F -f <(grep -v '^#' requirements-nodeps.lock | cut -d= -f1); } \
+	  > requirements.lock.tmp
 	@mv requirements.lock.tmp requirements.lock && echo "wrote requirements.lock"
 
 clean:
