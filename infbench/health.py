@@ -93,6 +93,19 @@ def ours(replica: Replica) -> list[int]:
     return pids
 
 
+def namespace_pids(pids: list[int]) -> set[int]:
+    """Our processes' pids as they know themselves: in a container a server reports the pid of
+    its own namespace (NSpid's last field), not the host's."""
+    out = set(pids)
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    out.update(int(x) for x in line.split()[1:])
+                    break
+    return out
+
+
 @dataclass
 class Probe:
     """The last thing a health check saw, for the message when it never turns healthy."""
@@ -201,7 +214,7 @@ def wait_healthy(replica: Replica, timeout: float,
         body = check_once(replica, probe)
         if body is not None:
             pid = body.get("pid")
-            if isinstance(pid, int) and mine and pid not in mine:
+            if isinstance(pid, int) and mine and pid not in namespace_pids(mine):
                 raise LaunchError(f"{label}: the health answer on port {port} came from "
                                   f"{describe_pid(pid)}, which is not one of ours")
             if replica.spec.service.health in ("http", "tcp", "redis") \

@@ -453,8 +453,8 @@ def test_docker_smoke_run(docker_run: tuple[Path, subprocess.CompletedProcess[st
         assert (d / name).stat().st_uid == os.getuid(), name
     info = json.loads((d / "server.json").read_text())
     assert info["launcher"] == "docker"
-    assert info["container"] == f"infbench-{run_dir.name}-starlette-uvicorn"
-    assert info["image"].startswith("infbench-starlette-uvicorn:")
+    assert info["container"] == f"infbench-{run_dir.name}-starlette-uvicorn-server"
+    assert info["image"].startswith("infbench-server:")
     assert json.loads((run_dir / "run.json").read_text())["runtime"] == "docker"
 
     s = json.loads((d / "summary.json").read_text())
@@ -520,3 +520,27 @@ def test_docker_sigterm_mid_step_leaves_no_container(
     assert ph["status"] == "interrupted"
     assert analysis.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat").mem
     assert analysis.parse_cgroup_csv(run_dir / "starlette-uvicorn" / "cgroup_memory.csv")
+
+
+@pytest.mark.docker
+@pytest.mark.integration
+@pytest.mark.timeout(1500)
+def test_docker_queue_topology(tmp_path: Path,
+                               docker_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """API + Redis + a model worker, each in its own container on harness-chosen ports."""
+    res = subprocess.run(
+        [sys.executable, "-m", "infbench", "--results", str(tmp_path), "run", "queue-fastapi",
+         "--runtime", "docker", "--profile", "queue-smoke", "--model", "tiny"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.is_symlink()]
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    d = run_dir / "queue-fastapi"
+    for label in ("redis-0", "model-0", "api-0"):
+        info = json.loads((d / "server.json").read_text())
+        replicas = {r["service"] + "-" + str(r["replica"]): r for r in info["replicas"]}
+        assert replicas[label]["launcher"] == "docker"
+        assert (d / label / "mprofile.dat").stat().st_size > 0
+        assert (d / label / "cgroup_memory.csv").stat().st_size > 0
+    s = json.loads((d / "summary.json").read_text())
+    assert s["status"] == "complete" and s["totals"]["failures"] == 0
+    assert our_containers(run_dir.name) == []

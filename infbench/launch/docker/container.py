@@ -220,9 +220,10 @@ class DockerLauncher:
                 if s.allocator != "glibc":
                     raise LaunchError(f"variant {v.name}: allocator {s.allocator} runs natively "
                                       "only for now (the image has no allocator packages)")
-                if s.server == "redis":
-                    raise LaunchError(f"variant {v.name}: service {s.name} runs Redis, which "
-                                      "the servers' image does not carry; run it natively")
+                if s.server == "module" and s.module == "servers.tfserving":
+                    raise LaunchError(f"variant {v.name}: the TF-Serving-compatible server "
+                                      "runs natively only for now (its gRPC stubs are not in "
+                                      "the image)")
         self._image = self.images.ensure_image(say)
         say(f"image {self._image}")
 

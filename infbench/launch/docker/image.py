@@ -42,6 +42,7 @@ WHEELHOUSE_PORT = 47811  # a fixed port keeps the build argument, and so the lay
 PULL_TIMEOUT_S = 30.0
 # What the servers import, and mprof; their dependencies follow from the installed metadata.
 SERVER_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pillow", "fastapi", "starlette",
+                   "flask", "redis", "httpx", "requests",
                    "anyio", "python-multipart", "uvicorn", "uvicorn-worker", "gunicorn",
                    "hypercorn", "memory-profiler", "psutil")
 
