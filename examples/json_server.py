@@ -7,6 +7,12 @@ It answers the TensorFlow-Serving REST style of request instead of multipart upl
                                    200 {"predictions": [{"class": c, "score": s}, ...]}
                                    400 {"error": ...} for anything else
 
+It keeps infbench's limits, read from the same variables as the other servers
+(servers/settings.py): a body over INFBENCH_MAX_BODY_BYTES is a 413, images decoding to more than
+INFBENCH_MAX_REQUEST_PIXELS in all a 413, no room in INFBENCH_MAX_INFLIGHT_PIXELS (pixels decoded
+at once over all requests) within a short wait a 503 with Retry-After, an oversized request
+target or header block a 414 / 431; every refusal is JSON {"error": ...}.
+
 The model and its preprocessing are infbench's (servers/model.py), so only the transport
 differs; the model file comes from INFBENCH_MODEL_PATH, which the harness sets for every
 variant (or set it yourself). experiments.toml runs it as the variant `example-json`:
@@ -22,21 +28,26 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from servers import probes
-from servers.model import BadImage, LoadedModel, load_model, predict, preprocess
+from servers.common import PixelBudget, RequestLimitsMiddleware, exception_handlers
+from servers.model import LoadedModel, load_model, predict
+from servers.settings import load_settings
 
 MAX_INSTANCES = 256
+settings = load_settings()
+# Process-wide: every request's decode takes its pixels from this one budget.
+pixels = PixelBudget(settings.max_request_pixels, settings.max_inflight_pixels)
 _state: dict[str, LoadedModel] = {}
 
 
@@ -70,8 +81,9 @@ def _decode(doc: Any) -> list[bytes]:
 
 
 def _infer(images: list[bytes]) -> list[dict[str, Any]]:
+    """In a worker thread: a wait for pixel budget blocks the thread, not the event loop."""
     model = _state["model"]
-    top = predict(model, preprocess(images, model.input_size))
+    top = predict(model, pixels.preprocess(images, model.input_size))
     return [{"class": c, "score": round(s, 6)} for c, s in top]
 
 
@@ -80,20 +92,21 @@ async def predict_endpoint(request: Request) -> JSONResponse:
         images = _decode(json.loads(await request.body()))
     except ValueError as e:  # json.JSONDecodeError is a ValueError too
         return _error(400, str(e))
-    try:
-        predictions = await run_in_threadpool(_infer, images)
-    except BadImage as e:
-        return _error(400, str(e))
+    # A bad image (400), too many pixels (413) or no room (503) raise: exception_handlers.
+    predictions = await run_in_threadpool(_infer, images)
     return JSONResponse({"predictions": predictions})
 
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     probes.start_from_env()  # a no-op unless the variant sets probes = true
-    _state["model"] = load_model(os.environ["INFBENCH_MODEL_PATH"])
+    _state["model"] = load_model(settings.model_path, settings.input_size)
     yield
 
 
 app = Starlette(routes=[Route("/v1/models/{name}", status),
                         Route("/v1/models/{name}:predict", predict_endpoint, methods=["POST"])],
+                middleware=[Middleware(RequestLimitsMiddleware,
+                                       max_body_bytes=settings.max_body_bytes)],
+                exception_handlers=exception_handlers(MAX_INSTANCES),
                 lifespan=lifespan)

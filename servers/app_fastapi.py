@@ -56,7 +56,8 @@ async def on_validation_error(request: Request, exc: Exception) -> Response:
 app = FastAPI(
     title="infbench (FastAPI)",
     middleware=middleware(service),
-    exception_handlers={**exception_handlers(service), RequestValidationError: on_validation_error},
+    exception_handlers={**exception_handlers(service.settings.max_images),
+                        RequestValidationError: on_validation_error},
     lifespan=service.lifespan,
     openapi_url=None,
     docs_url=None,

@@ -49,6 +49,6 @@ app = Starlette(
               methods=["POST"]),
     ],
     middleware=middleware(service),
-    exception_handlers=exception_handlers(service),
+    exception_handlers=exception_handlers(service.settings.max_images),
     lifespan=service.lifespan,
 )

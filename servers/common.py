@@ -3,7 +3,8 @@
 The contract, identical for both apps:
 
     GET  /health   200 {"status": "ok", "model", "input_size", "endpoint", "thread_limit",
-                        "call", "pid", "inflight", "max_images", "max_body_bytes"}
+                        "call", "pid", "inflight", "max_images", "max_body_bytes",
+                        "max_request_pixels", "max_inflight_pixels", "pixels_in_use", ...}
     POST /predict  multipart/form-data, one part per image in the repeated field `images`
                    200 {"predictions": [{"class", "score"}, ...], "count", "elapsed_ms"}
 
@@ -13,19 +14,31 @@ Bad input is a 4xx with {"error": "<one line>"} (and "index" for a bad image):
     malformed multipart body                         400
     more than INFBENCH_MAX_IMAGES images             413
     body over INFBENCH_MAX_BODY_BYTES (by Content-Length or counted while streaming)  413
+    images over INFBENCH_MAX_REQUEST_PIXELS decoded pixels in all (from their headers)  413
     a content type other than multipart/form-data    415
+    request target / header block over MAX_HEADER_BYTES (16 KiB)  414 / 431
+    no room in INFBENCH_MAX_INFLIGHT_PIXELS within PIXEL_WAIT_S   503 with Retry-After
 Only a genuine server fault is a 500.
+
+A refusal made before the body is read (413 by Content-Length, 414, 415, 431) first reads and
+discards the body, up to a bound, so that a client which sends its whole body before reading
+the answer gets the answer rather than a connection reset; past the bound the answer carries
+`Connection: close` and the server stops reading.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import numpy as np
 from starlette.datastructures import UploadFile
@@ -36,23 +49,35 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servers import probes
-from servers.model import BadImage, LoadedModel, load_model, predict, preprocess
-from servers.settings import Settings
+from servers.model import BadImage, LoadedModel, image_pixels, load_model, predict, preprocess
+from servers.settings import MAX_HEADER_BYTES, Settings
 
 FIELD = "images"
 PREDICT_PATH = "/predict"
 HEALTH_PATH = "/health"
 # Non-file form fields a request may carry; the images are files, so a few is plenty.
 MAX_FIELDS = 16
+# How long a request waits for its share of the in-flight pixel budget before a 503: about one
+# decode at the 40 MP cap, so a short burst queues and a flood is turned away.
+PIXEL_WAIT_S = 2.0
+RETRY_AFTER_S = 2
+# After a decode this large, malloc_trim(0): glibc raises its mmap threshold once a big block
+# is freed, so the next big decodes come from the arenas and stay resident after they are freed.
+# Well above the harness's images (at most ~0.45 MP), so the benchmark's workload never trims.
+TRIM_AFTER_PIXELS = 4_000_000
+# A refused body is read and discarded for at most this long (then `Connection: close`).
+DRAIN_TIMEOUT_S = 10.0
 
 
 class ApiError(Exception):
     """A request the server refuses, with the status and one-line message the client sees."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class BodyTooLarge(HTTPException):
@@ -66,19 +91,54 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body over {limit} bytes")
 
 
-def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
     first_line = message.strip().splitlines()[0] if message.strip() else "error"
-    return JSONResponse({"error": first_line, **extra}, status_code=status)
+    return JSONResponse({"error": first_line, **extra}, status_code=status, headers=headers)
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
+async def _send_error(send: Send, status: int, message: str, close: bool = False) -> None:
     """An error response straight from ASGI middleware, without going through the app."""
-    response = error_response(status, message)
+    response = error_response(status, message, {"connection": "close"} if close else None)
     await response({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:  # pragma: no cover - a JSONResponse never receives
     return {"type": "http.disconnect"}
+
+
+async def drain(receive: Receive, max_bytes: int) -> bool:
+    """Read and discard the rest of the request body; True once it has ended.
+
+    False if it runs past `max_bytes` (the next message would cross it), takes longer than
+    DRAIN_TIMEOUT_S, or the client goes away. Must not be called once the body has ended (the
+    server would wait for a disconnect). Nothing is kept, so this costs no memory.
+    """
+    left = max_bytes
+    with anyio.move_on_after(DRAIN_TIMEOUT_S):
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            if not message.get("more_body", False):
+                return True
+            left -= len(message.get("body", b""))
+            if left < 0:
+                return False
+    return False
+
+
+async def refuse(receive: Receive, send: Send, status: int, message: str,
+                 max_drain: int) -> None:
+    """Answer a request the app will not serve, after draining its body (see `drain`).
+
+    Servers close a connection whose request body is still unread when the answer is complete,
+    and a client that is still sending then sees a reset, not the answer. Draining first lets
+    it finish sending and read the answer (and keeps the connection usable); if the body is too
+    long to drain, the answer says `Connection: close` and the server stops reading.
+    """
+    ended = await drain(receive, max_drain)
+    await _send_error(send, status, message, close=not ended)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -88,39 +148,72 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class BodyLimitMiddleware:
-    """Reject request bodies over `max_body_bytes` with 413, before they fill memory or disk.
+def header_problem(scope: Scope, limit: int) -> tuple[int, str] | None:
+    """414 or 431 for a request target or header block over `limit` bytes, else None.
 
-    A Content-Length over the limit is refused before any byte is read; the bytes actually
-    received are counted too, so a chunked body or a lying Content-Length cannot get past.
+    The servers' HTTP parsers (h11) cap a request head only while it is incomplete: one that
+    arrives whole in a single read gets through them, so the app checks again.
+    """
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    if target > limit:
+        return 414, f"request target over {limit} bytes"
+    head = target + sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
+    if head > limit:
+        return 431, f"request headers over {limit} bytes"
+    return None
+
+
+class RequestLimitsMiddleware:
+    """Refuse oversized requests with a JSON 4xx the client can read, before they cost memory.
+
+    A request target or header block over `max_header_bytes`: 414 / 431. A body over
+    `max_body_bytes`: 413, by Content-Length before a byte of it is kept, and counted as it
+    arrives too, so a chunked body cannot get past. The rest of a refused body is read and
+    discarded first, up to `max_body_bytes` more (see `refuse`); a Content-Length past that is
+    answered at once with `Connection: close`.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int,
+                 max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.app = app
         self.limit = max_body_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        problem = header_problem(scope, self.max_header_bytes)
+        if problem is not None:
+            await refuse(receive, send, *problem, max_drain=self.limit)
+            return
         length = _header(scope, b"content-length")
         if length is not None:
             if not length.strip().isdigit():
-                await _send_error(send, 400, f"bad Content-Length {length!r}")
+                await _send_error(send, 400, f"bad Content-Length {length!r}", close=True)
                 return
-            if int(length) > self.limit:
-                await _send_error(send, 413, f"request body over {self.limit} bytes")
+            declared = int(length)
+            if declared > self.limit:
+                message = f"request body over {self.limit} bytes"
+                if declared <= 2 * self.limit:
+                    await refuse(receive, send, 413, message, max_drain=declared)
+                else:
+                    await _send_error(send, 413, message, close=True)
                 return
 
         received = 0
         started = False
+        must_close = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, must_close
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    ended = not message.get("more_body", False) or await drain(receive,
+                                                                               self.limit)
+                    must_close = not ended
                     raise BodyTooLarge(self.limit)
             return message
 
@@ -128,6 +221,9 @@ class BodyLimitMiddleware:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if must_close:
+                    headers = [*message.get("headers", []), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -137,7 +233,7 @@ class BodyLimitMiddleware:
             # answer here, unless a response is already on its way.
             if started:
                 raise
-            await _send_error(send, 413, str(exc.detail))
+            await _send_error(send, 413, str(exc.detail), close=must_close)
 
 
 class PredictGateMiddleware:
@@ -158,8 +254,10 @@ class PredictGateMiddleware:
         if scope["method"] == "POST":
             ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
             if ctype != "multipart/form-data":
-                await _send_error(send, 415, f"unsupported content type {ctype or 'none'!r}: "
-                                  f"send multipart/form-data with files in field {FIELD!r}")
+                # `receive` counts against the body limit (RequestLimitsMiddleware is outside).
+                await refuse(receive, send, 415, f"unsupported content type {ctype or 'none'!r}: "
+                             f"send multipart/form-data with files in field {FIELD!r}",
+                             max_drain=self.service.settings.max_body_bytes)
                 return
         # Only touched on the event loop thread, so a plain int is safe.
         self.service.inflight += 1
@@ -169,6 +267,125 @@ class PredictGateMiddleware:
             self.service.inflight -= 1
 
 
+class PixelBudget:
+    """How many decoded pixels requests may cost: per request, and alive at once in the process.
+
+    A small upload can decode into hundreds of megabytes (a flat 39 MP PNG is ~120 KB), and
+    every worker thread decoding one at a time is how a few requests take gigabytes. So each
+    request's pixels are counted from the image headers before anything is decoded:
+
+    - over `per_request` summed over its images: 413 (it could never be served);
+    - a request decodes its images one at a time and frees each before the next
+      (servers.model.decode_image), so at any moment it holds at most its largest image: that
+      is its share of `in_flight`, taken before the first decode and given back after the last.
+      Waiting for room blocks a worker thread (sync endpoint) or awaits without blocking the
+      event loop (async endpoint, where only the loop itself could free the room); no room
+      within `wait_s`: 503 with Retry-After.
+    """
+
+    def __init__(self, per_request: int, in_flight: int, wait_s: float = PIXEL_WAIT_S) -> None:
+        self.per_request = per_request
+        self.in_flight = in_flight
+        self.wait_s = wait_s
+        self.in_use = 0
+        self._cond = threading.Condition()
+        self._loop_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def share(self, images: Sequence[bytes]) -> int:
+        """The request's share of the in-flight budget, or BadImage / 413; decodes nothing."""
+        pixels = [image_pixels(data, i) for i, data in enumerate(images)]
+        total = sum(pixels)
+        if total > self.per_request:
+            raise ApiError(413, f"images decode to {total} pixels in all, over the "
+                           f"{self.per_request} a request may use")
+        need = max(pixels, default=0)
+        if need > self.in_flight:
+            raise ApiError(413, f"image {pixels.index(need)}: {need} pixels, over the "
+                           f"{self.in_flight} this server decodes at once")
+        return need
+
+    def _take(self, pixels: int) -> bool:
+        """Called with the lock held."""
+        if self.in_use + pixels > self.in_flight:
+            return False
+        self.in_use += pixels
+        return True
+
+    def _busy(self, pixels: int) -> ApiError:
+        return ApiError(503, f"busy: no room to decode {pixels} pixels within {self.wait_s:g} s "
+                        f"({self.in_use} of {self.in_flight} in use); retry later",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    def acquire(self, pixels: int) -> None:
+        """Take `pixels`, waiting up to `wait_s` in this (worker) thread; 503 if no room."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._take(pixels), timeout=self.wait_s):
+                raise self._busy(pixels)
+
+    async def acquire_async(self, pixels: int) -> None:
+        """Take `pixels`, waiting up to `wait_s` without blocking the event loop; 503 if no room.
+
+        A release from any thread wakes the waiters through their loop (call_soon_threadsafe).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while True:
+            event = asyncio.Event()
+            waiter = (loop, event)
+            with self._cond:
+                if self._take(pixels):
+                    return
+                self._loop_waiters.append(waiter)
+            try:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self._busy(pixels)
+                try:
+                    async with asyncio.timeout(remaining):
+                        await event.wait()
+                except TimeoutError:
+                    raise self._busy(pixels) from None
+            finally:
+                with self._cond:
+                    self._loop_waiters.remove(waiter)
+
+    def release(self, pixels: int) -> None:
+        with self._cond:
+            self.in_use -= pixels
+            self._cond.notify_all()
+            waiters = list(self._loop_waiters)
+        for loop, event in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody to wake
+                loop.call_soon_threadsafe(event.set)
+
+    def preprocess(self, images: list[bytes], size: int) -> np.ndarray:
+        """servers.model.preprocess within the budget; blocking, for a worker thread."""
+        need = self.share(images)
+        self.acquire(need)
+        try:
+            return _decode(images, size, need)
+        finally:
+            self.release(need)
+
+    async def preprocess_async(self, images: list[bytes], size: int) -> np.ndarray:
+        """servers.model.preprocess within the budget, decoding ON the event loop."""
+        need = self.share(images)
+        await self.acquire_async(need)
+        try:
+            return _decode(images, size, need)
+        finally:
+            self.release(need)
+
+
+def _decode(images: list[bytes], size: int, largest: int) -> np.ndarray:
+    """Decode the batch; after a large image, hand the freed decode buffers back to the OS."""
+    try:
+        return preprocess(images, size)
+    finally:
+        if largest >= TRIM_AFTER_PIXELS:
+            probes.malloc_trim()
+
+
 class Service:
     """The model and settings behind one app instance (one per server process)."""
 
@@ -176,6 +393,7 @@ class Service:
         self.settings = settings
         self._model: LoadedModel | None = None
         self.inflight = 0
+        self.pixels = PixelBudget(settings.max_request_pixels, settings.max_inflight_pixels)
 
     @property
     def model(self) -> LoadedModel:
@@ -207,7 +425,9 @@ class Service:
                 "endpoint": s.endpoint, "thread_limit": s.thread_limit, "call": s.call,
                 "pid": os.getpid(), "inflight": self.inflight, "max_images": s.max_images,
                 "max_body_bytes": s.max_body_bytes, "trim_each_request": s.trim_each,
-                "pad_batch": s.pad_batch}
+                "pad_batch": s.pad_batch, "max_request_pixels": s.max_request_pixels,
+                "max_inflight_pixels": s.max_inflight_pixels,
+                "pixels_in_use": self.pixels.in_use}
 
     def check_uploads(self, items: Sequence[object]) -> list[UploadFile]:
         """The `images` parts as files, or the 400/413 the request deserves."""
@@ -221,9 +441,8 @@ class Service:
                 raise ApiError(400, f"image {i}: part {FIELD!r} is a text field, not a file")
         return [item for item in items if isinstance(item, UploadFile)]
 
-    def infer(self, images: list[bytes], started: float) -> JSONResponse:
-        """Decode, predict and answer; blocking (CPU-bound), wherever the caller runs it."""
-        batch = preprocess(images, self.model.input_size)
+    def answer(self, batch: np.ndarray, started: float) -> JSONResponse:
+        """Predict and answer; blocking (the model call), wherever the caller runs it."""
         top = predict(self.model, batch, self.settings.call, self.settings.pad_batch)
         del batch
         if self.settings.trim_each:
@@ -235,17 +454,26 @@ class Service:
         })
 
     def infer_sync(self, uploads: list[UploadFile], started: float) -> JSONResponse:
-        """The sync endpoint's body: meant to run in anyio's worker threads."""
-        return self.infer([u.file.read() for u in uploads], started)
+        """The sync endpoint's body: meant to run in anyio's worker threads.
+
+        A wait for pixel budget blocks this worker thread, never the event loop.
+        """
+        images = [u.file.read() for u in uploads]
+        batch = self.pixels.preprocess(images, self.model.input_size)
+        del images
+        return self.answer(batch, started)
 
     async def infer_async(self, uploads: list[UploadFile], started: float) -> JSONResponse:
         """The async endpoint's body: reads with await, then infers ON the event loop.
 
         Deliberately blocking: preprocessing and the model call hold the loop for their whole
-        duration, which is exactly the async-endpoint pattern the study measured.
+        duration, which is exactly the async-endpoint pattern the study measured. Only a wait
+        for pixel budget awaits (the budget is freed by code that needs the loop to run).
         """
         images = [await u.read() for u in uploads]
-        return self.infer(images, started)
+        batch = await self.pixels.preprocess_async(images, self.model.input_size)
+        del images
+        return self.answer(batch, started)
 
     # -- Starlette-style endpoints (FastAPI reuses health) ------------------------------------
 
@@ -258,9 +486,9 @@ class Service:
 
 
 def middleware(service: Service) -> list[Middleware]:
-    """Body limit outermost (protects every path), then the /predict gate."""
+    """Request limits outermost (they protect every path), then the /predict gate."""
     return [
-        Middleware(BodyLimitMiddleware, max_body_bytes=service.settings.max_body_bytes),
+        Middleware(RequestLimitsMiddleware, max_body_bytes=service.settings.max_body_bytes),
         Middleware(PredictGateMiddleware, service=service),
     ]
 
@@ -268,9 +496,8 @@ def middleware(service: Service) -> list[Middleware]:
 Handler = Callable[[Request, Any], Coroutine[Any, Any, Response]]
 
 
-def exception_handlers(service: Service) -> dict[int | type[Exception], Handler]:
+def exception_handlers(max_images: int) -> dict[int | type[Exception], Handler]:
     """Every error as {"error": ...}; input problems are 4xx, only real faults are 500."""
-    max_images = service.settings.max_images
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -278,11 +505,11 @@ def exception_handlers(service: Service) -> dict[int | type[Exception], Handler]
         # Starlette's multipart parser enforces max_files itself, as a 400: same class as ours.
         if exc.status_code == 400 and detail.startswith("Too many files"):
             return error_response(413, f"too many images (at most {max_images} per request)")
-        return error_response(exc.status_code, detail)
+        return error_response(exc.status_code, detail, exc.headers)
 
     async def on_api(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
 
     async def on_bad_image(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BadImage)

@@ -225,29 +225,67 @@ def load_model(path: str, input_size: int | None = None) -> LoadedModel:
 # Inference
 
 
+def _bad(index: int, exc: Exception) -> BadImage:
+    """Pillow's complaint about an upload (OSError, ValueError, SyntaxError, ...) as BadImage."""
+    if isinstance(exc, BadImage):
+        return exc
+    if isinstance(exc, UnidentifiedImageError):
+        return BadImage(index, "not a recognised image format")
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return BadImage(index, reason)
+
+
+def image_pixels(data: bytes, index: int) -> int:
+    """The pixels an upload will decode to, from its header alone (Image.open decodes nothing).
+
+    What the servers' pixel budget counts before they decode anything; BadImage for what is not
+    an image or is over the per-image cap, as decode_image would say.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            pixels = img.width * img.height
+    except Exception as exc:
+        raise _bad(index, exc) from None
+    if pixels > MAX_PIXELS:
+        raise BadImage(index, f"{pixels} pixels is over {MAX_PIXELS} per image")
+    return pixels
+
+
 def decode_image(data: bytes, index: int, size: int, channels: int = 3) -> np.ndarray:
     """One upload as a (size, size, channels) float32 array in [-1, 1], or BadImage.
 
     channels 3 is RGB; 1 is grayscale (Pillow's "L"), for models with an (N, N, 1) input.
+
+    Keeps at most one full-size copy alive where it can: an RGB image is resized as decoded
+    (convert("RGB") would copy it), another mode's source is freed as soon as it is converted,
+    and every Pillow image is closed before returning, so a large decode's buffers go back to
+    the allocator at once instead of when the garbage collector gets to them.
     """
     if channels not in CHANNELS:
         raise ValueError(f"channels must be one of {CHANNELS}, got {channels}")
+    mode = "RGB" if channels == 3 else "L"
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        img: Image.Image = Image.open(io.BytesIO(data))
+    except Exception as exc:
+        raise _bad(index, exc) from None
+    try:
+        try:
             if img.width * img.height > MAX_PIXELS:
                 raise BadImage(index, f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
-            # convert() forces the full decode, so a truncated file fails here, in the try.
-            rgb = img.convert("RGB" if channels == 3 else "L")
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage(index, "not a recognised image format") from None
-    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, ... on bad data
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadImage(index, reason) from None
-    resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    # MobileNetV2's convention: [0, 255] -> [-1, 1].
-    pixels = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+            # load() forces the full decode, so a truncated file fails here, in the try.
+            img.load()
+            if img.mode != mode:
+                rgb = img.convert(mode)
+                img.close()
+                img = rgb
+        except Exception as exc:
+            raise _bad(index, exc) from None
+        resized = img.resize((size, size), Image.Resampling.BILINEAR)
+    finally:
+        img.close()
+    with resized:
+        # MobileNetV2's convention: [0, 255] -> [-1, 1].
+        pixels = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
     return pixels if channels == 3 else pixels[..., np.newaxis]
 
 

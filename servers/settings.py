@@ -12,6 +12,24 @@ server at startup with a message naming the variable, never surface later as a 5
     INFBENCH_INPUT_SIZE      square input size, for models that do not declare one (SavedModel)
     INFBENCH_TRIM_EACH       1: call glibc's malloc_trim(0) after every request (a hypothesis)
     INFBENCH_PAD_BATCH       pad each batch with blank images to a multiple of N (fixed shapes)
+    INFBENCH_MAX_REQUEST_PIXELS   decoded pixels one request may ask for, summed over its images
+                             (default 128,000,000: 128 images of 1 MP); more is a 413
+    INFBENCH_MAX_INFLIGHT_PIXELS  full-size decoded pixels alive at once in the process, over all
+                             requests (default 80,000,000: two images at the 40 MP cap, about
+                             0.3-0.7 GB of decode buffers); a request that cannot get its share
+                             within a short wait is a 503 with Retry-After
+
+Both pixel counts come from the image headers, before anything is decoded; see
+servers.common.PixelBudget for how a request's share is counted.
+
+Request header limits are not variables: MAX_HEADER_BYTES (16 KiB) caps the request target and
+the header block, in the app (servers.common) and in the servers' own parsers. The flags that
+set the latter, per server, for whatever starts them (the harness's launcher):
+
+    uvicorn    --http h11 --h11-max-incomplete-event-size 16384
+    gunicorn   -k uvicorn_worker.UvicornH11Worker   (its --limit-request-* flags do not reach
+               an ASGI worker; h11's own default is 16 KiB, and the h11 worker pins h11)
+    hypercorn  -c python:servers.settings.HypercornLimits
 """
 
 from __future__ import annotations
@@ -25,6 +43,21 @@ ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
 DEFAULT_MAX_IMAGES = 128
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_REQUEST_PIXELS = 128_000_000
+DEFAULT_MAX_INFLIGHT_PIXELS = 80_000_000
+# Request target and header block, each at most this many bytes (h11's own default too).
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class HypercornLimits:
+    """Hypercorn's header limits: `hypercorn -c python:servers.settings.HypercornLimits ...`.
+
+    Hypercorn has no command-line flag for these; its config loader reads the attributes of
+    the object named after `python:` (flags given on the command line still take precedence).
+    """
+
+    h11_max_incomplete_size = MAX_HEADER_BYTES
+    h2_max_header_list_size = MAX_HEADER_BYTES
 
 
 class SettingsError(ValueError):
@@ -44,6 +77,8 @@ class Settings:
     input_size: int | None = None
     trim_each: bool = False
     pad_batch: int = 0
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -76,7 +111,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"INFBENCH_MODEL_PATH: no such file or directory: {model_path}")
     max_images = _positive(env, "INFBENCH_MAX_IMAGES", DEFAULT_MAX_IMAGES)
     max_body = _positive(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
-    assert max_images is not None and max_body is not None  # they have defaults
+    request_pixels = _positive(env, "INFBENCH_MAX_REQUEST_PIXELS", DEFAULT_MAX_REQUEST_PIXELS)
+    inflight_pixels = _positive(env, "INFBENCH_MAX_INFLIGHT_PIXELS", DEFAULT_MAX_INFLIGHT_PIXELS)
+    # They have defaults.
+    assert max_images is not None and max_body is not None
+    assert request_pixels is not None and inflight_pixels is not None
     return Settings(
         model_path=model_path,
         endpoint=_choice(env, "INFBENCH_ENDPOINT", ENDPOINTS, "sync"),
@@ -87,4 +126,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         input_size=_positive(env, "INFBENCH_INPUT_SIZE", None),
         trim_each=_choice(env, "INFBENCH_TRIM_EACH", ("0", "1"), "0") == "1",
         pad_batch=_positive(env, "INFBENCH_PAD_BATCH", None) or 0,
+        max_request_pixels=request_pixels,
+        max_inflight_pixels=inflight_pixels,
     )

@@ -14,8 +14,13 @@ from infbench.config import APP_MODULES, PLACEHOLDER, Service
 from infbench.paths import HOST
 
 GRACE_S = 5.0
-# Request line and header limits on every server we ship (a 64 KB header line is refused).
-HEADER_LIMIT = 8190
+# Request line and header limits on every server we ship (a 64 KB header line is refused):
+# h11 everywhere (Uvicorn's `auto` would switch to httptools if it were installed, which
+# ignores the h11 limit; Gunicorn's own --limit-request-* do not reach an ASGI worker, so its
+# worker is Uvicorn's h11 one), and Hypercorn's limits from a config object. The apps also
+# refuse an oversized head themselves (431/414 JSON).
+HEADER_LIMIT = 16384
+GUNICORN_LIMIT = 8190  # Gunicorn's own parser (WSGI sync workers): its largest allowed line
 REDIS_BINARY = "redis-server"
 
 
@@ -36,19 +41,20 @@ def server_argv(service: Service, values: Mapping[str, str], python: str = sys.e
         if s.server == "uvicorn":
             argv = [python, "-m", "uvicorn", app, "--host", HOST, "--port", port,
                     "--no-access-log", "--timeout-graceful-shutdown", str(int(GRACE_S)),
-                    "--h11-max-incomplete-event-size", str(HEADER_LIMIT)]
+                    "--http", "h11", "--h11-max-incomplete-event-size", str(HEADER_LIMIT)]
             return argv + (["--workers", w] if s.workers > 1 else []) + args
         if s.server == "gunicorn":
             # --timeout: a worker's event loop can be blocked by a long async inference; the
             # default 30 s heartbeat would kill workers and confound memory with restarts.
-            worker = "uvicorn_worker.UvicornWorker" if interface == "asgi" else "sync"
+            worker = "uvicorn_worker.UvicornH11Worker" if interface == "asgi" else "sync"
             return [python, "-m", "gunicorn", "-k", worker, "-w", w, "-b", f"{HOST}:{port}",
                     "--graceful-timeout", str(int(GRACE_S)), "--timeout", "300",
                     "--no-control-socket",
-                    "--limit-request-line", str(HEADER_LIMIT),
-                    "--limit-request-field_size", str(HEADER_LIMIT), *args, app]
+                    "--limit-request-line", str(GUNICORN_LIMIT),
+                    "--limit-request-field_size", str(GUNICORN_LIMIT), *args, app]
         return [python, "-m", "hypercorn", "-b", f"{HOST}:{port}", "-w", w,
-                "--graceful-timeout", str(int(GRACE_S)), *args, app]
+                "--graceful-timeout", str(int(GRACE_S)),
+                "-c", "python:servers.settings.HypercornLimits", *args, app]
     if s.server == "module":
         return [python, "-m", s.module, *(args or ["--port", port])]
     if s.server == "redis":
