@@ -341,6 +341,16 @@ def rss_at(rows: list[dict[str, Any]], t: float | None) -> float | None:
     return sum(mb for tt, mb in latest.values() if newest - tt < 2.0)
 
 
+def profile_of(variant_dir: Path) -> dict[str, Any] | None:
+    """The profile the variant ran under, from its manifest (None if there is none)."""
+    try:
+        manifest = json.loads((variant_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    profile = manifest.get("config", {}).get("profile")
+    return profile if isinstance(profile, dict) else None
+
+
 def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Per step: where the time went, by the servers' own timing lines, and Locust's failures
     by kind."""
@@ -383,6 +393,7 @@ def summarize_variant(variant_dir: Path,
             breakdown.series(variant_dir) if points is None else points, plist),
         "services": service_figures(variant_dir, ph, steps),
         "split": split_figures(variant_dir, steps),
+        "profile": profile_of(variant_dir),
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
         "totals": {"requests": total("requests"), "failures": total("failures"),
@@ -479,14 +490,17 @@ def failure_kinds(stats_prefix: Path) -> dict[str, int]:
     return out
 
 
+AGGREGATES = ("total_ms", "models_ms")
+
+
 def bottleneck(split: dict[str, Any] | None, services: dict[str, Any] | None,
                index: int, cores: int) -> str:
-    """One sentence naming the bottleneck of a step, from the split and per-service CPU."""
-    if not split or split.get("total_ms") in (None, 0):
+    """One sentence naming where a step's time went, from the split and per-service CPU."""
+    if not split or not split.get("total_ms"):
         return ""
     total = float(split["total_ms"])
-    parts = {k: float(split[k]) for k in ("queue_wait_ms", "model_ms", "api_overhead_ms")
-             if isinstance(split.get(k), int | float)}
+    parts = {k: float(v) for k, v in split.items() if k.endswith("_ms") and k not in AGGREGATES
+             and not k.endswith("_server_ms") and isinstance(v, int | float)}
     if not parts:
         return ""
     worst = max(parts, key=lambda k: parts[k])
@@ -499,16 +513,41 @@ def bottleneck(split: dict[str, Any] | None, services: dict[str, Any] | None,
     busiest = max(cpu, key=lambda k: cpu[k]) if cpu else None
     load = f"; {busiest} used {cpu[busiest]:.0f}% of a core ({cores} cores here)" \
         if busiest else ""
+    name = worst.removesuffix("_ms").replace("_", " ")
+    overlap = ""
+    a, b, both = split.get("model_a_ms"), split.get("model_b_ms"), split.get("models_ms")
+    if all(isinstance(x, int | float) for x in (a, b, both)):
+        assert isinstance(a, int | float) and isinstance(b, int | float)
+        assert isinstance(both, int | float)
+        how = "concurrently" if both < 0.8 * (a + b) else "one after the other"
+        overlap = f"; the two model calls ran {how} ({both:,.0f} ms for {a:,.0f} + {b:,.0f})"
     saturated = busiest is not None and cpu[busiest] >= 80.0
-    if worst != "queue_wait_ms" and not saturated:
-        name = worst.removesuffix("_ms").replace("_", " ")
-        return (f"not saturated: the largest part is {name} ({share:.0f}% of the median "
-                f"request) and no service used 80% of a core{load}")
     if worst == "queue_wait_ms":
         return (f"queue wait is {share:.0f}% of the median request ({parts[worst]:,.0f} of "
                 f"{total:,.0f} ms): the model workers are the bottleneck{load}")
-    if worst == "model_ms":
-        return (f"the model call is {share:.0f}% of the median request: the model itself is "
-                f"the bottleneck{load}")
-    return (f"the API's own time is {share:.0f}% of the median request: the API is the "
-            f"bottleneck{load}")
+    if not saturated:
+        return (f"not saturated: the largest part is {name} ({share:.0f}% of the median "
+                f"request) and no service used 80% of a core{load}{overlap}")
+    return f"{name} is {share:.0f}% of the median request{load}{overlap}"
+
+
+def breaking_point(steps: list[dict[str, Any]], p95_bound_ms: float) -> dict[str, Any] | None:
+    """The highest req/s of the steps before the first that broke (p95 over the bound or
+    failures over 1%), and the users at which it broke."""
+    if p95_bound_ms <= 0 or not steps:
+        return None
+    best: dict[str, Any] | None = None
+    for st in steps:
+        failed = (st.get("failures") or 0) > 0.01 * max(1, st.get("requests") or 0)
+        slow = st.get("p95_ms") is not None and st["p95_ms"] > p95_bound_ms
+        if failed or slow or st.get("requests") in (None, 0):
+            why = "failures over 1%" if failed else f"p95 {st.get('p95_ms')} ms > " \
+                f"{p95_bound_ms:g} ms" if slow else "no requests"
+            return {"sustainable_rps": best["rps"] if best else None,
+                    "at_users": best["users"] if best else None,
+                    "broke_at_users": st.get("users"), "why": why, "bound_ms": p95_bound_ms}
+        if best is None or (st.get("rps") or 0) > (best.get("rps") or 0):
+            best = st
+    return {"sustainable_rps": best["rps"] if best else None,
+            "at_users": best["users"] if best else None, "broke_at_users": None,
+            "why": "did not break", "bound_ms": p95_bound_ms}

@@ -118,6 +118,8 @@ class Profile:
     stable_window_s: float = 10.0
     stable_windows: int = 3
     stable_tolerance: float = 0.10
+    # A step "breaks" when its p95 passes this bound (0: no bound) or failures pass 1%.
+    p95_bound_ms: float = 0.0
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users
@@ -206,6 +208,7 @@ class Service:
     tracemalloc: bool = False
     allocator: str = "glibc"
     trim_each_request: bool = False
+    once: bool = False  # a setup task (seed a store): runs to exit 0 before its dependants
     gets_model: bool = True  # INFBENCH_MODEL_PATH in its environment (not Redis)
 
     def __hash__(self) -> int:
@@ -233,6 +236,10 @@ class Variant:
     model: str = ""
     base: str = ""
     request: Request = field(default_factory=Request)
+    # Another Locust file for this variant's load (e.g. the gRPC users of the TF-Serving study),
+    # and environment for it; values may use {services.<name>.port|url|ports.<p>}.
+    locustfile: str = ""
+    load_env: dict[str, str] = field(default_factory=dict)
 
     def __hash__(self) -> int:  # services hold dicts; hash what identifies the variant
         return hash(self.name)
@@ -416,13 +423,14 @@ def _load_profile(name: str, table: Any) -> Profile:
             "baseline": NUM, "pause": NUM, "cooldown": NUM, "drain_timeout": NUM,
             "request_timeout": NUM, "wait": list, "sample_interval": NUM, "cycles": int,
             "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
-            "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM}
+            "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
+            "p95_bound_ms": NUM}
     values = _fields(where, table, spec, required=("users", "spawn_rate", "steps"))
     for key in ("feedback_weight",):
         _positive(where, key, values.get(key, 0), allow_zero=True)
     for key in ("predict_weight", "stable_windows"):
         _positive(where, key, values.get(key, 1))
-    for key in ("stable_window_s", "stable_tolerance"):
+    for key in ("stable_window_s", "stable_tolerance", "p95_bound_ms"):
         if key in values:
             _positive(where, key, values[key])
             values[key] = float(values[key])
@@ -473,10 +481,10 @@ SERVICE_SPEC: dict[str, Any] = {
     "workers": int, "call": str, "env": dict, "command": list, "args": list, "replicas": int,
     "depends_on": list, "ports": list, "health": str, "health_path": str,
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
-    "allocator": str, "trim_each_request": bool}
+    "allocator": str, "trim_each_request": bool, "once": bool}
 # Keys of a variant in the topology form; the flat form has these and SERVICE_SPEC's.
 VARIANT_SPEC: dict[str, Any] = {"description": str, "base": str, "request": dict,
-                                "model": str, "entry": str, "services": dict}
+                                "model": str, "entry": str, "services": dict, "load": dict}
 NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -529,7 +537,8 @@ def _load_service(where: str, name: str, table: Any) -> Service:
             raise ConfigError(f"{where}.ports: {p!r} is not a port name (letters, digits, _)")
     if len(set(ports)) != len(ports):
         raise ConfigError(f"{where}.ports: a port name is given twice")
-    health = values.get("health", "redis" if server == "redis" else "http")
+    health = values.get("health", "redis" if server == "redis" else
+                        "none" if values.get("once") else "http")
     _one_of(where, "health", health, HEALTH_KINDS)
     values["health"] = health
     if health == "command" and not values.get("health_command"):
@@ -543,6 +552,12 @@ def _load_service(where: str, name: str, table: Any) -> Service:
                 raise ConfigError(f"{where}.{key}: not for Redis (a C program): probes run in "
                                   "Python servers")
         values["gets_model"] = False
+    if values.get("once"):
+        if server in ("redis", "uvicorn", "gunicorn", "hypercorn"):
+            raise ConfigError(f"{where}.once: a setup task is a module or a command that "
+                              "exits, not a server")
+        if values["health"] != "none":
+            raise ConfigError(f"{where}.health: a setup task (once = true) has no health check")
     if values.get("tracemalloc") and not values.get("probes"):
         raise ConfigError(f"{where}.tracemalloc: needs probes = true (the probes read it)")
     return Service(name=name, **values)
@@ -579,9 +594,13 @@ def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:
             raise ConfigError(f"{where}.entry: only used with [{where}.services.<name>] tables")
         services = (_load_service(where, "server", values),)
         entry = "server"
+    load = _fields(f"{where}.load", own.get("load", {}), {"locustfile": str, "env": dict})
+    for k, v in load.get("env", {}).items():
+        _check(f"{where}.load.env", k, v, str)
     variant = Variant(name=name, services=services, entry=entry,
                       description=own.get("description", ""), model=own.get("model", ""),
-                      base=own.get("base", ""), request=request)
+                      base=own.get("base", ""), request=request,
+                      locustfile=load.get("locustfile", ""), load_env=load.get("env", {}))
     check_topology(where, variant)
     return variant
 
@@ -615,6 +634,14 @@ def check_topology(where: str, v: Variant) -> None:
         for text in texts:
             for ref in _placeholders(text):
                 _check_ref(sw, ref, s, by_name)
+    for text in v.load_env.values():
+        for ref in _placeholders(text):
+            if not ref.startswith("services."):
+                raise ConfigError(f"{where}.load.env: {{{ref}}}: the load knows only "
+                                  "{services.<name>.port|url|ports.<p>}")
+            _check_ref(f"{where}.load.env", ref, entry, by_name)
+    if v.locustfile and not v.locustfile.endswith(".py"):
+        raise ConfigError(f"{where}.load.locustfile: a Python file, got {v.locustfile!r}")
     start_order(where, v)
 
 

@@ -95,12 +95,16 @@ class StepLoad:
 
 
 def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Path,
-               images: Path, request: Request | None = None, image_size: int = 0) -> StepLoad:
+               images: Path, request: Request | None = None, image_size: int = 0,
+               locustfile: Path = LOCUSTFILE, extra_env: dict[str, str] | None = None
+               ) -> StepLoad:
     prefix = out_dir / step_name(index, step)
     counts = out_dir / f"{step_name(index, step)}_counts.json"
-    group = proc.Group(locust_argv(profile, step, host, prefix),
+    env = locust_env(profile, step, images, counts, request, image_size)
+    env.update(extra_env or {})
+    group = proc.Group(locust_argv(profile, step, host, prefix, locustfile=locustfile),
                        log_path=out_dir / f"{step_name(index, step)}_locust.log",
-                       env=locust_env(profile, step, images, counts, request, image_size),
+                       env=env,
                        cwd=ROOT)
     return StepLoad(group=group, counts_path=counts, launched=time.time(), prefix=prefix)
 

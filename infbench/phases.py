@@ -19,7 +19,7 @@ from infbench.files import write_json
 # "degraded", "failed") and the variant status "degraded". Version 1 files read unchanged.
 PHASES_SCHEMA = 2
 READS = (1, 2)
-KINDS = ("baseline", "step", "drain", "pause", "rest", "cooldown", "trim")
+KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim")
 # Events that are faults: they mark the phase they fall in `degraded` and keep the variant
 # from `complete`. Other kinds are notes (shown, not held against the run).
 FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",
@@ -78,6 +78,9 @@ class PhaseLog:
         entry = self.data["services"].setdefault(detail["replica"], {})
         entry.update({k: v for k, v in detail.items() if k != "replica"})
         entry[what] = time.time()
+        if what == "done" and entry.get("start"):  # a setup task: a phase of its own
+            self.data["phases"].append({"kind": "setup", "replica": detail["replica"],
+                                        "start": entry["start"], "end": entry["done"]})
         self.save()
 
     def event(self, kind: str, detail: str, t: float | None = None, **fields: Any) -> None:

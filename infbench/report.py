@@ -346,6 +346,44 @@ def split_table(rows: list[dict[str, Any]], cores: int) -> list[str]:
                    ">jobs per model call", "bottleneck"], lines)
 
 
+def breaking_table(rows: list[dict[str, Any]], bound: float) -> list[str]:
+    lines = []
+    for r in rows:
+        b = analysis.breaking_point(r.get("steps", []), bound)
+        if b:
+            lines.append([r["variant"], fmt(b["sustainable_rps"], 2), fmt(b["at_users"]),
+                          fmt(b["broke_at_users"]), b["why"]])
+    return _table(["variant", ">sustainable req/s", ">at users", ">broke at users", "why"],
+                  lines)
+
+
+def _pct(new: float | None, old: float | None) -> str:
+    if new is None or old in (None, 0):
+        return "-"
+    assert old is not None
+    return f"{100.0 * (new - old) / old:+.0f}%"
+
+
+def versus_table(rows: list[dict[str, Any]]) -> list[str]:
+    if len(rows) < 2:
+        return []
+    base = {s["index"]: s for s in rows[0].get("steps", [])}
+    lines = []
+    for r in rows[1:]:
+        for s in r.get("steps", []):
+            b = base.get(s["index"])
+            if not b:
+                continue
+            lines.append([r["variant"], str(s["index"]), fmt(s.get("users")),
+                          f"{fmt(b.get('rps'), 2)} → {fmt(s.get('rps'), 2)}",
+                          _pct(s.get("rps"), b.get("rps")),
+                          f"{fmt(b.get('p50_ms'))} → {fmt(s.get('p50_ms'))}",
+                          _pct(s.get("p50_ms"), b.get("p50_ms")),
+                          _pct(s.get("p95_ms"), b.get("p95_ms"))])
+    return _table(["variant", ">step", ">users", "req/s", ">req/s change", "p50 (ms)",
+                   ">p50 change", ">p95 change"], lines)
+
+
 def services_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
@@ -450,6 +488,18 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "- enqueued, model = model done - model start, API = the rest of the API's "
                   "time. Failures by kind from Locust's `*_failures.csv`. The sentence names the "
                   "largest part, with the busiest service's CPU."]
+    bound = float((rows[0].get("profile") or {}).get("p95_bound_ms") or 0) if rows else 0.0
+    broke = breaking_table(rows, bound)
+    if broke:
+        lines += ["", f"## Breaking point (p95 ≤ {bound:g} ms, failures ≤ 1%)", "", *broke,
+                  "", "The highest requests/s among the steps before the first that broke, "
+                  "and the users at which it broke (per-step figures from Locust)."]
+    versus = versus_table(rows)
+    if versus:
+        lines += ["", f"## Against {rows[0]['variant']} (per step)", "", *versus, "",
+                  "Change in throughput and latency from the first variant of the run, step "
+                  "by step: a positive req/s change and a negative latency change are "
+                  "improvements. One run each: read differences under ~15% as noise."]
     services = services_table(rows)
     if services:
         lines += ["", "## Per service (memory by mprof, replicas summed; CPU % of one core "

@@ -369,7 +369,8 @@ class VariantRun:
         try:
             self.load = start_step(self.profile, spec, i, self.topology.entry.url, self.out,
                                    self.images, self.v.request,
-                                   self.plan.model_of(self.v).input_size)
+                                   self.plan.model_of(self.v).input_size,
+                                   **self.topology.load_settings())
         except OSError as e:
             raise LoadError(f"cannot start Locust for step {i}: {e.strerror or e}") from None
         step = self.log.begin("step", index=i, batch=batch, planned=seconds,

@@ -21,9 +21,10 @@ import psutil
 
 from infbench import files, health, proc
 from infbench.config import Service, Variant, start_order
+from infbench.launch.argv import fill
 from infbench.launch.base import Launcher, LaunchError, Replica, check_allocator_loaded
 from infbench.launch.contract import ReplicaSpec, peer_values
-from infbench.paths import HOST
+from infbench.paths import HOST, ROOT
 
 
 def free_ports(n: int, host: str = HOST) -> list[int]:
@@ -82,6 +83,9 @@ class Topology:
                                     "index": i, "ports": ports, "url": spec.url})
             for replica in started:
                 label = replica.spec.label
+                if service.once:
+                    self._finish_task(replica)
+                    continue
                 t0 = time.monotonic()
 
                 def tick(lb: str = label, t: float = t0) -> None:
@@ -102,6 +106,15 @@ class Topology:
                 self.peers.update(values)
                 self.peer_env.update(env)
 
+    def load_settings(self) -> dict[str, Any]:
+        """The variant's own Locust file and its environment, placeholders filled."""
+        out: dict[str, Any] = {}
+        if self.variant.locustfile:
+            out["locustfile"] = ROOT / self.variant.locustfile
+        if self.variant.load_env:
+            out["extra_env"] = {k: fill(v, self.peers) for k, v in self.variant.load_env.items()}
+        return out
+
     @property
     def entry(self) -> Replica:
         for r in self.replicas:
@@ -117,7 +130,25 @@ class Topology:
         return out
 
     def dead(self) -> list[Replica]:
-        return [r for r in self.replicas if not r.alive()]
+        """Replicas that ended (a setup task that finished is not one)."""
+        return [r for r in self.replicas if not r.spec.service.once and not r.alive()]
+
+    def _finish_task(self, replica: Replica) -> None:
+        """A setup task (once = true) runs to its end; anything but exit 0 stops the run."""
+        label = replica.spec.label
+        deadline = time.monotonic() + replica.spec.service.startup_timeout
+        code = None
+        while code is None and time.monotonic() < deadline:
+            code = replica.exit_code(wait=0.5)
+            if code is None and not replica.alive():
+                code = replica.exit_code(wait=5.0)
+        if code != 0:
+            why = "did not finish" if code is None else f"exited {code}"
+            raise LaunchError(f"setup task {label} {why} within "
+                              f"{replica.spec.service.startup_timeout:.0f} s\n--- tail of "
+                              f"{replica.log_path} ---\n{proc.tail(replica.log_path)}")
+        self.mark("done", {"replica": label, "exit_code": code,
+                           "output": proc.tail(replica.log_path, 3)})
 
     def stop(self) -> None:
         """Everything started, in reverse order; safe to call again."""

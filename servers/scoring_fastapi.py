@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servers.common import BodyLimitMiddleware
+from servers.common import RequestLimitsMiddleware
 from servers.scoring_common import (
     ENTITY_ID_MAX_CHARS,
     HEALTH_PATH,
@@ -131,7 +131,7 @@ def log_error(request: Request, status: int) -> None:
 
 app = FastAPI(title="infbench scoring API (FastAPI)", lifespan=lifespan, openapi_url=None,
               docs_url=None, redoc_url=None)
-app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
 app.add_middleware(StartClock)  # added last: outermost
 install_fastapi_errors(app, on_error=log_error)
 
