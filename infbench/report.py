@@ -357,6 +357,24 @@ def breaking_table(rows: list[dict[str, Any]], bound: float) -> list[str]:
                   lines)
 
 
+def ranking_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Variants ranked by images/s at each batch size (studies that sweep the batch)."""
+    by_batch: dict[int, list[tuple[float, str, dict[str, Any]]]] = {}
+    for r in rows:
+        for s in r.get("steps", []):
+            if s.get("images_per_s") is not None:
+                by_batch.setdefault(s["batch"], []).append((s["images_per_s"], r["variant"], s))
+    if len(rows) < 2 or len(by_batch) < 2:
+        return []
+    lines = []
+    for batch in sorted(by_batch):
+        for rank, (ips, name, s) in enumerate(sorted(by_batch[batch], key=lambda x: -x[0]), 1):
+            lines.append([str(batch), str(rank), name, fmt(ips, 1), fmt(s.get("p50_ms")),
+                          fmt(s.get("p95_ms")), fmt(s.get("failures"))])
+    return _table([">img/req", ">rank", "variant", ">img/s", ">p50 (ms)", ">p95 (ms)",
+                   ">failures"], lines)
+
+
 def _pct(new: float | None, old: float | None) -> str:
     if new is None or old in (None, 0):
         return "-"
@@ -494,6 +512,9 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines += ["", f"## Breaking point (p95 ≤ {bound:g} ms, failures ≤ 1%)", "", *broke,
                   "", "The highest requests/s among the steps before the first that broke, "
                   "and the users at which it broke (per-step figures from Locust)."]
+    ranking = ranking_table(rows)
+    if ranking:
+        lines += ["", "## Ranking by images/s at each batch size", "", *ranking]
     versus = versus_table(rows)
     if versus:
         lines += ["", f"## Against {rows[0]['variant']} (per step)", "", *versus, "",
