@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from infbench.analysis import Mprof
 
 STEP_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
-SERVICE_COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
+SERVICE_COLORS = ["#1b9e77", "#d95f02", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 
 
 def _events(ax: Any, phases: dict[str, Any], t0: float, top: float) -> None:
@@ -52,7 +52,8 @@ Series = list[tuple[float, float]]
 
 
 def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out: Path,
-                 title: str, extra: tuple[tuple[str, Series, str], ...] = ()) -> Path:
+                 title: str, extra: tuple[tuple[str, Series, str], ...] = (),
+                 mem_label: str = "server + children (mprof MEM)") -> Path:
     """Memory over time, phases shaded; `extra` adds (label, samples, colour) lines on the
     same clock (e.g. the container's cgroup memory of a docker run)."""
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
@@ -64,7 +65,7 @@ def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out
         ax.set_ylim(0, top)
         _shade(ax, phases.get("phases", []), t0, top * 0.99)
         _events(ax, phases, t0, top)
-        ax.plot(xs, ys, color="black", lw=1.2, label="server + children (mprof MEM)")
+        ax.plot(xs, ys, color="black", lw=1.2, label=mem_label)
         if len(mp.children) > 1:
             for n, (idx, series) in enumerate(sorted(mp.children.items())):
                 ax.plot([t - t0 for t, _ in series], [m for _, m in series], lw=0.7,

@@ -129,7 +129,9 @@ def build(run_dir: Path) -> dict[str, Any]:
                 for n, (name, sv) in enumerate(s["services"].items()))
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
                            extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
-                                  *sampler_lines(vd), *per_service))
+                                  *sampler_lines(vd), *per_service),
+                           mem_label="all services, replicas summed (mprof MEM)"
+                           if per_service else "server + children (mprof MEM)")
         if points:
             t0 = mp.mem[0][0] if mp.mem else points[0]["time"]
             plots.parts_plot(points, ph, t0, vd / "memory_parts.png",
