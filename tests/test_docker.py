@@ -57,7 +57,7 @@ def pairs(argv: list[str], flag: str) -> list[str]:
 def test_build_argv_uses_the_host_network_and_the_build_arguments(tmp_path: Path) -> None:
     argv = dki.build_argv("infbench-x:0123456789ab", tmp_path, "infbench-base:bookworm",
                           "http://127.0.0.1:47811/")
-    assert argv[:2] == ["docker", "build"] and argv[-1] == str(tmp_path)
+    assert argv[:3] == ["docker", "build", "--force-rm"] and argv[-1] == str(tmp_path)
     assert pairs(argv, "--network") == ["host"]
     assert pairs(argv, "--file") == [str(tmp_path / "Dockerfile")]
     assert pairs(argv, "--tag") == ["infbench-x:0123456789ab"]

@@ -83,12 +83,23 @@ def run_argv(spec: ReplicaSpec, image: str, user: str | None = None) -> list[str
     return [*argv, image, *inner_argv(spec)]
 
 
+REMOVE_TIMEOUT_S = 180.0
+
+
 def remove_container(name: str, grace: float = GRACE_S) -> None:
-    """Stop (TERM, `grace`, KILL) and remove our container; nothing if it is gone already."""
+    """Stop (TERM, `grace`, KILL) and remove our container, and wait until it is gone: with
+    the vfs storage driver removing a container's copy of the image takes a while, and a busy
+    machine can make it longer than one CLI call's timeout ("Removal In Progress")."""
     if docker("container", "inspect", "--format", "{{.Id}}", name, timeout=30).returncode != 0:
         return
     docker("stop", "--time", str(int(grace)), name, timeout=grace + 30)
-    docker("rm", "--force", "--volumes", name, timeout=30)
+    deadline = time.monotonic() + REMOVE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        docker("rm", "--force", "--volumes", name, timeout=REMOVE_TIMEOUT_S)
+        if docker("container", "inspect", "--format", "{{.Id}}", name,
+                  timeout=30).returncode != 0:
+            return
+        time.sleep(1.0)
 
 
 class ContainerGroup(proc.Group):
