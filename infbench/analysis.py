@@ -287,11 +287,11 @@ def variant_mprof(variant_dir: Path, ph: dict[str, Any]) -> Mprof:
 
 def service_figures(variant_dir: Path, ph: dict[str, Any],
                     steps: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Per service of a topology: memory (mprof, its replicas summed) and, per step, CPU (% of
-    one core, from the sampler's cpu_s) and RSS at the step's end."""
+    """Per service (a one-service variant's is "server"): memory (mprof, its replicas summed)
+    and, per step, CPU (% of one core, from the sampler's cpu_s) and RSS at the step's end."""
     services = ph.get("services", {})
-    if not services or list(services) == ["server"]:
-        return None
+    if not services:
+        return None  # version-1 files: no services recorded
     per = replica_mprofs(variant_dir, ph)
     plist = ph.get("phases", [])
     rows = sampler_mod.read_samples(variant_dir / "processes.csv")

@@ -165,3 +165,43 @@ def parts_plot(points: list[dict[str, Any]], phases: dict[str, Any], t0: float, 
     else:
         ax.text(0.5, 0.5, "no sampler data", ha="center", transform=ax.transAxes)
     return _finish(fig, ax, out, title + (f"\n{note}" if note else ""), fontsize=10)
+
+
+SPLIT_AGGREGATES = ("total_ms", "models_ms")
+
+
+def split_plot(split: list[dict[str, Any]], steps: list[dict[str, Any]], out: Path,
+               title: str) -> Path | None:
+    """Where the time went, per step: the server's median parts stacked as bars, beside the
+    median the client (Locust) measured. None when there is no split to draw."""
+    rows = [x for x in split if x.get("split")]
+    if not rows:
+        return None
+    parts = sorted({k for x in rows for k, v in x["split"].items() if k.endswith("_ms")
+                    and k not in SPLIT_AGGREGATES and not k.endswith("_server_ms")
+                    and isinstance(v, int | float)})
+    by_index = {st["index"]: st for st in steps}
+    labels = [f"step {x['index']}\n" + (f"b{by_index[x['index']]['batch']}"
+                                          if x["index"] in by_index else "") for x in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 3), 4.2), dpi=100)
+    bottom = [0.0] * len(rows)
+    cmap = plt.get_cmap("tab10")
+    for n, part in enumerate(parts):
+        vals = [max(0.0, float(x["split"].get(part) or 0.0)) for x in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottom, color=cmap(n % 10), width=0.6,
+               label=part.removesuffix("_ms").replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    client = [(i, float(c)) for i, x in enumerate(rows)
+              if (c := by_index.get(x["index"], {}).get("p50_ms")) is not None]
+    if client:
+        ax.plot([i for i, _ in client], [c for _, c in client], "D", color="black",
+                label="client p50 (Locust)")
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("median ms per request")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

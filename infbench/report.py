@@ -120,7 +120,7 @@ def build(run_dir: Path) -> dict[str, Any]:
         mp = analysis.variant_mprof(vd, ph)
         cgroup = analysis.parse_cgroup_csv(vd / analysis.CGROUP_FILE)  # docker runs only
         per_service: tuple[tuple[str, plots.Series, str], ...] = ()
-        if s.get("services"):
+        if s.get("services") and list(s["services"]) != ["server"]:
             per = analysis.replica_mprofs(vd, ph)
             per_service = tuple(
                 (f"service {name} (mprof, {sv['replicas']} replica(s))",
@@ -136,6 +136,9 @@ def build(run_dir: Path) -> dict[str, Any]:
             t0 = mp.mem[0][0] if mp.mem else points[0]["time"]
             plots.parts_plot(points, ph, t0, vd / "memory_parts.png",
                              f"{s['variant']} — where the memory is", parts_note(s))
+        if s.get("split"):
+            plots.split_plot(s["split"], s["steps"], vd / "time_split.png",
+                             f"{s['variant']} — where the time goes (server's own timings)")
         series.append((s["variant"], mp))
         rows.append(s)
     title = f"{info.get('run_id', run_dir.name)}: memory, all variants (profile " \
