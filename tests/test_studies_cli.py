@@ -155,6 +155,9 @@ def test_rest_and_grpc_users_agree_with_the_server(transport: tuple[Path, Any]) 
             assert len(served) == stats["requests"], (v, step)
         for suffix in ("_stats.csv", "_stats_history.csv", "_failures.csv", "_exceptions.csv"):
             assert (d / f"step1-b1{suffix}").exists()
+        assert (d / "time_split.png").stat().st_size > 0
+        cpu = json.loads((d / "summary.json").read_text())["services"]["server"]["steps"]
+        assert all(st["cpu_pct"] is not None and st["cpu_pct"] > 0 for st in cpu)
     text = (run_dir / "summary.md").read_text()
     assert "## Ranking by images/s at each batch size" in text
     assert "decode" in text and "serialize" in text  # the server's split per step
