@@ -58,7 +58,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from servers.settings import CALL_STYLES, SettingsError
+from servers.settings import (
+    CALL_STYLES,
+    SettingsError,
+    env_choice,
+    env_dir,
+    env_float,
+    env_int,
+    env_path,
+)
 
 FEATURES_PREFIX = "features:"
 META_KEY = "infbench:features:meta"
@@ -254,33 +262,8 @@ def validation_message(errors: Sequence[Mapping[str, Any]], max_features: int = 
 # Settings
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise SettingsError(f"{name}: expected a positive number, got {raw!r}")
-    return value
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
-    return value
-
-
-def _env_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
+def env_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
+    """A required URL with one of `schemes` (the store's and the models'; not a general rule)."""
     raw = env.get(name, "").strip()
     if not raw:
         raise SettingsError(f"{name}: required ({' or '.join(s + '://...' for s in schemes)})")
@@ -304,26 +287,15 @@ class ScoringSettings:
 
 def load_scoring_settings(env: Mapping[str, str] | None = None) -> ScoringSettings:
     env = os.environ if env is None else env
-    timing_dir = None
-    raw_dir = env.get("INFBENCH_TIMING_DIR", "").strip()
-    if raw_dir:
-        timing_dir = Path(raw_dir)
-        try:
-            timing_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SettingsError(f"INFBENCH_TIMING_DIR: cannot create {raw_dir}: "
-                                f"{exc.strerror}") from None
-        if not os.access(timing_dir, os.W_OK):
-            raise SettingsError(f"INFBENCH_TIMING_DIR: {raw_dir} is not writable")
     return ScoringSettings(
-        features_url=_env_url(env, "INFBENCH_FEATURES_URL", ("redis", "rediss", "unix")),
-        model_a_url=_env_url(env, "INFBENCH_MODEL_A_URL", ("http", "https")),
-        model_b_url=_env_url(env, "INFBENCH_MODEL_B_URL", ("http", "https")),
-        upstream_timeout=_env_float(env, "INFBENCH_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT_S),
-        upstream_pool=_env_int(env, "INFBENCH_UPSTREAM_POOL", DEFAULT_UPSTREAM_POOL),
-        timing_dir=timing_dir,
-        timing_flush_s=_env_float(env, "INFBENCH_TIMING_FLUSH_S", 1.0),
-        max_body_bytes=_env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_SCORING_BODY_BYTES),
+        features_url=env_url(env, "INFBENCH_FEATURES_URL", ("redis", "rediss", "unix")),
+        model_a_url=env_url(env, "INFBENCH_MODEL_A_URL", ("http", "https")),
+        model_b_url=env_url(env, "INFBENCH_MODEL_B_URL", ("http", "https")),
+        upstream_timeout=env_float(env, "INFBENCH_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT_S),
+        upstream_pool=env_int(env, "INFBENCH_UPSTREAM_POOL", DEFAULT_UPSTREAM_POOL),
+        timing_dir=env_dir(env, "INFBENCH_TIMING_DIR"),
+        timing_flush_s=env_float(env, "INFBENCH_TIMING_FLUSH_S", 1.0),
+        max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_SCORING_BODY_BYTES),
     )
 
 
@@ -353,25 +325,18 @@ def _sleep_range(raw: str) -> tuple[float, float]:
 
 def load_model_api_settings(env: Mapping[str, str] | None = None) -> ModelApiSettings:
     env = os.environ if env is None else env
-    kind = env.get("INFBENCH_MODEL_API_KIND", "").strip() or "sleep"
-    if kind not in MODEL_API_KINDS:
-        raise SettingsError(f"INFBENCH_MODEL_API_KIND: expected one of "
-                            f"{', '.join(MODEL_API_KINDS)}, got {kind!r}")
+    kind = env_choice(env, "INFBENCH_MODEL_API_KIND", MODEL_API_KINDS, "sleep")
     seed_raw = env.get("INFBENCH_MODEL_SEED", "").strip() or "0"
     try:
         seed = int(seed_raw)
     except ValueError:
         raise SettingsError(f"INFBENCH_MODEL_SEED: expected an integer, got {seed_raw!r}") from None
-    call = env.get("INFBENCH_CALL", "").strip() or DEFAULT_MODEL_CALL
-    if call not in CALL_STYLES:
-        raise SettingsError(f"INFBENCH_CALL: expected one of {', '.join(CALL_STYLES)}, "
-                            f"got {call!r}")
-    model_path = env.get("INFBENCH_MODEL_PATH", "").strip() or None
+    call = env_choice(env, "INFBENCH_CALL", CALL_STYLES, DEFAULT_MODEL_CALL)
     if kind == "model":
-        if model_path is None:
-            raise SettingsError("INFBENCH_MODEL_PATH: required when INFBENCH_MODEL_API_KIND=model")
-        if not Path(model_path).exists():
-            raise SettingsError(f"INFBENCH_MODEL_PATH: no such file or directory: {model_path}")
+        model_path: str | None = env_path(env, "INFBENCH_MODEL_PATH",
+                                          "when INFBENCH_MODEL_API_KIND=model")
+    else:
+        model_path = env.get("INFBENCH_MODEL_PATH", "").strip() or None
     sleep_raw = env.get("INFBENCH_MODEL_SLEEP_MS", "").strip()
     return ModelApiSettings(
         kind=kind,
@@ -380,8 +345,8 @@ def load_model_api_settings(env: Mapping[str, str] | None = None) -> ModelApiSet
         sleep_ms=_sleep_range(sleep_raw) if sleep_raw else DEFAULT_SLEEP_MS,
         model_path=model_path,
         call=call,
-        max_features=_env_int(env, "INFBENCH_MAX_FEATURES", DEFAULT_MAX_FEATURES),
-        max_body_bytes=_env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MODEL_BODY_BYTES),
+        max_features=env_int(env, "INFBENCH_MAX_FEATURES", DEFAULT_MAX_FEATURES),
+        max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MODEL_BODY_BYTES),
     )
 
 
