@@ -390,22 +390,6 @@ def class_score(probabilities: np.ndarray, name: str) -> float:
     return ratio / (1.0 + ratio)
 
 
-def probabilities(model: Any, batch: np.ndarray, style: str) -> np.ndarray:
-    """The model's output for a batch of one, called the way `style` (INFBENCH_CALL) names.
-
-    The same three styles as servers.model.predict, which returns only the top-1 class.
-    """
-    if style == "predict":
-        out = model.predict(batch, verbose=0)
-    elif style == "predict_on_batch":
-        out = model.predict_on_batch(batch)
-    elif style == "call":
-        out = model(batch, training=False)
-    else:
-        raise ValueError(f"unknown call style {style!r} (known: {', '.join(CALL_STYLES)})")
-    return np.asarray(out.numpy() if hasattr(out, "numpy") else out).reshape(-1)
-
-
 class Scorer:
     """One model API process's scorer: the sleep kind's delay and score, or the Keras model.
 
@@ -447,9 +431,10 @@ class Scorer:
             return linear_score(features, self.weights)
         if self._model is None:
             raise RuntimeError("model not loaded")
+        from servers.model import forward  # loaded already, by load()
+
         image = features_image(features, self.input_size)
-        return class_score(probabilities(self._model.model, image, self.settings.call),
-                           self.settings.name)
+        return class_score(forward(self._model, image, self.settings.call), self.settings.name)
 
     def health(self) -> dict[str, Any]:
         s = self.settings
