@@ -550,6 +550,7 @@ def wait_for_lines(server: Server, since: float, count: int,
 DUMP_BODIES = """
 import importlib.util, os, sys
 out, path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.dirname(path))  # as Locust does: the users import the locustfile
 for kind in sys.argv[3:]:
     for repeat in "01":
         os.environ.update(INFBENCH_TFS_KIND=kind, INFBENCH_TFS_REPEAT=repeat)
