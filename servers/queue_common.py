@@ -354,6 +354,26 @@ def check_parts(file_fields: Sequence[str], text_fields: Sequence[str]) -> None:
         raise ApiError(400, f"the file is in field {file_fields[0]!r}; send it in {FIELD!r}")
 
 
+def unknown_prediction(job_id: str) -> ApiError:
+    return ApiError(404, f"unknown prediction id {job_id!r} (never issued, or expired)")
+
+
+def redis_unavailable(exc: BaseException) -> str:
+    """The 503's message when Redis fails a request or a health check."""
+    return f"Redis unavailable: {exc}"
+
+
+def api_health(settings: QueueSettings, queue_length: int = 0,
+               error: BaseException | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, body) of either API's /health: 200 with the queue's length, 503 on `error`."""
+    if error is not None:
+        return 503, {"status": "error", "error": redis_unavailable(error), "pid": os.getpid(),
+                     "redis": False}
+    return 200, {"status": "ok", "pid": os.getpid(), "redis": True,
+                 "queue_length": queue_length, "queue": settings.keys.queue,
+                 "job_timeout": settings.job_timeout, "max_body_bytes": settings.max_body_bytes}
+
+
 def check_image_bytes(data: bytes) -> None:
     if not data:
         raise ApiError(400, "the image file is empty")

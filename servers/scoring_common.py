@@ -170,6 +170,14 @@ def decode_features(blob: bytes, key: str) -> list[float]:
     return [float(x) for x in np.frombuffer(blob, dtype=FEATURE_DTYPE)]
 
 
+def stored_features(blob: object, entity_id: int | str, key: str) -> list[float]:
+    """The vector from the store's answer to GET `key`: None means no such entity (404)."""
+    if blob is None:
+        raise ApiError(404, f"no features for entity {entity_id!r}")
+    assert isinstance(blob, bytes)
+    return decode_features(blob, key)
+
+
 def safe_url(url: str) -> str:
     """The URL without a password, for messages and logs."""
     parts = urlsplit(url)
@@ -629,6 +637,13 @@ def record(settings: ScoringSettings, timing: ScoreTiming, status: int) -> dict[
 def combine(score_a: float, score_b: float) -> float:
     """The scoring API's score: the mean of the two models'."""
     return (score_a + score_b) / 2.0
+
+
+def score_answer(entity_id: int | str, score_a: float, score_b: float,
+                 timing: Mapping[str, float | None]) -> dict[str, Any]:
+    """The body of a 200 from /score, either build."""
+    return {"entity_id": entity_id, "score": combine(score_a, score_b),
+            "scores": {"a": score_a, "b": score_b}, "timing": timing}
 
 
 def scoring_health(redis_ok: bool, error: str | None) -> tuple[int, dict[str, Any]]:
