@@ -20,7 +20,9 @@ differ only in the transport and the encoding of the same sample images:
   INFBENCH_IMAGE_SIZE   pixels per side of the float tensors (the model's input size; needed
                         by the float kinds), INFBENCH_IMAGE_CHANNELS 3 (default) or 1
   INFBENCH_GRPC_HOST    host:port of the gRPC server (gRPC kinds); REST kinds use --host
-  INFBENCH_WAIT_MIN/_MAX, INFBENCH_REQUEST_TIMEOUT, INFBENCH_COUNTS: as loadtests/locustfile.py
+  INFBENCH_WAIT_MIN/_MAX, INFBENCH_REQUEST_TIMEOUT, INFBENCH_COUNTS: as loadtests/locustfile.py,
+                        which this file imports for them and for what every infbench load does
+                        (the counts file, with "kind" added, and the final CSVs)
 
 Float tensors are the images after servers.model's preprocessing (what the server would feed
 the model), rounded to 6 decimals in JSON; gRPC sends the exact float32 bytes.
@@ -42,7 +44,6 @@ TensorFlow is already imported): nothing else in a Locust process may import Ten
 from __future__ import annotations
 
 import base64
-import csv
 import importlib.util
 import itertools
 import json
@@ -56,10 +57,9 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import HttpUser, User, between, events, task
-from locust.env import Environment
+import locustfile as shared  # loadtests/ is on sys.path: Locust adds the locustfile's folder
+from locust import HttpUser, User, between, task
 from locust.exception import StopUser
-from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 KINDS = ("rest-row-pixels", "rest-b64", "rest-columnar", "grpc-tensor", "grpc-string")
 FLOAT_KINDS = ("rest-row-pixels", "rest-columnar", "grpc-tensor")
@@ -97,10 +97,6 @@ IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 GRPC_HOST = os.environ.get("INFBENCH_GRPC_HOST", "").strip()
 if IS_GRPC and not GRPC_HOST:
     raise _fail(f"INFBENCH_GRPC_HOST: required for {KIND} (host:port of the gRPC server)")
-WAIT_MIN = float(os.environ.get("INFBENCH_WAIT_MIN", "0"))
-WAIT_MAX = float(os.environ.get("INFBENCH_WAIT_MAX", "1"))
-TIMEOUT = float(os.environ.get("INFBENCH_REQUEST_TIMEOUT", "60"))
-COUNTS = os.environ.get("INFBENCH_COUNTS", "")
 REST_PATH = f"/v1/models/{MODEL}:predict"
 NAME = f"{'Predict' if IS_GRPC else REST_PATH} [{KIND} batch {BATCH}]"
 
@@ -288,77 +284,17 @@ if IS_GRPC:
 
 
 # ---------------------------------------------------------------------------------------------
-# Counts and the final CSV (the same contract as loadtests/locustfile.py)
+# Counts and the final CSV: the shared locustfile's (imported above; it registers the listeners
+# that write INFBENCH_COUNTS and the final CSVs), with this load's kind in the counts file
 
-_counts: dict[str, Any] = {
-    "batch": BATCH, "kind": KIND, "started": 0, "finished": 0, "failed": 0,
-    "test_start": None, "test_stopping": None, "test_stop": None, "updated": None,
-}
-_env: list[Environment] = []
-
-
-def _write_counts() -> None:
-    if not COUNTS:
-        return
-    _counts["updated"] = time.time()
-    tmp = COUNTS + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_counts, f)
-    os.replace(tmp, COUNTS)
-
-
-def _writer() -> None:
-    while True:
-        _write_counts()
-        gevent.sleep(1.0)
-
-
-@events.init.add_listener
-def _on_init(environment: Environment, **_: Any) -> None:
-    _env.append(environment)
-
-
-@events.test_start.add_listener
-def _on_start(**_: Any) -> None:
-    _counts["test_start"] = time.time()
-    gevent.spawn(_writer)
-
-
-@events.test_stopping.add_listener
-def _on_stopping(**_: Any) -> None:
-    _counts["test_stopping"] = time.time()
-    _write_counts()
-
-
-@events.test_stop.add_listener
-def _on_stop(**_: Any) -> None:
-    _counts["test_stop"] = time.time()
-    _write_counts()
-
-
-def _replace(path: str, write: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        write(csv.writer(f))
-    os.replace(tmp, path)
-
-
-@events.quit.add_listener
-def _on_quit(**_: Any) -> None:
-    # Locust's --csv files are rewritten once a second, not at the end: write the final ones.
-    _write_counts()
-    prefix = getattr(_env[0].parsed_options, "csv_prefix", None) if _env else None
-    if prefix:
-        final = StatsCSV(_env[0], PERCENTILES_TO_REPORT)
-        _replace(f"{prefix}_stats.csv", final.requests_csv)
-        _replace(f"{prefix}_failures.csv", final.failures_csv)
+shared._counts["kind"] = KIND
 
 
 def _begin() -> bytes:
     """The next body; no request starts once the step is ending (see locustfile.py)."""
-    if _counts["test_stopping"] is not None:
+    if shared._counts["test_stopping"] is not None:
         raise StopUser()
-    _counts["started"] += 1
+    shared._counts["started"] += 1
     return PAYLOAD.body(next(_numbers))
 
 
@@ -370,26 +306,26 @@ class RestUser(HttpUser):
     """POST :predict with the prepared JSON body."""
 
     abstract = IS_GRPC
-    wait_time = between(WAIT_MIN, WAIT_MAX)
+    wait_time = between(shared.WAIT_MIN, shared.WAIT_MAX)
 
     @task
     def predict(self) -> None:
         body = _begin()
         try:
-            with self.client.post(REST_PATH, data=body, name=NAME, timeout=TIMEOUT,
+            with self.client.post(REST_PATH, data=body, name=NAME, timeout=shared.TIMEOUT,
                                   headers={"Content-Type": "application/json"},
                                   catch_response=True) as resp:
                 if resp.status_code != 200:
                     resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                    _counts["failed"] += 1
+                    shared._counts["failed"] += 1
                 else:
                     resp.success()
         except gevent.GreenletExit:
             raise  # killed at the drain timeout: not finished, counted as cut off
         except Exception:
-            _counts["finished"] += 1
+            shared._counts["finished"] += 1
             raise
-        _counts["finished"] += 1
+        shared._counts["finished"] += 1
 
 
 class GrpcFailure(Exception):
@@ -400,7 +336,7 @@ class GrpcUser(User):
     """Predict over its own gRPC channel, reported to Locust like an HTTP request."""
 
     abstract = not IS_GRPC
-    wait_time = between(WAIT_MIN, WAIT_MAX)
+    wait_time = between(shared.WAIT_MIN, shared.WAIT_MAX)
 
     def on_start(self) -> None:
         # A local subchannel pool: each user gets its own connection, as each HttpUser does.
@@ -424,14 +360,14 @@ class GrpcUser(User):
         length = 0
         error: Exception | None = None
         try:
-            response = self.call(body, timeout=TIMEOUT)
+            response = self.call(body, timeout=shared.TIMEOUT)
             length = len(response)
         except grpc.RpcError as exc:
             code = exc.code()
             error = GrpcFailure(f"{code.name if code else 'UNKNOWN'}: {exc.details()}")
-            _counts["failed"] += 1
+            shared._counts["failed"] += 1
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        _counts["finished"] += 1
+        shared._counts["finished"] += 1
         self.environment.events.request.fire(
             request_type="grpc", name=NAME, response_time=elapsed_ms,
             response_length=length, response=None, context={}, exception=error,

@@ -29,7 +29,6 @@ it, and deletes any result that arrived in between: nothing of the job is left i
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,6 +55,7 @@ from servers.queue_common import (
     TimingLog,
     abandon_job,
     answer,
+    api_health,
     blocking_timeout,
     check_content_type,
     check_image_bytes,
@@ -69,8 +69,10 @@ from servers.queue_common import (
     parse_feedback,
     prediction_value,
     queue_job,
+    redis_unavailable,
     settings_or_exit,
     too_many_files,
+    unknown_prediction,
 )
 
 PROGRAM = "servers.queue_api_fastapi"
@@ -174,14 +176,10 @@ async def index() -> HTMLResponse:
 async def health() -> JSONResponse:
     try:
         await state.health.ping()
-        queue_length = await state.health.llen(keys.queue)
+        status, body = api_health(settings, await state.health.llen(keys.queue))
     except RedisError as exc:
-        return JSONResponse({"status": "error", "error": f"Redis unavailable: {exc}",
-                             "pid": os.getpid(), "redis": False}, 503)
-    return JSONResponse({"status": "ok", "pid": os.getpid(), "redis": True,
-                         "queue_length": queue_length, "queue": keys.queue,
-                         "job_timeout": settings.job_timeout,
-                         "max_body_bytes": settings.max_body_bytes})
+        status, body = api_health(settings, error=exc)
+    return JSONResponse(body, status)
 
 
 async def _read_image(request: Request) -> bytes:
@@ -235,7 +233,7 @@ async def feedback(request: Request) -> JSONResponse:
     stored = await state.feedback(keys=[keys.pred(job_id), keys.feedback(job_id)],
                                   args=[feedback_value(correct), settings.feedback_ttl])
     if not stored:
-        raise ApiError(404, f"unknown prediction id {job_id!r} (never issued, or expired)")
+        raise unknown_prediction(job_id)
     return JSONResponse({"id": job_id, "stored": True})
 
 
@@ -258,7 +256,7 @@ async def on_validation(request: Request, exc: Exception) -> Response:
 
 
 async def on_redis(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(f"Redis unavailable: {exc}"), 503)
+    return JSONResponse(error_body(redis_unavailable(exc)), 503)
 
 
 async def on_fault(request: Request, exc: Exception) -> Response:

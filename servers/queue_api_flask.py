@@ -14,7 +14,6 @@ thread, so they are not affected.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -35,6 +34,7 @@ from servers.queue_common import (
     TimingLog,
     abandon_job,
     answer,
+    api_health,
     blocking_timeout,
     check_content_type,
     check_image_bytes,
@@ -48,7 +48,9 @@ from servers.queue_common import (
     parse_feedback,
     prediction_value,
     queue_job,
+    redis_unavailable,
     settings_or_exit,
+    unknown_prediction,
 )
 
 PROGRAM = "servers.queue_api_flask"
@@ -96,14 +98,10 @@ def index() -> Response:
 def health() -> Response:
     try:
         health_store.ping()
-        queue_length = health_store.llen(keys.queue)
+        status, body = api_health(settings, health_store.llen(keys.queue))
     except RedisError as exc:
-        return _json({"status": "error", "error": f"Redis unavailable: {exc}",
-                      "pid": os.getpid(), "redis": False}, 503)
-    return _json({"status": "ok", "pid": os.getpid(), "redis": True,
-                  "queue_length": queue_length, "queue": keys.queue,
-                  "job_timeout": settings.job_timeout,
-                  "max_body_bytes": settings.max_body_bytes}, 200)
+        status, body = api_health(settings, error=exc)
+    return _json(body, status)
 
 
 def _read_image() -> bytes:
@@ -150,7 +148,7 @@ def feedback() -> Response:
     stored = feedback_script(keys=[keys.pred(job_id), keys.feedback(job_id)],
                              args=[feedback_value(correct), settings.feedback_ttl])
     if not stored:
-        raise ApiError(404, f"unknown prediction id {job_id!r} (never issued, or expired)")
+        raise unknown_prediction(job_id)
     return _json({"id": job_id, "stored": True}, 200)
 
 
@@ -178,7 +176,7 @@ def on_http(exc: HTTPException) -> Response:
 
 @app.errorhandler(RedisError)
 def on_redis(exc: RedisError) -> Response:
-    return _json(error_body(f"Redis unavailable: {exc}"), 503)
+    return _json(error_body(redis_unavailable(exc)), 503)
 
 
 @app.errorhandler(Exception)

@@ -72,7 +72,15 @@ from typing import Any
 
 from redis.connection import parse_url
 
-from servers.settings import CALL_STYLES
+from servers.settings import (
+    CALL_STYLES,
+    SettingsError,
+    env_choice,
+    env_dir,
+    env_float,
+    env_int,
+    env_path,
+)
 
 FIELD = "images"
 DEFAULT_PREFIX = "infbench"
@@ -100,10 +108,6 @@ TIMING_FLUSH_S = 1.0
 # Settings
 
 
-class SettingsError(ValueError):
-    """A missing or malformed INFBENCH_* variable; the message starts with its name."""
-
-
 @dataclass(frozen=True)
 class QueueSettings:
     """Everything the APIs and the worker read from the environment, validated."""
@@ -123,32 +127,6 @@ class QueueSettings:
     @property
     def keys(self) -> Keys:
         return Keys(self.prefix)
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
-    return value
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise SettingsError(f"{name}: expected a positive number of seconds, got {raw!r}")
-    return value
 
 
 def load_settings(role: str, env: Mapping[str, str] | None = None) -> QueueSettings:
@@ -175,40 +153,24 @@ def load_settings(role: str, env: Mapping[str, str] | None = None) -> QueueSetti
     model_path = ""
     call = "predict"
     if role == "api":
-        raw_dir = env.get("INFBENCH_TIMING_DIR", "").strip()
-        if raw_dir:
-            timing_dir = Path(raw_dir)
-            try:
-                timing_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SettingsError(f"INFBENCH_TIMING_DIR: cannot create {raw_dir}: "
-                                    f"{exc.strerror}") from None
-            if not os.access(timing_dir, os.W_OK | os.X_OK):
-                raise SettingsError(f"INFBENCH_TIMING_DIR: {raw_dir} is not writable")
+        timing_dir = env_dir(env, "INFBENCH_TIMING_DIR")
     else:
-        model_path = env.get("INFBENCH_MODEL_PATH", "").strip()
-        if not model_path:
-            raise SettingsError("INFBENCH_MODEL_PATH: required for the worker "
-                                "(a .keras/.h5 file or SavedModel dir)")
-        if not Path(model_path).exists():
-            raise SettingsError(f"INFBENCH_MODEL_PATH: no such file or directory: {model_path}")
-        call = env.get("INFBENCH_CALL", "").strip() or "predict"
-        if call not in CALL_STYLES:
-            raise SettingsError(f"INFBENCH_CALL: expected one of {', '.join(CALL_STYLES)}, "
-                                f"got {call!r}")
-    input_size = _int(env, "INFBENCH_INPUT_SIZE", 0) or None
+        model_path = env_path(env, "INFBENCH_MODEL_PATH",
+                              "for the worker (a .keras/.h5 file or SavedModel dir)")
+        call = env_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict")
     return QueueSettings(
         redis_url=url,
         prefix=prefix,
-        job_timeout=_seconds(env, "INFBENCH_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S),
-        result_ttl=_int(env, "INFBENCH_RESULT_TTL", DEFAULT_RESULT_TTL_S),
-        feedback_ttl=_int(env, "INFBENCH_FEEDBACK_TTL", DEFAULT_FEEDBACK_TTL_S),
-        max_body_bytes=_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        job_timeout=env_float(env, "INFBENCH_JOB_TIMEOUT", DEFAULT_JOB_TIMEOUT_S,
+                              "a positive number of seconds"),
+        result_ttl=env_int(env, "INFBENCH_RESULT_TTL", DEFAULT_RESULT_TTL_S),
+        feedback_ttl=env_int(env, "INFBENCH_FEEDBACK_TTL", DEFAULT_FEEDBACK_TTL_S),
+        max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         timing_dir=timing_dir,
         model_path=model_path,
-        batch=_int(env, "INFBENCH_QUEUE_BATCH", DEFAULT_BATCH),
+        batch=env_int(env, "INFBENCH_QUEUE_BATCH", DEFAULT_BATCH),
         call=call,
-        input_size=input_size,
+        input_size=env_int(env, "INFBENCH_INPUT_SIZE"),
     )
 
 
@@ -390,6 +352,26 @@ def check_parts(file_fields: Sequence[str], text_fields: Sequence[str]) -> None:
         raise ApiError(400, f"no file in form field {FIELD!r}")
     if file_fields[0] != FIELD:
         raise ApiError(400, f"the file is in field {file_fields[0]!r}; send it in {FIELD!r}")
+
+
+def unknown_prediction(job_id: str) -> ApiError:
+    return ApiError(404, f"unknown prediction id {job_id!r} (never issued, or expired)")
+
+
+def redis_unavailable(exc: BaseException) -> str:
+    """The 503's message when Redis fails a request or a health check."""
+    return f"Redis unavailable: {exc}"
+
+
+def api_health(settings: QueueSettings, queue_length: int = 0,
+               error: BaseException | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, body) of either API's /health: 200 with the queue's length, 503 on `error`."""
+    if error is not None:
+        return 503, {"status": "error", "error": redis_unavailable(error), "pid": os.getpid(),
+                     "redis": False}
+    return 200, {"status": "ok", "pid": os.getpid(), "redis": True,
+                 "queue_length": queue_length, "queue": settings.keys.queue,
+                 "job_timeout": settings.job_timeout, "max_body_bytes": settings.max_body_bytes}
 
 
 def check_image_bytes(data: bytes) -> None:

@@ -58,7 +58,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from servers.settings import CALL_STYLES, SettingsError
+from servers.settings import (
+    CALL_STYLES,
+    SettingsError,
+    env_choice,
+    env_dir,
+    env_float,
+    env_int,
+    env_path,
+)
 
 FEATURES_PREFIX = "features:"
 META_KEY = "infbench:features:meta"
@@ -162,6 +170,14 @@ def decode_features(blob: bytes, key: str) -> list[float]:
     return [float(x) for x in np.frombuffer(blob, dtype=FEATURE_DTYPE)]
 
 
+def stored_features(blob: object, entity_id: int | str, key: str) -> list[float]:
+    """The vector from the store's answer to GET `key`: None means no such entity (404)."""
+    if blob is None:
+        raise ApiError(404, f"no features for entity {entity_id!r}")
+    assert isinstance(blob, bytes)
+    return decode_features(blob, key)
+
+
 def safe_url(url: str) -> str:
     """The URL without a password, for messages and logs."""
     parts = urlsplit(url)
@@ -254,33 +270,8 @@ def validation_message(errors: Sequence[Mapping[str, Any]], max_features: int = 
 # Settings
 
 
-def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise SettingsError(f"{name}: expected a positive number, got {raw!r}")
-    return value
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"{name}: expected a positive integer, got {raw!r}")
-    return value
-
-
-def _env_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
+def env_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
+    """A required URL with one of `schemes` (the store's and the models'; not a general rule)."""
     raw = env.get(name, "").strip()
     if not raw:
         raise SettingsError(f"{name}: required ({' or '.join(s + '://...' for s in schemes)})")
@@ -304,26 +295,15 @@ class ScoringSettings:
 
 def load_scoring_settings(env: Mapping[str, str] | None = None) -> ScoringSettings:
     env = os.environ if env is None else env
-    timing_dir = None
-    raw_dir = env.get("INFBENCH_TIMING_DIR", "").strip()
-    if raw_dir:
-        timing_dir = Path(raw_dir)
-        try:
-            timing_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SettingsError(f"INFBENCH_TIMING_DIR: cannot create {raw_dir}: "
-                                f"{exc.strerror}") from None
-        if not os.access(timing_dir, os.W_OK):
-            raise SettingsError(f"INFBENCH_TIMING_DIR: {raw_dir} is not writable")
     return ScoringSettings(
-        features_url=_env_url(env, "INFBENCH_FEATURES_URL", ("redis", "rediss", "unix")),
-        model_a_url=_env_url(env, "INFBENCH_MODEL_A_URL", ("http", "https")),
-        model_b_url=_env_url(env, "INFBENCH_MODEL_B_URL", ("http", "https")),
-        upstream_timeout=_env_float(env, "INFBENCH_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT_S),
-        upstream_pool=_env_int(env, "INFBENCH_UPSTREAM_POOL", DEFAULT_UPSTREAM_POOL),
-        timing_dir=timing_dir,
-        timing_flush_s=_env_float(env, "INFBENCH_TIMING_FLUSH_S", 1.0),
-        max_body_bytes=_env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_SCORING_BODY_BYTES),
+        features_url=env_url(env, "INFBENCH_FEATURES_URL", ("redis", "rediss", "unix")),
+        model_a_url=env_url(env, "INFBENCH_MODEL_A_URL", ("http", "https")),
+        model_b_url=env_url(env, "INFBENCH_MODEL_B_URL", ("http", "https")),
+        upstream_timeout=env_float(env, "INFBENCH_UPSTREAM_TIMEOUT", DEFAULT_UPSTREAM_TIMEOUT_S),
+        upstream_pool=env_int(env, "INFBENCH_UPSTREAM_POOL", DEFAULT_UPSTREAM_POOL),
+        timing_dir=env_dir(env, "INFBENCH_TIMING_DIR"),
+        timing_flush_s=env_float(env, "INFBENCH_TIMING_FLUSH_S", 1.0),
+        max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_SCORING_BODY_BYTES),
     )
 
 
@@ -353,25 +333,18 @@ def _sleep_range(raw: str) -> tuple[float, float]:
 
 def load_model_api_settings(env: Mapping[str, str] | None = None) -> ModelApiSettings:
     env = os.environ if env is None else env
-    kind = env.get("INFBENCH_MODEL_API_KIND", "").strip() or "sleep"
-    if kind not in MODEL_API_KINDS:
-        raise SettingsError(f"INFBENCH_MODEL_API_KIND: expected one of "
-                            f"{', '.join(MODEL_API_KINDS)}, got {kind!r}")
+    kind = env_choice(env, "INFBENCH_MODEL_API_KIND", MODEL_API_KINDS, "sleep")
     seed_raw = env.get("INFBENCH_MODEL_SEED", "").strip() or "0"
     try:
         seed = int(seed_raw)
     except ValueError:
         raise SettingsError(f"INFBENCH_MODEL_SEED: expected an integer, got {seed_raw!r}") from None
-    call = env.get("INFBENCH_CALL", "").strip() or DEFAULT_MODEL_CALL
-    if call not in CALL_STYLES:
-        raise SettingsError(f"INFBENCH_CALL: expected one of {', '.join(CALL_STYLES)}, "
-                            f"got {call!r}")
-    model_path = env.get("INFBENCH_MODEL_PATH", "").strip() or None
+    call = env_choice(env, "INFBENCH_CALL", CALL_STYLES, DEFAULT_MODEL_CALL)
     if kind == "model":
-        if model_path is None:
-            raise SettingsError("INFBENCH_MODEL_PATH: required when INFBENCH_MODEL_API_KIND=model")
-        if not Path(model_path).exists():
-            raise SettingsError(f"INFBENCH_MODEL_PATH: no such file or directory: {model_path}")
+        model_path: str | None = env_path(env, "INFBENCH_MODEL_PATH",
+                                          "when INFBENCH_MODEL_API_KIND=model")
+    else:
+        model_path = env.get("INFBENCH_MODEL_PATH", "").strip() or None
     sleep_raw = env.get("INFBENCH_MODEL_SLEEP_MS", "").strip()
     return ModelApiSettings(
         kind=kind,
@@ -380,8 +353,8 @@ def load_model_api_settings(env: Mapping[str, str] | None = None) -> ModelApiSet
         sleep_ms=_sleep_range(sleep_raw) if sleep_raw else DEFAULT_SLEEP_MS,
         model_path=model_path,
         call=call,
-        max_features=_env_int(env, "INFBENCH_MAX_FEATURES", DEFAULT_MAX_FEATURES),
-        max_body_bytes=_env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MODEL_BODY_BYTES),
+        max_features=env_int(env, "INFBENCH_MAX_FEATURES", DEFAULT_MAX_FEATURES),
+        max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MODEL_BODY_BYTES),
     )
 
 
@@ -425,22 +398,6 @@ def class_score(probabilities: np.ndarray, name: str) -> float:
     return ratio / (1.0 + ratio)
 
 
-def probabilities(model: Any, batch: np.ndarray, style: str) -> np.ndarray:
-    """The model's output for a batch of one, called the way `style` (INFBENCH_CALL) names.
-
-    The same three styles as servers.model.predict, which returns only the top-1 class.
-    """
-    if style == "predict":
-        out = model.predict(batch, verbose=0)
-    elif style == "predict_on_batch":
-        out = model.predict_on_batch(batch)
-    elif style == "call":
-        out = model(batch, training=False)
-    else:
-        raise ValueError(f"unknown call style {style!r} (known: {', '.join(CALL_STYLES)})")
-    return np.asarray(out.numpy() if hasattr(out, "numpy") else out).reshape(-1)
-
-
 class Scorer:
     """One model API process's scorer: the sleep kind's delay and score, or the Keras model.
 
@@ -482,9 +439,10 @@ class Scorer:
             return linear_score(features, self.weights)
         if self._model is None:
             raise RuntimeError("model not loaded")
+        from servers.model import forward  # loaded already, by load()
+
         image = features_image(features, self.input_size)
-        return class_score(probabilities(self._model.model, image, self.settings.call),
-                           self.settings.name)
+        return class_score(forward(self._model, image, self.settings.call), self.settings.name)
 
     def health(self) -> dict[str, Any]:
         s = self.settings
@@ -679,6 +637,13 @@ def record(settings: ScoringSettings, timing: ScoreTiming, status: int) -> dict[
 def combine(score_a: float, score_b: float) -> float:
     """The scoring API's score: the mean of the two models'."""
     return (score_a + score_b) / 2.0
+
+
+def score_answer(entity_id: int | str, score_a: float, score_b: float,
+                 timing: Mapping[str, float | None]) -> dict[str, Any]:
+    """The body of a 200 from /score, either build."""
+    return {"entity_id": entity_id, "score": combine(score_a, score_b),
+            "scores": {"a": score_a, "b": score_b}, "timing": timing}
 
 
 def scoring_health(redis_ok: bool, error: str | None) -> tuple[int, dict[str, Any]]:

@@ -41,15 +41,15 @@ from servers.scoring_common import (
     SCORE_PATH,
     ApiError,
     ScoreTiming,
-    combine,
-    decode_features,
     error_body,
     feature_key,
     install_fastapi_errors,
     load_scoring_settings,
     model_answer,
     record,
+    score_answer,
     scoring_health,
+    stored_features,
     timing_log,
     upstream_failed,
     upstream_timeout,
@@ -147,10 +147,7 @@ async def read_features(timing: ScoreTiming, entity_id: int | str) -> list[float
         raise upstream_failed("feature store", exc) from None
     finally:
         timing.features = time.perf_counter() - started
-    if blob is None:
-        raise ApiError(404, f"no features for entity {entity_id!r}")
-    assert isinstance(blob, bytes)
-    return decode_features(blob, key)
+    return stored_features(blob, entity_id, key)
 
 
 async def call_model(name: str, url: str,
@@ -211,5 +208,4 @@ async def score(body: ScoreRequest, request: Request) -> JSONResponse:
         return JSONResponse(error_body(exc.message), status_code=exc.status)
     (a, _, _), (b, _, _) = results
     fields = record(settings, timing, 200)
-    return JSONResponse({"entity_id": entity_id, "score": combine(a, b),
-                         "scores": {"a": a, "b": b}, "timing": fields})
+    return JSONResponse(score_answer(entity_id, a, b, fields))

@@ -33,8 +33,6 @@ from servers.scoring_common import (
     ApiError,
     ScoreTiming,
     check_entity_id,
-    combine,
-    decode_features,
     error_body,
     feature_key,
     install_flask_errors,
@@ -42,7 +40,9 @@ from servers.scoring_common import (
     model_answer,
     parse_json_object,
     record,
+    score_answer,
     scoring_health,
+    stored_features,
     upstream_failed,
     upstream_timeout,
 )
@@ -111,10 +111,7 @@ def read_features(timing: ScoreTiming, entity_id: int | str) -> list[float]:
         raise upstream_failed("feature store", exc) from None
     finally:
         timing.features = time.perf_counter() - started
-    if blob is None:
-        raise ApiError(404, f"no features for entity {entity_id!r}")
-    assert isinstance(blob, bytes)
-    return decode_features(blob, key)
+    return stored_features(blob, entity_id, key)
 
 
 def call_model(name: str, url: str, features: list[float]) -> tuple[float, float, float | None]:
@@ -165,5 +162,4 @@ def score() -> tuple[Response, int]:
     except ApiError as exc:
         return failed(timing, exc)
     fields = record(settings, timing, 200)
-    return jsonify({"entity_id": entity_id, "score": combine(a, b),
-                    "scores": {"a": a, "b": b}, "timing": fields}), 200
+    return jsonify(score_answer(entity_id, a, b, fields)), 200

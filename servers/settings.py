@@ -34,10 +34,12 @@ set the latter, per server, for whatever starts them (the harness's launcher):
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
@@ -81,14 +83,26 @@ class Settings:
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+# ---------------------------------------------------------------------------------------------
+# Reading one variable: the helpers every server's settings use (servers.queue_common and
+# servers.scoring_common too), so that a bad value is refused, and worded, the same everywhere.
+# An unset or blank variable takes the default.
+
+
+def env_choice(env: Mapping[str, str], name: str, choices: Sequence[str], default: str) -> str:
+    """One of `choices`."""
     value = env.get(name, "").strip() or default
     if value not in choices:
         raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
     return value
 
 
-def _positive(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+@overload
+def env_int(env: Mapping[str, str], name: str, default: int) -> int: ...
+@overload
+def env_int(env: Mapping[str, str], name: str, default: None = None) -> int | None: ...
+def env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    """A positive integer."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -101,31 +115,62 @@ def _positive(env: Mapping[str, str], name: str, default: int | None) -> int | N
     return value
 
 
+def env_float(env: Mapping[str, str], name: str, default: float,
+              what: str = "a positive number") -> float:
+    """A positive finite number; `what` words the expectation in the error."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name}: expected {what}, got {raw!r}")
+    return value
+
+
+def env_path(env: Mapping[str, str], name: str, required: str) -> str:
+    """A file or directory that must exist; `required` ends the message when it is unset."""
+    value = env.get(name, "").strip()
+    if not value:
+        raise SettingsError(f"{name}: required {required}")
+    if not Path(value).exists():
+        raise SettingsError(f"{name}: no such file or directory: {value}")
+    return value
+
+
+def env_dir(env: Mapping[str, str], name: str) -> Path | None:
+    """A folder to write into, created if need be (None when unset)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    folder = Path(raw)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"{name}: cannot create {raw}: {exc.strerror}") from None
+    # Creating a file in a folder takes both write and search permission.
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SettingsError(f"{name}: {raw} is not writable")
+    return folder
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Validate the INFBENCH_* variables (from `env`, default os.environ)."""
     env = os.environ if env is None else env
-    model_path = env.get("INFBENCH_MODEL_PATH", "").strip()
-    if not model_path:
-        raise SettingsError("INFBENCH_MODEL_PATH: required (a .keras/.h5 file or SavedModel dir)")
-    if not Path(model_path).exists():
-        raise SettingsError(f"INFBENCH_MODEL_PATH: no such file or directory: {model_path}")
-    max_images = _positive(env, "INFBENCH_MAX_IMAGES", DEFAULT_MAX_IMAGES)
-    max_body = _positive(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
-    request_pixels = _positive(env, "INFBENCH_MAX_REQUEST_PIXELS", DEFAULT_MAX_REQUEST_PIXELS)
-    inflight_pixels = _positive(env, "INFBENCH_MAX_INFLIGHT_PIXELS", DEFAULT_MAX_INFLIGHT_PIXELS)
-    # They have defaults.
-    assert max_images is not None and max_body is not None
-    assert request_pixels is not None and inflight_pixels is not None
     return Settings(
-        model_path=model_path,
-        endpoint=_choice(env, "INFBENCH_ENDPOINT", ENDPOINTS, "sync"),
-        thread_limit=_positive(env, "INFBENCH_THREAD_LIMIT", None),
-        max_images=max_images,
-        max_body_bytes=max_body,
-        call=_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict"),
-        input_size=_positive(env, "INFBENCH_INPUT_SIZE", None),
-        trim_each=_choice(env, "INFBENCH_TRIM_EACH", ("0", "1"), "0") == "1",
-        pad_batch=_positive(env, "INFBENCH_PAD_BATCH", None) or 0,
-        max_request_pixels=request_pixels,
-        max_inflight_pixels=inflight_pixels,
+        model_path=env_path(env, "INFBENCH_MODEL_PATH", "(a .keras/.h5 file or SavedModel dir)"),
+        endpoint=env_choice(env, "INFBENCH_ENDPOINT", ENDPOINTS, "sync"),
+        thread_limit=env_int(env, "INFBENCH_THREAD_LIMIT"),
+        max_images=env_int(env, "INFBENCH_MAX_IMAGES", DEFAULT_MAX_IMAGES),
+        max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        call=env_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict"),
+        input_size=env_int(env, "INFBENCH_INPUT_SIZE"),
+        trim_each=env_choice(env, "INFBENCH_TRIM_EACH", ("0", "1"), "0") == "1",
+        pad_batch=env_int(env, "INFBENCH_PAD_BATCH") or 0,
+        max_request_pixels=env_int(env, "INFBENCH_MAX_REQUEST_PIXELS",
+                                   DEFAULT_MAX_REQUEST_PIXELS),
+        max_inflight_pixels=env_int(env, "INFBENCH_MAX_INFLIGHT_PIXELS",
+                                    DEFAULT_MAX_INFLIGHT_PIXELS),
     )

@@ -26,6 +26,7 @@ import pytest
 
 from infbench.paths import ROOT
 from infbench.run import body_limit, run_status
+from tests.helpers import left_running, the_run
 from tests.synth import TINY_MODEL
 
 pytestmark = pytest.mark.integration
@@ -105,20 +106,7 @@ def cli(tmp_path: Path, *args: str, timeout: float = 180,
 
 
 def run_dir(tmp_path: Path) -> Path:
-    (d,) = [p for p in (tmp_path / "r").iterdir() if p.is_dir() and not p.is_symlink()]
-    return d
-
-
-def ours_left(marker: Path) -> list[str]:
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and any(
-                    str(marker) in part for part in p.info["cmdline"] or []):
-                found.append(f"{p.pid}: {' '.join(p.info['cmdline'])}")
-        except psutil.Error:
-            pass
-    return found
+    return the_run(tmp_path / "r")
 
 
 def wait_for(path: Path, text: str, timeout: float = 60.0) -> None:
@@ -159,16 +147,16 @@ def test_sigkill_of_the_harness_leaves_nothing_and_marks_the_run(tmp_path: Path)
     p = start_background(tmp_path, "run", "planted", "--profile", "long")
     wait_step(tmp_path, "planted")
     d = run_dir(tmp_path)
-    assert ours_left(d)  # mprof, the server, Locust are running now
+    assert left_running(d)  # mprof, the server, Locust are running now
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=10)
     deadline = time.monotonic() + 20
     watchdog = f"infbench.watchdog {p.pid}"
-    while (ours_left(d) or any(watchdog in " ".join(x.info["cmdline"] or [])
+    while (left_running(d) or any(watchdog in " ".join(x.info["cmdline"] or [])
                                for x in psutil.process_iter(["cmdline"]))) \
             and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert ours_left(d) == []
+    assert left_running(d) == []
     info = json.loads((d / "run.json").read_text())
     assert info["status"] == "interrupted" and "died" in info["error"]
     # The report reads what was measured, and says where it stopped.
@@ -185,7 +173,7 @@ def test_sighup_goes_the_clean_way(tmp_path: Path) -> None:
     assert p.returncode == 129, out[-2000:]
     d = run_dir(tmp_path)
     assert json.loads((d / "run.json").read_text())["status"] == "interrupted"
-    assert ours_left(d) == []
+    assert left_running(d) == []
 
 
 def test_an_inherited_ignored_sigint_is_undone(tmp_path: Path) -> None:
@@ -195,7 +183,7 @@ def test_an_inherited_ignored_sigint_is_undone(tmp_path: Path) -> None:
     os.kill(p.pid, signal.SIGINT)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130, out[-2000:]
-    assert ours_left(run_dir(tmp_path)) == []
+    assert left_running(run_dir(tmp_path)) == []
 
 
 def test_someone_elses_server_on_our_port_is_refused(tmp_path: Path) -> None:

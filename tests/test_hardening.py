@@ -19,7 +19,6 @@ import http.client
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from infbench.paths import HOST, ROOT
 from servers.common import RETRY_AFTER_S, ApiError, PixelBudget
 from servers.model import MAX_PIXELS, BadImage
 from servers.settings import (
@@ -46,9 +46,8 @@ from servers.settings import (
     SettingsError,
     load_settings,
 )
+from tests.helpers import free_port, quiet_env, running
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 INPUT_SIZE = 32
 START_TIMEOUT_S = 120.0
 BODY_LIMIT = 8_000_000  # big enough that a refused body overflows the sockets' buffers
@@ -76,41 +75,6 @@ SMALL_BUDGET = {"INFBENCH_MAX_REQUEST_PIXELS": "3000000",
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def quiet_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFBENCH_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def png(size: tuple[int, int], mode: str = "L") -> bytes:
@@ -182,24 +146,15 @@ class Server:
 def start_server(argv: list[str], env: dict[str, str], port: int, log: Path,
                  health_path: str = "/health") -> Iterator[Server]:
     """A real server in its own process group; yielded once healthy, stopped afterwards."""
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(f"http://{HOST}:{port}", port, proc, log, health_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{tail(log)}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(server.url + health_path, timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {START_TIMEOUT_S:.0f} s:\n{tail(log)}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        stop_group(proc)
+    url = f"http://{HOST}:{port}"
+    with running(argv, env, log, url + health_path, START_TIMEOUT_S) as proc:
+        yield Server(url, port, proc, log, health_path)
+
+
+def serve(kind: str, app: str, env: dict[str, str], folder: Path) -> Iterator[Server]:
+    """`app` under server `kind`, started as the harness's launcher starts it."""
+    port = free_port()
+    yield from start_server(server_argv(kind, app, port), env, port, folder / "server.log")
 
 
 def server_argv(kind: str, app: str, port: int) -> list[str]:
@@ -238,32 +193,24 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(request: pytest.FixtureRequest, model_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The Starlette app (sync endpoint) under each server we ship, as the harness runs it."""
-    port = free_port()
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path), INFBENCH_MAX_BODY_BYTES=str(BODY_LIMIT))
-    log = tmp_path_factory.mktemp(f"server-{request.param}") / "server.log"
-    yield from start_server(server_argv(request.param, "servers.app_starlette:app", port), env,
-                            port, log)
+    yield from serve(request.param, "servers.app_starlette:app", env,
+                     tmp_path_factory.mktemp(f"server-{request.param}"))
 
 
 @pytest.fixture(scope="module")
 def flood_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Starlette + Uvicorn, sync endpoint, anyio's 40 threads, every limit at its default."""
-    port = free_port()
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path))
-    log = tmp_path_factory.mktemp("flood") / "server.log"
-    yield from start_server(server_argv("uvicorn", "servers.app_starlette:app", port), env, port,
-                            log)
+    yield from serve("uvicorn", "servers.app_starlette:app", env, tmp_path_factory.mktemp("flood"))
 
 
 @pytest.fixture(scope="module")
 def async_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """FastAPI, async endpoint (the model runs on the event loop), small pixel budgets."""
-    port = free_port()
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path), INFBENCH_ENDPOINT="async",
                     **SMALL_BUDGET)
-    log = tmp_path_factory.mktemp("async") / "server.log"
-    yield from start_server(server_argv("uvicorn", "servers.app_fastapi:app", port), env, port,
-                            log)
+    yield from serve("uvicorn", "servers.app_fastapi:app", env, tmp_path_factory.mktemp("async"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import pytest
 import redis
 
 from infbench import assets, config
+from infbench.paths import HOST, ROOT
 from servers.queue_common import (
     DELIVER_LUA,
     Job,
@@ -43,11 +43,11 @@ from servers.queue_common import (
     encode_job,
     load_settings,
 )
+from tests import helpers
+from tests.helpers import free_port, multipart, quiet_env, redis_argv, spawn, tail, wait_redis
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 MAX_BODY = 1_000_000
 FEEDBACK_TTL = 120
 START_TIMEOUT_S = 90.0
@@ -57,20 +57,6 @@ API_NAMES = ("fastapi", "flask")
 
 # ---------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFBENCH_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -85,10 +71,8 @@ class Proc:
     popen: subprocess.Popen[bytes] = field(init=False)
 
     def start(self) -> Proc:
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+        # Appending: a restarted Redis keeps the first one's lines in the same log.
+        self.popen = spawn(self.argv, self.env, self.log, append=True)
         return self
 
     @property
@@ -103,7 +87,7 @@ class Proc:
         return self.log.read_text(errors="replace")
 
     def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.text().splitlines()[-lines:])
+        return tail(self.log, lines)
 
     def signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -133,17 +117,8 @@ class Proc:
 
 
 def wait_healthy(proc: Proc, path: str = "/health") -> dict[str, Any]:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.popen.poll() is not None:
-            pytest.fail(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        with contextlib.suppress(httpx.TransportError):
-            r = httpx.get(proc.url + path, timeout=3.0)
-            if r.status_code == 200:
-                return dict(r.json())
-        if time.monotonic() > deadline:
-            pytest.fail(f"{proc.name} not healthy after {START_TIMEOUT_S:.0f} s:\n{proc.tail()}")
-        time.sleep(0.2)
+    r = helpers.wait_healthy(proc.popen, proc.url + path, proc.log, START_TIMEOUT_S, proc.name)
+    return dict(r.json())
 
 
 def api_argv(kind: str, port: int) -> list[str]:
@@ -185,26 +160,18 @@ class Stack:
         return proc
 
     def start_redis(self) -> Proc:
-        argv = ["redis-server", "--port", str(self.redis_port), "--bind", HOST, "--save", "",
-                "--appendonly", "no", "--daemonize", "no"]
-        proc = self.add("redis", argv, base_env(), self.redis_port)
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(redis.RedisError):
-                if self.redis().ping():
-                    return proc
-            if proc.popen.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not start:\n{proc.tail()}")
-            time.sleep(0.05)
+        proc = self.add("redis", redis_argv(self.redis_port), quiet_env(), self.redis_port)
+        wait_redis(proc.popen, self.redis_port, proc.log)
+        return proc
 
     def api_env(self, prefix: str, **extra: str) -> dict[str, str]:
-        return base_env(INFBENCH_REDIS_URL=self.redis_url, INFBENCH_QUEUE_KEY=prefix,
-                        INFBENCH_MAX_BODY_BYTES=str(MAX_BODY),
-                        INFBENCH_FEEDBACK_TTL=str(FEEDBACK_TTL), **extra)
+        return quiet_env(INFBENCH_REDIS_URL=self.redis_url, INFBENCH_QUEUE_KEY=prefix,
+                         INFBENCH_MAX_BODY_BYTES=str(MAX_BODY),
+                         INFBENCH_FEEDBACK_TTL=str(FEEDBACK_TTL), **extra)
 
     def worker_env(self, prefix: str, batch: int) -> dict[str, str]:
-        return base_env(INFBENCH_REDIS_URL=self.redis_url, INFBENCH_QUEUE_KEY=prefix,
-                        INFBENCH_MODEL_PATH=str(self.model), INFBENCH_QUEUE_BATCH=str(batch))
+        return quiet_env(INFBENCH_REDIS_URL=self.redis_url, INFBENCH_QUEUE_KEY=prefix,
+                         INFBENCH_MODEL_PATH=str(self.model), INFBENCH_QUEUE_BATCH=str(batch))
 
     def stop_all(self) -> None:
         """TERM the services together (TensorFlow takes a second to exit), reap, then Redis."""
@@ -277,19 +244,6 @@ def assert_predicts(client: httpx.Client, image: bytes) -> dict[str, Any]:
     return dict(r.json())
 
 
-def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, dict[str, str]]:
-    """A multipart/form-data body from (field, filename or None for a text field, data)."""
-    boundary = uuid.uuid4().hex
-    chunks = []
-    for name, filename, data in parts:
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"'
-        if filename is not None:
-            head += f'; filename="{filename}"\r\nContent-Type: application/octet-stream'
-        chunks.append(head.encode() + b"\r\n\r\n" + data + b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), {"content-type": f"multipart/form-data; boundary={boundary}"}
-
-
 # ---------------------------------------------------------------------------------------------
 # Settings and encodings (no server)
 
@@ -334,7 +288,7 @@ def test_missing_redis_url_stops_at_start(kind: str, status: int) -> None:
     """One line naming the variable; Gunicorn stops with its own "App failed to load" 4."""
     port = free_port()
     argv = worker_argv(port) if kind == "worker" else api_argv(kind, port)
-    res = subprocess.run(argv, cwd=ROOT, env=base_env(), capture_output=True, text=True,
+    res = subprocess.run(argv, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == status, res.stderr
     lines = [x for x in res.stderr.splitlines() if "INFBENCH_REDIS_URL" in x]

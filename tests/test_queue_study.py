@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from infbench import analysis, report
 from infbench.monitor import redis as redis_mon
 from infbench.paths import ROOT
+from tests.helpers import left_running, the_run
 
 pytestmark = pytest.mark.integration
 
@@ -64,30 +64,13 @@ def argv(tmp_path: Path, *args: str) -> list[str]:
             "--experiments", str(experiments(tmp_path)), *args]
 
 
-def the_run(tmp_path: Path) -> Path:
-    (d,) = [p for p in (tmp_path / "r").iterdir() if p.is_dir() and not p.is_symlink()]
-    return d
-
-
-def left_running(marker: Path) -> list[str]:
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["status"] != psutil.STATUS_ZOMBIE and str(marker) in cmd:
-                found.append(f"{p.pid}: {cmd}")
-        except psutil.Error:
-            pass
-    return found
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     tmp = tmp_path_factory.mktemp("queue")
     res = subprocess.run(argv(tmp, "run", "queue-replicas-2", "--profile", "queue-smoke",
                               "--model", "tiny"), cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
-    return the_run(tmp), res
+    return the_run(tmp / "r"), res
 
 
 def test_the_topology_runs_and_ends_clean(smoke: tuple[Path, Any]) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import httpx
 import pytest
 import redis
 
+from infbench.paths import HOST, ROOT
 from servers.scoring_common import (
     DEFAULT_MAX_FEATURES,
     META_KEY,
@@ -46,9 +46,9 @@ from servers.scoring_common import (
     workers,
 )
 from servers.settings import SettingsError
+from tests import helpers
+from tests.helpers import child_env, free_port, in_group, redis_argv, wait_redis
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 ENTITIES, DIM, SEED = 100, 16, 0
 SLEEP_MS = (40.0, 50.0)
 START_TIMEOUT_S = 30.0
@@ -61,20 +61,6 @@ TIMING_KEYS = {"t", "status", "features_ms", "model_a_ms", "model_b_ms", "models
 
 # ---------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFBENCH_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
 
 
 def live_members(pgid: int) -> list[int]:
@@ -101,10 +87,7 @@ class Proc:
     env: dict[str, str] = field(default_factory=dict)
 
     def tail(self, lines: int = 25) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return helpers.tail(self.log, lines)
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -128,41 +111,16 @@ class Proc:
 
 def spawn(name: str, argv: list[str], env: dict[str, str], logs: Path, port: int) -> Proc:
     log = logs / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return Proc(name, proc, log, f"http://{HOST}:{port}", env)
-
-
-def ours(proc: Proc, pid: object) -> bool:
-    """A health answer counts only if the pid in it is in the group we started."""
-    try:
-        return isinstance(pid, int) and os.getpgid(pid) == proc.proc.pid
-    except ProcessLookupError:
-        return False
+    return Proc(name, helpers.spawn(argv, env, log), log, f"http://{HOST}:{port}", env)
 
 
 def wait_healthy(procs: list[Proc], timeout: float = START_TIMEOUT_S) -> dict[str, dict[str, Any]]:
-    """Poll every service's /health until each answers 200 from its own process group."""
-    healthy: dict[str, dict[str, Any]] = {}
+    """Each service's /health once it answers 200 from its own process group."""
     deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=2.0) as client:
-        while len(healthy) < len(procs):
-            for p in procs:
-                if p.name in healthy:
-                    continue
-                if p.proc.poll() is not None:
-                    pytest.fail(f"{p.name} exited with {p.proc.returncode}:\n{p.tail()}")
-                with contextlib.suppress(httpx.TransportError, ValueError):
-                    r = client.get(f"{p.url}/health")
-                    if r.status_code == 200 and ours(p, r.json().get("pid")):
-                        healthy[p.name] = r.json()
-            if time.monotonic() > deadline:
-                missing = [p for p in procs if p.name not in healthy]
-                pytest.fail(f"not healthy after {timeout:.0f} s: "
-                            + "; ".join(f"{p.name}:\n{p.tail()}" for p in missing))
-            time.sleep(0.1)
-    return healthy
+    return {p.name: helpers.wait_healthy(p.proc, f"{p.url}/health", p.log,
+                                         max(0.0, deadline - time.monotonic()), p.name,
+                                         own_group=True).json()
+            for p in procs}
 
 
 def server_argv(build: str, module: str, port: int) -> list[str]:
@@ -180,16 +138,16 @@ def start_model_api(build: str, name: str, logs: Path, **extra: str) -> Proc:
                 "INFBENCH_MODEL_SEED": str(SEED),
                 "INFBENCH_MODEL_SLEEP_MS": "{:g}-{:g}".format(*SLEEP_MS),
                 "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env = base_env(**{**settings, **extra})
+    env = child_env(**{**settings, **extra})
     return spawn(f"{name}-{build}", server_argv(build, "model_api", port), env, logs, port)
 
 
 def start_scoring(build: str, redis_url: str, a: Proc, b: Proc, timing_dir: Path, logs: Path,
                   tag: str = "", **extra: str) -> Proc:
     port = free_port()
-    env = base_env(INFBENCH_FEATURES_URL=redis_url, INFBENCH_MODEL_A_URL=a.url,
-                   INFBENCH_MODEL_B_URL=b.url, INFBENCH_TIMING_DIR=str(timing_dir),
-                   INFBENCH_MAX_BODY_BYTES=str(MAX_SCORING_BODY), **extra)
+    env = child_env(INFBENCH_FEATURES_URL=redis_url, INFBENCH_MODEL_A_URL=a.url,
+                    INFBENCH_MODEL_B_URL=b.url, INFBENCH_TIMING_DIR=str(timing_dir),
+                    INFBENCH_MAX_BODY_BYTES=str(MAX_SCORING_BODY), **extra)
     return spawn(f"scoring-{build}{tag}", server_argv(build, "scoring", port), env, logs, port)
 
 
@@ -219,29 +177,17 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("scoring-logs")
     port = free_port()
-    redis_proc = spawn("redis", ["redis-server", "--port", str(port), "--bind", HOST,
-                                 "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                       base_env(), logs, port)
+    redis_proc = spawn("redis", redis_argv(port), child_env(), logs, port)
     started = [redis_proc]
     redis_url = f"redis://{HOST}:{port}/0"
     store = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if redis_proc.proc.poll() is not None:
-                pytest.fail(f"redis-server exited:\n{redis_proc.tail()}")
-            with contextlib.suppress(redis.ConnectionError):
-                # Ours: the server's own pid, not just something answering PING on the port.
-                if store.info("server")["process_id"] == redis_proc.proc.pid:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"redis-server not up:\n{redis_proc.tail()}")
-            time.sleep(0.05)
+        wait_redis(redis_proc.proc, port, redis_proc.log, START_TIMEOUT_S)
 
         seeded = subprocess.run(
             [sys.executable, "-m", "servers.seed_features", "--redis-url", redis_url,
              "--entities", str(ENTITIES), "--dim", str(DIM), "--seed", str(SEED)],
-            cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60)
+            cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
         assert seeded.returncode == 0, seeded.stderr
         assert seeded.stderr == ""
 
@@ -383,7 +329,7 @@ def test_seed_one_line_error_when_redis_is_down() -> None:
     port = free_port()  # nothing listens there
     res = subprocess.run([sys.executable, "-m", "servers.seed_features", "--redis-url",
                           f"redis://{HOST}:{port}/0", "--entities", "5"],
-                         cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=60)
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -394,9 +340,9 @@ def test_seed_one_line_error_when_redis_is_down() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("build", BUILDS)
 def test_scoring_api_refuses_a_bad_setting(build: str) -> None:
-    env = base_env(INFBENCH_FEATURES_URL="redis://127.0.0.1:1/0",
-                   INFBENCH_MODEL_A_URL="http://127.0.0.1:2", INFBENCH_MODEL_B_URL="http://x:3",
-                   INFBENCH_UPSTREAM_TIMEOUT="soon")
+    env = child_env(INFBENCH_FEATURES_URL="redis://127.0.0.1:1/0",
+                    INFBENCH_MODEL_A_URL="http://127.0.0.1:2", INFBENCH_MODEL_B_URL="http://x:3",
+                    INFBENCH_UPSTREAM_TIMEOUT="soon")
     res = subprocess.run([sys.executable, "-c", f"import servers.scoring_{build}"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
@@ -414,7 +360,7 @@ def test_health_of_every_service(stack: Stack) -> None:
             r = client.get(f"{p.url}/health")
             assert r.status_code == 200, (name, r.text)
             body = r.json()
-            assert body["status"] == "ok" and ours(p, body["pid"]), (name, body)
+            assert body["status"] == "ok" and in_group(body["pid"], p.proc.pid), (name, body)
             if name.startswith("scoring"):
                 assert body["redis"] is True
             else:

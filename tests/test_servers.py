@@ -6,14 +6,9 @@ loopback port) and every contract test runs against it; teardown ends the whole 
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from infbench.paths import HOST, ROOT
 from servers.model import BadImage, build_model, load_model, predict, preprocess
 from servers.settings import SettingsError, load_settings
+from tests.helpers import free_port, multipart, quiet_env, running
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
 INPUT_SIZE = 32
 CLASSES = 10
 MAX_IMAGES = 4
@@ -42,43 +37,8 @@ START_TIMEOUT_S = 90.0
 # Helpers
 
 
-def quiet_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFBENCH_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def multipart(parts: list[tuple[str, str | None, bytes]]) -> tuple[bytes, dict[str, str]]:
-    """A multipart/form-data body from (field, filename or None for a text field, data)."""
-    boundary = uuid.uuid4().hex
-    chunks = []
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"'
-        head = f"--{boundary}\r\nContent-Disposition: {disposition}"
-        if filename is not None:
-            head += f'; filename="{filename}"\r\nContent-Type: application/octet-stream'
-        chunks.append(head.encode() + b"\r\n\r\n" + data + b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), {"content-type": f"multipart/form-data; boundary={boundary}"}
-
-
 def image_files(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("images", (f"img{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,21 +87,6 @@ class Running:
         self.client = httpx.Client(base_url=self.url, timeout=30.0)
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM the server's process group, then SIGKILL whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
-    # Workers that outlived the leader are still in the group: make sure none survive.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 VARIANTS = {
     "starlette-sync": ("starlette", {"INFBENCH_ENDPOINT": "sync"}),
     "starlette-async-limit1": ("starlette", {"INFBENCH_ENDPOINT": "async",
@@ -161,25 +106,13 @@ def server(request: pytest.FixtureRequest, model_path: Path,
     log = tmp_path_factory.mktemp(f"server-{request.param}") / "server.log"
     argv = [sys.executable, "-m", "uvicorn", f"servers.app_{app}:app", "--host", HOST,
             "--port", str(port), "--no-access-log"]
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    running = Running(f"http://{HOST}:{port}", app, env, proc, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{tail(log)}")
-            with contextlib.suppress(httpx.TransportError):
-                if running.client.get("/health", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {START_TIMEOUT_S:.0f} s:\n{tail(log)}")
-            time.sleep(0.2)
-        yield running
-    finally:
-        running.client.close()
-        stop_group(proc)
+    url = f"http://{HOST}:{port}"
+    with running(argv, env, log, f"{url}/health", START_TIMEOUT_S, grace=10.0) as proc:
+        server = Running(url, app, env, proc, log)
+        try:
+            yield server
+        finally:
+            server.client.close()
 
 
 def assert_still_serving(server: Running, jpegs: list[bytes]) -> None:

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from infbench import analysis
 from infbench.paths import ROOT
+from tests.helpers import left_running, the_run
 
 pytestmark = pytest.mark.integration
 
@@ -44,23 +44,6 @@ def cli(tmp: Path, *args: str) -> list[str]:
             str(exp), *args]
 
 
-def the_run(tmp: Path) -> Path:
-    (d,) = [p for p in (tmp / "r").iterdir() if p.is_dir() and not p.is_symlink()]
-    return d
-
-
-def left_running(marker: Path) -> list[str]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if p.info["status"] != psutil.STATUS_ZOMBIE and str(marker) in cmd:
-                out.append(cmd)
-        except psutil.Error:
-            pass
-    return out
-
-
 needs_redis = pytest.mark.skipif(shutil.which("redis-server") is None,
                                  reason="needs redis-server (make redis)")
 
@@ -71,7 +54,7 @@ def scoring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     res = subprocess.run(cli(tmp, "run", "scoring-sync", "scoring-async", "--profile",
                              "scoring-smoke", "--model", "tiny"), cwd=ROOT, capture_output=True,
                          text=True, timeout=400)
-    return the_run(tmp), res
+    return the_run(tmp / "r"), res
 
 
 @needs_redis
@@ -136,7 +119,7 @@ def transport(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     res = subprocess.run(cli(tmp, "run", "tfs-rest-row", "tfs-rest-b64", "tfs-grpc-tensor",
                              "tfs-grpc-string", "--profile", "transport-smoke"),
                          cwd=ROOT, capture_output=True, text=True, timeout=400)
-    return the_run(tmp), res
+    return the_run(tmp / "r"), res
 
 
 def test_rest_and_grpc_users_agree_with_the_server(transport: tuple[Path, Any]) -> None:

@@ -32,11 +32,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from infbench.paths import HOST, ROOT
+from tests.helpers import quiet_env, spawn, stop_group, tail, wait_healthy
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtests" / "tfserving_users.py"
-HOST = "127.0.0.1"
 MODEL_NAME = "default"
 MAX_IMAGES = 8
 MAX_BODY_BYTES = 1_500_000
@@ -52,35 +53,6 @@ SPECS = {"tiny": ("tiny_cnn", 32, 3), "mnist": ("mnist_cnn", 28, 1)}
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def quiet_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFBENCH_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(extra)
-    return env
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def stop_group(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def jpeg(size: tuple[int, int], seed: int) -> bytes:
@@ -133,10 +105,7 @@ def start(name: str, model_path: Path, tmp: Path) -> Server:
                     INFBENCH_MAX_BODY_BYTES=str(MAX_BODY_BYTES))
     argv = [sys.executable, "-m", "servers.tfserving", "--rest-port", "0", "--grpc-port", "0",
             "--model-name", MODEL_NAME]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    return Server(name, proc, log, timing_dir, size, channels, model_path)
+    return Server(name, spawn(argv, env, log), log, timing_dir, size, channels, model_path)
 
 
 def wait_ready(server: Server) -> None:
@@ -155,17 +124,9 @@ def wait_ready(server: Server) -> None:
         time.sleep(0.1)
     server.client = httpx.Client(base_url=server.rest, timeout=30.0)
     server.channel = grpc.insecure_channel(server.grpc_target)
-    while True:
-        if server.proc.poll() is not None:
-            pytest.fail(f"{server.name} exited with {server.proc.returncode}:\n{tail(server.log)}")
-        with contextlib.suppress(httpx.TransportError):
-            r = server.client.get("/health", timeout=2.0)
-            if r.status_code == 200:
-                assert r.json()["pid"] == server.proc.pid
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(f"{server.name} not healthy:\n{tail(server.log)}")
-        time.sleep(0.2)
+    r = wait_healthy(server.proc, f"{server.rest}/health", server.log,
+                     max(0.0, deadline - time.monotonic()), server.name)
+    assert r.json()["pid"] == server.proc.pid
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +511,7 @@ def wait_for_lines(server: Server, since: float, count: int,
 DUMP_BODIES = """
 import importlib.util, os, sys
 out, path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, os.path.dirname(path))  # as Locust does: the users import the locustfile
 for kind in sys.argv[3:]:
     for repeat in "01":
         os.environ.update(INFBENCH_TFS_KIND=kind, INFBENCH_TFS_REPEAT=repeat)
@@ -615,13 +577,10 @@ def test_locust_smoke_every_kind(tiny: Server, images_dir: Path, tmp_path: Path)
         argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                 "-u", "2", "-r", "2", "-t", "3s", "--stop-timeout", "10", "--host", tiny.rest,
                 "--csv", str(tmp_path / kind), "--only-summary", "--loglevel", "WARNING"]
-        log = (tmp_path / f"{kind}.log").open("wb")
         env = locust_env(tiny, images_dir, INFBENCH_TFS_KIND=kind,
                          INFBENCH_TFS_REPEAT=str(i % 2),
                          INFBENCH_COUNTS=str(tmp_path / f"{kind}-counts.json"))
-        procs[kind] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        procs[kind] = spawn(argv, env, tmp_path / f"{kind}.log")
     try:
         for proc in procs.values():
             proc.wait(timeout=90)
