@@ -139,7 +139,7 @@ def test_rest_and_grpc_users_agree_with_the_server(transport: tuple[Path, Any]) 
         for suffix in ("_stats.csv", "_stats_history.csv", "_failures.csv", "_exceptions.csv"):
             assert (d / f"step1-b1{suffix}").exists()
         assert (d / "time_split.png").stat().st_size > 0
-        cpu = json.loads((d / "summary.json").read_text())["services"]["server"]["steps"]
+        cpu = json.loads((d / "summary.json").read_text())["services"]["tfs"]["steps"]
         assert all(st["cpu_pct"] is not None and st["cpu_pct"] > 0 for st in cpu)
     text = (run_dir / "summary.md").read_text()
     assert "## Ranking by images/s at each batch size" in text
