@@ -5,7 +5,7 @@
 #   make run_<variant>          one hypothesis;  make build_<variant>  its model + images
 #   make report RUN=<run-id>    rebuild plots/tables/report.html of a finished or interrupted run
 #   make compare A=<run> B=<run> [FORCE=1]   what changed from run A to run B, and is it noise
-#   make check RUN=<run> THRESHOLDS=<file>   thresholds for CI (exit 4 if one fails)
+#   make check RUN=<run> THRESHOLDS=<file>   a run against thresholds: PASS/FAIL per rule
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)

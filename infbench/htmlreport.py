@@ -93,6 +93,29 @@ def table(columns: list[str], rows: list[list[Any]], cls: str = "") -> str:
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
+def md_table(lines: list[str]) -> str:
+    """A markdown table of report.py (`| a | b |`, `| --- | ---: |`, rows) as HTML: the same
+    table in both reports, built once. Cells are escaped, `**x**` becomes bold; a row that does
+    not split into the header's cells is shown as text rather than misaligned."""
+    if len(lines) < 3:
+        return ""
+
+    def cells(line: str) -> list[str]:
+        return line.strip()[2:-2].split(" | ")
+
+    head, align = cells(lines[0]), cells(lines[1])
+    if len(head) != len(align):
+        return f"<pre>{e(chr(10).join(lines))}</pre>"
+    columns = [(">" if a.endswith(":") else "") + h for h, a in zip(head, align, strict=True)]
+    rows: list[list[Any]] = []
+    for line in lines[2:]:
+        row = cells(line)
+        if len(row) != len(head):
+            return f"<pre>{e(chr(10).join(lines))}</pre>"
+        rows.append([Raw(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(c))) for c in row])
+    return table(columns, rows)
+
+
 def badge(status: Any) -> Raw:
     return Raw(f'<span class="badge {STATUS_CLASS.get(str(status), "bad")}">{e(status)}</span>')
 
@@ -254,8 +277,35 @@ def comparison_section(run_dir: Path, rows: list[dict[str, Any]]) -> str:
         out += ["<h3>Memory of the container (cgroup, as docker stats shows it)</h3>",
                 table(["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)",
                        ">peak (MB)", ">after cooldown (MB)"], cg)]
+    for title, lines, caption in study_tables(rows):
+        out += [f"<h3>{e(title)}</h3>", md_table(lines),
+                f'<p class="note">{e(caption)}</p>' if caption else ""]
     out.append(image(run_dir / "memory_overlay.png", "memory of every variant over time"))
     return "\n".join(out)
+
+
+def study_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
+    """The cross-variant tables summary.md has for studies (breaking point, ranking by
+    images/s, each variant against the first), when the run has them: (title, markdown
+    lines, caption)."""
+    from infbench import report  # report imports this module; the tables are its own
+
+    out = []
+    bound = float((rows[0].get("profile") or {}).get("p95_bound_ms") or 0) if rows else 0.0
+    broke = report.breaking_table(rows, bound)
+    if broke:
+        out.append((f"Breaking point (p95 ≤ {bound:g} ms, failures ≤ 1%)", broke,
+                    "The highest requests/s among the steps before the first that broke, and "
+                    "the users at which it broke."))
+    ranking = report.ranking_table(rows)
+    if ranking:
+        out.append(("Ranking by images/s at each batch size", ranking, ""))
+    versus = report.versus_table(rows)
+    if versus:
+        out.append((f"Against {rows[0]['variant']} (per step)", versus,
+                    "Change from the first variant of this run; one run each: read "
+                    "differences under ~15% as noise (make compare tests them across runs)."))
+    return out
 
 
 def comparisons_section(results: list[dict[str, Any]], errors: list[str]) -> str:

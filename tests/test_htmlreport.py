@@ -122,6 +122,17 @@ def test_report_page_sections_escaping_and_links(tmp_path: Path) -> None:
     assert not any(h.startswith("/") for h in o.hrefs)
     for header in ("after API start (MB)", "req/s", "p95 (ms)", "Locust", "verdict"):
         assert header in o.headers
+    # summary.md's cross-variant tables, the same in the page (built by report.py once).
+    assert "Against v1 (per step)" in o.headings and "req/s change" in o.headers
+    assert "Ranking by images/s at each batch size" in o.headings
+
+
+def test_markdown_tables_convert_escaped_and_aligned() -> None:
+    got = htmlreport.md_table(["| name | n |", "| --- | ---: |", "| **a<b** | 1 |"])
+    assert got == ("<table><thead><tr><th>name</th><th class=num>n</th></tr></thead><tbody>"
+                   "<tr><td><b>a&lt;b</b></td><td class=num>1</td></tr></tbody></table>")
+    # A cell with the separator in it would shift the columns: shown as text instead.
+    assert htmlreport.md_table(["| a |", "| --- |", "| x | y |"]).startswith("<pre>")
 
 
 def test_services_split_and_comparison_render(tmp_path: Path) -> None:
@@ -224,8 +235,9 @@ def test_chromium_renders_tables_and_images_without_errors(tmp_path: Path) -> No
     assert console == []
     assert seen["images"] == 3 and seen["decoded"] == 3
     assert all(w >= 600 for w in seen["widths"])  # the 1000-px plots, decoded
-    # verdicts, variants side by side, and a load table per variant; 2 + 2 + 2 x 2 rows
-    assert seen["tables"] == 4 and seen["rows"] == 8
+    # verdicts, variants side by side, ranking by images/s (2 batch sizes x 2 variants),
+    # against the first variant, and a load table per variant: 2 + 2 + 4 + 2 + 2 x 2 rows
+    assert seen["tables"] == 6 and seen["rows"] == 14
     assert seen["h2"][0] == "Run status and faults" and f"{EVIL} failed" in seen["h2"]
     # The page as a person sees it: not blank.
     shot = tmp_path / "shot.png"
