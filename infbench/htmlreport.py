@@ -428,6 +428,8 @@ def variant_section(run_dir: Path, n: int, r: dict[str, Any], cores: int) -> str
     split = split_table(r, cores)
     if split:
         out += ["<h3>Where the time goes, and the bottleneck (per step)</h3>", split]
+        if (vd / "time_split.png").exists():
+            out.append(image(vd / "time_split.png", f"{name}: where the time goes, per step"))
     out.append(file_links(run_dir, vd) if vd.is_dir() else "")
     return "\n".join(out)
 

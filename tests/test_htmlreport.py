@@ -151,8 +151,10 @@ def test_services_split_and_comparison_render(tmp_path: Path) -> None:
                      "split": {"requests": 40, "total_ms": 900.0, "queue_wait_ms": 700.0,
                                "model_ms": 150.0, "api_overhead_ms": 50.0, "mean_batch": 3.5}}]
     info = json.loads((run / "run.json").read_text())
+    plots.split_plot(row["split"], row["steps"], run / "v1" / "time_split.png", "split")
     page = htmlreport.render(run, info, [row])
     o = outline(page)
+    assert 'alt="v1: where the time goes, per step" src="data:image/png;base64,' in page
     assert "Per service (memory by mprof, replicas summed; CPU % of one core and RSS at the " \
         "end of each step)" in o.headings
     assert "Where the time goes, and the bottleneck (per step)" in o.headings
