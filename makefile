@@ -3,7 +3,9 @@
 #   make run                    the whole study (native processes, default profile and model)
 #   make test                   unit + integration tests (tiny model, seconds of load)
 #   make run_<variant>          one hypothesis;  make build_<variant>  its model + images
-#   make report RUN=<run-id>    rebuild plots/tables of a finished or interrupted run
+#   make report RUN=<run-id>    rebuild plots/tables/report.html of a finished or interrupted run
+#   make compare A=<run> B=<run> [FORCE=1]   what changed from run A to run B, and is it noise
+#   make check RUN=<run> THRESHOLDS=<file>   a run against thresholds: PASS/FAIL per rule
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
@@ -29,11 +31,11 @@ opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --r
        $(if $(filter 1 yes true,$(PROBES)),--probes)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
-.PHONY: help venv build build_all run run_all run_study bench-probes report list test test-unit lint lock \
-	clean allocators
+.PHONY: help venv build build_all run run_all run_study bench-probes report compare check list test \
+	test-unit lint lock clean allocators
 
 help:
-	@sed -n '2,13p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,15p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -68,6 +70,18 @@ run_%: venv
 
 report: venv
 	$(PY) -m infbench report $(RUN)
+
+# Two runs compared (compare-<A>-vs-<B>.json/.md in B's folder and B's report.html), and a
+# run checked against thresholds (THRESHOLDS=<file.toml>, else [thresholds] in experiments.toml).
+A ?=
+B ?=
+FORCE ?=
+THRESHOLDS ?=
+compare: venv
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make compare A=<run> B=<run> [FORCE=1]" >&2; exit 1; }
+	$(PY) -m infbench compare $(A) $(B) $(if $(filter 1 yes true,$(FORCE)),--force)
+check: venv
+	$(PY) -m infbench check $(RUN) $(if $(THRESHOLDS),--thresholds $(THRESHOLDS))
 
 list: venv
 	@$(PY) -m infbench list

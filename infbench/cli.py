@@ -1,10 +1,12 @@
-"""Command line: `python -m infbench list|build|run|report`. The makefile calls these.
+"""Command line: `python -m infbench list|build|run|report|compare|check`. The makefile calls
+these.
 
 Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL, ...), so
 `make run PROFILE=quick` and `INFBENCH_PROFILE=quick python -m infbench run` agree.
-Exit codes: 0 complete, 1 an error (config, a failed run, a file that could not be written),
-2 usage, 3 partial (a variant failed or ran with faults: a restart, a load-generator failure, a
-step whose requests all failed), 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
+Exit codes: 0 complete, 1 an error (config, a failed run, a file that could not be written,
+two runs that cannot be compared, a bad thresholds file), 2 usage, 3 partial (a variant failed
+or ran with faults: a restart, a load-generator failure, a step whose requests all failed),
+4 a threshold failed (`check`), 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from infbench import assets, config, proc, report
+from infbench import assets, compare, config, files, htmlreport, proc, readers, report, thresholds
 from infbench.files import WriteError, check_writable
 from infbench.launch import LaunchError, get_launcher
 from infbench.paths import ROOT
@@ -92,6 +94,20 @@ def parser() -> argparse.ArgumentParser:
                          "interrupted) run from its files")
     rep.add_argument("run", nargs="?", default=_env("RUN", "latest"),
                      help="run id, 'latest' or a path")
+    cmp = sub.add_parser("compare", help="compare run B with run A: per variant and step, the "
+                         "change in req/s, latency and memory, and whether it is significant")
+    cmp.add_argument("a", help="run A (the base): run id, 'latest' or a path")
+    cmp.add_argument("b", help="run B (the new one): run id, 'latest' or a path")
+    cmp.add_argument("--force", action="store_true",
+                     help="compare runs whose fingerprints (profile, models, machine) differ")
+    cmp.add_argument("--out", default="",
+                     help="folder for compare-<A>-vs-<B>.json/.md (default: B's run folder)")
+    chk = sub.add_parser("check", help="check a run against thresholds (exit 4 if one fails)")
+    chk.add_argument("run", nargs="?", default=_env("RUN", "latest"),
+                     help="run id, 'latest' or a path")
+    chk.add_argument("--thresholds", default=_env("THRESHOLDS"),
+                     help="thresholds file (default: the [thresholds] table of the "
+                          "experiments file; env INFBENCH_THRESHOLDS)")
     return p
 
 
@@ -167,8 +183,10 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     if any("cgroup_memory_mb" in r for r in summary["variants"]):
         print("\ncontainer cgroup memory (as `docker stats` shows it):")
         print("\n".join(report.cgroup_table(summary["variants"])))
-    print(f"\nresults: {outcome.run_dir}/summary.md (plots: memory_overlay.png, "
+    print(f"\nresults: {outcome.run_dir}/report.html, summary.md (plots: memory_overlay.png, "
           f"<variant>/memory.png)")
+    if summary.get("html_error"):
+        print(f"report.html not written: {summary['html_error']}")
     report.print_faults(summary)
     if outcome.status == "interrupted":
         print(f"interrupted in {summary['run'].get('stopped_in')}: what was measured is kept; "
@@ -186,9 +204,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = report.resolve_run(Path(args.results), args.run)
     summary = report.build(run_dir)
     print("\n".join(report.memory_table(summary["variants"])))
-    print(f"\nrebuilt {run_dir}/summary.md, summary.csv and plots "
+    print(f"\nrebuilt {run_dir}/report.html, summary.md, summary.csv and plots "
           f"(run status: {summary['run'].get('status')})")
+    if summary.get("html_error"):
+        print(f"infbench: error: report.html not written: {summary['html_error']}",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    results = Path(args.results)
+    a_dir, b_dir = report.resolve_run(results, args.a), report.resolve_run(results, args.b)
+    result = compare.compare_runs(a_dir, b_dir, force=args.force)
+    out = Path(args.out) if args.out else b_dir
+    if args.out:
+        files.mkdir(out)
+    js, md = compare.write(result, out)
+    print(compare.markdown(result), end="")
+    print(f"\nwritten: {js}, {md}")
+    if out.resolve() == b_dir.resolve() and (b_dir / "report.html").exists():
+        htmlreport.rebuild(b_dir)
+        print(f"added to {b_dir / 'report.html'}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    run_dir = report.resolve_run(Path(args.results), args.run)
+    source = Path(args.thresholds or args.experiments)
+    rules = thresholds.load(source, table_required=not args.thresholds)
+    outcomes = thresholds.check(run_dir, rules)
+    print(f"run {run_dir.name}: {len(rules)} rule(s) from {source}")
+    print("\n".join(thresholds.lines(outcomes)))
+    failed = any(o.result == "FAIL" for o in outcomes)
+    return thresholds.EXIT_FAILED_THRESHOLD if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "report":
             return cmd_report(args)
+        if args.cmd == "compare":
+            return cmd_compare(args)
+        if args.cmd == "check":
+            return cmd_check(args)
         exp = config.load(args.experiments)
         if args.cmd == "list":
             return cmd_list(exp)
@@ -204,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_build(exp, args)
         return cmd_run(exp, args)
     except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError,
-            WriteError) as e:
+            WriteError, compare.CompareError, thresholds.ThresholdError,
+            readers.ReadError) as e:
         print(f"infbench: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -801,8 +801,9 @@ def load(path: Path | str) -> Experiments:
 
 
 def _build(path: Path, raw: dict[str, Any]) -> Experiments:
+    # [thresholds] is read by `infbench check` (infbench/thresholds.py), not by a run.
     top = _fields("(top level)", raw, {"study": dict, "studies": dict, "models": dict,
-                                       "profiles": dict, "variants": dict},
+                                       "profiles": dict, "variants": dict, "thresholds": dict},
                   required=("variants",))
     models = {n: _load_model(n, t, path.parent) for n, t in top.get("models", {}).items()}
     profiles = {n: _load_profile(n, t) for n, t in top.get("profiles", {}).items()}

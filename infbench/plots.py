@@ -14,6 +14,11 @@ from infbench.analysis import Mprof
 
 STEP_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
 SERVICE_COLORS = ["#1b9e77", "#d95f02", "#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
+# Phase labels: up to three staggered rows at the top (axes fraction, the text's top edge), so
+# the label of a short phase ("baseline") does not print over its neighbour's ("10 img/req").
+LABEL_ROWS = (0.985, 0.935, 0.885)
+EVENT_ROW = 0.82  # fault marks' text, below the label rows
+HEADROOM = 1.22  # y axis top over the largest value: room for the label rows
 
 
 def _events(ax: Any, phases: dict[str, Any], t0: float, top: float) -> None:
@@ -21,12 +26,15 @@ def _events(ax: Any, phases: dict[str, Any], t0: float, top: float) -> None:
     for n, e in enumerate(x for x in phases.get("events", []) if x.get("fault")):
         x = e["t"] - t0
         ax.axvline(x, color="#d62728", lw=1.0, ls="--", alpha=0.8)
-        if n < 6:
-            ax.text(x, top * (0.90 - 0.05 * (n % 3)), f" {e['kind']}", color="#d62728",
+        if n < 6:  # below the rows of phase labels
+            ax.text(x, top * (EVENT_ROW - 0.05 * (n % 3)), f" {e['kind']}", color="#d62728",
                     fontsize=7, va="top")
 
 
-def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float, label_y: float) -> None:
+def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float) -> list[Any]:
+    """Shade each phase; returns its labels, to be placed by place_labels once the figure's
+    layout is final (a short phase's label is wider than the phase)."""
+    labels: list[Any] = []
     batches: list[Any] = []
     for p in phase_list:
         if p.get("start") is None or p.get("end") is None:
@@ -38,14 +46,36 @@ def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float, label_y: float)
                 batches.append(p.get("batch"))
             color = STEP_COLORS[batches.index(p.get("batch")) % len(STEP_COLORS)]
             ax.axvspan(a, b, color=color, alpha=0.18, lw=0)
-            ax.text((a + b) / 2, label_y, f"{p.get('batch')} img/req", ha="center", va="top",
-                     fontsize=8, color=color, fontweight="bold")
+            labels.append(ax.text((a + b) / 2, LABEL_ROWS[0], f"{p.get('batch')} img/req",
+                                  ha="center", va="top", fontsize=8, color=color,
+                                  fontweight="bold", transform=ax.get_xaxis_transform()))
         elif kind == "drain":
             ax.axvspan(a, b, color="#999999", alpha=0.15, lw=0, hatch="///")
         elif kind in ("baseline", "rest", "cooldown", "trim"):
             ax.axvspan(a, b, color="#cccccc", alpha=0.25, lw=0)
-            ax.text((a + b) / 2, label_y, kind, ha="center", va="top", fontsize=7,
-                    color="#666666")
+            labels.append(ax.text((a + b) / 2, LABEL_ROWS[0], kind, ha="center", va="top",
+                                  fontsize=7, color="#666666",
+                                  transform=ax.get_xaxis_transform()))
+    return labels
+
+
+def place_labels(fig: Any, labels: list[Any], pad_px: float = 4.0) -> list[Any]:
+    """Put each phase label in the first of LABEL_ROWS where it overlaps no label already
+    there (left to right); a label that fits in no row is hidden. Returns the hidden ones."""
+    renderer = fig.canvas.get_renderer()
+    rows: list[list[tuple[float, float]]] = [[] for _ in LABEL_ROWS]
+    hidden = []
+    for label in sorted(labels, key=lambda t: t.get_position()[0]):
+        box = label.get_window_extent(renderer)
+        for taken, y in zip(rows, LABEL_ROWS, strict=True):
+            if all(box.x1 + pad_px <= a or box.x0 - pad_px >= b for a, b in taken):
+                label.set_y(y)
+                taken.append((box.x0, box.x1))
+                break
+        else:
+            label.set_visible(False)
+            hidden.append(label)
+    return hidden
 
 
 Series = list[tuple[float, float]]
@@ -57,13 +87,14 @@ def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out
     """Memory over time, phases shaded; `extra` adds (label, samples, colour) lines on the
     same clock (e.g. the container's cgroup memory of a docker run)."""
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
+    labels: list[Any] = []
     if mp.mem:
         t0 = mp.mem[0][0]
         xs = [t - t0 for t, _ in mp.mem]
         ys = [m for _, m in mp.mem]
-        top = max(ys + [m for _, series_, _ in extra for _, m in series_]) * 1.12
+        top = max(ys + [m for _, series_, _ in extra for _, m in series_]) * HEADROOM
         ax.set_ylim(0, top)
-        _shade(ax, phases.get("phases", []), t0, top * 0.99)
+        labels = _shade(ax, phases.get("phases", []), t0)
         _events(ax, phases, t0, top)
         ax.plot(xs, ys, color="black", lw=1.2, label=mem_label)
         if len(mp.children) > 1:
@@ -96,15 +127,19 @@ def variant_plot(mp: Mprof, phases: dict[str, Any], summary: dict[str, Any], out
     else:
         ax.text(0.5, 0.5, "no memory samples", ha="center", transform=ax.transAxes)
     status = phases.get("status")
-    return _finish(fig, ax, out, title + ("" if status == "complete" else f"  [{status}]"))
+    return _finish(fig, ax, out, title + ("" if status == "complete" else f"  [{status}]"),
+                   labels=labels)
 
 
-def _finish(fig: Any, ax: Any, out: Path, title: str, fontsize: int = 11) -> Path:
+def _finish(fig: Any, ax: Any, out: Path, title: str, fontsize: int = 11,
+            labels: list[Any] | None = None) -> Path:
     ax.set_title(title, fontsize=fontsize)
     ax.set_xlabel("seconds since server start")
     ax.set_ylabel("memory (MB)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    if labels:
+        place_labels(fig, labels)  # after the layout: the pixel widths are final
     fig.savefig(out)
     plt.close(fig)
     return out
@@ -145,14 +180,15 @@ def parts_plot(points: list[dict[str, Any]], phases: dict[str, Any], t0: float, 
     clock. Negative 'other anonymous' (malloc counting pages that are not resident) is drawn
     as zero, so the stack then overshoots the RSS line by that much."""
     fig, ax = plt.subplots(figsize=(10, 4.8), dpi=100)
+    labels: list[Any] = []
     if points:
         xs = [p["time"] - t0 for p in points]
         layers = [[max(0.0, p[key] or 0.0) for p in points] for key, _, _ in PART_STYLE]
         stacked_top = [sum(col) for col in zip(*layers, strict=True)]
         rss = [p["rss_mb"] for p in points]
-        top = max(rss + stacked_top) * 1.12
+        top = max(rss + stacked_top) * HEADROOM
         ax.set_ylim(0, top)
-        _shade(ax, phases.get("phases", []), t0, top * 0.99)
+        labels = _shade(ax, phases.get("phases", []), t0)
         ax.stackplot(xs, layers, labels=[label for _, label, _ in PART_STYLE],
                      colors=[c for _, _, c in PART_STYLE], alpha=0.85, lw=0)
         ax.plot(xs, rss, color="black", lw=1.2, label="RSS, all processes (sampler)")
@@ -164,7 +200,8 @@ def parts_plot(points: list[dict[str, Any]], phases: dict[str, Any], t0: float, 
         ax.legend(loc="lower right", fontsize=7)
     else:
         ax.text(0.5, 0.5, "no sampler data", ha="center", transform=ax.transAxes)
-    return _finish(fig, ax, out, title + (f"\n{note}" if note else ""), fontsize=10)
+    return _finish(fig, ax, out, title + (f"\n{note}" if note else ""), fontsize=10,
+                   labels=labels)
 
 
 SPLIT_AGGREGATES = ("total_ms", "models_ms")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from infbench import analysis, breakdown, phases, plots, verdict
+from infbench import analysis, breakdown, htmlreport, plots, readers, verdict
 from infbench.files import WriteError, write_json
 from infbench.monitor import sampler
 
@@ -65,9 +64,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     """run.json, with a run left `running` by a harness that is gone marked `interrupted`
     (and the file rewritten, so the next reader agrees)."""
     try:
-        info: dict[str, Any] = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ReportError(f"{run_dir / 'run.json'} is damaged or unreadable: {e}") from None
+        info = readers.run_json(run_dir)  # version-checked; a version 1 file is migrated
+    except readers.ReadError as e:
+        raise ReportError(f"run.json is damaged, unreadable or too new: {e}") from None
     if info.get("status") == "running" and not harness_alive(info.get("harness")):
         info["status"] = "interrupted"
         info["stopped_in"] = info.get("stopped_in") or info.get("current")
@@ -108,7 +107,7 @@ def build(run_dir: Path) -> dict[str, Any]:
         try:
             points = breakdown.series(vd)
             s = analysis.summarize_variant(vd, points)
-            ph = phases.load(vd / "phases.json")
+            ph = readers.phases_json(vd)
         except (OSError, ValueError, KeyError, TypeError) as e:
             s = damaged_summary(vd, f"cannot read {vd.name}'s files: {type(e).__name__}: "
                                 f"{str(e)[:200]}")
@@ -146,7 +145,12 @@ def build(run_dir: Path) -> dict[str, Any]:
     plots.overlay_plot(series, run_dir / "memory_overlay.png", title)
     _write_csv(run_dir / "summary.csv", rows)
     (run_dir / "summary.md").write_text(markdown(info, rows))
-    return {"run": info, "variants": rows}
+    out: dict[str, Any] = {"run": info, "variants": rows, "html_error": None}
+    try:  # the page embeds the plots: the largest file; its loss must not lose the report
+        htmlreport.write(run_dir, info, rows)
+    except WriteError as e:
+        out["html_error"] = str(e)
+    return out
 
 
 def fault_lines(rows: list[dict[str, Any]]) -> list[str]:
