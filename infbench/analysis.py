@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,8 +485,10 @@ def failure_kinds(stats_prefix: Path) -> dict[str, int]:
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             error = (row.get("Error") or "?").strip()
-            kind = error.split(":", 1)[0] if error.startswith("HTTP") else \
-                error.split("(", 1)[0].strip()[:60]
+            http = re.search(r"HTTP \d+", error)
+            kind = http.group(0) if http else error.split("(", 1)[0].strip()[:60]
+            if kind == "HTTP 0":
+                kind = "HTTP 0 (no response: connection refused, reset or timed out)"
             out[kind] = out.get(kind, 0) + (_num(row.get("Occurrences"), int) or 0)
     return out
 

@@ -17,6 +17,12 @@ from infbench.launch.base import Replica
 from infbench.phases import PhaseLog
 
 
+def _name(pid: int) -> str:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid).name()
+    return ""
+
+
 class ProcessWatch:
     def __init__(self, topology: Any, log: PhaseLog) -> None:
         self.topology = topology
@@ -24,6 +30,7 @@ class ProcessWatch:
         self.active = True
         self.known: dict[str, set[int]] = {}
         self.dead: set[str] = set()
+        self.expected: set[int] = set()
         for r in topology.replicas:
             self.known[r.spec.label] = self._pids(r)
 
@@ -45,12 +52,20 @@ class ProcessWatch:
             if not now:
                 continue  # between two reads of a dying replica: its death is reported
             for pid in sorted(before - now):
+                if pid in self.expected:
+                    continue
                 self.log.event("process_exited", f"{label}: process {pid} exited while the "
                                "service kept running", replica=label, pid=pid)
             for pid in sorted(now - before):
                 name = "?"
                 with contextlib.suppress(psutil.Error):
                     name = " ".join(psutil.Process(pid).cmdline())[:60]
+                if (r.spec.service.server == "redis" and "redis-rdb" in name + \
+                        _name(pid)) or "redis-aof" in name + _name(pid):
+                    # Redis forks a child to write a snapshot: not a restart. The Redis
+                    # sampler notes the snapshot; the child's exit is expected too.
+                    self.expected.add(pid)
+                    continue
                 self.log.event("process_started", f"{label}: a new process {pid} ({name}) "
                                "appeared: a restarted worker", replica=label, pid=pid)
             self.known[label] = now
