@@ -365,16 +365,55 @@ def _busy(step: dict[str, Any]) -> str:
     return "whole pause" if step.get("pause_s") else "-"
 
 
+def _load_of(step: dict[str, Any]) -> str:
+    """Who sent the load: users (closed loop) or a rate (open loop, `arrival`)."""
+    ol = step.get("open_loop")
+    if ol:
+        return f"{ol['rate']:g}/s {ol.get('arrival') or ''}".strip()
+    return f"{fmt(step.get('users'))} users"
+
+
+def _yes_no(x: Any) -> str:
+    return "-" if x is None else "yes" if x else "**no**"
+
+
+def _gen(step: dict[str, Any]) -> str:
+    g = step.get("loadgen")
+    if not g:
+        return "-"
+    return f"{g['peak_demand_pct']:.0f}" + (" **limited**" if g.get("limited") else "")
+
+
+def _eff(step: dict[str, Any]) -> str:
+    e = step.get("efficiency") or {}
+    return fmt(e.get("efficiency"), 2)
+
+
 def steps_table(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| variant | step | img/req | requests | failures | cut off | req/s | img/s | "
-           "p50 (ms) | p95 (ms) | MB at end | server busy after (s) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| variant | step | img/req | load | requests | failures | cut off | req/s | img/s | "
+           "p50 (ms) | p95 (ms) | stable | memory flat | load gen (% core) | efficiency | "
+           "MB at end | server busy after (s) |",
+           "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | "
+           "--- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         for s in r["steps"]:
-            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {fmt(s['requests'])} "
+            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {_load_of(s)} | "
+                       f"{fmt(s['requests'])} "
                        f"| {fmt(s['failures'])} | {fmt(s['cut_off'])} | {fmt(s['rps'], 2)} | "
                        f"{fmt(s['images_per_s'], 1)} | {fmt(s['p50_ms'])} | "
-                       f"{fmt(s['p95_ms'])} | {fmt(s['mem_end_mb'])} | {_busy(s)} |")
+                       f"{fmt(s['p95_ms'])} | {_yes_no(s.get('stable'))} | "
+                       f"{_yes_no(s.get('memory_flat'))} | {_gen(s)} | {_eff(s)} | "
+                       f"{fmt(s['mem_end_mb'])} | {_busy(s)} |")
+    return out
+
+
+def trust_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Every step whose figures should be read with care, and why (infbench/trust.py)."""
+    out = []
+    for r in rows:
+        for s in r["steps"]:
+            for note in s.get("notes") or []:
+                out.append(f"- **{r['variant']}** step {s['index']} (b{s['batch']}): {note}")
     return out
 
 
@@ -434,7 +473,15 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "`PROFILE=cycles`) and the server probes (`probes = true`) to tell a leak "
                   "from retention. The rules and thresholds are in `summary.json` and the "
                   "README."]
-    lines += ["", "## Load per step (Locust)", "", *steps_table(rows)]
+    lines += ["", "## Load per step (Locust)", "", *steps_table(rows), "",
+              "stable: the last windows' throughput and p50 agreed (see Definitions); load "
+              "gen: the busiest 5 s of Locust's CPU + run-queue wait, **limited** from 90%; "
+              "efficiency: served images/s over the model's own (model_alone.json). "
+              "An open-loop load (`N/s`) measures latency from each request's intended send "
+              "time."]
+    trust_notes = trust_lines(rows)
+    if trust_notes:
+        lines += ["", "## Read with care", "", *trust_notes]
     faults = fault_lines(rows)
     if faults:
         lines += ["", "## Faults", "", *faults, "",
