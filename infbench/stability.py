@@ -6,8 +6,13 @@ growing, memory still climbing. Like perf_analyzer (which wants three measuremen
 the start of its load to the moment the load stopped (the drain is not measured), and it is
 
   stable  when the last `count` windows' throughput (requests finished per second) and median
-          latency each lie within `tolerance` of their mean (latency also passes when all are
-          within LATENCY_FLOOR_MS of the mean: Locust's and the clock's resolution);
+          latency each lie within `tolerance` of their mean - or within what sampling alone
+          would move them, when that is wider: a window of n requests counts them with a
+          Poisson error of sqrt(n) (2 of those allowed), its median has a 95% confidence
+          interval from its own order statistics (the widest of the windows' allowed), and
+          latency always passes within LATENCY_FLOOR_MS (the clock's and Locust's resolution).
+          So a few requests per window do not read as instability, and a queue that keeps
+          growing still does. Windows with fewer than MIN_REQUESTS requests cannot be judged;
   memory flat  when the memory samples over those same windows, fitted with a straight line,
           change by no more than the verdict's noise (max(8 MB, 1%)) across the windows' span.
 
@@ -29,6 +34,8 @@ from typing import Any
 from infbench.verdict import NOISE_FRACTION, NOISE_MB
 
 LATENCY_FLOOR_MS = 1.0
+MIN_REQUESTS = 5  # per window, below which the rule does not judge
+COUNT_SIGMAS = 2.0
 DEFAULT_WINDOW_S = 10.0
 DEFAULT_WINDOWS = 3
 DEFAULT_TOLERANCE = 0.10
@@ -64,6 +71,7 @@ class Window:
     rps: float
     p50_ms: float | None
     p95_ms: float | None = None
+    p50_ci_ms: float | None = None  # half-width of the median's 95% confidence interval
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,19 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[k]
 
 
+def median_ci(values: list[float]) -> float | None:
+    """Half-width of a 95% confidence interval of the median, from the order statistics
+    n/2 -+ 0.98 sqrt(n) (distribution-free); None under MIN_REQUESTS values."""
+    n = len(values)
+    if n < MIN_REQUESTS:
+        return None
+    s = sorted(values)
+    half = 0.98 * math.sqrt(n)
+    lo = s[max(0, math.floor(n / 2 - half))]
+    hi = s[min(n - 1, math.ceil(n / 2 + half))]
+    return (hi - lo) / 2
+
+
 def windows_from_requests(rows: list[RequestRow], t0: float, t1: float,
                           width: float) -> list[Window]:
     """Full windows of `width` seconds from t0 up to t1; a request belongs to the window it
@@ -123,7 +144,7 @@ def windows_from_requests(rows: list[RequestRow], t0: float, t1: float,
         lat = [r.latency_ms for r in b]
         out.append(Window(t0 + k * width, t0 + (k + 1) * width, len(b),
                           sum(1 for r in b if not r.ok), len(b) / width,
-                          percentile(lat, 0.5), percentile(lat, 0.95)))
+                          percentile(lat, 0.5), percentile(lat, 0.95), median_ci(lat)))
     return out
 
 
@@ -176,30 +197,61 @@ def windows_from_history(hist: list[dict[str, float]], t0: float, t1: float,
 
 def judge(windows: list[Window], count: int = DEFAULT_WINDOWS,
           tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
-    """The rule: the last `count` windows' throughput and median within `tolerance`."""
+    """The rule: the last `count` windows' throughput and median within `tolerance`, or within
+    their sampling noise where that is wider (see the module's docstring)."""
     last = windows[-count:] if count > 0 else []
+    empty = {"rps_spread": None, "p50_spread": None, "rps_allowance": None,
+             "p50_allowance_ms": None}
     if len(last) < count or count <= 0:
-        return {"stable": False, "reason": f"{len(windows)} full window(s), the rule needs "
-                f"{count}", "rps_spread": None, "p50_spread": None}
+        return {**empty, "stable": False,
+                "reason": f"{len(windows)} full window(s), the rule needs {count}"}
     rps = [w.rps for w in last]
     p50s = [w.p50_ms for w in last]
     if any(p is None for p in p50s) or not any(rps):
-        return {"stable": False, "reason": "a window without finished requests",
-                "rps_spread": spread(rps), "p50_spread": None}
+        return {**empty, "stable": False, "reason": "a window without finished requests",
+                "rps_spread": spread(rps)}
+    if min(w.requests for w in last) < MIN_REQUESTS:
+        return {**empty, "stable": False, "rps_spread": spread(rps),
+                "reason": f"fewer than {MIN_REQUESTS} requests in a window: too few to judge "
+                          "(longer windows needed)"}
     lat = [float(p) for p in p50s if p is not None]
-    ok_rps = within(rps, tolerance)
-    ok_lat = within(lat, tolerance, LATENCY_FLOOR_MS)
+    mean_n = sum(w.requests for w in last) / len(last)
+    rps_allow = max(tolerance, COUNT_SIGMAS / math.sqrt(mean_n))
+    cis = [w.p50_ci_ms for w in last if w.p50_ci_ms is not None]
+    lat_floor = max([LATENCY_FLOOR_MS, *cis])
+    ok_rps = within(rps, rps_allow)
+    ok_lat = within(lat, tolerance, lat_floor)
     rs, ls = spread(rps), spread(lat)
     if ok_rps and ok_lat:
-        reason = f"last {count} windows within {tolerance:.0%}"
+        reason = (f"last {count} windows agree (throughput within {rps_allow:.0%}, p50 within "
+                  f"{tolerance:.0%} or {lat_floor:,.1f} ms)")
     else:
-        bad = [what for what, ok, s in (("throughput", ok_rps, rs), ("p50", ok_lat, ls))
-               if not ok]
-        reason = " and ".join(bad) + f" moved more than {tolerance:.0%} over the last " \
-            f"{count} windows"
+        bad = [what for what, ok in (("throughput", ok_rps), ("p50", ok_lat)) if not ok]
+        trail = (" → ".join(f"{x:,.0f}" for x in lat) + " ms, "
+                 + " → ".join(f"{x:,.1f}" for x in rps) + " req/s")
+        reason = (" and ".join(bad) + " moved beyond tolerance and sampling noise over the "
+                  f"last {count} windows (p50 {trail})")
     return {"stable": ok_rps and ok_lat, "reason": reason,
             "rps_spread": None if rs is None else round(rs, 3),
-            "p50_spread": None if ls is None else round(ls, 3)}
+            "p50_spread": None if ls is None else round(ls, 3),
+            "rps_allowance": round(rps_allow, 3), "p50_allowance_ms": round(lat_floor, 2)}
+
+
+def last_figures(rows: list[RequestRow], windows: list[Window],
+                 count: int) -> dict[str, Any] | None:
+    """Throughput, failures and latency over the last `count` windows only: the figures of
+    the part of the step that was judged (perf_analyzer reports its stable windows)."""
+    last = windows[-count:] if count > 0 else []
+    if not last:
+        return None
+    a, b = last[0].t0, last[-1].t1
+    mine = [r for r in rows if a <= r.t_end < b]
+    lat = [r.latency_ms for r in mine]
+    return {"t0": round(a, 3), "t1": round(b, 3), "requests": len(mine),
+            "failures": sum(1 for r in mine if not r.ok),
+            "rps": round(len(mine) / (b - a), 3) if b > a else None,
+            "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95),
+            "p99_ms": percentile(lat, 0.99)}
 
 
 def slope(points: list[tuple[float, float]]) -> float | None:
@@ -248,14 +300,16 @@ def step_stability(prefix: Path, t0: float | None, t1: float | None,
         return {**out, "stable": False, "reason": "the step has no load window",
                 "source": None, "windows": [], "memory": None}
     rows = read_requests(Path(f"{prefix}_requests.csv"))
+    last = None
     if rows is not None:
         wins, source = windows_from_requests(rows, t0, t1, width), "requests.csv (exact)"
+        last = last_figures(rows, wins, count)
     else:
         wins = windows_from_history(read_history(Path(f"{prefix}_stats_history.csv")), t0, t1,
                                     width)
         source = "stats_history.csv (Locust's ~10 s current median)"
     verdict = judge(wins, count, tolerance)
-    return {**out, **verdict, "source": source,
+    return {**out, **verdict, "source": source, "last": last,
             "windows": [{k: (round(v, 3) if isinstance(v, float) else v)
                          for k, v in asdict(w).items()} for w in wins],
             "memory": memory_judge(mem, wins, count)}

@@ -39,13 +39,21 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def window_settings(variant_dir: Path) -> tuple[float, int, float]:
-    """The profile's stability window, count and tolerance (manifest.json), else defaults."""
+def window_settings(variant_dir: Path, counts: dict[str, Any] | None = None
+                    ) -> tuple[float, int, float]:
+    """The stability window, count and tolerance a step ran with: what its Locust recorded
+    (`*_counts.json`; a capacity probe sizes its own), else the profile's (manifest.json),
+    else the defaults."""
     m = _read_json(variant_dir / "manifest.json") or {}
     prof = (m.get("config") or {}).get("profile") or {}
-    return (float(prof.get("stable_window_s") or stability.DEFAULT_WINDOW_S),
-            int(prof.get("stable_windows") or stability.DEFAULT_WINDOWS),
-            float(prof.get("stable_tolerance") or stability.DEFAULT_TOLERANCE))
+    c = counts or {}
+
+    def pick(key: str, default: float) -> float:
+        return float(c.get(key) or prof.get(key) or default)
+
+    return (pick("stable_window_s", stability.DEFAULT_WINDOW_S),
+            int(pick("stable_windows", stability.DEFAULT_WINDOWS)),
+            pick("stable_tolerance", stability.DEFAULT_TOLERANCE))
 
 
 def open_loop_figures(counts: dict[str, Any] | None, t_stop: float | None) -> dict[str, Any] | None:
@@ -118,7 +126,6 @@ def efficiency(images_per_s: float | None, batch: int | None,
 def annotate(variant_dir: Path, steps: list[dict[str, Any]], phase_list: list[dict[str, Any]],
              mem: list[tuple[float, float]]) -> None:
     """Add the trust figures to each step of analysis.step_figures (in place)."""
-    width, count, tol = window_settings(variant_dir)
     ends = {p.get("index"): p for p in phase_list if p.get("kind") == "step"}
     alone = model_alone(variant_dir)
     for st in steps:
@@ -126,6 +133,7 @@ def annotate(variant_dir: Path, steps: list[dict[str, Any]], phase_list: list[di
         prefix = variant_dir / f"step{i}-b{batch}"
         phase = ends.get(i, {})
         counts = _read_json(Path(f"{prefix}_counts.json"))
+        width, count, tol = window_settings(variant_dir, counts)
         t0 = st.get("t_start")
         t_stop = (counts or {}).get("test_stopping") or phase.get("end")
         stab = stability.step_stability(prefix, t0, t_stop, mem, width, count, tol)

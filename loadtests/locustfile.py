@@ -73,6 +73,7 @@ from locust.env import Environment
 from locust.exception import CatchResponseError, StopUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+from infbench import stability
 from infbench.config import (
     B64_MARK,
     BATCH_MARK,
@@ -83,7 +84,7 @@ from infbench.config import (
     Request,
 )
 from infbench.schedule import arrivals
-from infbench.stability import percentile, within
+from infbench.stability import percentile
 
 IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
@@ -110,6 +111,9 @@ _counts: dict[str, Any] = {
     "batch": BATCH, "started": 0, "finished": 0, "failed": 0,
     "test_start": None, "test_stopping": None, "test_stop": None, "updated": None,
     "windows": [], "stable_at": None,
+    # The stability rule this step was run with (the analysis judges it by the same).
+    "stable_window_s": STABLE_WINDOW_S, "stable_windows": STABLE_WINDOWS,
+    "stable_tolerance": STABLE_TOLERANCE,
 }
 if RATE > 0:
     _counts["open_loop"] = {
@@ -223,25 +227,23 @@ def _writer() -> None:
 
 
 def _stability() -> None:
-    """Windows of throughput and median latency; once the last STABLE_WINDOWS agree within
-    the tolerance, quit as --run-time would (the drain follows as usual)."""
+    """Windows of throughput and median latency cut from this step's own request log, judged by
+    the rule the analysis applies (infbench/stability.py); once the last STABLE_WINDOWS agree
+    within the tolerance, quit as --run-time would (the drain follows as usual)."""
     if not _env:
         return
     env = _env[0]
-    last = 0
+    start = time.time()
     while True:
         gevent.sleep(STABLE_WINDOW_S)
-        total = env.stats.total
-        done = total.num_requests + total.num_failures
-        rps = (done - last) / STABLE_WINDOW_S
-        last = done
-        p50 = total.get_current_response_time_percentile(0.5) or 0.0
-        _counts["windows"].append({"t": time.time(), "rps": round(rps, 3), "p50_ms": p50})
-        recent = _counts["windows"][-STABLE_WINDOWS:]
-        if len(recent) == STABLE_WINDOWS and within([w["rps"] for w in recent],
-                                                     STABLE_TOLERANCE) \
-                and within([w["p50_ms"] for w in recent], STABLE_TOLERANCE):
-            _counts["stable_at"] = time.time()
+        now = time.time()
+        rows = [stability.RequestRow(t, ms, ok) for t, ms, ok, _, _ in _log if t >= start]
+        wins = stability.windows_from_requests(rows, start, now, STABLE_WINDOW_S)
+        if wins:
+            w = wins[-1]
+            _counts["windows"].append({"t": w.t1, "rps": round(w.rps, 3), "p50_ms": w.p50_ms})
+        if stability.judge(wins, STABLE_WINDOWS, STABLE_TOLERANCE)["stable"]:
+            _counts["stable_at"] = now
             _write_counts()
             if env.runner is not None:
                 env.runner.quit()

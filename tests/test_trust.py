@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -167,3 +169,39 @@ def test_the_summary_and_the_step_table_say_stable_or_not(tmp_path: Path) -> Non
     assert two["stable"] is False and any("not stable" in n for n in two["notes"])
     table = "\n".join(report.steps_table([s]))
     assert "| stable | memory flat |" in table and "| yes | **no** |" in table
+
+
+def poisson_rows(rate: float, seconds: float, latency: Callable[[float], float],
+                 seed: int = 1) -> list[RequestRow]:
+    """Requests finishing at Poisson times with the given latency at each time."""
+    rng = random.Random(seed)
+    t, rows = 0.0, []
+    while (t := t + rng.expovariate(rate)) < seconds:
+        rows.append(RequestRow(T0 + t, latency(t) * rng.uniform(0.7, 1.5), True))
+    return rows
+
+
+def test_a_few_requests_a_window_are_judged_by_their_noise_not_as_drift() -> None:
+    # 4 req/s in 5 s windows: ~20 a window, Poisson counts move +-22% by chance alone.
+    steady = poisson_rows(4.0, 30.0, lambda t: 100.0)
+    v = stability.judge(stability.windows_from_requests(steady, T0, T0 + 30, 5.0))
+    assert v["stable"] is True and v["rps_allowance"] > 0.3
+    # The same few requests with a queue growing under them: still not stable.
+    growing = poisson_rows(4.0, 30.0, lambda t: 100.0 + 40.0 * t)
+    g = stability.judge(stability.windows_from_requests(growing, T0, T0 + 30, 5.0))
+    assert g["stable"] is False and g["reason"].startswith("p50 moved")
+
+
+def test_windows_with_almost_no_requests_cannot_be_judged() -> None:
+    sparse = poisson_rows(0.3, 30.0, lambda t: 100.0)
+    v = stability.judge(stability.windows_from_requests(sparse, T0, T0 + 30, 5.0))
+    assert v["stable"] is False and "too few to judge" in v["reason"]
+
+
+def test_the_median_interval_narrows_with_more_requests() -> None:
+    rng = random.Random(3)
+    few = [rng.uniform(50, 150) for _ in range(25)]
+    many = [rng.uniform(50, 150) for _ in range(2500)]
+    a, b = stability.median_ci(few), stability.median_ci(many)
+    assert a is not None and b is not None and b < a / 5
+    assert stability.median_ci(few[:3]) is None
