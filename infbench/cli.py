@@ -10,6 +10,7 @@ step whose requests all failed), 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -112,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
     cap.add_argument("--run-id", default=_env("RUN_ID"))
     cap.add_argument("--probes", action="store_true",
                      default=_env("PROBES").lower() in ("1", "true", "yes"))
+    r.add_argument("--model-alone", action="store_true",
+                   default=_env("MODEL_ALONE").lower() in ("1", "true", "yes"),
+                   help="measure the model alone (no HTTP) before each variant's load, for "
+                        "serving efficiency (as model_alone = true in the profile would; env "
+                        "INFBENCH_MODEL_ALONE=1)")
     rep = sub.add_parser("report", help="rebuild plots and tables of a (finished or "
                          "interrupted) run from its files")
     rep.add_argument("run", nargs="?", default=_env("RUN", "latest"),
@@ -173,6 +179,8 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
         variants = [v.with_probes() for v in variants]
     default = exp.study(args.study).profile if args.study else exp.study_profile
     profile = exp.profile(args.profile or default)
+    if args.model_alone:
+        profile = dataclasses.replace(profile, model_alone=True)
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)
@@ -208,8 +216,6 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
 
 def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
     """One variant, probed open-loop for its capacity under a p95 bound (infbench/capacity.py)."""
-    import dataclasses
-
     from infbench import capacity
 
     v = exp.variant(args.variants[0])

@@ -130,6 +130,8 @@ class Profile:
     arrival: str = "poisson"
     arrival_seed: int = 0
     max_in_flight: int = 512
+    # Measure the model alone (no HTTP) before the load: serving efficiency per step.
+    model_alone: bool = False
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users
@@ -435,7 +437,8 @@ def _load_profile(name: str, table: Any) -> Profile:
             "request_timeout": NUM, "wait": list, "sample_interval": NUM, "cycles": int,
             "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
-            "rate": NUM, "arrival": str, "arrival_seed": int, "max_in_flight": int}
+            "rate": NUM, "arrival": str, "arrival_seed": int, "max_in_flight": int,
+            "model_alone": bool}
     values = _fields(where, table, spec, required=("steps",))
     _open_loop_fields(where, values)
     for key in ("feedback_weight",):

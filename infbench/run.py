@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from infbench import assets, files, manifest, proc
+from infbench import assets, files, manifest, model_alone, proc
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.files import WriteError, write_json
 from infbench.launch import LaunchError, get_launcher
@@ -260,6 +260,9 @@ class VariantRun:
     def _run(self) -> None:
         p = self.profile
         batch = max(s.batch for s in p.steps)
+        if p.model_alone:  # before any service starts, on a quiet machine
+            model_alone.measure(self.v, self.model_path, p, self.images, self.out,
+                                self.progress.say)
         self.log.mark("server_start")
         self.topology = Topology(
             variant=self.v, launcher=get_launcher(self.plan.runtime), out_dir=self.out,
