@@ -28,6 +28,7 @@ SERVERS = ("uvicorn", "gunicorn", "hypercorn", "module", "redis", "command")
 APP_MODULES: dict[str, tuple[str, str]] = {
     "starlette": ("servers.app_starlette:app", "asgi"),
     "fastapi": ("servers.app_fastapi:app", "asgi"),
+    "batching": ("servers.app_batching:app", "asgi"),
     "queue-fastapi": ("servers.queue_api_fastapi:app", "asgi"),
     "queue-flask": ("servers.queue_api_flask:app", "wsgi"),
     "scoring-fastapi": ("servers.scoring_fastapi:app", "asgi"),
