@@ -71,7 +71,7 @@ def open_loop_figures(counts: dict[str, Any] | None, t_stop: float | None) -> di
            "sent": sent, "send_rate": None if achieved is None else round(achieved, 3),
            "in_flight_max": ol.get("in_flight_max"), "cap_hits": ol.get("cap_hits"),
            "cap_wait_s": round(float(ol.get("cap_wait_s") or 0.0), 3),
-           "not_sent": ol.get("not_sent"),
+           "not_sent": ol.get("not_sent"), "retried": ol.get("retried"),
            "lag_p50_ms": _round(lag.get("p50")), "lag_p99_ms": _round(lag.get("p99")),
            "lag_max_ms": _round(lag.get("max"))}
     return out

@@ -68,6 +68,7 @@ import gevent
 import gevent.lock
 import gevent.pool
 from geventhttpclient import HTTPClient
+from geventhttpclient.response import HTTPConnectionClosed
 from locust import HttpUser, User, between, constant, events, task
 from locust.env import Environment
 from locust.exception import CatchResponseError, StopUser
@@ -119,7 +120,7 @@ if RATE > 0:
     _counts["open_loop"] = {
         "rate": RATE, "arrival": ARRIVAL, "seed": ARRIVAL_SEED, "max_in_flight": MAX_IN_FLIGHT,
         "schedule_start": None, "scheduled": 0, "sent": 0, "in_flight_max": 0,
-        "cap_hits": 0, "cap_wait_s": 0.0, "not_sent": 0, "lag_ms": None,
+        "cap_hits": 0, "cap_wait_s": 0.0, "not_sent": 0, "retried": 0, "lag_ms": None,
     }
 # Every finished request: (t_end unix, latency ms, ok, send lag ms or None, name).
 _log: list[tuple[float, float, bool, float | None, str]] = []
@@ -210,19 +211,26 @@ BODY, CONTENT_TYPE = _load_body()
 HEADERS = {**REQUEST.headers, "Content-Type": CONTENT_TYPE}
 
 
-def _write_counts() -> None:
+def _write_counts(text: str | None = None) -> None:
     if not COUNTS:
         return
-    _counts["updated"] = time.time()
+    if text is None:
+        _counts["updated"] = time.time()
+        text = json.dumps(_counts)
     tmp = COUNTS + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(_counts, f)
+        f.write(text)
     os.replace(tmp, COUNTS)
 
 
 def _writer() -> None:
+    # The periodic write runs in gevent's thread pool: a write() that blocks on a busy disk
+    # (dirty-page throttling) would otherwise stall the event loop, and with it the open-loop
+    # schedule (seen here: ~1 s send lags while the process was neither running nor runnable).
+    pool = gevent.get_hub().threadpool
     while True:
-        _write_counts()
+        _counts["updated"] = time.time()
+        pool.apply(_write_counts, (json.dumps(_counts),))  # the snapshot is taken here
         gevent.sleep(1.0)
 
 
@@ -461,7 +469,13 @@ class OpenLoopClient(User):
         exc: Exception | None = None
         length = 0
         try:
-            resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
+            try:
+                resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
+            except HTTPConnectionClosed:
+                # A pooled keep-alive connection the server had already closed (Uvicorn closes
+                # idle ones after 5 s): sent again once, on a new connection, and counted.
+                ol["retried"] += 1
+                resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
             try:
                 data = resp.read()
             finally:
