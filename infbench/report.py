@@ -21,6 +21,9 @@ from infbench.monitor import sampler
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
 CSV_PROCESS = ("pss", "uss", "anon", "file")
+STEP_CSV = ("requests", "failures", "cut_off", "rps", "p50_ms", "p95_ms", "mem_end_mb")
+# Appended after each step's figures (infbench/trust.py): how far to trust them.
+TRUST_CSV = ("stable", "memory_flat", "limited_by_loadgen", "efficiency")
 
 
 class ReportError(Exception):
@@ -206,8 +209,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         [f"{m}_{k}_mb" for m in CSV_PROCESS for k in ("start", "end")] + \
         ["requests", "failures", "cut_off"]
     for i, b in batches:
-        header += [f"s{i}_b{b}_{k}" for k in ("requests", "failures", "cut_off", "rps",
-                                               "p50_ms", "p95_ms", "mem_end_mb")]
+        header += [f"s{i}_b{b}_{k}" for k in (*STEP_CSV, *TRUST_CSV)]
     cgroup = any("cgroup_memory_mb" in r for r in rows)  # docker runs: appended columns
     if cgroup:
         header += [f"cgroup_{k}_mb" for k in CSV_MEMORY]
@@ -223,8 +225,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             by_key = {(s["index"], s["batch"]): s for s in r["steps"]}
             for key in batches:
                 s = by_key.get(key, {})
-                line += [s.get(k) for k in ("requests", "failures", "cut_off", "rps",
-                                            "p50_ms", "p95_ms", "mem_end_mb")]
+                line += [s.get(k) for k in STEP_CSV]
+                line += [s.get(k) for k in TRUST_CSV[:3]]
+                line += [(s.get("efficiency") or {}).get("efficiency")]
             if cgroup:
                 line += [(r.get("cgroup_memory_mb") or {}).get(k) for k in CSV_MEMORY]
             w.writerow(["" if x is None else x for x in line])
