@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from PIL import Image
 
 from infbench import capacity
 from infbench.capacity import Probe, Search
+from infbench.paths import ROOT
 
 
 def queue_curve(cap: float, base_ms: float, batch: int = 1) -> Callable[[float], Probe]:
@@ -112,3 +115,50 @@ def test_the_document_and_the_plot(tmp_path: Path) -> None:
     png = capacity.plot(probes, s, tmp_path / "capacity.png", "synthetic")
     with Image.open(png) as im:
         assert im.size == (800, 480)
+
+
+CAPACITY_EXPERIMENTS = """
+[models.tiny]
+arch = "tiny_cnn"
+input_size = 32
+classes = 10
+
+[profiles.probe]
+rate = 20
+arrival = "poisson"
+steps = [{ batch = 1, seconds = 5, until_stable = true }]
+stable_window_s = 1
+baseline = 0.5
+pause = 0.5
+cooldown = 0.5
+drain_timeout = 5
+request_timeout = 10
+
+[variants.sleep10]
+server = "command"
+command = ["{python}", "-m", "uvicorn", "tests.sleep_app:app", "--host", "{host}",
+           "--port", "{port}", "--no-access-log"]
+env = { INFBENCH_SLEEP_MS = "10" }
+"""
+
+
+@pytest.mark.integration
+def test_the_capacity_command_writes_its_answer_probes_and_curve(tmp_path: Path) -> None:
+    exp = tmp_path / "experiments.toml"
+    exp.write_text(CAPACITY_EXPERIMENTS)
+    res = subprocess.run([sys.executable, "-m", "infbench", "--experiments", str(exp),
+                          "--results", str(tmp_path / "r"), "capacity", "sleep10",
+                          "--p95-ms", "2000", "--profile", "probe", "--max-probes", "3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode in (0, 3), res.stdout[-3000:] + res.stderr[-3000:]
+    run_dir = next(p for p in (tmp_path / "r").iterdir() if p.is_dir() and not p.is_symlink())
+    doc = json.loads((run_dir / "sleep10" / "capacity.json").read_text())
+    probes = doc["probes"]
+    assert [p["rate"] for p in probes][:2] == [20, 40] and len(probes) <= 3
+    assert all(p["why"] for p in probes) and doc["search"]["p95_ms"] == 2000
+    assert doc["answer"]["p95_bound_ms"] == 2000 and "bounded_by" in doc["answer"]
+    assert (run_dir / "sleep10" / "capacity.png").stat().st_size > 0
+    assert "probe 1: 20 req/s offered" in res.stdout and "results:" in res.stdout
+    # Each probe is a step of the run: Locust's files and the report as for any run.
+    summary = json.loads((run_dir / "sleep10" / "summary.json").read_text())
+    assert [s["open_loop"]["rate"] for s in summary["steps"]] == [p["rate"] for p in probes]
