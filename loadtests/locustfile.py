@@ -67,6 +67,7 @@ from typing import Any
 import gevent
 import gevent.lock
 import gevent.pool
+import gevent.threadpool
 from geventhttpclient import HTTPClient
 from geventhttpclient.response import HTTPConnectionClosed
 from locust import HttpUser, User, between, constant, events, task
@@ -211,26 +212,32 @@ BODY, CONTENT_TYPE = _load_body()
 HEADERS = {**REQUEST.headers, "Content-Type": CONTENT_TYPE}
 
 
-def _write_counts(text: str | None = None) -> None:
-    if not COUNTS:
-        return
-    if text is None:
-        _counts["updated"] = time.time()
-        text = json.dumps(_counts)
+def _save(text: str) -> None:
     tmp = COUNTS + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, COUNTS)
 
 
+# Every write of the counters goes through one native thread, in order: a write() that blocks
+# on a busy disk (dirty-page throttling) would otherwise stall the event loop, and with it the
+# open-loop schedule (seen here: ~1 s send lags while the process was neither running nor
+# runnable). One thread, first in first out: a newer snapshot is never overwritten by an older.
+_io = gevent.threadpool.ThreadPool(1)
+
+
+def _write_counts() -> None:
+    """Snapshot the counters now (on the loop) and write them off it; the calling greenlet
+    waits, the others run."""
+    if not COUNTS:
+        return
+    _counts["updated"] = time.time()
+    _io.apply(_save, (json.dumps(_counts),))
+
+
 def _writer() -> None:
-    # The periodic write runs in gevent's thread pool: a write() that blocks on a busy disk
-    # (dirty-page throttling) would otherwise stall the event loop, and with it the open-loop
-    # schedule (seen here: ~1 s send lags while the process was neither running nor runnable).
-    pool = gevent.get_hub().threadpool
     while True:
-        _counts["updated"] = time.time()
-        pool.apply(_write_counts, (json.dumps(_counts),))  # the snapshot is taken here
+        _write_counts()
         gevent.sleep(1.0)
 
 
@@ -419,6 +426,8 @@ class OpenLoopClient(User):
     @task
     def schedule(self) -> None:
         ol = _counts["open_loop"]
+        if ol["schedule_start"] is not None or _counts["test_stopping"] is not None:
+            raise StopUser()  # one schedule per step
         start = time.perf_counter()
         ol["schedule_start"] = time.time()
         for offset in arrivals(RATE, ARRIVAL, ARRIVAL_SEED):
@@ -447,6 +456,7 @@ class OpenLoopClient(User):
             self.pool.spawn(self._send, due)
         # Sending has stopped; in-flight requests get the drain timeout to finish.
         self.pool.join()
+        raise StopUser()
 
     def _due_by_now(self, start: float, offset: float) -> int:
         """Requests whose intended time has come (this one included) but were never sent."""
