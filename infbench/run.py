@@ -260,9 +260,10 @@ class VariantRun:
     def _run(self) -> None:
         p = self.profile
         batch = max(s.batch for s in p.steps)
-        if p.model_alone:  # before any service starts, on a quiet machine
-            model_alone.measure(self.v, self.model_path, p, self.images, self.out,
-                                self.progress.say)
+        if p.model_alone and model_alone.measure(  # before any service starts: a quiet machine
+                self.v, self.model_path, p, self.images, self.out, self.progress.say) is None:
+            self.log.event("model_alone_failed", "the model-alone measurement failed (see "
+                           "model_alone.log): no serving efficiency for this variant")
         self.log.mark("server_start")
         self.topology = Topology(
             variant=self.v, launcher=get_launcher(self.plan.runtime), out_dir=self.out,
