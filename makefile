@@ -9,9 +9,10 @@
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
+#   make capacity_<variant> P95_MS=<ms>   the highest open-loop rate with p95 under the bound
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
-#            PROBES=1 (the server-side memory probes in every variant)
+#            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -35,7 +36,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	test-unit lint lock clean allocators
 
 help:
-	@sed -n '2,15p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,16p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -67,6 +68,12 @@ bench-probes: venv
 	$(PY) -m infbench.overhead latest
 run_%: venv
 	$(PY) -m infbench run $* $(opts)
+
+# Capacity under a latency bound (infbench/capacity.py): PROFILE=capacity unless given.
+P95_MS ?=
+capacity_%: venv
+	@test -n "$(P95_MS)" || { echo "make capacity_$*: give the bound, e.g. P95_MS=500"; exit 2; }
+	$(PY) -m infbench capacity $* --p95-ms $(P95_MS) $(opts)
 
 report: venv
 	$(PY) -m infbench report $(RUN)

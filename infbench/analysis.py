@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infbench import breakdown, verdict
+from infbench import breakdown, trust, verdict
 from infbench import phases as phases_mod
 from infbench.monitor import sampler as sampler_mod
 
 # Version of summary.json. 1: first version. 2: "services" (memory and CPU per service of a
-# topology), "events" and "faults", a status per step, variant status "degraded".
-SUMMARY_SCHEMA = 2
+# topology), "events" and "faults", a status per step, variant status "degraded". 3: per step
+# "stable", "stability" (windows), "memory_flat", "loadgen", "limited_by_loadgen", "open_loop",
+# "efficiency", "notes" (infbench/trust.py); "model_alone" per variant.
+SUMMARY_SCHEMA = 3
 COOLDOWN_TAIL_S = 5.0
 
 DEFINITIONS = {
@@ -43,6 +45,17 @@ DEFINITIONS = {
     "processes_mb": "the same figures for each metric of processes.csv (rss, pss, uss, anon, "
                     "file, swap), summed over the server's processes at each sample; pss "
                     "counts shared pages once, anon is heap and other anonymous memory",
+    "stable": "the last N windows (the profile's stable_windows of stable_window_s, from the "
+              "start of the step's load to its end, drain excluded) have throughput and p50 "
+              "within stable_tolerance of their mean (infbench/stability.py)",
+    "memory_flat": "MEM fitted over those windows changes by no more than max(8 MB, 1%)",
+    "limited_by_loadgen": "a Locust process had work (CPU + run-queue wait) for >= 90% of a "
+                          "core over 5 s of the step's load (infbench/monitor/loadgen.py)",
+    "open_loop": "latency is from each request's intended send time; send_rate is requests "
+                 "sent / seconds of schedule; cap_hits: requests that waited for an in-flight "
+                 "slot",
+    "efficiency": "served images/s / images/s of the same model decoding and predicting "
+                  "alone at the step's batch (model_alone.json)",
     "breakdown_mb": "RSS split into file-backed, malloc in use, malloc free (retained) and "
                     "other anonymous memory (processes.csv + the probes' mallinfo2, all "
                     "processes summed) at the end of the baseline and of the cooldown, and "
@@ -375,6 +388,7 @@ def summarize_variant(variant_dir: Path,
     mp = variant_mprof(variant_dir, ph)
     plist = ph.get("phases", [])
     steps = step_figures(variant_dir, mp.mem, plist)
+    trust.annotate(variant_dir, steps, plist, mp.mem)
     pauses = [p for p in plist if p.get("kind") == "pause"]
 
     def total(key: str) -> int | None:
@@ -400,6 +414,7 @@ def summarize_variant(variant_dir: Path,
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,
+        "model_alone": trust.model_alone(variant_dir),
         "pauses_server_busy_s": [p.get("server_busy_s") for p in pauses],
         "samples": {
             "mem": len(mp.mem), "children": len(mp.children), "bad_lines": mp.bad_lines,

@@ -1,5 +1,5 @@
-"""Command line: `python -m infbench list|build|run|report|compare|check`. The makefile calls
-these.
+"""Command line: `python -m infbench list|build|run|capacity|report|compare|check`. The
+makefile calls these.
 
 Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL, ...), so
 `make run PROFILE=quick` and `INFBENCH_PROFILE=quick python -m infbench run` agree.
@@ -12,6 +12,8 @@ or ran with faults: a restart, a load-generator failure, a step whose requests a
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import signal
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from infbench import assets, compare, config, files, htmlreport, proc, readers, report, thresholds
+from infbench.config import Step
 from infbench.files import WriteError, check_writable
 from infbench.launch import LaunchError, get_launcher
 from infbench.paths import ROOT
@@ -90,6 +93,33 @@ def parser() -> argparse.ArgumentParser:
                    default=_env("PROBES").lower() in ("1", "true", "yes"),
                    help="start the server-side memory probes in every variant (as probes = "
                         "true would; env INFBENCH_PROBES=1)")
+    cap = sub.add_parser("capacity", help="the highest open-loop rate a variant serves with "
+                         "p95 under a bound (bisection on rate, each probe until stable)")
+    cap.add_argument("variants", nargs=1, metavar="variant")
+    cap.add_argument("--p95-ms", type=float, required=True, help="the latency bound (ms)")
+    cap.add_argument("--profile", default=_env("PROFILE") or "capacity",
+                     help="settings of the probes: batch (its first step), arrival, windows, "
+                          "the first rate (its `rate`) (default: capacity)")
+    cap.add_argument("--batch", type=int, default=0, help="images per request (default: the "
+                     "profile's first step)")
+    cap.add_argument("--start-rate", type=float, default=0.0,
+                     help="req/s of the first probe (default: the profile's rate, else 1)")
+    cap.add_argument("--tolerance", type=float, default=0.05,
+                     help="stop when the lowest failing rate is within this of the highest "
+                          "pass (default 0.05)")
+    cap.add_argument("--max-probes", type=int, default=10)
+    cap.add_argument("--probe-seconds", type=float, default=0.0,
+                     help="the most a probe runs (default: the profile's first step seconds)")
+    cap.add_argument("--model", default=_env("MODEL"), help="model preset (env INFBENCH_MODEL)")
+    cap.add_argument("--runtime", default=_env("RUNTIME", "native"))
+    cap.add_argument("--run-id", default=_env("RUN_ID"))
+    cap.add_argument("--probes", action="store_true",
+                     default=_env("PROBES").lower() in ("1", "true", "yes"))
+    r.add_argument("--model-alone", action="store_true",
+                   default=_env("MODEL_ALONE").lower() in ("1", "true", "yes"),
+                   help="measure the model alone (no HTTP) before each variant's load, for "
+                        "serving efficiency (as model_alone = true in the profile would; env "
+                        "INFBENCH_MODEL_ALONE=1)")
     rep = sub.add_parser("report", help="rebuild plots and tables of a (finished or "
                          "interrupted) run from its files")
     rep.add_argument("run", nargs="?", default=_env("RUN", "latest"),
@@ -165,6 +195,8 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
         variants = [v.with_probes() for v in variants]
     default = exp.study(args.study).profile if args.study else exp.study_profile
     profile = exp.profile(args.profile or default)
+    if args.model_alone:
+        profile = dataclasses.replace(profile, model_alone=True)
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)
@@ -198,6 +230,56 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
               + " (see summary.md, phases.json events and <variant>/server.log)")
         return EXIT_PARTIAL if outcome.status == "partial" else EXIT_FAILED
     return 0
+
+
+def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
+    """One variant, probed open-loop for its capacity under a p95 bound (infbench/capacity.py)."""
+    from infbench import capacity
+
+    v = exp.variant(args.variants[0])
+    if args.probes:
+        v = v.with_probes()
+    base = exp.profile(args.profile)
+    for name, value in (("--p95-ms", args.p95_ms), ("--tolerance", args.tolerance),
+                        ("--max-probes", args.max_probes)):
+        if not value > 0:
+            raise config.ConfigError(f"capacity {name}: must be > 0, got {value!r}")
+    first = base.steps[0]
+    batch = args.batch or first.batch
+    search = capacity.Search(
+        p95_ms=args.p95_ms, start=args.start_rate or base.rate or 1.0,
+        tolerance=args.tolerance, max_probes=args.max_probes,
+        probe_seconds=args.probe_seconds or first.seconds)
+    profile = dataclasses.replace(base, steps=(Step(batch=batch, seconds=search.probe_seconds,
+                                                    rate=search.start, until_stable=True),),
+                                  cycles=1)
+    m = exp.model_for(v, args.model)
+    v.request.check_steps(f"variants.{v.name}", profile.steps)
+    if m.is_file:
+        assets.check_model_file(m)
+    check_writable(Path(args.results))
+    get_launcher(args.runtime).prepare([v], print)
+    plan = Plan(experiments=exp, variants=[v], profile=profile, model_override=args.model,
+                runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
+    outcome = run_study(plan, variant_run=capacity.runner(search))
+    report.build(outcome.run_dir)
+    doc = outcome.run_dir / v.name / "capacity.json"
+    try:
+        a = json.loads(doc.read_text())["answer"]
+    except (OSError, ValueError, KeyError):
+        a = None
+    if a and a.get("found"):
+        print(f"capacity of {v.name} at p95 <= {args.p95_ms:g} ms, {batch} image(s) a "
+              f"request: {a['rate']:g} req/s ({a['images_per_s']:,.1f} images/s), served "
+              f"{a['rps']:.2f} req/s at p95 {a['p95_ms']:,.0f} ms; the next rate up failed: "
+              f"{a.get('bounded_by')}" + ("" if a.get("converged") else " (not converged)"))
+    elif a:
+        print(f"no rate of {v.name} met p95 <= {args.p95_ms:g} ms ({a.get('bounded_by')})")
+    print(f"results: {outcome.run_dir / v.name}/capacity.json, capacity.png")
+    report.print_faults(report.build(outcome.run_dir))
+    if outcome.status == "interrupted":
+        return _interrupt_code()
+    return 0 if outcome.status == "complete" else EXIT_PARTIAL
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -255,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list(exp)
         if args.cmd == "build":
             return cmd_build(exp, args)
+        if args.cmd == "capacity":
+            return cmd_capacity(exp, args)
         return cmd_run(exp, args)
     except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError,
             WriteError, compare.CompareError, thresholds.ThresholdError,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infbench.schedule import ARRIVALS
+
 # What a service runs (infbench/launch/argv.py turns each into a command line):
 #   uvicorn | gunicorn | hypercorn   one of our apps (`app`) on that server
 #   module                           `{python} -m <module> <args>` (a worker, the TF-Serving server)
@@ -26,6 +28,7 @@ SERVERS = ("uvicorn", "gunicorn", "hypercorn", "module", "redis", "command")
 APP_MODULES: dict[str, tuple[str, str]] = {
     "starlette": ("servers.app_starlette:app", "asgi"),
     "fastapi": ("servers.app_fastapi:app", "asgi"),
+    "batching": ("servers.app_batching:app", "asgi"),
     "queue-fastapi": ("servers.queue_api_fastapi:app", "asgi"),
     "queue-flask": ("servers.queue_api_flask:app", "wsgi"),
     "scoring-fastapi": ("servers.scoring_fastapi:app", "asgi"),
@@ -85,21 +88,23 @@ class Step:
     """One load step: `batch` images per request for up to `seconds`; `users` and `spawn_rate`
     (0: the profile's) let a profile ramp users from step to step; with `until_stable` the
     step ends early once throughput and median latency have held within the profile's
-    tolerance for `stable_windows` windows in a row (never before the first full set)."""
+    tolerance for `stable_windows` windows in a row (never before the first full set).
+    `rate` makes the step open-loop: requests sent on a schedule, not by users."""
 
     batch: int
     seconds: float
     users: int = 0
     spawn_rate: float = 0.0
     until_stable: bool = False
+    rate: float = 0.0  # requests/s: an open-loop step (0: the profile's rate, or users)
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
     steps: tuple[Step, ...]
-    users: int
-    spawn_rate: float
+    users: int = 0
+    spawn_rate: float = 0.0
     description: str = ""
     baseline: float = 10.0
     pause: float = 15.0
@@ -120,9 +125,25 @@ class Profile:
     stable_tolerance: float = 0.10
     # A step "breaks" when its p95 passes this bound (0: no bound) or failures pass 1%.
     p95_bound_ms: float = 0.0
+    # Open loop (infbench/schedule.py): `rate` requests/s sent on schedule whether or not the
+    # earlier ones finished, latency from the intended send time; `arrival` constant | poisson
+    # (seeded by `arrival_seed`); at most `max_in_flight` requests in flight, a request over it
+    # waits for a free slot (counted, and its wait is in its latency).
+    rate: float = 0.0
+    arrival: str = "poisson"
+    arrival_seed: int = 0
+    max_in_flight: int = 512
+    # Measure the model alone (no HTTP) before the load: serving efficiency per step.
+    model_alone: bool = False
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users
+
+    def rate_of(self, step: Step) -> float:
+        """Requests/s of an open-loop step; 0 for a closed-loop one (users)."""
+        if step.users:
+            return 0.0
+        return step.rate or self.rate
 
     def spawn_rate_of(self, step: Step) -> float:
         return step.spawn_rate or self.spawn_rate
@@ -424,8 +445,10 @@ def _load_profile(name: str, table: Any) -> Profile:
             "request_timeout": NUM, "wait": list, "sample_interval": NUM, "cycles": int,
             "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
-            "p95_bound_ms": NUM}
-    values = _fields(where, table, spec, required=("users", "spawn_rate", "steps"))
+            "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int, "max_in_flight": int,
+            "model_alone": bool}
+    values = _fields(where, table, spec, required=("steps",))
+    _open_loop_fields(where, values)
     for key in ("feedback_weight",):
         _positive(where, key, values.get(key, 0), allow_zero=True)
     for key in ("predict_weight", "stable_windows"):
@@ -437,24 +460,35 @@ def _load_profile(name: str, table: Any) -> Profile:
     if values.get("on_start") and not values["on_start"].startswith("/"):
         raise ConfigError(f"{where}.on_start: must be a path starting with '/', got "
                           f"{values['on_start']!r}")
+    for key in ("users", "spawn_rate"):
+        if key in values:
+            _positive(where, key, values[key])
     steps: list[Step] = []
     if not values["steps"]:
         raise ConfigError(f"{where}.steps: needs at least one step")
     for i, raw in enumerate(values["steps"]):
         sw = f"{where}.steps[{i}]"
         s = _fields(sw, raw, {"batch": int, "seconds": NUM, "users": int, "spawn_rate": NUM,
-                              "until_stable": bool}, required=("batch", "seconds"))
+                              "until_stable": bool, "rate": NUM}, required=("batch", "seconds"))
         _positive(sw, "batch", s["batch"])
         _positive(sw, "seconds", s["seconds"])
-        for key in ("users", "spawn_rate"):
+        for key in ("users", "spawn_rate", "rate"):
             if key in s:
                 _positive(sw, key, s[key])
-        steps.append(Step(batch=s["batch"], seconds=float(s["seconds"]),
-                          users=s.get("users", 0), spawn_rate=float(s.get("spawn_rate", 0)),
-                          until_stable=s.get("until_stable", False)))
+        if "rate" in s and "users" in s:
+            raise ConfigError(f"{sw}: a step is open-loop (rate) or closed-loop (users), "
+                              "not both")
+        step = Step(batch=s["batch"], seconds=float(s["seconds"]), users=s.get("users", 0),
+                    spawn_rate=float(s.get("spawn_rate", 0)),
+                    until_stable=s.get("until_stable", False), rate=float(s.get("rate", 0)))
+        if not (step.users or step.rate or values.get("rate")):
+            # A closed-loop step: users and a spawn rate, its own or the profile's.
+            for key in ("users", "spawn_rate"):
+                if not (getattr(step, key) or values.get(key)):
+                    raise ConfigError(f"{where}: missing required key {key!r} (or a request "
+                                      f"`rate` for an open-loop load), needed by steps[{i}]")
+        steps.append(step)
     values["steps"] = tuple(steps)
-    _positive(where, "users", values["users"])
-    _positive(where, "spawn_rate", values["spawn_rate"])
     for key in ("baseline", "pause", "cooldown", "drain_timeout", "rest"):
         if key in values:
             _positive(where, key, values[key], allow_zero=True)
@@ -470,10 +504,19 @@ def _load_profile(name: str, table: Any) -> Profile:
                               f"got {w!r}")
         values["wait"] = (float(w[0]), float(w[1]))
     for key in ("spawn_rate", "baseline", "pause", "cooldown", "drain_timeout",
-                "request_timeout", "sample_interval", "rest"):
+                "request_timeout", "sample_interval", "rest", "rate"):
         if key in values:
             values[key] = float(values[key])
     return Profile(name=name, **values)
+
+
+def _open_loop_fields(where: str, values: dict[str, Any]) -> None:
+    """rate > 0, a known arrival process, a positive in-flight cap."""
+    if "rate" in values:
+        _positive(where, "rate", values["rate"])
+    _one_of(where, "arrival", values.get("arrival", "poisson"), ARRIVALS)
+    _positive(where, "max_in_flight", values.get("max_in_flight", 1))
+    _positive(where, "arrival_seed", values.get("arrival_seed", 0), allow_zero=True)
 
 
 SERVICE_SPEC: dict[str, Any] = {

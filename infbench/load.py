@@ -13,7 +13,9 @@ from typing import Any
 
 from infbench import proc
 from infbench.config import DEFAULT_IMAGE_SIZE, Profile, Request, Step, as_dict
+from infbench.monitor.loadgen import LoadgenSampler, group_pids
 from infbench.paths import ROOT
+from infbench.schedule import step_seed
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -27,11 +29,13 @@ def locust_argv(profile: Profile, step: Step, host: str, prefix: Path,
                 python: str = sys.executable, locustfile: Path = LOCUSTFILE) -> list[str]:
     # --stop-timeout lets in-flight requests finish after the step (the drain); Locust kills
     # what is still running after it, and the locustfile counts those as cut off.
+    # An open-loop step is one Locust user whose scheduler greenlet sends on the schedule.
+    open_loop = profile.rate_of(step) > 0
     return [
         python, "-m", "locust", "-f", str(locustfile), "--headless",
         "--host", host,
-        "--users", str(profile.users_of(step)),
-        "--spawn-rate", f"{profile.spawn_rate_of(step):g}",
+        "--users", "1" if open_loop else str(profile.users_of(step)),
+        "--spawn-rate", "1" if open_loop else f"{profile.spawn_rate_of(step):g}",
         "--run-time", f"{max(1, math.ceil(step.seconds))}s",
         "--stop-timeout", f"{profile.drain_timeout:g}",
         "--csv", str(prefix), "--html", f"{prefix}.html",
@@ -40,7 +44,8 @@ def locust_argv(profile: Profile, step: Step, host: str, prefix: Path,
 
 
 def locust_env(profile: Profile, step: Step, images: Path, counts: Path,
-               request: Request | None = None, image_size: int = 0) -> dict[str, str]:
+               request: Request | None = None, image_size: int = 0,
+               index: int = 1) -> dict[str, str]:
     request = request or Request()
     env = dict(os.environ)
     env.update({
@@ -59,6 +64,10 @@ def locust_env(profile: Profile, step: Step, images: Path, counts: Path,
         "INFBENCH_STABLE_WINDOW_S": f"{profile.stable_window_s:g}",
         "INFBENCH_STABLE_WINDOWS": str(profile.stable_windows),
         "INFBENCH_STABLE_TOLERANCE": f"{profile.stable_tolerance:g}",
+        "INFBENCH_RATE": f"{profile.rate_of(step):g}",
+        "INFBENCH_ARRIVAL": profile.arrival,
+        "INFBENCH_ARRIVAL_SEED": str(step_seed(profile.arrival_seed, index)),
+        "INFBENCH_MAX_IN_FLIGHT": str(profile.max_in_flight),
         "PYTHONUNBUFFERED": "1",
     })
     return env
@@ -74,6 +83,7 @@ class StepLoad:
     prefix: Path | None = None
     _last: tuple[float, int] | None = None
     rps: float = 0.0
+    cpu: LoadgenSampler | None = None  # the generator's own CPU (monitor/loadgen.py)
 
     def counts(self) -> dict[str, Any]:
         try:
@@ -100,13 +110,17 @@ def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Pat
                ) -> StepLoad:
     prefix = out_dir / step_name(index, step)
     counts = out_dir / f"{step_name(index, step)}_counts.json"
-    env = locust_env(profile, step, images, counts, request, image_size)
+    env = locust_env(profile, step, images, counts, request, image_size, index)
     env.update(extra_env or {})
     group = proc.Group(locust_argv(profile, step, host, prefix, locustfile=locustfile),
                        log_path=out_dir / f"{step_name(index, step)}_locust.log",
                        env=env,
                        cwd=ROOT)
-    return StepLoad(group=group, counts_path=counts, launched=time.time(), prefix=prefix)
+    # Sampled until the group exits (run.py stops it after the drain): no hook needed there.
+    cpu = LoadgenSampler(lambda: group_pids(group.pid), Path(f"{prefix}_loadgen.csv"),
+                         group.alive).start()
+    return StepLoad(group=group, counts_path=counts, launched=time.time(), prefix=prefix,
+                    cpu=cpu)
 
 
 def check_outputs(load: StepLoad | None) -> list[str]:

@@ -20,6 +20,9 @@ from infbench.monitor import sampler
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
 CSV_PROCESS = ("pss", "uss", "anon", "file")
+STEP_CSV = ("requests", "failures", "cut_off", "rps", "p50_ms", "p95_ms", "mem_end_mb")
+# Appended after each step's figures (infbench/trust.py): how far to trust them.
+TRUST_CSV = ("stable", "memory_flat", "limited_by_loadgen", "efficiency")
 
 
 class ReportError(Exception):
@@ -215,8 +218,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         [f"{m}_{k}_mb" for m in CSV_PROCESS for k in ("start", "end")] + \
         ["requests", "failures", "cut_off"]
     for i, b in batches:
-        header += [f"s{i}_b{b}_{k}" for k in ("requests", "failures", "cut_off", "rps",
-                                               "p50_ms", "p95_ms", "mem_end_mb")]
+        header += [f"s{i}_b{b}_{k}" for k in (*STEP_CSV, *TRUST_CSV)]
     cgroup = any("cgroup_memory_mb" in r for r in rows)  # docker runs: appended columns
     if cgroup:
         header += [f"cgroup_{k}_mb" for k in CSV_MEMORY]
@@ -232,8 +234,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
             by_key = {(s["index"], s["batch"]): s for s in r["steps"]}
             for key in batches:
                 s = by_key.get(key, {})
-                line += [s.get(k) for k in ("requests", "failures", "cut_off", "rps",
-                                            "p50_ms", "p95_ms", "mem_end_mb")]
+                line += [s.get(k) for k in STEP_CSV]
+                line += [s.get(k) for k in TRUST_CSV[:3]]
+                line += [(s.get("efficiency") or {}).get("efficiency")]
             if cgroup:
                 line += [(r.get("cgroup_memory_mb") or {}).get(k) for k in CSV_MEMORY]
             w.writerow(["" if x is None else x for x in line])
@@ -430,16 +433,55 @@ def _busy(step: dict[str, Any]) -> str:
     return "whole pause" if step.get("pause_s") else "-"
 
 
+def _load_of(step: dict[str, Any]) -> str:
+    """Who sent the load: users (closed loop) or a rate (open loop, `arrival`)."""
+    ol = step.get("open_loop")
+    if ol:
+        return f"{ol['rate']:g}/s {ol.get('arrival') or ''}".strip()
+    return f"{fmt(step.get('users'))} users"
+
+
+def _yes_no(x: Any) -> str:
+    return "-" if x is None else "yes" if x else "**no**"
+
+
+def _gen(step: dict[str, Any]) -> str:
+    g = step.get("loadgen")
+    if not g:
+        return "-"
+    return f"{g['peak_demand_pct']:.0f}" + (" **limited**" if g.get("limited") else "")
+
+
+def _eff(step: dict[str, Any]) -> str:
+    e = step.get("efficiency") or {}
+    return fmt(e.get("efficiency"), 2)
+
+
 def steps_table(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| variant | step | img/req | requests | failures | cut off | req/s | img/s | "
-           "p50 (ms) | p95 (ms) | MB at end | server busy after (s) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    out = ["| variant | step | img/req | load | requests | failures | cut off | req/s | img/s | "
+           "p50 (ms) | p95 (ms) | stable | memory flat | load gen (% core) | efficiency | "
+           "MB at end | server busy after (s) |",
+           "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | "
+           "--- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         for s in r["steps"]:
-            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {fmt(s['requests'])} "
+            out.append(f"| {r['variant']} | {s['index']} | {s['batch']} | {_load_of(s)} | "
+                       f"{fmt(s['requests'])} "
                        f"| {fmt(s['failures'])} | {fmt(s['cut_off'])} | {fmt(s['rps'], 2)} | "
                        f"{fmt(s['images_per_s'], 1)} | {fmt(s['p50_ms'])} | "
-                       f"{fmt(s['p95_ms'])} | {fmt(s['mem_end_mb'])} | {_busy(s)} |")
+                       f"{fmt(s['p95_ms'])} | {_yes_no(s.get('stable'))} | "
+                       f"{_yes_no(s.get('memory_flat'))} | {_gen(s)} | {_eff(s)} | "
+                       f"{fmt(s['mem_end_mb'])} | {_busy(s)} |")
+    return out
+
+
+def trust_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Every step whose figures should be read with care, and why (infbench/trust.py)."""
+    out = []
+    for r in rows:
+        for s in r["steps"]:
+            for note in s.get("notes") or []:
+                out.append(f"- **{r['variant']}** step {s['index']} (b{s['batch']}): {note}")
     return out
 
 
@@ -499,7 +541,15 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "`PROFILE=cycles`) and the server probes (`probes = true`) to tell a leak "
                   "from retention. The rules and thresholds are in `summary.json` and the "
                   "README."]
-    lines += ["", "## Load per step (Locust)", "", *steps_table(rows)]
+    lines += ["", "## Load per step (Locust)", "", *steps_table(rows), "",
+              "stable: the last windows' throughput and p50 agreed (see Definitions); load "
+              "gen: the busiest 5 s of Locust's CPU + run-queue wait, **limited** from 90%; "
+              "efficiency: served images/s over the model's own (model_alone.json). "
+              "An open-loop load (`N/s`) measures latency from each request's intended send "
+              "time."]
+    trust_notes = trust_lines(rows)
+    if trust_notes:
+        lines += ["", "## Read with care", "", *trust_notes]
     faults = fault_lines(rows)
     if faults:
         lines += ["", "## Faults", "", *faults, "",

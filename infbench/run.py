@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from infbench import assets, files, manifest, proc
+from infbench import assets, files, manifest, model_alone, proc
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.files import WriteError, write_json
 from infbench.launch import LaunchError, get_launcher
@@ -260,6 +260,10 @@ class VariantRun:
     def _run(self) -> None:
         p = self.profile
         batch = max(s.batch for s in p.steps)
+        if p.model_alone and model_alone.measure(  # before any service starts: a quiet machine
+                self.v, self.model_path, p, self.images, self.out, self.progress.say) is None:
+            self.log.event("model_alone_failed", "the model-alone measurement failed (see "
+                           "model_alone.log): no serving efficiency for this variant")
         self.log.mark("server_start")
         self.topology = Topology(
             variant=self.v, launcher=get_launcher(self.plan.runtime), out_dir=self.out,
@@ -285,6 +289,14 @@ class VariantRun:
                     r.spec.port, r.spec.out_dir / "redis_stats.csv", keys,
                     note=lambda kind, detail: self.log.event(kind, detail)).start())
         self._hold("baseline", p.baseline, "baseline")
+        self._load()
+        self._hold("cooldown", p.cooldown, "cooldown")
+        self._trim()
+
+    def _load(self) -> None:
+        """The profile's steps, cycle by cycle, with their pauses and rests. A subclass may
+        drive the load otherwise (infbench/capacity.py probes rates one step at a time)."""
+        p = self.profile
         total = len(p.steps) * p.cycles
         for c in range(1, p.cycles + 1):
             for j, step in enumerate(p.steps, start=1):
@@ -296,8 +308,6 @@ class VariantRun:
                                batch=step.batch, cycle=c)
             if p.cycles > 1 and p.rest:
                 self._hold("rest", p.rest, f"rest {c}/{p.cycles}", cycle=c)
-        self._hold("cooldown", p.cooldown, "cooldown")
-        self._trim()
 
     # -- pieces --------------------------------------------------------------------------
     def _check_server(self) -> None:
@@ -531,7 +541,8 @@ def harness_identity() -> dict[str, Any]:
     return {"pid": me.pid, "create_time": me.create_time()}
 
 
-def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
+def run_study(plan: Plan, stream: TextIO | None = None,
+              variant_run: type[VariantRun] = VariantRun) -> Outcome:
     """Run every planned variant. Ctrl-C/SIGTERM/SIGHUP (as KeyboardInterrupt) stops the run:
     what was measured is kept, everything started is ended, the outcome says `interrupted`."""
     stream = stream or sys.stdout
@@ -567,8 +578,8 @@ def run_study(plan: Plan, stream: TextIO | None = None) -> Outcome:
                 "runtime": plan.runtime, "run_id": run_dir.name,
                 "experiments_file": str(plan.experiments.path)}))
             progress.say(f"[{index}/{len(plan.variants)} {v.name}] {v.description}")
-            status = VariantRun(plan, v, index, out, progress, images,
-                                models[model.name]).execute()
+            status = variant_run(plan, v, index, out, progress, images,
+                                 models[model.name]).execute()
             results[v.name] = status
             run_info["results"] = results
             write_json(run_dir / "run.json", run_info)

@@ -18,6 +18,23 @@ Run by the harness once per step, headless, with its settings in the environment
   INFBENCH_UNTIL_STABLE     1: end the step early once throughput and p50 held within
                             INFBENCH_STABLE_TOLERANCE for INFBENCH_STABLE_WINDOWS windows of
                             INFBENCH_STABLE_WINDOW_S seconds (the step's seconds are the most)
+  INFBENCH_RATE             requests/s above 0: an open-loop step (OpenLoopClient, below)
+                            instead of users; INFBENCH_ARRIVAL constant | poisson,
+                            INFBENCH_ARRIVAL_SEED, INFBENCH_MAX_IN_FLIGHT
+
+Open loop: one Locust user whose scheduler greenlet walks the arrival schedule
+(infbench/schedule.py) and spawns a greenlet per request at its intended time, whether or not
+earlier requests finished. Each request fires Locust's request event itself with
+response_time = done - intended (not done - sent), so time spent queued anywhere - in the
+server, or here when the generator fell behind - is in the latency. Over INFBENCH_MAX_IN_FLIGHT
+requests in flight, the next one waits for a slot (wrk2's behaviour with its connections): every
+such wait is counted (`cap_hits`, `cap_wait_s`) and is in that request's latency; requests whose
+time came while the cap held them and the step ended are counted as `not_sent`. The send lag
+(sent - intended) is kept per request: a lag that grows is the generator, not the server.
+
+Every finished request (both loads) is also logged, and written at the end to
+`<csv prefix>_requests.csv` (t_end, latency_ms, ok, lag_ms, name): the raw samples the
+stability windows are cut from.
 
 The body is encoded once per process: the load generator should spend its CPU on
 sending, not on re-encoding megabytes per request, since it shares the machine with the server.
@@ -48,11 +65,17 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import HttpUser, between, events, task
+import gevent.lock
+import gevent.pool
+import gevent.threadpool
+from geventhttpclient import HTTPClient
+from geventhttpclient.response import HTTPConnectionClosed
+from locust import HttpUser, User, between, constant, events, task
 from locust.env import Environment
-from locust.exception import StopUser
+from locust.exception import CatchResponseError, StopUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+from infbench import stability
 from infbench.config import (
     B64_MARK,
     BATCH_MARK,
@@ -62,6 +85,8 @@ from infbench.config import (
     PIXELS_MARK,
     Request,
 )
+from infbench.schedule import arrivals
+from infbench.stability import percentile
 
 IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
@@ -79,12 +104,27 @@ UNTIL_STABLE = os.environ.get("INFBENCH_UNTIL_STABLE", "0") == "1"
 STABLE_WINDOW_S = float(os.environ.get("INFBENCH_STABLE_WINDOW_S", "10") or 10)
 STABLE_WINDOWS = int(os.environ.get("INFBENCH_STABLE_WINDOWS", "3") or 3)
 STABLE_TOLERANCE = float(os.environ.get("INFBENCH_STABLE_TOLERANCE", "0.1") or 0.1)
+RATE = float(os.environ.get("INFBENCH_RATE", "0") or 0)
+ARRIVAL = os.environ.get("INFBENCH_ARRIVAL", "poisson") or "poisson"
+ARRIVAL_SEED = int(os.environ.get("INFBENCH_ARRIVAL_SEED", "0") or 0)
+MAX_IN_FLIGHT = int(os.environ.get("INFBENCH_MAX_IN_FLIGHT", "512") or 512)
 
 _counts: dict[str, Any] = {
     "batch": BATCH, "started": 0, "finished": 0, "failed": 0,
     "test_start": None, "test_stopping": None, "test_stop": None, "updated": None,
     "windows": [], "stable_at": None,
+    # The stability rule this step was run with (the analysis judges it by the same).
+    "stable_window_s": STABLE_WINDOW_S, "stable_windows": STABLE_WINDOWS,
+    "stable_tolerance": STABLE_TOLERANCE,
 }
+if RATE > 0:
+    _counts["open_loop"] = {
+        "rate": RATE, "arrival": ARRIVAL, "seed": ARRIVAL_SEED, "max_in_flight": MAX_IN_FLIGHT,
+        "schedule_start": None, "scheduled": 0, "sent": 0, "in_flight_max": 0,
+        "cap_hits": 0, "cap_wait_s": 0.0, "not_sent": 0, "retried": 0, "lag_ms": None,
+    }
+# Every finished request: (t_end unix, latency ms, ok, send lag ms or None, name).
+_log: list[tuple[float, float, bool, float | None, str]] = []
 
 
 def encode_multipart(files: list[tuple[str, bytes]], field: str = "images") -> tuple[bytes, str]:
@@ -172,14 +212,27 @@ BODY, CONTENT_TYPE = _load_body()
 HEADERS = {**REQUEST.headers, "Content-Type": CONTENT_TYPE}
 
 
+def _save(text: str) -> None:
+    tmp = COUNTS + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, COUNTS)
+
+
+# Every write of the counters goes through one native thread, in order: a write() that blocks
+# on a busy disk (dirty-page throttling) would otherwise stall the event loop, and with it the
+# open-loop schedule (seen here: ~1 s send lags while the process was neither running nor
+# runnable). One thread, first in first out: a newer snapshot is never overwritten by an older.
+_io = gevent.threadpool.ThreadPool(1)
+
+
 def _write_counts() -> None:
+    """Snapshot the counters now (on the loop) and write them off it; the calling greenlet
+    waits, the others run."""
     if not COUNTS:
         return
     _counts["updated"] = time.time()
-    tmp = COUNTS + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_counts, f)
-    os.replace(tmp, COUNTS)
+    _io.apply(_save, (json.dumps(_counts),))
 
 
 def _writer() -> None:
@@ -188,36 +241,24 @@ def _writer() -> None:
         gevent.sleep(1.0)
 
 
-def within(values: list[float], tolerance: float) -> bool:
-    """All values within `tolerance` (a fraction) of their mean."""
-    if not values:
-        return False
-    mean = sum(values) / len(values)
-    if mean <= 0:
-        return False
-    return all(abs(v - mean) <= tolerance * mean for v in values)
-
-
 def _stability() -> None:
-    """Windows of throughput and median latency; once the last STABLE_WINDOWS agree within
-    the tolerance, quit as --run-time would (the drain follows as usual)."""
+    """Windows of throughput and median latency cut from this step's own request log, judged by
+    the rule the analysis applies (infbench/stability.py); once the last STABLE_WINDOWS agree
+    within the tolerance, quit as --run-time would (the drain follows as usual)."""
     if not _env:
         return
     env = _env[0]
-    last = 0
+    start = time.time()
     while True:
         gevent.sleep(STABLE_WINDOW_S)
-        total = env.stats.total
-        done = total.num_requests + total.num_failures
-        rps = (done - last) / STABLE_WINDOW_S
-        last = done
-        p50 = total.get_current_response_time_percentile(0.5) or 0.0
-        _counts["windows"].append({"t": time.time(), "rps": round(rps, 3), "p50_ms": p50})
-        recent = _counts["windows"][-STABLE_WINDOWS:]
-        if len(recent) == STABLE_WINDOWS and within([w["rps"] for w in recent],
-                                                     STABLE_TOLERANCE) \
-                and within([w["p50_ms"] for w in recent], STABLE_TOLERANCE):
-            _counts["stable_at"] = time.time()
+        now = time.time()
+        rows = [stability.RequestRow(t, ms, ok) for t, ms, ok, _, _ in _log if t >= start]
+        wins = stability.windows_from_requests(rows, start, now, STABLE_WINDOW_S)
+        if wins:
+            w = wins[-1]
+            _counts["windows"].append({"t": w.t1, "rps": round(w.rps, 3), "p50_ms": w.p50_ms})
+        if stability.judge(wins, STABLE_WINDOWS, STABLE_TOLERANCE)["stable"]:
+            _counts["stable_at"] = now
             _write_counts()
             if env.runner is not None:
                 env.runner.quit()
@@ -266,17 +307,43 @@ def _replace(path: str, write: Any) -> None:
     os.replace(tmp, path)
 
 
+@events.request.add_listener
+def _on_request(name: str, response_time: float, exception: Any = None,
+                context: Any = None, **_: Any) -> None:
+    lag = context.get("lag_ms") if isinstance(context, dict) else None
+    _log.append((time.time(), float(response_time), exception is None, lag, name))
+
+
+def _write_requests(writer: Any) -> None:
+    writer.writerow(["t_end", "latency_ms", "ok", "lag_ms", "name"])
+    for t, ms, ok, lag, name in _log:
+        writer.writerow([f"{t:.4f}", f"{ms:.3f}", 1 if ok else 0,
+                         "" if lag is None else f"{lag:.3f}", name])
+
+
+def _lag_figures() -> dict[str, Any] | None:
+    lags = [lag for _, _, _, lag, _ in _log if lag is not None]
+    if not lags:
+        return None
+    return {"p50": percentile(lags, 0.5), "p99": percentile(lags, 0.99), "max": max(lags),
+            "requests": len(lags)}
+
+
 @events.quit.add_listener
 def _on_quit(**_: Any) -> None:
+    if "open_loop" in _counts:
+        _counts["open_loop"]["lag_ms"] = _lag_figures()
     _write_counts()
     prefix = getattr(_env[0].parsed_options, "csv_prefix", None) if _env else None
     if prefix:
         final = StatsCSV(_env[0], PERCENTILES_TO_REPORT)
         _replace(f"{prefix}_stats.csv", final.requests_csv)
         _replace(f"{prefix}_failures.csv", final.failures_csv)
+        _replace(f"{prefix}_requests.csv", _write_requests)
 
 
 class ImageClient(HttpUser):
+    abstract = RATE > 0  # an open-loop step runs OpenLoopClient alone
     wait_time = between(WAIT_MIN, WAIT_MAX)
     last_id: str | None = None
 
@@ -332,3 +399,112 @@ class ImageClient(HttpUser):
             _counts["finished"] += 1  # an error is a finished request, not a cut-off one
             raise
         _counts["finished"] += 1
+
+
+class OpenLoopClient(User):
+    """The open-loop load: one instance; its one task is the scheduler (see the docstring at
+    the top). Only predict requests: the task mix and on_start belong to users."""
+
+    abstract = RATE <= 0
+    wait_time = constant(0)
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        host = self.host or environment.host or ""
+        self.http = HTTPClient.from_url(host, concurrency=MAX_IN_FLIGHT,
+                                        connection_timeout=TIMEOUT, network_timeout=TIMEOUT)
+        self.slots = gevent.lock.BoundedSemaphore(MAX_IN_FLIGHT)
+        self.pool = gevent.pool.Group()
+        self.in_flight = 0
+        self.name = f"{PATH} [batch {BATCH}]"
+
+    def on_stop(self) -> None:
+        # Killed at the drain timeout: what is still in flight is cut off (never finished).
+        self.pool.kill(block=False)
+        self.http.close()
+
+    @task
+    def schedule(self) -> None:
+        ol = _counts["open_loop"]
+        if ol["schedule_start"] is not None or _counts["test_stopping"] is not None:
+            raise StopUser()  # one schedule per step
+        start = time.perf_counter()
+        ol["schedule_start"] = time.time()
+        for offset in arrivals(RATE, ARRIVAL, ARRIVAL_SEED):
+            due = start + offset
+            while (left := due - time.perf_counter()) > 0:
+                if _counts["test_stopping"] is not None:
+                    break
+                gevent.sleep(min(left, 0.1))
+            if _counts["test_stopping"] is not None:
+                break
+            ol["scheduled"] += 1
+            if self.slots.locked():
+                # The cap is full: this request (and the schedule behind it) waits for a slot,
+                # and the wait stays in its latency.
+                ol["cap_hits"] += 1
+                waited = time.perf_counter()
+                self.slots.acquire()
+                ol["cap_wait_s"] += time.perf_counter() - waited
+                if _counts["test_stopping"] is not None:
+                    self.slots.release()
+                    ol["scheduled"] -= 1
+                    ol["not_sent"] += self._due_by_now(start, offset)
+                    break
+            else:
+                self.slots.acquire()
+            self.pool.spawn(self._send, due)
+        # Sending has stopped; in-flight requests get the drain timeout to finish.
+        self.pool.join()
+        raise StopUser()
+
+    def _due_by_now(self, start: float, offset: float) -> int:
+        """Requests whose intended time has come (this one included) but were never sent."""
+        now = time.perf_counter() - start
+        n = 0
+        for later in arrivals(RATE, ARRIVAL, ARRIVAL_SEED):
+            if later > now:
+                break
+            if later >= offset:
+                n += 1
+        return n
+
+    def _send(self, due: float) -> None:
+        ol = _counts["open_loop"]
+        sent = time.perf_counter()
+        ol["sent"] += 1
+        self.in_flight += 1
+        ol["in_flight_max"] = max(ol["in_flight_max"], self.in_flight)
+        _counts["started"] += 1
+        exc: Exception | None = None
+        length = 0
+        try:
+            try:
+                resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
+            except HTTPConnectionClosed:
+                # A pooled keep-alive connection the server had already closed (Uvicorn closes
+                # idle ones after 5 s): sent again once, on a new connection, and counted.
+                ol["retried"] += 1
+                resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
+            try:
+                data = resp.read()
+            finally:
+                resp.release()
+            length = len(data)
+            if resp.status_code not in REQUEST.ok_status:
+                exc = CatchResponseError(f"HTTP {resp.status_code}: "
+                                   f"{data[:200].decode(errors='replace')}")
+        except gevent.GreenletExit:
+            raise  # killed at the drain timeout: not finished, so counted as cut off
+        except Exception as e:
+            exc = e
+        finally:
+            self.in_flight -= 1
+            self.slots.release()
+        done = time.perf_counter()
+        _counts["finished"] += 1
+        if exc is not None:
+            _counts["failed"] += 1
+        events.request.fire(request_type=REQUEST.method, name=self.name,
+                            response_time=(done - due) * 1000.0, response_length=length,
+                            exception=exc, context={"lag_ms": (sent - due) * 1000.0})

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from infbench import report
+from infbench import analysis, report
 from tests.synth import make_run
 
 
@@ -26,7 +26,7 @@ def test_report_writes_summaries_tables_and_plots(tmp_path: Path) -> None:
     assert [r["variant"] for r in out["variants"]] == ["v1", "v2"]
     for v in ("v1", "v2"):
         s = json.loads((run_dir / v / "summary.json").read_text())
-        assert s["schema"] == 2 and s["memory_mb"]["growth"] == 100.0
+        assert s["schema"] == analysis.SUMMARY_SCHEMA and s["memory_mb"]["growth"] == 100.0
         w, h = _valid_png(run_dir / v / "memory.png")
         assert 600 <= w <= 2000 and 300 <= h <= 1200
     _valid_png(run_dir / "memory_overlay.png")
