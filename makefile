@@ -4,6 +4,7 @@
 #   make test                   unit + integration tests (tiny model, seconds of load)
 #   make run_<variant>          one hypothesis;  make build_<variant>  its model + images
 #   make report RUN=<run-id>    rebuild plots/tables of a finished or interrupted run
+#   make diagnose_<variant>     leak or allocator retention? the variant under glibc and jemalloc
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
@@ -32,7 +33,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	clean allocators
 
 help:
-	@sed -n '2,13p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -63,6 +64,10 @@ bench-probes: venv
 	$(PY) -m infbench.overhead latest
 run_%: venv
 	$(PY) -m infbench run $* $(opts)
+# The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled
+# profile: PROFILE=cycles unless the study's is cycled).
+diagnose_%: venv
+	$(PY) -m infbench diagnose $* $(opts)
 
 report: venv
 	$(PY) -m infbench report $(RUN)
