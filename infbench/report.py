@@ -348,8 +348,7 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
                            if ou.get("max_pause_s") is not None else "")
                         + (f"; could not: {'; '.join(ou['errors'])}" if ou.get("errors")
                            else ""))
-        said += [e.get("detail", "") for e in r.get("events") or []
-                 if e.get("kind") == "probes_missing"]
+        said += [w.split(": ", 1)[1] for w in probe_warnings([r])]
         if said:
             out.append(f"- {r['variant']}: " + "; ".join(said))
         for site in v.get("kept_at") or []:
@@ -358,21 +357,30 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def probe_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """`probes = true` that started in no process of a replica (phases.json events)."""
+    return [f"{r['variant']}: {e.get('detail', '')}" for r in rows
+            for e in r.get("events") or [] if e.get("kind") == "probes_missing"]
+
+
 def verdict_lines(summary: dict[str, Any]) -> list[str]:
-    """The verdict per variant, one line each, for the console (`run` and `report`)."""
-    rows = [r for r in summary.get("variants", [])
-            if (r.get("verdict") or {}).get("cycles", 0) >= 2]
-    if not rows:
-        return []
-    width = max(len(r["variant"]) for r in rows)
-    out = ["", "verdict (leak, allocator retention or plateau; the why is in summary.md):"]
-    for r in rows:
-        v = r["verdict"]
-        g = v.get("growth_after_warmup_mb")
-        grew = f"  [{g:+,.1f} MB after warm-up]" if g is not None else ""
-        out.append(f"  {r['variant']:<{width}}  {v.get('headline') or verdict.headline(v)}{grew}")
-        missing = [e for e in r.get("events") or [] if e.get("kind") == "probes_missing"]
-        out += [f"  {'':<{width}}  WARNING: {e.get('detail', '')}" for e in missing]
+    """The verdict per variant, one line each, for the console (`run` and `report`), and the
+    probes that did not start."""
+    rows = summary.get("variants", [])
+    judged = [r for r in rows if (r.get("verdict") or {}).get("cycles", 0) >= 2]
+    out = []
+    if judged:
+        width = max(len(r["variant"]) for r in judged)
+        out += ["", "verdict (leak, allocator retention or plateau; the why is in summary.md):"]
+        for r in judged:
+            v = r["verdict"]
+            g = v.get("growth_after_warmup_mb")
+            grew = f"  [{g:+,.1f} MB after warm-up]" if g is not None else ""
+            said = v.get("headline") or verdict.headline(v)
+            out.append(f"  {r['variant']:<{width}}  {said}{grew}")
+    warnings = probe_warnings(rows)
+    if warnings:
+        out += ["", *[f"WARNING {w}" for w in warnings]]
     return out
 
 
@@ -477,6 +485,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "
                   "`PROFILE=cycles` repeats it with a rest after each cycle (and variants "
                   "with `probes = true` say where the memory is)."]
+        lines += [f"- WARNING {w}" for w in probe_warnings(rows)]
     else:
         notes = verdict_notes(rows)
         lines += ["", "## Leak, allocator retention or plateau", "", *judged, "",

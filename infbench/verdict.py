@@ -192,7 +192,7 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         out["malloc_free_growth_mb"] = _r(free[-1] - free[0])
     grew = f"post-rest memory grew {growth:+.1f} MB over {len(d)} cycles after warm-up " \
            f"({statistics.fmean(d):+.1f} MB a cycle)"
-    bytes_measured = bool(py) and py["measure"] == "tracemalloc_mb"
+    bytes_measured = py is not None and py["measure"] == "tracemalloc_mb"
     in_use_grew = bool(in_use) and in_use[-1] - in_use[0] >= EXPLAINS * growth
     if py and (py["explains"] if bytes_measured else py["grows_every_cycle"]):
         out["verdict"] = "leak"

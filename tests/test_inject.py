@@ -133,8 +133,13 @@ def test_probes_that_did_not_start_are_a_warning(tmp_path: Path) -> None:
                                                          "detail": line}],
                              "verdict": {"verdict": "inconclusive", "cycles": 3}}]}
     lines = report.verdict_lines(summary)
-    assert any("WARNING: server: probes = true" in x for x in lines)
+    assert "WARNING c: server: probes = true, but none of its 1 process(es) started them " \
+        "within 5 s (not a Python server, or Python started with -S/-I?); its verdict has " \
+        "only what can be read from outside" in lines
     assert any(x.strip().startswith("c  inconclusive") for x in lines)
+    # Without a verdict (a profile run once), the warning is still said.
+    summary["variants"][0]["verdict"] = {"verdict": "inconclusive", "cycles": 1}
+    assert report.verdict_lines(summary) == ["", f"WARNING c: {line}"]
 
 
 def test_probes_that_started_are_found(tmp_path: Path) -> None:

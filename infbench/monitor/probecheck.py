@@ -16,8 +16,9 @@ WAIT_S = 5.0
 
 
 def _via(path: Any) -> str | None:
-    with contextlib.suppress(OSError, json.JSONDecodeError, IndexError), path.open() as f:
-        return json.loads(f.readline()).get("via")
+    with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError), path.open() as f:
+        via = json.loads(f.readline()).get("via")
+        return str(via) if via else None
     return None
 
 
