@@ -339,7 +339,8 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
             how = "injected (sitecustomize, no code change)" if pr.get("injected") \
                 else "started by the server"
             said.append(f"probes {how} in {pr['processes']} process(es)"
-                        + (", tracemalloc on" if pr.get("tracemalloc") else ""))
+                        + (f", tracemalloc {pr['tracemalloc']}" if pr.get("tracemalloc")
+                           else ""))
         ou = v.get("outside")
         if ou:
             said.append(f"glibc read from outside (gdb) {ou['reads']} time(s) in "

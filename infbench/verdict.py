@@ -393,8 +393,10 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
                      "allocators": sorted({r.get("allocator", "?") for rows in samples.values()
                                            for r in rows}),
                      "injected": "hook" in vias, "started_by": vias,
-                     "tracemalloc": any("tracemalloc_mb" in r for rows_ in samples.values()
-                                        for r in rows_[-1:]),
+                     "tracemalloc": "from start-up" if any(
+                         "tracemalloc_mb" in rows_[0] for rows_ in samples.values())
+                     else "after warm-up" if any("tracemalloc_mb" in rows_[-1]
+                                                 for rows_ in samples.values()) else None,
                      "trims": [t for t in trims if t.get("via") != "gdb"]} if samples else None
     if rows:
         pauses = [float(r["pause_s"]) for r in read if r.get("pause_s") is not None]
@@ -425,7 +427,15 @@ def differential(glibc: dict[str, Any], other: dict[str, Any],
     noise = max(float(glibc.get("noise_mb") or NOISE_MB), float(other.get("noise_mb") or NOISE_MB))
     said = f"post-rest memory grew {g:+.1f} MB under glibc and {o:+.1f} MB under {allocator}"
     if g <= noise:
+        level = [(x.get("post_rest_mb") or [None])[-1] for x in (glibc, other)]
+        out["hypothesis"] = "plateau"
         out["reason"] = f"{said}: no growth under glibc (noise {noise:.1f} MB) to explain"
+        if None not in level:
+            above = float(level[0]) - float(level[1])
+            out["glibc_above_mb"] = _r(above)
+            out["reason"] += (f"; at the last rest glibc held {above:+.1f} MB against "
+                              f"{allocator} (what it keeps once warm: see its verdict's "
+                              "retention)")
     elif o <= noise:
         out["hypothesis"] = "allocator retention"
         out["reason"] = f"{said}: it vanishes under {allocator}, so glibc kept freed memory"

@@ -15,9 +15,9 @@ A sample line:
      "py_blocks":   sys.getallocatedblocks() (live Python objects' memory blocks),
      "gc_counts":   gc.get_count(), "gc_collections": per generation,
      "tracemalloc_mb" / "tracemalloc_peak_mb": the Python heap in bytes, when tracemalloc
-                    runs (INFBENCH_TRACEMALLOC=N: N frames; the harness sets 1 with the
-                    probes, 0 turns it off): blocks count objects, and one 64 KB bytes
-                    object is one block,
+                    runs: from start-up with INFBENCH_TRACEMALLOC=N (N frames), else from
+                    the end of warm-up (below; INFBENCH_TRACEMALLOC=0: never). Blocks count
+                    objects, and one 64 KB bytes object is one block,
      "via":         who started the probe: "server" (start_from_env) or "hook",
      "malloc":      glibc mallinfo2() in MB, over all arenas -- "arena" (heap memory the
                     arenas hold), "mmap" (hblkhd: chunks mmapped on their own), "in_use"
@@ -34,14 +34,15 @@ Actions: when the harness creates `<dir>/trim.request`, each process calls mallo
 and writes {"event": "trim", "rss_before_mb", "rss_after_mb", "freed_mb", ...}: what the
 allocator was holding that it could give back.
 
-Where a leak is kept, with tracemalloc on: `<dir>/sites-base.request` (the harness creates
-it at the start of the warm-up rest) clears tracemalloc's traces, so that from then on it
-traces only what is allocated after warm-up ("tracemalloc_mb" stays continuous: the cleared
-amount is added, "tracemalloc_cleared_mb"); `<dir>/sites.request` (after the final trim, when
-nothing more is measured) sums the live traces by allocation site (file:line) and writes
-{"event": "sites", "top": [{"where", "kept_mb", "blocks"}]}: what was allocated after warm-up
-and is still alive. A snapshot of every trace costs seconds of CPU with the GIL held and tens
-of MB in a big server, so it is taken once, at the end, and of the post-warm-up traces only.
+The Python heap in bytes after warm-up, and where a leak is kept: `<dir>/sites-base.request`
+(the harness creates it at the start of the warm-up rest of a cycled profile) starts tracemalloc
+at 1 frame, or if it already runs clears its traces ("tracemalloc_mb" stays continuous: the
+cleared amount is added, "tracemalloc_cleared_mb"), so that from then on it traces only what is
+allocated after warm-up. From start-up it would cost most: traced from the first import, a
+TensorFlow server started several times slower, held ~150 MB more and served half the requests
+(ABBA, see the README). `<dir>/sites.request` (after the final trim, when nothing more is
+measured) sums the live traces by allocation site (file:line) and writes {"event": "sites",
+"top": [{"where", "kept_mb", "blocks"}]}: what was allocated after warm-up and is still alive.
 """
 
 from __future__ import annotations
@@ -138,9 +139,11 @@ def malloc_trim() -> bool | None:
 class Probe:
     """The sampling thread of one server process."""
 
-    def __init__(self, out_dir: Path, interval: float = 1.0, via: str = "server") -> None:
+    def __init__(self, out_dir: Path, interval: float = 1.0, via: str = "server",
+                 tracemalloc_off: bool = False) -> None:
         self.dir = out_dir
         self.via = via
+        self.tracemalloc_off = tracemalloc_off
         self.interval = interval
         self.pid = os.getpid()
         self.path = out_dir / f"probes-{self.pid}.jsonl"
@@ -195,11 +198,14 @@ class Probe:
 
     def sites_base(self) -> dict[str, Any]:
         """From now on trace only what is allocated after warm-up."""
+        row = {"t": round(time.time(), 3), "pid": self.pid, "event": "sites_base"}
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(1)
+            return {**row, "started": True}
         before = tracemalloc.get_traced_memory()[0] / MB
         tracemalloc.clear_traces()
         self.cleared_mb += before
-        return {"t": round(time.time(), 3), "pid": self.pid, "event": "sites_base",
-                "cleared_mb": round(before, 3)}
+        return {**row, "cleared_mb": round(before, 3)}
 
     def sites(self) -> dict[str, Any]:
         """Live Python memory allocated since the base, by allocation site, largest first."""
@@ -216,12 +222,12 @@ class Probe:
                         for w, (sz, n) in top]}
 
     def _requests(self, f: Any) -> None:
-        if not tracemalloc.is_tracing():
+        if self.tracemalloc_off:
             return
         if not self.based and (self.dir / SITES_BASE_REQUEST).exists():
             self.based = True
             f.write(json.dumps(self.sites_base()) + "\n")
-        if not self.sited and (self.dir / SITES_REQUEST).exists():
+        if not self.sited and tracemalloc.is_tracing() and (self.dir / SITES_REQUEST).exists():
             self.sited = True
             f.write(json.dumps(self.sites()) + "\n")
 
@@ -283,7 +289,7 @@ def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> Pr
         # once a process (a forked child inherits the registration).
         _FORK_HOOKED = True
         os.register_at_fork(after_in_child=lambda: _restart(env, via))
-    return Probe(out, interval, via).start()
+    return Probe(out, interval, via, tracemalloc_off=frames == "0").start()
 
 
 def _restart(env: dict[str, str], via: str) -> None:

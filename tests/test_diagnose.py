@@ -1,6 +1,7 @@
 """`diagnose`: the same untouched server under glibc and with jemalloc preloaded, through the
-real CLI. Thread churn's growth is glibc keeping freed memory (it vanishes under jemalloc); a
-native leak's stays."""
+real CLI. A native leak's growth stays under jemalloc: a leak. Thread churn is not one: its
+retention is reached during warm-up, so it is a plateau whose level glibc holds above
+jemalloc's (or, where it still grows, growth that vanishes under jemalloc)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,9 @@ def test_diagnose_tells_retention_from_a_leak(tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     said = {ln.split(":")[0].strip(): ln for ln in lines[lines.index(
         "under glibc, then with jemalloc preloaded:") + 1:] if ln.startswith("  ")}
-    assert said["churn"].startswith("  churn: allocator retention — "), res.stdout[-2000:]
+    assert said["churn"].startswith(("  churn: allocator retention — ", "  churn: plateau — ")), \
+        res.stdout[-2000:]
+    assert "glibc held +" in said["churn"] or "vanishes" in said["churn"]
     assert said["native"].startswith("  native: leak — "), res.stdout[-2000:]
     run_dir = next(p for p in (tmp_path / "r").iterdir() if p.is_dir() and not p.is_symlink())
     assert {p.name for p in run_dir.iterdir() if p.is_dir()} == {

@@ -175,3 +175,34 @@ print(os.getpid())
     samples = [r for r in rows(tmp_path / f"probes-{pid}.jsonl") if "event" not in r]
     # The series stays continuous across the clear: the early objects are still counted.
     assert samples[-1]["tracemalloc_mb"] >= 6 + 12 and samples[-1]["tracemalloc_cleared_mb"] > 0
+
+
+def test_tracemalloc_starts_at_the_end_of_warm_up_unless_asked_earlier(tmp_path: Path) -> None:
+    code = """
+import os, time, tracemalloc
+from pathlib import Path
+out = Path(os.environ["INFBENCH_PROBE_DIR"])
+assert not tracemalloc.is_tracing()
+early = [b"e" * 65536 for _ in range(100)]
+(out / "sites-base.request").touch()
+time.sleep(0.5)
+assert tracemalloc.is_tracing() and tracemalloc.get_traceback_limit() == 1
+late = [b"l" * 65536 for _ in range(200)]
+(out / "sites.request").touch()
+time.sleep(0.8)
+print(os.getpid())
+"""
+    pid = run(code, tmp_path, INFBENCH_TRACEMALLOC="").strip()
+    rows_ = rows(tmp_path / f"probes-{pid}.jsonl")
+    assert next(e for e in rows_ if e.get("event") == "sites_base")["started"]
+    assert "tracemalloc_mb" not in rows_[0]
+    last = [r for r in rows_ if "event" not in r][-1]
+    assert 12 <= last["tracemalloc_mb"] < 14  # the late objects only: 200 x 64 KiB
+    top = next(e for e in rows_ if e.get("event") == "sites")["top"][0]
+    assert top["where"].endswith("<string>:10") and 200 <= top["blocks"] <= 210
+    # INFBENCH_TRACEMALLOC=0: never.
+    never = code.replace("assert tracemalloc.is_tracing() and",
+                         "assert not tracemalloc.is_tracing() or")
+    pid = run(never, tmp_path / "off", INFBENCH_TRACEMALLOC="0").strip()
+    assert not [r for r in rows(tmp_path / "off" / f"probes-{pid}.jsonl")
+                if "tracemalloc_mb" in r or r.get("event")]

@@ -110,11 +110,11 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
         env["INFBENCH_TRIM_EACH"] = "1"
     if s.probes:  # servers/probes.py: one JSON line a second per process, in its folder
         env["INFBENCH_PROBE_DIR"] = where.out
-        # Every Python process of the service starts them, its code untouched (a sitecustomize
-        # first on the path); tracemalloc at 1 frame (the Python heap in bytes) unless the
-        # variant's env says INFBENCH_TRACEMALLOC=0.
+        # Every Python process of the service starts them, its code untouched: a
+        # sitecustomize first on the path.
         env["PYTHONPATH"] = f"{where.root}/{PROBE_HOOK}:{where.root}"
-        env["INFBENCH_TRACEMALLOC"] = "1"
+        if s.tracemalloc:  # from start-up; else from the end of warm-up in a cycled profile
+            env["INFBENCH_TRACEMALLOC"] = "1"
     # Services it depends on, handed over by name (INFBENCH_REDIS_URL, INFBENCH_MODEL_A_URL...).
     env.update({k: v for k, v in spec.peer_env.items()
                 if any(k.startswith(f"INFBENCH_{env_name(d)}_") for d in s.depends_on)})
