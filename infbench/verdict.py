@@ -68,6 +68,7 @@ REST_TAIL_S = 3.0
 STEADY_CYCLES = 2
 RETAINED_MB = 32.0
 TOP_SITES = 10
+SITE_FLOOR_MB = 0.1
 
 THRESHOLDS = {
     "min_cycles": MIN_CYCLES, "noise_mb": NOISE_MB, "noise_fraction": NOISE_FRACTION,
@@ -214,8 +215,8 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
                    if py else "the Python heap was not measured")
         out["reason"] = (f"{grew}; memory in use by malloc grew {in_use[-1] - in_use[0]:+.1f} "
                          f"MB, at least {EXPLAINS:.0%} of it, but {counted}: big Python objects "
-                         "and native memory look alike (tracemalloc, on with the probes unless "
-                         "INFBENCH_TRACEMALLOC=0, tells them apart)")
+                         "and native memory look alike (the probes, probes = true, measure it "
+                         "in bytes after warm-up)")
     elif free and free[-1] - free[0] >= EXPLAINS * growth:
         out["verdict"] = "allocator retention"
         out["reason"] = (f"{grew}; the allocator's free memory grew {free[-1] - free[0]:+.1f} "
@@ -369,9 +370,11 @@ def kept_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for site in e.get("top") or []:
                 kept[site["where"]][0] += float(site.get("kept_mb") or 0)
                 kept[site["where"]][1] += float(site.get("blocks") or 0)
+    total = sum(mb for mb, _ in kept.values())
+    floor = max(SITE_FLOOR_MB, 0.01 * total)  # a request's buffers, a log line: not the leak
     top = sorted(kept.items(), key=lambda kv: -kv[1][0])[:TOP_SITES]
     return [{"where": w, "kept_mb": round(mb, 2), "blocks": int(n)} for w, (mb, n) in top
-            if mb > 0]
+            if mb >= floor]
 
 
 def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
@@ -405,7 +408,7 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
             "max_pause_s": max(pauses) if pauses else None,
             "errors": sorted({str(r["error"]) for r in rows if "error" in r}),
             "trims": [r for r in rows if r.get("event") == "trim"]}
-    if out["verdict"] == "leak":
+    if out["verdict"] == "leak" and out.get("where") != "native allocations":
         out["kept_at"] = kept_at(events)
     return out
 
