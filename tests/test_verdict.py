@@ -192,3 +192,17 @@ def test_differential_hypothesis_under_another_allocator() -> None:
     short = verdict.decide(cycles([600, 700]))
     d = verdict.differential(grows, short)
     assert d["hypothesis"] == "inconclusive" and "too few" in d["reason"]
+
+
+def test_kept_at_sums_sites_over_processes_and_drops_the_crumbs() -> None:
+    def sites(pid: int, *top: tuple[str, float, int]) -> dict[str, Any]:
+        return {"event": "sites", "pid": pid, "based": True,
+                "top": [{"where": w, "kept_mb": mb, "blocks": n} for w, mb, n in top]}
+
+    events = [sites(1, ("app.py:66", 20.0, 300), ("json/encoder.py:258", 0.01, 40)),
+              sites(2, ("app.py:66", 19.5, 290), ("cache.py:9", 3.0, 10)),
+              {"event": "trim", "pid": 1, "freed_mb": 2.0}]
+    assert verdict.kept_at(events) == [
+        {"where": "app.py:66", "kept_mb": 39.5, "blocks": 590},
+        {"where": "cache.py:9", "kept_mb": 3.0, "blocks": 10}]
+    assert verdict.kept_at([{**sites(1, ("app.py:66", 5.0, 1)), "based": False}]) == []
