@@ -43,7 +43,8 @@ The rules, in order (thresholds are module constants and are written into summar
 
 A plateau is not always a healthy one: when the allocator holds more than RETAINED_MB free at
 the last rest, or malloc_trim(0) gives back more than that at the end, the verdict says so
-(`headline`: "plateau — 95 MB is allocator retention (malloc_trim gave back 88 MB)").
+(`headline`: "plateau — 95 MB is allocator retention (malloc_trim gave back 88 MB)"); so does
+an inconclusive verdict (a level that went up and down), since that is often what moves.
 """
 
 from __future__ import annotations
@@ -113,8 +114,26 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None,
     a Python interpreter (None: not known).
     """
     out = _decide(cycles, trim_freed_mb, python)
+    if out["verdict"] in ("plateau", "inconclusive") and "post_rest_mb" in out:
+        _retention(out, cycles[-1].get("malloc_free_mb"), trim_freed_mb)
     out["headline"] = headline(out)
     return out
+
+
+def _retention(out: dict[str, Any], free: float | None, trim: float | None) -> None:
+    """A plateau (or a level that goes up and down) is not always healthy: say how much of it
+    is memory glibc keeps, when that is more than RETAINED_MB."""
+    if not ((free is not None and free >= RETAINED_MB) or (trim is not None
+                                                           and trim >= RETAINED_MB)):
+        return
+    out["retention"] = {"free_mb": _r(free), "trim_freed_mb": _r(trim),
+                        "threshold_mb": RETAINED_MB}
+    held = [f"the allocator held {free:.1f} MB free at the last rest" if free is not None
+            else "", f"malloc_trim(0) gave back {trim:.1f} MB at the end" if trim is not None
+            else ""]
+    out["reason"] += ("; but " if out["verdict"] == "plateau" else "; ") + \
+        " and ".join(h for h in held if h) + \
+        f" (over {RETAINED_MB:.0f} MB): memory the server freed and glibc kept"
 
 
 def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
@@ -148,17 +167,6 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         how = (f"fell {-d[-1]:.1f} MB" if d[-1] < -noise else
                f"changed by {d[-1]:+.1f} MB, within the noise of {noise:.1f} MB,")
         out["reason"] = f"post-rest memory {how} in the last cycle: it stopped growing"
-        free = done[-1].get("malloc_free_mb")
-        if (free is not None and free >= RETAINED_MB) or (
-                trim_freed_mb is not None and trim_freed_mb >= RETAINED_MB):
-            out["retention"] = {"free_mb": _r(free), "trim_freed_mb": _r(trim_freed_mb),
-                                "threshold_mb": RETAINED_MB}
-            held = [f"the allocator held {free:.1f} MB free at the last rest"
-                    if free is not None else "",
-                    f"malloc_trim(0) gave back {trim_freed_mb:.1f} MB at the end"
-                    if trim_freed_mb is not None else ""]
-            out["reason"] += "; but " + " and ".join(h for h in held if h) + \
-                f" (over {RETAINED_MB:.0f} MB): memory the server freed and glibc kept"
         return out
     if statistics.fmean(d) <= noise:
         out["verdict"] = "inconclusive"

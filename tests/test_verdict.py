@@ -206,3 +206,15 @@ def test_kept_at_sums_sites_over_processes_and_drops_the_crumbs() -> None:
         {"where": "app.py:66", "kept_mb": 39.5, "blocks": 590},
         {"where": "cache.py:9", "kept_mb": 3.0, "blocks": 10}]
     assert verdict.kept_at([{**sites(1, ("app.py:66", 5.0, 1)), "based": False}]) == []
+
+
+def test_up_and_down_with_allocator_memory_says_so() -> None:
+    # Seen from outside with thread churn: 106 -> 97 -> 113 MB, glibc holding ~80 MB free.
+    v = verdict.decide(cycles([106, 97, 113], malloc_in_use_mb=[6.5, 7, 7],
+                              malloc_free_mb=[74, 65, 81]), trim_freed_mb=80.2, python=True)
+    assert v["verdict"] == "inconclusive"
+    assert v["headline"] == ("inconclusive — 81 MB is allocator retention "
+                             "(malloc_trim gave back 80 MB)")
+    # Too few cycles: nothing to say about a level.
+    v = verdict.decide(cycles([106, 97]), trim_freed_mb=80.2)
+    assert v["headline"] == "inconclusive" and "retention" not in v
