@@ -6,6 +6,7 @@
 #   make report RUN=<run-id>    rebuild plots/tables/report.html of a finished or interrupted run
 #   make compare A=<run> B=<run> [FORCE=1]   what changed from run A to run B, and is it noise
 #   make check RUN=<run> THRESHOLDS=<file>   a run against thresholds: PASS/FAIL per rule
+#   make diagnose_<variant>     leak or allocator retention? the variant under glibc and jemalloc
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
@@ -36,7 +37,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	test-unit lint lock clean allocators
 
 help:
-	@sed -n '2,16p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,17p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -68,6 +69,10 @@ bench-probes: venv
 	$(PY) -m infbench.overhead latest
 run_%: venv
 	$(PY) -m infbench run $* $(opts)
+# The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled
+# profile: PROFILE=cycles unless the study's is cycled).
+diagnose_%: venv
+	$(PY) -m infbench diagnose $* $(opts)
 
 # Capacity under a latency bound (infbench/capacity.py): PROFILE=capacity unless given.
 P95_MS ?=

@@ -1,5 +1,5 @@
-"""Command line: `python -m infbench list|build|run|capacity|report|compare|check`. The
-makefile calls these.
+"""Command line: `python -m infbench list|build|run|diagnose|capacity|report|compare|check`.
+The makefile calls these.
 
 Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL, ...), so
 `make run PROFILE=quick` and `INFBENCH_PROFILE=quick python -m infbench run` agree.
@@ -20,7 +20,18 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from infbench import assets, compare, config, files, htmlreport, proc, readers, report, thresholds
+from infbench import (
+    assets,
+    compare,
+    config,
+    files,
+    htmlreport,
+    proc,
+    readers,
+    report,
+    thresholds,
+    verdict,
+)
 from infbench.config import Step
 from infbench.files import WriteError, check_writable
 from infbench.launch import LaunchError, get_launcher
@@ -120,6 +131,15 @@ def parser() -> argparse.ArgumentParser:
                    help="measure the model alone (no HTTP) before each variant's load, for "
                         "serving efficiency (as model_alone = true in the profile would; env "
                         "INFBENCH_MODEL_ALONE=1)")
+    d = sub.add_parser("diagnose", help="leak or allocator retention? run each variant under "
+                       "glibc and with jemalloc preloaded, on a cycled profile, and compare")
+    selection(d)
+    d.add_argument("--profile", default=_env("PROFILE"), help="a cycled profile (env "
+                   "INFBENCH_PROFILE; default: the study's if cycled, else `cycles`)")
+    d.add_argument("--run-id", default=_env("RUN_ID"), help="name of the run folder")
+    d.add_argument("--probes", action="store_true",
+                   default=_env("PROBES").lower() in ("1", "true", "yes"),
+                   help="the server-side memory probes too (env INFBENCH_PROBES=1)")
     rep = sub.add_parser("report", help="rebuild plots and tables of a (finished or "
                          "interrupted) run from its files")
     rep.add_argument("run", nargs="?", default=_env("RUN", "latest"),
@@ -215,6 +235,7 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     if any("cgroup_memory_mb" in r for r in summary["variants"]):
         print("\ncontainer cgroup memory (as `docker stats` shows it):")
         print("\n".join(report.cgroup_table(summary["variants"])))
+    print("\n".join(report.verdict_lines(summary)))
     print(f"\nresults: {outcome.run_dir}/report.html, summary.md (plots: memory_overlay.png, "
           f"<variant>/memory.png)")
     if summary.get("html_error"):
@@ -282,10 +303,50 @@ def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
     return 0 if outcome.status == "complete" else EXIT_PARTIAL
 
 
+def under(v: config.Variant, allocator: str) -> config.Variant:
+    """The variant with `allocator` preloaded in every service but Redis, under its own name."""
+    return dataclasses.replace(v, name=f"{v.name}-{allocator}", services=tuple(
+        dataclasses.replace(s, allocator=allocator) if s.server != "redis" else s
+        for s in v.services))
+
+
+def cmd_diagnose(exp: config.Experiments, args: argparse.Namespace) -> int:
+    """The differential hypothesis: growth that vanishes under jemalloc is glibc's retention,
+    growth that stays is a leak (infbench/verdict.py: differential)."""
+    variants = _select(exp, args)
+    if args.probes:
+        variants = [v.with_probes() for v in variants]
+    default = exp.study(args.study).profile if args.study else exp.study_profile
+    name = args.profile or (default if exp.profile(default).cycles >= verdict.MIN_CYCLES
+                            else "cycles")
+    profile = exp.profile(name)
+    if profile.cycles < verdict.MIN_CYCLES:
+        raise config.ConfigError(f"diagnose needs a profile of at least {verdict.MIN_CYCLES} "
+                                 f"cycles; {name!r} has {profile.cycles}")
+    paired = [x for v in variants for x in (v, under(v, "jemalloc"))]
+    check_writable(Path(args.results))
+    get_launcher(args.runtime).prepare(paired, print)
+    outcome = run_study(Plan(experiments=exp, variants=paired, profile=profile,
+                             model_override=args.model, runtime=args.runtime,
+                             results=Path(args.results), run_id=args.run_id))
+    summary = report.build(outcome.run_dir)
+    print("\n".join(report.verdict_lines(summary)))
+    found = {r["variant"]: r.get("verdict") or {} for r in summary["variants"]}
+    print("\nunder glibc, then with jemalloc preloaded:")
+    for v in variants:
+        d = verdict.differential(found.get(v.name, {}), found.get(f"{v.name}-jemalloc", {}))
+        print(f"  {v.name}: {d['hypothesis']} — {d['reason']}")
+    print(f"\nresults: {outcome.run_dir}/summary.md")
+    if outcome.status == "interrupted":
+        return _interrupt_code()
+    return 0 if outcome.status == "complete" else EXIT_PARTIAL
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = report.resolve_run(Path(args.results), args.run)
     summary = report.build(run_dir)
     print("\n".join(report.memory_table(summary["variants"])))
+    print("\n".join(report.verdict_lines(summary)))
     print(f"\nrebuilt {run_dir}/report.html, summary.md, summary.csv and plots "
           f"(run status: {summary['run'].get('status')})")
     if summary.get("html_error"):
@@ -339,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_build(exp, args)
         if args.cmd == "capacity":
             return cmd_capacity(exp, args)
+        if args.cmd == "diagnose":
+            return cmd_diagnose(exp, args)
         return cmd_run(exp, args)
     except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError,
             WriteError, compare.CompareError, thresholds.ThresholdError,

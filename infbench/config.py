@@ -445,8 +445,8 @@ def _load_profile(name: str, table: Any) -> Profile:
             "request_timeout": NUM, "wait": list, "sample_interval": NUM, "cycles": int,
             "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
-            "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int, "max_in_flight": int,
-            "model_alone": bool}
+            "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int,
+            "max_in_flight": int, "model_alone": bool}
     values = _fields(where, table, spec, required=("steps",))
     _open_loop_fields(where, values)
     for key in ("feedback_weight",):

@@ -215,6 +215,10 @@ def wait_healthy(replica: Replica, timeout: float,
         if body is not None:
             pid = body.get("pid")
             if isinstance(pid, int) and mine and pid not in namespace_pids(mine):
+                # A worker that booted between the two looks (Gunicorn forks them while the
+                # master already listens) is ours too: look again before calling it a squatter.
+                mine = ours(replica)
+            if isinstance(pid, int) and mine and pid not in namespace_pids(mine):
                 raise LaunchError(f"{label}: the health answer on port {port} came from "
                                   f"{describe_pid(pid)}, which is not one of ours")
             if replica.spec.service.health in ("http", "tcp", "redis") \

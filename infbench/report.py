@@ -325,9 +325,9 @@ def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
     for r in sorted(judged, key=growth):
         v = r["verdict"]
         per = " → ".join(fmt(x) for x in v.get("post_rest_mb") or []) or "-"
-        where = f" ({v['where']})" if v.get("where") else ""
+        said = v.get("headline") or verdict.headline(v)
         loaded = ", ".join((v.get("probes") or {}).get("allocators") or ["-"])
-        lines.append([r["variant"], loaded, f"**{v['verdict']}**{where}", per,
+        lines.append([r["variant"], loaded, f"**{v['verdict']}**{said[len(v['verdict']):]}", per,
                       _signed(v.get("growth_after_warmup_mb")),
                       _signed(v.get("growth_per_cycle_mb")),
                       fmt(v.get("growth_per_1000_requests_mb"), 2),
@@ -335,6 +335,66 @@ def verdict_table(rows: list[dict[str, Any]]) -> list[str]:
     return _table(["variant", "malloc (loaded)", "verdict", "post-rest MB per cycle",
                    ">growth after warm-up (MB)", ">growth / cycle (MB)",
                    ">per 1,000 requests (MB)", ">malloc_trim gave back (MB)", "why"], lines)
+
+
+def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """How each verdict was read: probes injected or the server's own, glibc read from outside
+    (and the longest pause that cost), probes that did not start, where a leak is kept."""
+    out = []
+    for r in rows:
+        v = r.get("verdict") or {}
+        if v.get("cycles", 0) < 2:
+            continue
+        said = []
+        pr = v.get("probes")
+        if pr:
+            how = "injected (sitecustomize, no code change)" if pr.get("injected") \
+                else "started by the server"
+            said.append(f"probes {how} in {pr['processes']} process(es)"
+                        + (f", tracemalloc {pr['tracemalloc']}" if pr.get("tracemalloc")
+                           else ""))
+        ou = v.get("outside")
+        if ou:
+            said.append(f"glibc read from outside (gdb) {ou['reads']} time(s) in "
+                        f"{ou['processes']} process(es)"
+                        + (f", pauses up to {ou['max_pause_s']:.1f} s"
+                           if ou.get("max_pause_s") is not None else "")
+                        + (f"; could not: {'; '.join(ou['errors'])}" if ou.get("errors")
+                           else ""))
+        said += [w.split(": ", 1)[1] for w in probe_warnings([r])]
+        if said:
+            out.append(f"- {r['variant']}: " + "; ".join(said))
+        for site in v.get("kept_at") or []:
+            out.append(f"  - kept at `{site['where']}`: {site['kept_mb']:,.1f} MB in "
+                       f"{site['blocks']:,} blocks allocated after warm-up, alive at the end")
+    return out
+
+
+def probe_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """`probes = true` that started in no process of a replica (phases.json events)."""
+    return [f"{r['variant']}: {e.get('detail', '')}" for r in rows
+            for e in r.get("events") or [] if e.get("kind") == "probes_missing"]
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """The verdict per variant, one line each, for the console (`run` and `report`), and the
+    probes that did not start."""
+    rows = summary.get("variants", [])
+    judged = [r for r in rows if (r.get("verdict") or {}).get("cycles", 0) >= 2]
+    out = []
+    if judged:
+        width = max(len(r["variant"]) for r in judged)
+        out += ["", "verdict (leak, allocator retention or plateau; the why is in summary.md):"]
+        for r in judged:
+            v = r["verdict"]
+            g = v.get("growth_after_warmup_mb")
+            grew = f"  [{g:+,.1f} MB after warm-up]" if g is not None else ""
+            said = v.get("headline") or verdict.headline(v)
+            out.append(f"  {r['variant']:<{width}}  {said}{grew}")
+    warnings = probe_warnings(rows)
+    if warnings:
+        out += ["", *[f"WARNING {w}" for w in warnings]]
+    return out
 
 
 def split_table(rows: list[dict[str, Any]], cores: int) -> list[str]:
@@ -533,14 +593,19 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "
                   "`PROFILE=cycles` repeats it with a rest after each cycle (and variants "
                   "with `probes = true` say where the memory is)."]
+        lines += [f"- WARNING {w}" for w in probe_warnings(rows)]
     else:
+        notes = verdict_notes(rows)
         lines += ["", "## Leak, allocator retention or plateau", "", *judged, "",
+                  *([*notes, ""] if notes else []),
                   "Memory is compared at the end of each cycle's rest, with the first cycle "
                   "as warm-up; a verdict needs at least "
                   f"{verdict.MIN_CYCLES} cycles (a profile with `cycles`, e.g. "
-                  "`PROFILE=cycles`) and the server probes (`probes = true`) to tell a leak "
-                  "from retention. The rules and thresholds are in `summary.json` and the "
-                  "README."]
+                  "`PROFILE=cycles`). What the allocator holds is read by the server probes "
+                  "(`probes = true`, injected into any Python server) or from outside by a "
+                  "debugger (any glibc process); the Python heap in bytes (tracemalloc, on "
+                  "with the probes) tells a leak of Python objects from a native one. The "
+                  "rules and thresholds are in `summary.json` and the README."]
     lines += ["", "## Load per step (Locust)", "", *steps_table(rows), "",
               "stable: the last windows' throughput and p50 agreed (see Definitions); load "
               "gen: the busiest 5 s of Locust's CPU + run-queue wait, **limited** from 90%; "

@@ -31,6 +31,8 @@ from infbench.files import WriteError, write_json
 from infbench.launch import LaunchError, get_launcher
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
 from infbench.load import StepLoad, check_outputs, start_step
+from infbench.monitor import probecheck
+from infbench.monitor.outside import OutsideWatch
 from infbench.monitor.procwatch import ProcessWatch
 from infbench.monitor.redis import RedisSampler
 from infbench.monitor.sampler import ProcessSampler
@@ -43,6 +45,9 @@ RUN_SCHEMA = 2
 STARTUP_ESTIMATE_S = 20.0
 TRIM_WAIT_S = 3.0
 TRIM_REQUEST = "trim.request"  # servers/probes.py watches for this file (one contract)
+SITES_BASE_REQUEST = "sites-base.request"  # and these: tracemalloc from the end of warm-up,
+SITES_REQUEST = "sites.request"  # and its live traces by site at the end
+SITES_WAIT_S = 15.0
 MAX_BODY_CAP = 1024 * 1024 * 1024
 
 
@@ -203,6 +208,7 @@ class VariantRun:
         self.sampler: ProcessSampler | None = None
         self.watch: ProcessWatch | None = None
         self.redis: list[RedisSampler] = []
+        self.outside: OutsideWatch | None = None
         self.t0 = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------
@@ -289,6 +295,9 @@ class VariantRun:
                     r.spec.port, r.spec.out_dir / "redis_stats.csv", keys,
                     note=lambda kind, detail: self.log.event(kind, detail)).start())
         self._hold("baseline", p.baseline, "baseline")
+        self._check_probes()
+        if p.cycles > 1 and os.environ.get("INFBENCH_OUTSIDE", "1") != "0":
+            self.outside = OutsideWatch(self.topology, self.log)  # the verdict's rests
         self._load()
         self._hold("cooldown", p.cooldown, "cooldown")
         self._trim()
@@ -307,7 +316,11 @@ class VariantRun:
                     self._hold("pause", p.pause, f"pause {i}/{total}", index=i,
                                batch=step.batch, cycle=c)
             if p.cycles > 1 and p.rest:
+                if c == 1:
+                    self._sites_base()
                 self._hold("rest", p.rest, f"rest {c}/{p.cycles}", cycle=c)
+                if self.outside is not None:
+                    self.outside.rest(c)
 
     # -- pieces --------------------------------------------------------------------------
     def _check_server(self) -> None:
@@ -363,15 +376,62 @@ class VariantRun:
         answer within a second with what it gave back."""
         assert self.topology is not None
         probed = [r for r in self.topology.replicas if r.spec.service.probes]
-        if not probed:
-            return
         for r in probed:
-            try:
-                (r.spec.out_dir / TRIM_REQUEST).touch()
-            except OSError as e:
-                raise WriteError(f"cannot write {r.spec.out_dir / TRIM_REQUEST}: "
-                                 f"{files.describe(e)}") from None
-        self._hold("trim", TRIM_WAIT_S, "malloc_trim(0)")
+            self._request(r.spec.out_dir / TRIM_REQUEST)
+        # The processes without a probe, from outside (a debugger): the last step of the run.
+        gdb = self.outside.trim() if self.outside is not None else []
+        if probed or gdb:
+            self._hold("trim", TRIM_WAIT_S, "malloc_trim(0)")
+        if probed and self.profile.cycles > 1:
+            self._sites(probed)
+
+    def _sites(self, probed: list[Any]) -> None:
+        """After everything is measured: where the Python memory allocated after warm-up is
+        kept (each probe with tracemalloc on writes a `sites` event; a few seconds at most)."""
+        for r in probed:
+            self._request(r.spec.out_dir / SITES_REQUEST)
+        deadline = time.monotonic() + SITES_WAIT_S
+        files_ = [f for r in probed for f in r.spec.out_dir.glob("probes-*.jsonl")]
+        while time.monotonic() < deadline:
+            pending = []
+            for f in files_:
+                with contextlib.suppress(OSError):
+                    text = f.read_text()
+                    if '"tracemalloc_mb"' in text and '"event": "sites"' not in text:
+                        pending.append(f)
+            if not pending:
+                return
+            self._check_server()
+            time.sleep(0.5)
+
+    @staticmethod
+    def _request(path: Path) -> None:
+        try:
+            path.touch()
+        except OSError as e:
+            raise WriteError(f"cannot write {path}: {files.describe(e)}") from None
+
+    def _sites_base(self) -> None:
+        """At the start of the warm-up's rest: the probes start tracemalloc (or clear its
+        traces), so that from now on it traces what comes after warm-up. Before the rest whose
+        end is the verdict's reference, not after it: clearing frees tracemalloc's tables
+        (MBs of malloc'd memory a process), which would otherwise count as retention."""
+        assert self.topology is not None
+        for r in self.topology.replicas:
+            if r.spec.service.probes:
+                self._request(r.spec.out_dir / SITES_BASE_REQUEST)
+
+    def _check_probes(self) -> None:
+        """`probes = true` that started nowhere is said on the console and in phases.json."""
+        assert self.topology is not None
+        if not any(r.spec.service.probes for r in self.topology.replicas):
+            return
+        found = probecheck.check(self.topology, self.log.data.get("healthy") or time.time())
+        self.log.data["probes"] = found
+        for line in probecheck.warnings(found):
+            self.progress.say(f"  WARNING {self.v.name}: {line}")
+            self.log.event("probes_missing", line)
+        self.log.save()
 
     def _step(self, i: int, n: int, spec: Step, cycle: int) -> None:
         assert self.topology is not None

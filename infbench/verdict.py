@@ -18,29 +18,46 @@ The rules, in order (thresholds are module constants and are written into summar
                  warm-up, then little: a slow warm-up as much as a leak): not a steady
                  climb, not yet flat.
 4. still growing after warm-up (last and mean change above the noise, no cycle falling by
-   more than it, the last STEADY_CYCLES cycles all growing); then
-   with the server probes (servers/probes.py):
-   leak          the Python heap (allocated blocks, or tracemalloc's bytes) grew in every
-                 cycle after warm-up by more than PY_NOISE_FRACTION, or the allocator's
-                 memory *in use* (glibc's uordblks + mmapped chunks) grew by at least
-                 EXPLAINS of the RSS growth: objects are being kept.
+   more than it, the last STEADY_CYCLES cycles all growing); then, from the server probes
+   (servers/probes.py, injected into any Python server) and glibc's totals read from outside
+   (infbench/monitor/outside.py, any process):
+   leak (python objects)
+                 the Python heap in bytes (tracemalloc) grew by at least EXPLAINS of the RSS
+                 growth; or, counted in blocks only, grew in every cycle after warm-up by more
+                 than PY_NOISE_FRACTION (many objects kept).
+   leak (native allocations)
+                 the allocator's memory *in use* (glibc's uordblks + mmapped chunks) grew by at
+                 least EXPLAINS of it, and either the Python heap was measured in bytes and did
+                 not, or no process of the variant is Python.
+   leak (kind unknown)
+                 memory in use grew so, in a Python process whose heap was not measured in
+                 bytes: one 64 KB bytes object is one block, so a leak of big Python objects
+                 and a native leak look alike; the verdict does not guess.
    allocator retention
                  memory in use did not grow that much, while the allocator's *free* memory
                  grew by at least EXPLAINS of the RSS growth, or malloc_trim(0) at the end gave
                  back at least EXPLAINS of it: freed memory kept by the allocator.
-   inconclusive  growing, but the probes were off (or another allocator than glibc serves
-                 malloc, whose statistics are not read): a leak cannot be told from retention
-                 by RSS alone; the growth figures are still reported.
+   inconclusive  growing, but nothing read the allocator (no probes, no debugger, or another
+                 allocator than glibc serves malloc): a leak cannot be told from retention by
+                 RSS alone; the growth figures are still reported.
+
+A plateau is not always a healthy one: when the allocator holds more than RETAINED_MB free at
+the last rest, or malloc_trim(0) gives back more than that at the end, the verdict says so
+(`headline`: "plateau — 95 MB is allocator retention (malloc_trim gave back 88 MB)"); so does
+an inconclusive verdict (a level that went up and down), since that is often what moves.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import itertools
 import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from infbench.monitor import outside
 
 MIN_CYCLES = 3
 NOISE_MB = 8.0
@@ -50,11 +67,15 @@ PY_NOISE_BLOCKS = 2000
 EXPLAINS = 0.5
 REST_TAIL_S = 3.0
 STEADY_CYCLES = 2
+RETAINED_MB = 32.0
+TOP_SITES = 10
+SITE_FLOOR_MB = 0.1
 
 THRESHOLDS = {
     "min_cycles": MIN_CYCLES, "noise_mb": NOISE_MB, "noise_fraction": NOISE_FRACTION,
     "py_noise_fraction": PY_NOISE_FRACTION, "py_noise_blocks": PY_NOISE_BLOCKS,
     "explains": EXPLAINS, "rest_tail_s": REST_TAIL_S, "steady_cycles": STEADY_CYCLES,
+    "retained_mb": RETAINED_MB,
 }
 
 
@@ -66,14 +87,57 @@ def _r(x: float | None, nd: int = 1) -> float | None:
     return None if x is None else round(x, nd)
 
 
-def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> dict[str, Any]:
+def headline(v: dict[str, Any]) -> str:
+    """The verdict in one line: `leak (python objects)`, `plateau — 95 MB is allocator
+    retention (malloc_trim gave back 88 MB)`, ..."""
+    text = str(v.get("verdict", "inconclusive"))
+    if v.get("where"):
+        text += f" ({v['where']})"
+    r = v.get("retention") or {}
+    free, trim = r.get("free_mb"), r.get("trim_freed_mb")
+    gave = f"malloc_trim gave back {trim:.0f} MB" if trim is not None else ""
+    if free is not None and free >= RETAINED_MB:
+        text += f" — {free:.0f} MB is allocator retention" + (f" ({gave})" if gave else "")
+    elif trim is not None and trim >= RETAINED_MB:
+        text += f" — {gave}: allocator retention"
+    return text
+
+
+def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None,
+           python: bool | None = None) -> dict[str, Any]:
     """The verdict from per-cycle figures.
 
-    Each cycle: {"cycle", "complete", "requests", "post_rest_mb"} and, with probes,
-    "py_blocks", "py_traced_mb" (tracemalloc, optional), "malloc_in_use_mb",
-    "malloc_free_mb" (None where not read). `trim_freed_mb`: what malloc_trim(0) gave back
-    at the end, summed over the server's processes (None if not tried).
+    Each cycle: {"cycle", "complete", "requests", "post_rest_mb"} and, where read,
+    "py_blocks", "py_traced_mb" (tracemalloc), "malloc_in_use_mb", "malloc_free_mb" (None
+    where not read). `trim_freed_mb`: what malloc_trim(0) gave back at the end, summed over
+    the server's processes (None if not tried). `python`: whether a process of the variant is
+    a Python interpreter (None: not known).
     """
+    out = _decide(cycles, trim_freed_mb, python)
+    if out["verdict"] in ("plateau", "inconclusive") and "post_rest_mb" in out:
+        _retention(out, cycles[-1].get("malloc_free_mb"), trim_freed_mb)
+    out["headline"] = headline(out)
+    return out
+
+
+def _retention(out: dict[str, Any], free: float | None, trim: float | None) -> None:
+    """A plateau (or a level that goes up and down) is not always healthy: say how much of it
+    is memory glibc keeps, when that is more than RETAINED_MB."""
+    if not ((free is not None and free >= RETAINED_MB) or (trim is not None
+                                                           and trim >= RETAINED_MB)):
+        return
+    out["retention"] = {"free_mb": _r(free), "trim_freed_mb": _r(trim),
+                        "threshold_mb": RETAINED_MB}
+    held = [f"the allocator held {free:.1f} MB free at the last rest" if free is not None
+            else "", f"malloc_trim(0) gave back {trim:.1f} MB at the end" if trim is not None
+            else ""]
+    out["reason"] += ("; but " if out["verdict"] == "plateau" else "; ") + \
+        " and ".join(h for h in held if h) + \
+        f" (over {RETAINED_MB:.0f} MB): memory the server freed and glibc kept"
+
+
+def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
+            python: bool | None) -> dict[str, Any]:
     out: dict[str, Any] = {"verdict": "inconclusive", "reason": "", "cycles": len(cycles),
                            "thresholds": THRESHOLDS}
     done = [c for c in cycles if c.get("complete") and c.get("post_rest_mb") is not None]
@@ -137,15 +201,30 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> 
         out["malloc_free_growth_mb"] = _r(free[-1] - free[0])
     grew = f"post-rest memory grew {growth:+.1f} MB over {len(d)} cycles after warm-up " \
            f"({statistics.fmean(d):+.1f} MB a cycle)"
-    if py and py["grows_every_cycle"]:
+    bytes_measured = py is not None and py["measure"] == "tracemalloc_mb"
+    in_use_grew = bool(in_use) and in_use[-1] - in_use[0] >= EXPLAINS * growth
+    if py and (py["explains"] if bytes_measured else py["grows_every_cycle"]):
         out["verdict"] = "leak"
         out["where"] = "python objects"
-        out["reason"] = f"{grew}; the Python heap grew in every cycle ({py['summary']})"
-    elif in_use and in_use[-1] - in_use[0] >= EXPLAINS * growth:
+        how = (f"grew {py['growth_mb']:+.1f} MB, at least {EXPLAINS:.0%} of it"
+               if bytes_measured else "grew in every cycle")
+        out["reason"] = f"{grew}; the Python heap {how} ({py['summary']})"
+    elif in_use_grew and (bytes_measured or python is False):
         out["verdict"] = "leak"
         out["where"] = "native allocations"
+        why = (f"and the Python heap did not ({py['summary']})" if py and bytes_measured
+               else "and no process of it is Python")
         out["reason"] = (f"{grew}; memory in use by malloc grew {in_use[-1] - in_use[0]:+.1f} "
-                         f"MB, at least {EXPLAINS:.0%} of it, and the Python heap did not")
+                         f"MB, at least {EXPLAINS:.0%} of it, {why}")
+    elif in_use_grew:
+        out["verdict"] = "leak"
+        out["where"] = "kind unknown"
+        counted = (f"the Python heap is counted in objects, not bytes ({py['summary']})"
+                   if py else "the Python heap was not measured")
+        out["reason"] = (f"{grew}; memory in use by malloc grew {in_use[-1] - in_use[0]:+.1f} "
+                         f"MB, at least {EXPLAINS:.0%} of it, but {counted}: big Python objects "
+                         "and native memory look alike (the probes, probes = true, measure it "
+                         "in bytes after warm-up)")
     elif free and free[-1] - free[0] >= EXPLAINS * growth:
         out["verdict"] = "allocator retention"
         out["reason"] = (f"{grew}; the allocator's free memory grew {free[-1] - free[0]:+.1f} "
@@ -155,8 +234,9 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None) -> 
         out["reason"] = (f"{grew}; malloc_trim(0) at the end gave back {trim_freed_mb:.1f} MB "
                          f"(at least {EXPLAINS:.0%} of it)")
     elif not in_use and not py:
-        out["reason"] = (f"{grew}; without the server probes (probes = true) a leak cannot be "
-                         "told from allocator retention")
+        out["reason"] = (f"{grew}; nothing read the allocator (no server probes, no debugger, "
+                         "or another allocator than glibc): a leak cannot be told from "
+                         "allocator retention")
     else:
         out["reason"] = (f"{grew}; neither the Python heap, malloc's memory in use nor its "
                          "free memory explains it (another allocator, or memory outside malloc)")
@@ -175,8 +255,12 @@ def _python_growth(cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
     if traced:
         d = _deltas(traced)
         floor = max(0.5, PY_NOISE_FRACTION * traced[0])
+        rss = [float(c["post_rest_mb"]) for c in cycles]
+        growth = traced[-1] - traced[0]
         return {"measure": "tracemalloc_mb", "values": [_r(x, 2) for x in traced],
                 "grows_every_cycle": bool(d) and all(x > floor for x in d),
+                "growth_mb": _r(growth),
+                "explains": growth > 0 and growth >= EXPLAINS * (rss[-1] - rss[0]),
                 "summary": f"tracemalloc {traced[0]:.1f} -> {traced[-1]:.1f} MB"}
     if blocks:
         d = _deltas(blocks)
@@ -203,7 +287,7 @@ def read_probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], lis
                 continue  # a torn last line of a killed server
             if not isinstance(row, dict) or "t" not in row:
                 continue
-            if row.get("event") == "trim":
+            if row.get("event"):
                 trims.append(row)
             else:
                 samples.setdefault(int(row.get("pid", 0)), []).append(row)
@@ -234,11 +318,27 @@ def probe_totals(samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str
     }
 
 
+def outside_totals(rows: list[dict[str, Any]], cycle: int,
+                   skip: set[int]) -> dict[str, float | None]:
+    """glibc's totals read from outside after a cycle's rest, summed over the processes the
+    probes did not cover ({} if none was read; None where one of them could not be)."""
+    mine = [r for r in rows if r.get("event") == "malloc" and r.get("cycle") == cycle
+            and r.get("pid") not in skip]
+    if not mine:
+        return {}
+    if any(not r.get("malloc") for r in mine):
+        return {"malloc_in_use_mb": None, "malloc_free_mb": None}
+    return {"malloc_in_use_mb": sum(r["malloc"]["in_use"] + r["malloc"]["mmap"] for r in mine),
+            "malloc_free_mb": sum(r["malloc"]["free"] for r in mine)}
+
+
 def cycle_figures(phase_list: list[dict[str, Any]], mem: list[tuple[float, float]],
                   steps: list[dict[str, Any]],
-                  samples: dict[int, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+                  samples: dict[int, list[dict[str, Any]]],
+                  outside_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One entry per cycle: requests, complete, and the figures at the end of its rest (the
-    `rest` phase, or without one the pause after the cycle's last step)."""
+    `rest` phase, or without one the pause after the cycle's last step): the probes', and
+    for the processes without one, glibc's totals read from outside."""
     cycles = sorted({int(p["cycle"]) for p in phase_list if p.get("kind") == "step"
                      and p.get("cycle") is not None})
     out = []
@@ -257,21 +357,105 @@ def cycle_figures(phase_list: list[dict[str, Any]], mem: list[tuple[float, float
             t1 = end["end"]
             vals = [m for t, m in mem if max(end["start"], t1 - REST_TAIL_S) <= t <= t1]
             entry["post_rest_mb"] = _r(statistics.median(vals)) if vals else None
-            entry.update({k: _r(v, 2) for k, v in probe_totals(samples, t1).items()})
+            inside = probe_totals(samples, t1)
+            entry.update({k: _r(v, 2) for k, v in inside.items()})
+            out_of = outside_totals(outside_rows or [], c, set(samples))
+            for key in ("malloc_in_use_mb", "malloc_free_mb"):
+                parts = [d[key] for d in (inside, out_of) if key in d]
+                if parts:
+                    entry[key] = None if None in parts else _r(sum(p for p in parts
+                                                                    if p is not None), 2)
         out.append(entry)
     return out
+
+
+def kept_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the live Python memory allocated after warm-up is (the probes' `sites` events at
+    the end), summed by site over the processes, largest first."""
+    kept: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for e in events:
+        if e.get("event") == "sites" and e.get("based"):
+            for site in e.get("top") or []:
+                kept[site["where"]][0] += float(site.get("kept_mb") or 0)
+                kept[site["where"]][1] += float(site.get("blocks") or 0)
+    total = sum(mb for mb, _ in kept.values())
+    floor = max(SITE_FLOOR_MB, 0.01 * total)  # a request's buffers, a log line: not the leak
+    top = sorted(kept.items(), key=lambda kv: -kv[1][0])[:TOP_SITES]
+    return [{"where": w, "kept_mb": round(mb, 2), "blocks": int(n)} for w, (mb, n) in top
+            if mb >= floor]
 
 
 def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
                mem: list[tuple[float, float]], steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The verdict of one variant folder, with the cycle figures it was decided from."""
-    samples, trims = read_probes(variant_dir)
-    cycles = cycle_figures(phase_list, mem, steps, samples)
+    samples, events = read_probes(variant_dir)
+    rows = outside.read(variant_dir)
+    cycles = cycle_figures(phase_list, mem, steps, samples, rows)
+    trims = [e for e in events if e.get("event") == "trim"]
+    trims += [r for r in rows if r.get("event") == "trim" and "error" not in r]
     freed = sum(float(t.get("freed_mb") or 0) for t in trims) if trims else None
-    out = decide(cycles, freed)
+    read = [r for r in rows if "error" not in r]
+    python = True if samples else (any(r.get("python") for r in read) if read else None)
+    out = decide(cycles, freed, python)
     out["per_cycle"] = cycles
+    vias = sorted({str(r.get("via")) for rows_ in samples.values() for r in rows_[:1]
+                   if r.get("via")})
     out["probes"] = {"processes": len(samples),
                      "allocators": sorted({r.get("allocator", "?") for rows in samples.values()
                                            for r in rows}),
-                     "trims": trims} if samples else None
+                     "injected": "hook" in vias, "started_by": vias,
+                     "tracemalloc": "from start-up" if any(
+                         "tracemalloc_mb" in rows_[0] for rows_ in samples.values())
+                     else "after warm-up" if any("tracemalloc_mb" in rows_[-1]
+                                                 for rows_ in samples.values()) else None,
+                     "trims": [t for t in trims if t.get("via") != "gdb"]} if samples else None
+    if rows:
+        pauses = [float(r["pause_s"]) for r in read if r.get("pause_s") is not None]
+        out["outside"] = {
+            "processes": len({r["pid"] for r in rows}), "reads": len(read),
+            "max_pause_s": max(pauses) if pauses else None,
+            "errors": sorted({str(r["error"]) for r in rows if "error" in r}),
+            "trims": [r for r in rows if r.get("event") == "trim"]}
+    if out["verdict"] == "leak" and out.get("where") != "native allocations":
+        out["kept_at"] = kept_at(events)
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# The differential hypothesis (`diagnose`): the same variant under glibc and under jemalloc.
+
+
+def differential(glibc: dict[str, Any], other: dict[str, Any],
+                 allocator: str = "jemalloc") -> dict[str, Any]:
+    """Growth that vanishes under another allocator was glibc keeping freed memory; growth
+    that stays is kept by the program (a leak). From the two verdicts' figures alone."""
+    g, o = glibc.get("growth_after_warmup_mb"), other.get("growth_after_warmup_mb")
+    out: dict[str, Any] = {"glibc_growth_mb": g, f"{allocator}_growth_mb": o,
+                           "hypothesis": "inconclusive"}
+    if g is None or o is None:
+        out["reason"] = "one of the two runs has too few complete cycles to compare"
+        return out
+    noise = max(float(glibc.get("noise_mb") or NOISE_MB), float(other.get("noise_mb") or NOISE_MB))
+    said = f"post-rest memory grew {g:+.1f} MB under glibc and {o:+.1f} MB under {allocator}"
+    if g <= noise:
+        level = [(x.get("post_rest_mb") or [None])[-1] for x in (glibc, other)]
+        out["hypothesis"] = "plateau"
+        out["reason"] = f"{said}: no growth under glibc (noise {noise:.1f} MB) to explain"
+        if None not in level:
+            above = float(level[0]) - float(level[1])
+            out["glibc_above_mb"] = _r(above)
+            out["reason"] += (f"; at the last rest glibc held {above:+.1f} MB against "
+                              f"{allocator} (what it keeps once warm: see its verdict's "
+                              "retention)")
+    elif o <= noise:
+        out["hypothesis"] = "allocator retention"
+        out["reason"] = f"{said}: it vanishes under {allocator}, so glibc kept freed memory"
+    elif o >= EXPLAINS * g:
+        out["hypothesis"] = "leak"
+        out["reason"] = f"{said}: it stays under {allocator}, so the program keeps it"
+    else:
+        out["hypothesis"] = "leak and allocator retention"
+        out["reason"] = (f"{said}: {allocator} keeps less than {EXPLAINS:.0%} of it; part is "
+                         "glibc's retention, part is kept by the program")
+    out["headline"] = f"{out['hypothesis']} ({said})"
     return out

@@ -1,7 +1,11 @@
 """Server-side memory probes: the Python heap and the allocator's view, from inside the server.
 
 Opt-in (INFBENCH_PROBE_DIR set) and cheap: a daemon thread in each server process (each
-Gunicorn worker too) appends one JSON line a second to `<dir>/probes-<pid>.jsonl`. A file
+Gunicorn worker too) appends one JSON line a second to `<dir>/probes-<pid>.jsonl`. Our servers
+call start_from_env(); any other Python server gets the same thread without a line changed,
+from servers/inject/sitecustomize.py (the harness puts that folder first on PYTHONPATH when the
+probes are on). One thread a process whoever asks first, and again in a forked child (a
+Gunicorn worker), since fork keeps only the thread that forked. A file
 written by a thread, not an HTTP endpoint: the load cannot starve it (an async endpoint that
 runs the model on the event loop would hold up a debug route for seconds), and the harness
 reads it from disk on the same clock as mprof and phases.json.
@@ -10,7 +14,11 @@ A sample line:
     {"t": unix time, "pid", "rss_mb", "threads",
      "py_blocks":   sys.getallocatedblocks() (live Python objects' memory blocks),
      "gc_counts":   gc.get_count(), "gc_collections": per generation,
-     "tracemalloc_mb" / "tracemalloc_peak_mb": only if INFBENCH_TRACEMALLOC=1 (it costs),
+     "tracemalloc_mb" / "tracemalloc_peak_mb": the Python heap in bytes, when tracemalloc
+                    runs: from start-up with INFBENCH_TRACEMALLOC=N (N frames), else from
+                    the end of warm-up (below; INFBENCH_TRACEMALLOC=0: never). Blocks count
+                    objects, and one 64 KB bytes object is one block,
+     "via":         who started the probe: "server" (start_from_env) or "hook",
      "malloc":      glibc mallinfo2() in MB, over all arenas -- "arena" (heap memory the
                     arenas hold), "mmap" (hblkhd: chunks mmapped on their own), "in_use"
                     (uordblks: allocated from the arenas), "free" (fordblks: free memory the
@@ -25,6 +33,16 @@ A sample line:
 Actions: when the harness creates `<dir>/trim.request`, each process calls malloc_trim(0) once
 and writes {"event": "trim", "rss_before_mb", "rss_after_mb", "freed_mb", ...}: what the
 allocator was holding that it could give back.
+
+The Python heap in bytes after warm-up, and where a leak is kept: `<dir>/sites-base.request`
+(the harness creates it at the start of the warm-up rest of a cycled profile) starts tracemalloc
+at 1 frame, or if it already runs clears its traces ("tracemalloc_mb" stays continuous: the
+cleared amount is added, "tracemalloc_cleared_mb"), so that from then on it traces only what is
+allocated after warm-up. From start-up it would cost most: traced from the first import, a
+TensorFlow server started several times slower, held ~150 MB more and served half the requests
+(ABBA, see the README). `<dir>/sites.request` (after the final trim, when nothing more is
+measured) sums the live traces by allocation site (file:line) and writes {"event": "sites",
+"top": [{"where", "kept_mb", "blocks"}]}: what was allocated after warm-up and is still alive.
 """
 
 from __future__ import annotations
@@ -46,6 +64,10 @@ MB = 1024.0 * 1024.0
 ALLOCATORS = (("jemalloc", "libjemalloc"), ("mimalloc", "libmimalloc"),
               ("tcmalloc", "libtcmalloc"))
 TRIM_REQUEST = "trim.request"
+SITES_BASE_REQUEST = "sites-base.request"
+SITES_REQUEST = "sites.request"
+THREAD_NAME = "infbench-probe"
+TOP_SITES = 10
 
 
 class _MallInfo2(ctypes.Structure):
@@ -117,8 +139,11 @@ def malloc_trim() -> bool | None:
 class Probe:
     """The sampling thread of one server process."""
 
-    def __init__(self, out_dir: Path, interval: float = 1.0) -> None:
+    def __init__(self, out_dir: Path, interval: float = 1.0, via: str = "server",
+                 tracemalloc_off: bool = False) -> None:
         self.dir = out_dir
+        self.via = via
+        self.tracemalloc_off = tracemalloc_off
         self.interval = interval
         self.pid = os.getpid()
         self.path = out_dir / f"probes-{self.pid}.jsonl"
@@ -129,6 +154,8 @@ class Probe:
             self.libc.mallinfo2.restype = _MallInfo2
         self.trimmed = False
         self._stop = threading.Event()
+        self.cleared_mb = 0.0  # traced memory when the traces were cleared (after warm-up)
+        self.based = self.sited = False
 
     def malloc(self) -> dict[str, float] | None:
         if not self.has_mallinfo2 or self.allocator != "glibc":
@@ -149,11 +176,14 @@ class Probe:
             "gc_collections": [g["collections"] for g in gc.get_stats()],
             "malloc": self.malloc(), "allocator": loaded_allocator(maps),
             "glibc_heaps": count_heaps(maps) if self.allocator == "glibc" else None,
+            "via": self.via,
         }
         if tracemalloc.is_tracing():
             current, peak = tracemalloc.get_traced_memory()
-            row["tracemalloc_mb"] = round(current / MB, 3)
-            row["tracemalloc_peak_mb"] = round(peak / MB, 3)
+            row["tracemalloc_mb"] = round(current / MB + self.cleared_mb, 3)
+            row["tracemalloc_peak_mb"] = round(peak / MB + self.cleared_mb, 3)
+            if self.cleared_mb:
+                row["tracemalloc_cleared_mb"] = round(self.cleared_mb, 3)
         return row
 
     def trim(self) -> dict[str, Any]:
@@ -166,6 +196,41 @@ class Probe:
                 "allocator": self.allocator, "released": ok, "rss_before_mb": before,
                 "rss_after_mb": after, "freed_mb": round(before - after, 2)}
 
+    def sites_base(self) -> dict[str, Any]:
+        """From now on trace only what is allocated after warm-up."""
+        row = {"t": round(time.time(), 3), "pid": self.pid, "event": "sites_base"}
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(1)
+            return {**row, "started": True}
+        before = tracemalloc.get_traced_memory()[0] / MB
+        tracemalloc.clear_traces()
+        self.cleared_mb += before
+        return {**row, "cleared_mb": round(before, 3)}
+
+    def sites(self) -> dict[str, Any]:
+        """Live Python memory allocated since the base, by allocation site, largest first."""
+        kept: dict[str, tuple[int, int]] = {}
+        for st in tracemalloc.take_snapshot().statistics("lineno"):
+            frame = st.traceback[0]
+            where = "/".join(Path(frame.filename).parts[-3:]) + f":{frame.lineno}"
+            size, count = kept.get(where, (0, 0))
+            kept[where] = (size + st.size, count + st.count)
+        top = sorted(kept.items(), key=lambda kv: -kv[1][0])[:TOP_SITES]
+        return {"t": round(time.time(), 3), "pid": self.pid, "event": "sites",
+                "based": self.based,
+                "top": [{"where": w, "kept_mb": round(sz / MB, 3), "blocks": n}
+                        for w, (sz, n) in top]}
+
+    def _requests(self, f: Any) -> None:
+        if self.tracemalloc_off:
+            return
+        if not self.based and (self.dir / SITES_BASE_REQUEST).exists():
+            self.based = True
+            f.write(json.dumps(self.sites_base()) + "\n")
+        if not self.sited and tracemalloc.is_tracing() and (self.dir / SITES_REQUEST).exists():
+            self.sited = True
+            f.write(json.dumps(self.sites()) + "\n")
+
     def run(self) -> None:
         with self.path.open("a") as f:
             while not self._stop.is_set():
@@ -175,26 +240,58 @@ class Probe:
                     if not self.trimmed and (self.dir / TRIM_REQUEST).exists():
                         self.trimmed = True
                         f.write(json.dumps(self.trim()) + "\n")
+                    self._requests(f)
                     f.flush()
                 self._stop.wait(max(0.05, self.interval - (time.monotonic() - tick)))
 
     def start(self) -> Probe:
-        threading.Thread(target=self.run, name="infbench-probe", daemon=True).start()
+        t = threading.Thread(target=self.run, name=THREAD_NAME, daemon=True)
+        t.infbench_probe = self  # type: ignore[attr-defined]
+        t.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
 
 
-def start_from_env(env: dict[str, str] | None = None) -> Probe | None:
-    """Start the probe if INFBENCH_PROBE_DIR names a folder (called in each server process)."""
+def running() -> Probe | None:
+    """The probe of this process, if one runs: by its thread, so that a second copy of this
+    module (the hook loads it under another name) finds the first one's."""
+    for t in threading.enumerate():
+        probe = getattr(t, "infbench_probe", None)
+        if t.name == THREAD_NAME and probe is not None and t.is_alive() \
+                and not probe._stop.is_set():
+            return probe  # type: ignore[no-any-return]
+    return None
+
+
+_FORK_HOOKED = False
+
+
+def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> Probe | None:
+    """Start the probe if INFBENCH_PROBE_DIR names a folder (called in each server process);
+    the one already running in this process if there is one."""
+    global _FORK_HOOKED
     env = dict(os.environ) if env is None else env
     folder = env.get("INFBENCH_PROBE_DIR", "").strip()
     if not folder:
         return None
-    if env.get("INFBENCH_TRACEMALLOC", "") == "1" and not tracemalloc.is_tracing():
-        tracemalloc.start()
+    if (probe := running()) is not None:
+        return probe
+    frames = env.get("INFBENCH_TRACEMALLOC", "").strip()
+    if frames.isdigit() and int(frames) > 0 and not tracemalloc.is_tracing():
+        tracemalloc.start(int(frames))
     interval = float(env.get("INFBENCH_PROBE_INTERVAL", "1") or 1)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    return Probe(out, interval).start()
+    if not _FORK_HOOKED and hasattr(os, "register_at_fork"):
+        # fork keeps only the forking thread: a forked worker starts its own probe. Registered
+        # once a process (a forked child inherits the registration).
+        _FORK_HOOKED = True
+        os.register_at_fork(after_in_child=lambda: _restart(env, via))
+    return Probe(out, interval, via, tracemalloc_off=frames == "0").start()
+
+
+def _restart(env: dict[str, str], via: str) -> None:
+    with contextlib.suppress(Exception):  # never break the fork of someone else's server
+        start_from_env(env, via)

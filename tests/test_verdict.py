@@ -50,9 +50,66 @@ def test_python_leak_by_tracemalloc_wins_over_blocks() -> None:
 
 
 def test_native_leak() -> None:
+    # The Python heap measured in bytes, flat: what malloc keeps is not Python's.
     v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.001e5, 1e5],
+                              py_traced_mb=[40, 40.2, 40.1],
                               malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
     assert v["verdict"] == "leak" and v["where"] == "native allocations"
+    assert v["headline"] == "leak (native allocations)"
+
+
+def test_growth_in_use_with_python_counted_in_blocks_only_is_a_leak_of_unknown_kind() -> None:
+    # Changed on purpose: a 64 KB bytes object is one block, so without the Python heap in
+    # bytes a leak of big Python objects looks like a native one (it was called native).
+    v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.001e5, 1.002e5],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["verdict"] == "leak" and v["where"] == "kind unknown"
+    assert "in bytes after warm-up" in v["reason"] and v["headline"] == "leak (kind unknown)"
+
+
+def test_big_python_objects_are_named_by_their_bytes() -> None:
+    # 64 KB objects: blocks barely move, tracemalloc's bytes explain the growth.
+    v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.0005e5, 1.001e5],
+                              py_traced_mb=[40, 90, 140],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["verdict"] == "leak" and v["where"] == "python objects"
+    assert v["python_heap"]["growth_mb"] == 100.0
+
+
+def test_small_python_growth_does_not_hide_a_native_leak() -> None:
+    # tracemalloc grows a little every cycle (a log, a counter): the 100 MB are malloc's.
+    v = verdict.decide(cycles([600, 650, 700], py_traced_mb=[40, 41, 42],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["where"] == "native allocations", v
+
+
+def test_from_outside_only() -> None:
+    # No probes: glibc's totals read by a debugger. A Python process cannot be judged further;
+    # a process that is not Python has no Python heap to keep anything in.
+    c = cycles([600, 650, 700], malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21])
+    assert verdict.decide(c, python=True)["where"] == "kind unknown"
+    assert verdict.decide(c, python=None)["where"] == "kind unknown"
+    assert verdict.decide(c, python=False)["where"] == "native allocations"
+    c = cycles([600, 700, 800], malloc_in_use_mb=[300, 302, 301], malloc_free_mb=[50, 140, 240])
+    assert verdict.decide(c, python=True)["verdict"] == "allocator retention"
+
+
+def test_plateau_that_holds_allocator_memory_says_so() -> None:
+    v = verdict.decide(cycles([600, 700, 702, 701], malloc_free_mb=[60, 95, 96, 95]),
+                       trim_freed_mb=88.0)
+    assert v["verdict"] == "plateau"
+    assert v["headline"] == "plateau — 95 MB is allocator retention (malloc_trim gave back 88 MB)"
+    assert v["retention"]["free_mb"] == 95.0 and "glibc kept" in v["reason"]
+    # Trim alone (free memory not read)
+    v = verdict.decide(cycles([600, 700, 702, 701]), trim_freed_mb=88.0)
+    assert v["headline"] == "plateau — malloc_trim gave back 88 MB: allocator retention"
+
+
+def test_plateau_with_little_allocator_memory_is_plain() -> None:
+    v = verdict.decide(cycles([600, 700, 702, 701], malloc_free_mb=[5, 6, 6, 7]),
+                       trim_freed_mb=4.0)
+    assert v["headline"] == "plateau" and "retention" not in v
+    assert verdict.decide(cycles([600, 700, 702, 701]))["headline"] == "plateau"
 
 
 def test_allocator_retention_by_free_lists() -> None:
@@ -117,6 +174,47 @@ def test_one_jump_after_warmup_then_little_is_not_a_leak() -> None:
     assert v["verdict"] == "inconclusive" and "not a steady climb" in v["reason"], v
     # The same climb, growing in each of the last two cycles, is judged.
     v = verdict.decide(cycles([1840, 2034, 2060, 2100], py_blocks=[1e6] * 4,
+                              py_traced_mb=[90, 91, 90, 92],
                               malloc_in_use_mb=[600, 780, 800, 840],
                               malloc_free_mb=[300, 310, 300, 305]))
     assert v["verdict"] == "leak" and v["where"] == "native allocations", v
+
+
+def test_differential_hypothesis_under_another_allocator() -> None:
+    grows = verdict.decide(cycles([600, 700, 800]))
+    flat = verdict.decide(cycles([600, 602, 601]))
+    assert verdict.differential(grows, flat)["hypothesis"] == "allocator retention"
+    assert verdict.differential(grows, grows)["hypothesis"] == "leak"
+    half = verdict.decide(cycles([600, 640, 670]))
+    assert verdict.differential(grows, half)["hypothesis"] == "leak and allocator retention"
+    d = verdict.differential(flat, verdict.decide(cycles([500, 510, 509])))
+    assert d["hypothesis"] == "plateau" and d["glibc_above_mb"] == 92.0
+    short = verdict.decide(cycles([600, 700]))
+    d = verdict.differential(grows, short)
+    assert d["hypothesis"] == "inconclusive" and "too few" in d["reason"]
+
+
+def test_kept_at_sums_sites_over_processes_and_drops_the_crumbs() -> None:
+    def sites(pid: int, *top: tuple[str, float, int]) -> dict[str, Any]:
+        return {"event": "sites", "pid": pid, "based": True,
+                "top": [{"where": w, "kept_mb": mb, "blocks": n} for w, mb, n in top]}
+
+    events = [sites(1, ("app.py:66", 20.0, 300), ("json/encoder.py:258", 0.01, 40)),
+              sites(2, ("app.py:66", 19.5, 290), ("cache.py:9", 3.0, 10)),
+              {"event": "trim", "pid": 1, "freed_mb": 2.0}]
+    assert verdict.kept_at(events) == [
+        {"where": "app.py:66", "kept_mb": 39.5, "blocks": 590},
+        {"where": "cache.py:9", "kept_mb": 3.0, "blocks": 10}]
+    assert verdict.kept_at([{**sites(1, ("app.py:66", 5.0, 1)), "based": False}]) == []
+
+
+def test_up_and_down_with_allocator_memory_says_so() -> None:
+    # Seen from outside with thread churn: 106 -> 97 -> 113 MB, glibc holding ~80 MB free.
+    v = verdict.decide(cycles([106, 97, 113], malloc_in_use_mb=[6.5, 7, 7],
+                              malloc_free_mb=[74, 65, 81]), trim_freed_mb=80.2, python=True)
+    assert v["verdict"] == "inconclusive"
+    assert v["headline"] == ("inconclusive — 81 MB is allocator retention "
+                             "(malloc_trim gave back 80 MB)")
+    # Too few cycles: nothing to say about a level.
+    v = verdict.decide(cycles([106, 97]), trim_freed_mb=80.2)
+    assert v["headline"] == "inconclusive" and "retention" not in v

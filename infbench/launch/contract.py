@@ -16,6 +16,7 @@ from infbench.launch.argv import fill
 from infbench.paths import HOST
 
 MAX_IMAGES_DEFAULT = 128
+PROBE_HOOK = "servers/inject"  # under the code root, natively and in the image (/app)
 MAX_BODY_DEFAULT = 64 * 1024 * 1024
 
 
@@ -109,7 +110,10 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
         env["INFBENCH_TRIM_EACH"] = "1"
     if s.probes:  # servers/probes.py: one JSON line a second per process, in its folder
         env["INFBENCH_PROBE_DIR"] = where.out
-        if s.tracemalloc:
+        # Every Python process of the service starts them, its code untouched: a
+        # sitecustomize first on the path.
+        env["PYTHONPATH"] = f"{where.root}/{PROBE_HOOK}:{where.root}"
+        if s.tracemalloc:  # from start-up; else from the end of warm-up in a cycled profile
             env["INFBENCH_TRACEMALLOC"] = "1"
     # Services it depends on, handed over by name (INFBENCH_REDIS_URL, INFBENCH_MODEL_A_URL...).
     env.update({k: v for k, v in spec.peer_env.items()

@@ -1,0 +1,208 @@
+"""The probes without a code change (servers/inject/sitecustomize.py): real Python processes
+with the hook first on PYTHONPATH, as the harness starts them; plus the start-up check and the
+console's verdict lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from infbench import report
+from infbench.launch.contract import PROBE_HOOK
+from infbench.monitor import probecheck
+from infbench.paths import ROOT
+
+HOOK = ROOT / PROBE_HOOK
+sys.path.insert(0, str(HOOK))
+import sitecustomize as hook  # noqa: E402  (the hook itself, to test its argv rule)
+
+sys.path.remove(str(HOOK))
+
+
+def env(out: Path, **extra: str) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("INFBENCH_")}
+    e.update({"PYTHONPATH": f"{HOOK}:{ROOT}", "INFBENCH_PROBE_DIR": str(out),
+              "INFBENCH_TRACEMALLOC": "1", "INFBENCH_PROBE_INTERVAL": "0.1", **extra})
+    return e
+
+
+def run(code: str, out: Path, **extra: str) -> str:
+    res = subprocess.run([sys.executable, "-c", code], env=env(out, **extra), cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("argv", "server"), [
+    (["python", "-m", "uvicorn", "app:app"], True),
+    (["python", "-m", "gunicorn", "-w", "2", "app:app"], True),
+    (["python", "-m", "mprof", "run", "--include-children", "python", "-m", "uvicorn"], False),
+    (["python", "/venv/bin/mprof", "run", "python", "x.py"], False),
+    (["python", "-c", "from multiprocessing.resource_tracker import main;main(5)"], False),
+    (["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main()"], True),
+    (["python", "-X", "dev", "server.py"], True),
+    (["python"], True),
+])
+def test_which_processes_are_servers(argv: list[str], server: bool) -> None:
+    assert hook.is_server(argv) is server
+
+
+def test_a_process_that_never_asked_gets_the_probe(tmp_path: Path) -> None:
+    out = run("import os, time, tracemalloc; time.sleep(0.5); "
+              "print(os.getpid(), tracemalloc.get_traceback_limit())", tmp_path)
+    pid, frames = out.split()
+    samples = rows(tmp_path / f"probes-{pid}.jsonl")
+    assert samples and {r["via"] for r in samples} == {"hook"}
+    assert frames == "1" and all(r["tracemalloc_mb"] > 0 for r in samples)
+
+
+def test_once_a_process_even_when_the_server_also_starts_it(tmp_path: Path) -> None:
+    out = run("import threading; from servers import probes; p = probes.start_from_env(); "
+              "print(sum(t.name == 'infbench-probe' for t in threading.enumerate()), p.via)",
+              tmp_path)
+    assert out.split() == ["1", "hook"]
+    assert len(list(tmp_path.glob("probes-*.jsonl"))) == 1
+
+
+def test_a_forked_worker_starts_its_own(tmp_path: Path) -> None:
+    code = """
+import os, time
+pid = os.fork()
+if pid == 0:
+    time.sleep(0.5)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.getpid(), pid)
+"""
+    parent, worker = run(code, tmp_path).split()
+    assert rows(tmp_path / f"probes-{parent}.jsonl")
+    assert next(r["pid"] for r in rows(tmp_path / f"probes-{worker}.jsonl")) == int(worker)
+
+
+def test_off_without_a_folder_and_for_mprof(tmp_path: Path) -> None:
+    run("import time; time.sleep(0.3)", tmp_path, INFBENCH_PROBE_DIR="")
+    res = subprocess.run([sys.executable, "-m", "mprof", "run", "-o", str(tmp_path / "m.dat"),
+                          "sleep", "0.5"], env=env(tmp_path), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert list(tmp_path.glob("probes-*.jsonl")) == []
+
+
+def test_a_sitecustomize_it_shadows_still_runs(tmp_path: Path) -> None:
+    theirs = tmp_path / "site"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import os\nos.environ['THEIRS'] = 'ran'\n")
+    out = run("import os; print(os.environ.get('THEIRS'))", tmp_path / "out",
+              PYTHONPATH=f"{HOOK}:{ROOT}:{theirs}")
+    assert out.strip() == "ran"
+    assert len(list((tmp_path / "out").glob("probes-*.jsonl"))) == 1
+
+
+def replica(out: Path, pids: list[int]) -> Any:
+    spec = SimpleNamespace(label="server", out_dir=out,
+                           service=SimpleNamespace(probes=True))
+    return SimpleNamespace(spec=spec, processes=lambda: [psutil.Process(p) for p in pids])
+
+
+def test_probes_that_did_not_start_are_a_warning(tmp_path: Path) -> None:
+    # A real process that is not Python: the hook cannot reach it.
+    p = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        topology = SimpleNamespace(replicas=[replica(tmp_path, [p.pid])])
+        found = probecheck.check(topology, time.time(), wait=0.5)
+    finally:
+        p.kill()
+        p.wait()
+    assert found["server"]["processes"] == 1 and found["server"]["probed"] == 0
+    (line,) = probecheck.warnings(found)
+    assert line.startswith("server: probes = true, but none of its 1 process(es)")
+    summary = {"variants": [{"variant": "c", "events": [{"kind": "probes_missing",
+                                                         "detail": line}],
+                             "verdict": {"verdict": "inconclusive", "cycles": 3}}]}
+    lines = report.verdict_lines(summary)
+    assert "WARNING c: server: probes = true, but none of its 1 process(es) started them " \
+        "within 5 s (not a Python server, or Python started with -S/-I?); its verdict has " \
+        "only what can be read from outside" in lines
+    assert any(x.strip().startswith("c  inconclusive") for x in lines)
+    # Without a verdict (a profile run once), the warning is still said.
+    summary["variants"][0]["verdict"] = {"verdict": "inconclusive", "cycles": 1}
+    assert report.verdict_lines(summary) == ["", f"WARNING c: {line}"]
+
+
+def test_probes_that_started_are_found(tmp_path: Path) -> None:
+    (tmp_path / f"probes-{os.getpid()}.jsonl").write_text('{"t": 1, "via": "hook"}\n')
+    topology = SimpleNamespace(replicas=[replica(tmp_path, [os.getpid()])])
+    found = probecheck.check(topology, time.time() + 60)  # returns at once: all found
+    assert found["server"] == {"processes": 1, "probed": 1, "via": ["hook"],
+                               "hook": PROBE_HOOK}
+    assert probecheck.warnings(found) == []
+
+
+def test_kept_sites_are_what_was_allocated_after_the_base(tmp_path: Path) -> None:
+    code = """
+import os, time
+from pathlib import Path
+out = Path(os.environ["INFBENCH_PROBE_DIR"])
+early = [b"e" * 65536 for _ in range(100)]          # before the base: not reported
+(out / "sites-base.request").touch()
+time.sleep(0.5)
+late = [b"l" * 65536 for _ in range(200)]           # after it: kept, reported
+(out / "sites.request").touch()
+time.sleep(0.8)
+print(os.getpid())
+"""
+    pid = run(code, tmp_path).strip()
+    events = [r for r in rows(tmp_path / f"probes-{pid}.jsonl") if r.get("event")]
+    base = next(e for e in events if e["event"] == "sites_base")
+    sites = next(e for e in events if e["event"] == "sites")
+    assert base["cleared_mb"] >= 6  # the early objects were traced, then cleared
+    top = sites["top"][0]
+    assert top["where"].endswith("<string>:8") and 200 <= top["blocks"] <= 210
+    assert top["kept_mb"] == pytest.approx(200 * 65536 / 2**20, rel=0.05)
+    samples = [r for r in rows(tmp_path / f"probes-{pid}.jsonl") if "event" not in r]
+    # The series stays continuous across the clear: the early objects are still counted.
+    assert samples[-1]["tracemalloc_mb"] >= 6 + 12 and samples[-1]["tracemalloc_cleared_mb"] > 0
+
+
+def test_tracemalloc_starts_at_the_end_of_warm_up_unless_asked_earlier(tmp_path: Path) -> None:
+    code = """
+import os, time, tracemalloc
+from pathlib import Path
+out = Path(os.environ["INFBENCH_PROBE_DIR"])
+assert not tracemalloc.is_tracing()
+early = [b"e" * 65536 for _ in range(100)]
+(out / "sites-base.request").touch()
+time.sleep(0.5)
+assert tracemalloc.is_tracing() and tracemalloc.get_traceback_limit() == 1
+late = [b"l" * 65536 for _ in range(200)]
+(out / "sites.request").touch()
+time.sleep(0.8)
+print(os.getpid())
+"""
+    pid = run(code, tmp_path, INFBENCH_TRACEMALLOC="").strip()
+    rows_ = rows(tmp_path / f"probes-{pid}.jsonl")
+    assert next(e for e in rows_ if e.get("event") == "sites_base")["started"]
+    assert "tracemalloc_mb" not in rows_[0]
+    last = [r for r in rows_ if "event" not in r][-1]
+    assert 12 <= last["tracemalloc_mb"] < 14  # the late objects only: 200 x 64 KiB
+    top = next(e for e in rows_ if e.get("event") == "sites")["top"][0]
+    assert top["where"].endswith("<string>:10") and 200 <= top["blocks"] <= 210
+    # INFBENCH_TRACEMALLOC=0: never.
+    never = code.replace("assert tracemalloc.is_tracing() and",
+                         "assert not tracemalloc.is_tracing() or")
+    pid = run(never, tmp_path / "off", INFBENCH_TRACEMALLOC="0").strip()
+    assert not [r for r in rows(tmp_path / "off" / f"probes-{pid}.jsonl")
+                if "tracemalloc_mb" in r or r.get("event")]
