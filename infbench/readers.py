@@ -118,10 +118,20 @@ def _summary_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
+    # 3 added the per-step trust figures (stable windows, memory flattening, the load
+    # generator's CPU, open loop, efficiency); a version 2 step did not measure them: unknown.
+    d.setdefault("model_alone", None)
+    d["steps"] = [{**{k: None for k in ("stable", "memory_flat", "loadgen", "efficiency")},
+                   "limited_by_loadgen": None, "open_loop": False, "notes": [], **s}
+                  for s in d.get("steps", [])]
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
-                     analysis.SUMMARY_SCHEMA, {1: _summary_1_to_2})
+                     analysis.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):

@@ -338,9 +338,14 @@ def test_stop_all_also_stops_and_removes_the_container(tmp_path: Path,
     container (here a stand-in client and a recorded docker CLI)."""
     calls: list[tuple[str, ...]] = []
 
+    removed: set[str] = set()
+
     def fake_docker(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         calls.append(args)
-        return subprocess.CompletedProcess(["docker", *args], 0, "x\n", "")
+        if args[0] == "rm":
+            removed.add(args[-1])
+        gone = args[:2] == ("container", "inspect") and args[-1] in removed
+        return subprocess.CompletedProcess(["docker", *args], 1 if gone else 0, "x\n", "")
 
     monkeypatch.setattr(dk, "docker", fake_docker)
     monkeypatch.setattr(dke, "docker", fake_docker)

@@ -17,12 +17,6 @@ from infbench.launch.base import Replica
 from infbench.phases import PhaseLog
 
 
-def _name(pid: int) -> str:
-    with contextlib.suppress(psutil.Error):
-        return psutil.Process(pid).name()
-    return ""
-
-
 class ProcessWatch:
     def __init__(self, topology: Any, log: PhaseLog) -> None:
         self.topology = topology
@@ -60,10 +54,10 @@ class ProcessWatch:
                 name = "?"
                 with contextlib.suppress(psutil.Error):
                     name = " ".join(psutil.Process(pid).cmdline())[:60]
-                if (r.spec.service.server == "redis" and "redis-rdb" in name + \
-                        _name(pid)) or "redis-aof" in name + _name(pid):
-                    # Redis forks a child to write a snapshot: not a restart. The Redis
-                    # sampler notes the snapshot; the child's exit is expected too.
+                if r.spec.service.server == "redis":
+                    # Redis forks children only to write a snapshot or rewrite its log
+                    # (often gone before it can be named): not a restart. The Redis sampler
+                    # notes the snapshot; the child's exit is expected too.
                     self.expected.add(pid)
                     continue
                 self.log.event("process_started", f"{label}: a new process {pid} ({name}) "
