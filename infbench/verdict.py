@@ -438,6 +438,9 @@ def differential(glibc: dict[str, Any], other: dict[str, Any],
         return out
     noise = max(float(glibc.get("noise_mb") or NOISE_MB), float(other.get("noise_mb") or NOISE_MB))
     said = f"post-rest memory grew {g:+.1f} MB under glibc and {o:+.1f} MB under {allocator}"
+    rates = [x.get("growth_per_1000_requests_mb") for x in (glibc, other)]
+    if None not in rates:
+        said += f" ({rates[0]:+.1f} and {rates[1]:+.1f} MB per 1,000 requests)"
     if g <= noise:
         level = [(x.get("post_rest_mb") or [None])[-1] for x in (glibc, other)]
         out["hypothesis"] = "plateau"
