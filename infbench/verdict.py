@@ -428,7 +428,8 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
 def differential(glibc: dict[str, Any], other: dict[str, Any],
                  allocator: str = "jemalloc") -> dict[str, Any]:
     """Growth that vanishes under another allocator was glibc keeping freed memory; growth
-    that stays is kept by the program (a leak). From the two verdicts' figures alone."""
+    that stays (per 1,000 requests: the two runs rarely serve as many) is kept by the program
+    (a leak). From the two verdicts' figures alone."""
     g, o = glibc.get("growth_after_warmup_mb"), other.get("growth_after_warmup_mb")
     out: dict[str, Any] = {"glibc_growth_mb": g, f"{allocator}_growth_mb": o,
                            "hypothesis": "inconclusive"}
@@ -437,6 +438,9 @@ def differential(glibc: dict[str, Any], other: dict[str, Any],
         return out
     noise = max(float(glibc.get("noise_mb") or NOISE_MB), float(other.get("noise_mb") or NOISE_MB))
     said = f"post-rest memory grew {g:+.1f} MB under glibc and {o:+.1f} MB under {allocator}"
+    rates = [x.get("growth_per_1000_requests_mb") for x in (glibc, other)]
+    if None not in rates:
+        said += f" ({rates[0]:+.1f} and {rates[1]:+.1f} MB per 1,000 requests)"
     if g <= noise:
         level = [(x.get("post_rest_mb") or [None])[-1] for x in (glibc, other)]
         out["hypothesis"] = "plateau"
@@ -450,7 +454,7 @@ def differential(glibc: dict[str, Any], other: dict[str, Any],
     elif o <= noise:
         out["hypothesis"] = "allocator retention"
         out["reason"] = f"{said}: it vanishes under {allocator}, so glibc kept freed memory"
-    elif o >= EXPLAINS * g:
+    elif _kept_share(glibc, other) >= EXPLAINS:
         out["hypothesis"] = "leak"
         out["reason"] = f"{said}: it stays under {allocator}, so the program keeps it"
     else:
@@ -459,3 +463,12 @@ def differential(glibc: dict[str, Any], other: dict[str, Any],
                          "glibc's retention, part is kept by the program")
     out["headline"] = f"{out['hypothesis']} ({said})"
     return out
+
+
+def _kept_share(glibc: dict[str, Any], other: dict[str, Any]) -> float:
+    """How much of glibc's growth the other allocator shows too: per 1,000 requests where
+    both runs counted them (the two runs rarely serve as many), else per run."""
+    rates = [x.get("growth_per_1000_requests_mb") for x in (glibc, other)]
+    if None in rates or not rates[0]:
+        rates = [x.get("growth_after_warmup_mb") for x in (glibc, other)]
+    return float(rates[1] or 0) / float(rates[0] or 1)

@@ -218,3 +218,13 @@ def test_up_and_down_with_allocator_memory_says_so() -> None:
     # Too few cycles: nothing to say about a level.
     v = verdict.decide(cycles([106, 97]), trim_freed_mb=80.2)
     assert v["headline"] == "inconclusive" and "retention" not in v
+
+
+def test_differential_compares_growth_per_request() -> None:
+    # Seen: jemalloc's run served a third of the requests; per 1,000 requests the native leak
+    # grew as much under both (glibc +117 MB in 1,247 requests, jemalloc +41 MB in 441).
+    grows = verdict.decide(cycles([91, 148, 208]))
+    grows["growth_per_1000_requests_mb"] = 94.0
+    fewer = verdict.decide(cycles([61, 75, 103]))
+    fewer["growth_per_1000_requests_mb"] = 93.9
+    assert verdict.differential(grows, fewer)["hypothesis"] == "leak"
