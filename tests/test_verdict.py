@@ -83,6 +83,21 @@ def test_small_python_growth_does_not_hide_a_native_leak() -> None:
     assert v["where"] == "native allocations", v
 
 
+def test_many_small_python_objects_are_named_by_their_count_too() -> None:
+    # 1,000 small strings a request: tracemalloc's own tables are malloc'd, so the traced
+    # bytes explain under half the growth, but the object count climbs in every cycle.
+    v = verdict.decide(cycles([90, 149, 204], py_blocks=[819394, 1138115, 1424762],
+                              py_traced_mb=[0.03, 24.25, 46.28],
+                              malloc_in_use_mb=[11.7, 46.7, 79.0], malloc_free_mb=[5, 6, 5]))
+    assert v["verdict"] == "leak" and v["where"] == "python objects", v
+    assert "in bytes and in objects" in v["reason"]
+    # A native leak beside a small, steady Python growth (blocks under the noise) stays native.
+    n = verdict.decide(cycles([90, 149, 204], py_blocks=[819394, 820000, 820500],
+                              py_traced_mb=[1.0, 2.0, 3.0],
+                              malloc_in_use_mb=[11.7, 66.7, 121.0], malloc_free_mb=[5, 6, 5]))
+    assert n["where"] == "native allocations", n
+
+
 def test_from_outside_only() -> None:
     # No probes: glibc's totals read by a debugger. A Python process cannot be judged further;
     # a process that is not Python has no Python heap to keep anything in.
