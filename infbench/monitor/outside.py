@@ -40,6 +40,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 MB = 1024.0 * 1024.0
 GDB = "gdb"
 TIMEOUT_S = 30.0
@@ -239,7 +241,7 @@ class OutsideWatch:
         """Per replica folder, its server processes that write no probe file."""
         out = []
         for r in self.topology.replicas:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(psutil.Error):
                 pids = [p.pid for p in r.processes()
                         if not (r.spec.out_dir / f"probes-{p.pid}.jsonl").exists()]
                 if pids:

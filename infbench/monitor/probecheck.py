@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from infbench.launch.contract import PROBE_HOOK
 
 WAIT_S = 5.0
@@ -33,7 +35,7 @@ def check(topology: Any, healthy_at: float, wait: float = WAIT_S,
         out = {}
         for r in probed:
             pids: list[int] = []
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(psutil.Error):
                 pids = [p.pid for p in r.processes()]
             files = {pid: r.spec.out_dir / f"probes-{pid}.jsonl" for pid in pids}
             started = [pid for pid, f in files.items() if f.exists()]

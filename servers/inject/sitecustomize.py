@@ -77,5 +77,7 @@ def chain() -> None:
 
 with contextlib.suppress(Exception):
     start()
-with contextlib.suppress(Exception):
+try:
     chain()
+except Exception as exc:  # the site's own sitecustomize failed: say so, as Python would
+    sys.stderr.write(f"sitecustomize (the site's own, chained by infbench): {exc!r}\n")
