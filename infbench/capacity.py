@@ -224,8 +224,9 @@ def runner(search: Search) -> type[VariantRun]:
             while (rate := next_rate(probes, search)) is not None:
                 i += 1
                 rate = float(f"{rate:.4g}")
-                window, seconds = probe_window(rate, base.stable_window_s, base.stable_windows,
-                                               search)
+                window, seconds = probe_window(
+                    rate, base.window_of(Step(batch=batch, seconds=search.probe_seconds)),
+                    base.stable_windows, search)
                 self.profile = dataclasses.replace(base, stable_window_s=window)
                 spec = Step(batch=batch, seconds=seconds, rate=rate, until_stable=True)
                 self._step(i, search.max_probes, spec, 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench.schedule import ARRIVALS
+from infbench.stability import DEFAULT_WINDOW_S
 
 # What a service runs (infbench/launch/argv.py turns each into a command line):
 #   uvicorn | gunicorn | hypercorn   one of our apps (`app`) on that server
@@ -120,7 +121,7 @@ class Profile:
     feedback_weight: int = 0
     predict_weight: int = 1
     on_start: str = ""
-    stable_window_s: float = 10.0
+    stable_window_s: float = 0.0  # 0: per step, see window_of
     stable_windows: int = 3
     stable_tolerance: float = 0.10
     # A step "breaks" when its p95 passes this bound (0: no bound) or failures pass 1%.
@@ -138,6 +139,15 @@ class Profile:
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users
+
+    def window_of(self, step: Step) -> float:
+        """The stability window of `step`: the profile's `stable_window_s` when it sets one,
+        else 10 s, shortened so that the step holds its `stable_windows` full windows (a 15 s
+        step gets three of 5 s rather than one of 10 that the rule could never judge), 1 s at
+        least."""
+        if self.stable_window_s > 0:
+            return self.stable_window_s
+        return max(1.0, min(DEFAULT_WINDOW_S, step.seconds / self.stable_windows))
 
     def rate_of(self, step: Step) -> float:
         """Requests/s of an open-loop step; 0 for a closed-loop one (users)."""
