@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from servers import nodelay
 from servers.common import (
     HEALTH_PATH,
     PREDICT_PATH,
@@ -148,6 +149,7 @@ class Batcher:
                 "queued": self.queue.qsize()}
 
 
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 service = Service(load_settings())
 _batcher = Batcher(service, _env_number("INFBENCH_BATCH_WAIT_MS", 5.0, 0.0) / 1000,
                    int(_env_number("INFBENCH_BATCH_MAX_IMAGES", 64, 1)))

@@ -12,6 +12,7 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from servers import nodelay
 from servers.common import (
     FIELD,
     HEALTH_PATH,
@@ -24,6 +25,7 @@ from servers.common import (
 )
 from servers.settings import load_settings
 
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 service = Service(load_settings())
 
 Images = Annotated[list[UploadFile], File(description="one part per image")]

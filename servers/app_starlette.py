@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from servers import nodelay
 from servers.common import (
     HEALTH_PATH,
     PREDICT_PATH,
@@ -23,6 +24,7 @@ from servers.common import (
 )
 from servers.settings import load_settings
 
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 service = Service(load_settings())
 
 

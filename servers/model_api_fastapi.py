@@ -25,6 +25,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, Strict
 
+from servers import nodelay
 from servers.common import RequestLimitsMiddleware
 from servers.scoring_common import (
     HEALTH_PATH,
@@ -35,6 +36,7 @@ from servers.scoring_common import (
     prediction,
 )
 
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 settings = load_model_api_settings()
 scorer = Scorer(settings)
 

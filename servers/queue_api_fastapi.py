@@ -46,6 +46,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servers import nodelay
 from servers.queue_common import (
     FEEDBACK_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
@@ -76,6 +77,7 @@ from servers.queue_common import (
 )
 
 PROGRAM = "servers.queue_api_fastapi"
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 settings = settings_or_exit("api", PROGRAM)
 keys = settings.keys
 timings = TimingLog(settings.timing_dir)

@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from servers import nodelay
 from servers.common import RequestLimitsMiddleware
 from servers.scoring_common import (
     ENTITY_ID_MAX_CHARS,
@@ -55,6 +56,7 @@ from servers.scoring_common import (
     upstream_timeout,
 )
 
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 settings = load_scoring_settings()
 T0_KEY = "infbench_t0"
 

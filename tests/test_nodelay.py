@@ -1,0 +1,75 @@
+"""servers/nodelay.py: TCP_NODELAY on connections accepted from a listener bound with proto 0
+(what Uvicorn's --workers supervisor, Gunicorn and Hypercorn hand their workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from servers import nodelay
+from servers.settings import SettingsError
+
+CHECK = r"""
+import asyncio, socket, sys
+from servers import nodelay
+
+if sys.argv[1] == "1":
+    nodelay.apply()
+
+async def main() -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # proto 0, as a supervisor's
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            s = transport.get_extra_info("socket")
+            seen.set_result((s.proto, s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+    server = await asyncio.get_running_loop().create_server(Proto, sock=listener)
+    client = socket.create_connection(listener.getsockname())
+    proto, flag = await asyncio.wait_for(seen, 5)
+    client.close()
+    server.close()
+    print(proto, int(bool(flag)))
+
+asyncio.run(main())
+"""
+
+
+def accepted(patched: bool) -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", CHECK, "1" if patched else "0"], check=True,
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_asyncio_leaves_nagle_on_for_a_proto_0_listener_and_the_fix_turns_it_off() -> None:
+    assert accepted(patched=False) == (0, 0)   # the bug this module exists for
+    assert accepted(patched=True) == (0, 1)
+
+
+def test_apply_is_once_and_the_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio.base_events as be
+
+    monkeypatch.setattr(be, "_set_nodelay", be._set_nodelay)  # restored after the test
+    assert nodelay.apply_from_env({}) is False
+    assert nodelay.apply_from_env({"INFBENCH_TCP_NODELAY": "0"}) is False
+    assert nodelay.apply_from_env({"INFBENCH_TCP_NODELAY": "1"}) is True
+    assert nodelay.apply() is False                              # already patched
+    with pytest.raises(SettingsError, match="INFBENCH_TCP_NODELAY"):
+        nodelay.apply_from_env({"INFBENCH_TCP_NODELAY": "maybe"})
+
+
+def test_a_tcp_listener_made_properly_is_left_to_asyncio() -> None:
+    # asyncio's own path (proto 6) is untouched: the original hook still runs for it.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        asyncio.base_events._set_nodelay(sock)  # type: ignore[attr-defined]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
