@@ -537,7 +537,8 @@ def steps_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def trust_lines(rows: list[dict[str, Any]]) -> list[str]:
     """Every step whose figures should be read with care, and why (infbench/trust.py)."""
-    out = []
+    out = [f"- **{r['variant']}**: {e.get('detail', '')}" for r in rows
+           for e in r.get("events") or [] if e.get("kind") == "keepalive_stall"]
     for r in rows:
         for s in r["steps"]:
             for note in s.get("notes") or []:

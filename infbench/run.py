@@ -31,7 +31,7 @@ from infbench.files import WriteError, write_json
 from infbench.launch import LaunchError, get_launcher
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
 from infbench.load import StepLoad, check_outputs, start_step
-from infbench.monitor import probecheck
+from infbench.monitor import keepalive, probecheck
 from infbench.monitor.outside import OutsideWatch
 from infbench.monitor.procwatch import ProcessWatch
 from infbench.monitor.redis import RedisSampler
@@ -296,6 +296,7 @@ class VariantRun:
                     note=lambda kind, detail: self.log.event(kind, detail)).start())
         self._hold("baseline", p.baseline, "baseline")
         self._check_probes()
+        self._check_keepalive()
         if p.cycles > 1 and os.environ.get("INFBENCH_OUTSIDE", "1") != "0":
             self.outside = OutsideWatch(self.topology, self.log)  # the verdict's rests
         self._load()
@@ -420,6 +421,21 @@ class VariantRun:
         for r in self.topology.replicas:
             if r.spec.service.probes:
                 self._request(r.spec.out_dir / SITES_BASE_REQUEST)
+
+    def _check_keepalive(self) -> None:
+        """A keep-alive request that waits ~40 ms for a delayed ACK (monitor/keepalive.py) is
+        said on the console and in the summary: every request of the load pays it."""
+        assert self.topology is not None
+        entry = self.topology.entry.spec.service
+        if entry.health != "http" or os.environ.get("INFBENCH_KEEPALIVE_CHECK", "1") == "0":
+            return
+        found = keepalive.check(self.topology.entry.url, entry.health_path)
+        self.log.data["keepalive"] = found
+        if found.get("stalled"):
+            line = keepalive.message(found)
+            self.progress.say(f"  NOTE {self.v.name}: {line}")
+            self.log.event("keepalive_stall", line)
+        self.log.save()
 
     def _check_probes(self) -> None:
         """`probes = true` that started nowhere is said on the console and in phases.json."""

@@ -7,11 +7,14 @@ import asyncio
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from infbench.paths import HOST
 from servers import nodelay
 from servers.settings import SettingsError
+from tests.helpers import child_env, free_port, running
 
 CHECK = r"""
 import asyncio, socket, sys
@@ -73,3 +76,38 @@ def test_a_tcp_listener_made_properly_is_left_to_asyncio() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         sock.close()
+
+
+# --- the run's keep-alive check (infbench/monitor/keepalive.py) ------------------------------
+
+def test_the_judgement_on_synthetic_times() -> None:
+    from infbench.monitor import keepalive
+
+    assert keepalive.judge([2.0, 43.0, 41.5, 44.0, 42.0])["stalled"] is True
+    assert keepalive.judge([2.0, 1.5, 1.2, 1.4])["stalled"] is False
+    assert keepalive.judge([60.0, 62.0, 61.0, 63.0])["stalled"] is False  # slow, not stalled
+    assert keepalive.judge([2.0])["stalled"] is False                      # closed each time
+    found = keepalive.judge([2.0, 43.0, 41.5, 44.0])
+    assert "Nagle" in keepalive.message(found) and "43 ms" in keepalive.message(found)
+
+
+@pytest.mark.integration
+def test_uvicorn_with_two_workers_stalls_and_the_fix_removes_it(tmp_path: Path) -> None:
+    """Real Uvicorn --workers 2 serving our model API: keep-alive requests after the first
+    wait for the delayed ACK; with INFBENCH_TCP_NODELAY=1 they do not (compared within the
+    test, not against a fixed time)."""
+    from infbench.monitor import keepalive
+
+    seen = {}
+    for fix in ("0", "1"):
+        port = free_port()
+        env = child_env(INFBENCH_MODEL_API_KIND="sleep", INFBENCH_MODEL_SLEEP_MS="1-2",
+                        INFBENCH_TCP_NODELAY=fix)
+        argv = [sys.executable, "-m", "uvicorn", "servers.model_api_fastapi:app", "--host",
+                HOST, "--port", str(port), "--workers", "2", "--no-access-log"]
+        url = f"http://{HOST}:{port}"
+        with running(argv, env, tmp_path / f"api-{fix}.log", f"{url}/health", timeout=60):
+            seen[fix] = keepalive.check(url, "/health")
+    assert seen["0"]["stalled"] is True, seen
+    assert seen["1"]["stalled"] is False, seen
+    assert seen["1"]["later_median_ms"] < seen["0"]["later_median_ms"]

@@ -1,0 +1,76 @@
+"""Does a keep-alive request wait for a delayed ACK? Checked once, before the load.
+
+A server that writes a response's head and body as two sends with Nagle's algorithm on makes
+every request after the first on a keep-alive connection wait for the client's delayed ACK:
+~40 ms on Linux, whatever the server does. Uvicorn with `--workers N`, Gunicorn with Uvicorn's
+worker and Hypercorn hand their workers a listener that asyncio does not set TCP_NODELAY on
+(uvicorn#3149; servers/nodelay.py). Locust keeps its connections alive, so the load measures
+that stall in every request, and nothing else in a run would say why.
+
+The check: one connection, `REQUESTS` GETs of the health path one after another. The first
+is answered at once (a new connection's first segments are ACKed quickly); if the later ones'
+median is `STALL_MS` more than the first's and above `FLOOR_MS`, the run says so (a note, not a
+fault: it is how the server behaves, and the load measures it).
+"""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+REQUESTS = 8
+STALL_MS = 25.0
+FLOOR_MS = 30.0
+TIMEOUT_S = 5.0
+
+
+def measure(url: str, path: str, requests: int = REQUESTS) -> list[float]:
+    """Milliseconds of each GET `path` on one keep-alive connection to `url` (http only)."""
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=TIMEOUT_S)
+    times: list[float] = []
+    try:
+        for _ in range(requests):
+            started = time.perf_counter()
+            conn.request("GET", path, headers={"Connection": "keep-alive"})
+            resp = conn.getresponse()
+            resp.read()
+            times.append((time.perf_counter() - started) * 1000.0)
+            if resp.will_close:  # the server closes after each answer: nothing to stall
+                break
+    finally:
+        conn.close()
+    return times
+
+
+def judge(times: list[float]) -> dict[str, Any]:
+    """first_ms, later_median_ms, and `stalled` when the later ones wait for an ACK."""
+    if len(times) < 3:
+        return {"requests": len(times), "first_ms": times[0] if times else None,
+                "later_median_ms": None, "stalled": False,
+                "why": "the server closed the connection after each answer"
+                if times else "no answer"}
+    first, later = times[0], statistics.median(times[1:])
+    stalled = later >= FLOOR_MS and later - first >= STALL_MS
+    return {"requests": len(times), "first_ms": round(first, 2),
+            "later_median_ms": round(later, 2), "stalled": stalled}
+
+
+def check(url: str, path: str) -> dict[str, Any]:
+    """measure + judge; an error is reported in the result, never raised."""
+    try:
+        return judge(measure(url, path))
+    except (OSError, http.client.HTTPException) as exc:
+        return {"requests": 0, "stalled": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def message(found: dict[str, Any]) -> str:
+    return (f"keep-alive requests to the health path took a median "
+            f"{found['later_median_ms']:.0f} ms against {found['first_ms']:.0f} ms for the "
+            "first on the connection: the signature of Nagle's algorithm meeting the client's "
+            "delayed ACK (~40 ms added to every request of the load; Uvicorn --workers N, "
+            "Gunicorn's Uvicorn worker and Hypercorn leave TCP_NODELAY off: uvicorn#3149, "
+            "INFBENCH_TCP_NODELAY=1 for our servers)")
