@@ -148,15 +148,19 @@ def _starts(t0: float, t1: float, window: float, hop: float = 1.0) -> list[float
 def figures(path: Path, t0: float | None, t1: float | None, window: float = WINDOW_S,
             limit: float = LIMIT) -> dict[str, Any] | None:
     """The generator's CPU over a step's load (t0..t1): mean and busiest-window CPU and demand
-    of its busiest process, and whether it was the limit (and how: busy or starved)."""
+    of its busiest process, and whether it was the limit (and how: busy or starved); and
+    `total_cpu_pct`, the mean CPU of all its processes together, the figure to set beside the
+    server's own CPU (also summed over processes, % of one core)."""
     per = read_samples(path)
     if not per or t0 is None or t1 is None or t1 <= t0:
         return None
     best: dict[str, Any] | None = None
+    total = 0.0
     for pid, rows in per.items():
         whole = _rate(rows, t0, t1)
         if whole is None:
             continue
+        total += whole[0]
         peak_cpu, peak_demand = 0.0, 0.0
         for a in _starts(t0, t1, window):
             r = _rate(rows, a, min(a + window, t1))
@@ -177,7 +181,8 @@ def figures(path: Path, t0: float | None, t1: float | None, window: float = WIND
     how = None
     if limited:
         how = "busy" if best["peak_cpu_pct"] >= 100 * limit else "starved"
-    return {**best, "processes": len(per), "window_s": window, "limit_pct": 100 * limit,
+    return {**best, "processes": len(per), "total_cpu_pct": round(100 * total, 1),
+            "window_s": window, "limit_pct": 100 * limit,
             "limited": limited, "how": how,
             "note": _note(best, how, window) if limited else ""}
 
