@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from infbench.monitor.base import CsvSampler
 from infbench.monitor.sampler import cpu_seconds
 
 COLUMNS = ["time", "pid", "cpu_s", "wait_s"]
@@ -54,52 +54,32 @@ def read_cpu(pid: int) -> tuple[float, float | None] | None:
     return cpu, run_delay_s(pid)
 
 
-class LoadgenSampler:
+class LoadgenSampler(CsvSampler):
     """Samples the processes `pids()` returns every `interval` s on a daemon thread, until
     stop() or until `alive()` says the group is gone (one last sample first)."""
 
+    final_sample = True
+    quiet_open_errors = True  # the step's other files say what went wrong with the folder
+
     def __init__(self, pids: Callable[[], list[int]], path: Path,
                  alive: Callable[[], bool], interval: float = INTERVAL_S) -> None:
+        super().__init__(path, COLUMNS, interval, "infbench-loadgen")
         self.pids = pids
-        self.path = path
         self.alive = alive
-        self.interval = interval
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="infbench-loadgen",
-                                        daemon=True)
 
-    def start(self) -> LoadgenSampler:
-        self._thread.start()
-        return self
+    def done(self) -> bool:
+        return not self.alive()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def _loop(self) -> None:
-        try:
-            f = self.path.open("w", newline="")
-        except OSError:
-            return  # the step's other files say what went wrong with the folder
-        with f:
-            out = csv.writer(f)
-            out.writerow(COLUMNS)
-            while True:
-                last = self._stop.is_set() or not self.alive()
-                now = time.time()
-                for pid in self.pids():
-                    got = read_cpu(pid)
-                    if got is not None:
-                        cpu, wait = got
-                        out.writerow([f"{now:.3f}", pid, f"{cpu:.3f}",
-                                      "" if wait is None else f"{wait:.3f}"])
-                        self.samples += 1
-                f.flush()
-                if last:
-                    return
-                self._stop.wait(self.interval)
+    def sample(self, out: Any) -> bool:
+        now = time.time()
+        for pid in self.pids():
+            got = read_cpu(pid)
+            if got is not None:
+                cpu, wait = got
+                out.writerow([f"{now:.3f}", pid, f"{cpu:.3f}",
+                              "" if wait is None else f"{wait:.3f}"])
+                self.samples += 1
+        return True
 
 
 def group_pids(leader: int) -> list[int]:
