@@ -222,6 +222,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     cgroup = any("cgroup_memory_mb" in r for r in rows)  # docker runs: appended columns
     if cgroup:
         header += [f"cgroup_{k}_mb" for k in CSV_MEMORY]
+    # Added later than the rest, so last: a reader that counts columns still finds its own.
+    header += [f"s{i}_b{b}_loadgen_cpu_pct" for i, b in batches]
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -239,6 +241,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
                 line += [(s.get("efficiency") or {}).get("efficiency")]
             if cgroup:
                 line += [(r.get("cgroup_memory_mb") or {}).get(k) for k in CSV_MEMORY]
+            line += [loadgen_cpu(by_key.get(key, {})) for key in batches]
             w.writerow(["" if x is None else x for x in line])
 
 
@@ -412,10 +415,11 @@ def split_table(rows: list[dict[str, Any]], cores: int) -> list[str]:
                           fmt(st.get("rps"), 2), fmt(st.get("p50_ms")), fmt(st.get("p95_ms")),
                           kinds or "0", fmt(split.get("total_ms")), parts or "-",
                           fmt(split.get("mean_batch"), 1),
-                          analysis.bottleneck(split, r.get("services"), sp["index"], cores)])
+                          analysis.bottleneck(split, r.get("services"), sp["index"], cores),
+                          fmt(loadgen_cpu(st))])
     return _table(["variant", ">step", ">users", ">req/s", ">p50 (ms)", ">p95 (ms)",
                    "failures by kind", ">server median (ms)", "of it (median ms)",
-                   ">jobs per model call", "bottleneck"], lines)
+                   ">jobs per model call", "bottleneck", ">load gen CPU (%)"], lines)
 
 
 def breaking_table(rows: list[dict[str, Any]], bound: float) -> list[str]:
@@ -474,17 +478,28 @@ def versus_table(rows: list[dict[str, Any]]) -> list[str]:
                    ">p50 change", ">p95 change"], lines)
 
 
+def loadgen_cpu(step: dict[str, Any]) -> float | None:
+    """Locust's CPU over the step's load, all its processes, % of one core (a summary from
+    before `total_cpu_pct` gives its busiest process's, the same figure for one process)."""
+    g = step.get("loadgen") or {}
+    return g.get("total_cpu_pct", g.get("cpu_pct"))
+
+
 def services_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in rows:
+        steps = {st["index"]: st for st in r.get("steps", [])}
         for name, sv in (r.get("services") or {}).items():
             m = sv["memory_mb"]
             cpu = " / ".join(fmt(st["cpu_pct"]) for st in sv["steps"]) or "-"
+            gen = " / ".join(fmt(loadgen_cpu(steps.get(st["index"], {})))
+                             for st in sv["steps"]) or "-"
             rss = " / ".join(fmt(st["rss_mb"]) for st in sv["steps"]) or "-"
             lines.append([r["variant"], name, str(sv["replicas"]), fmt(m["start"]),
-                          fmt(m["end"]), _signed(m["growth"]), fmt(m["peak"]), cpu, rss])
+                          fmt(m["end"]), _signed(m["growth"]), fmt(m["peak"]), cpu, gen, rss])
     return _table(["variant", "service", ">replicas", ">start (MB)", ">after test (MB)",
-                   ">growth (MB)", ">peak (MB)", "CPU % per step", "RSS MB per step"], lines)
+                   ">growth (MB)", ">peak (MB)", "CPU % per step", "load gen CPU % per step",
+                   "RSS MB per step"], lines)
 
 
 def _busy(step: dict[str, Any]) -> str:
@@ -630,7 +645,8 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   "lines (`<service>-<i>/timings-<pid>.jsonl`): for the queue, wait = dequeued "
                   "- enqueued, model = model done - model start, API = the rest of the API's "
                   "time. Failures by kind from Locust's `*_failures.csv`. The sentence names the "
-                  "largest part, with the busiest service's CPU."]
+                  "largest part, with the busiest service's CPU; load gen CPU: Locust's, all "
+                  "its processes over the step's load, % of one core."]
     bound = float((rows[0].get("profile") or {}).get("p95_bound_ms") or 0) if rows else 0.0
     broke = breaking_table(rows, bound)
     if broke:
@@ -649,7 +665,11 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     services = services_table(rows)
     if services:
         lines += ["", "## Per service (memory by mprof, replicas summed; CPU % of one core "
-                  "and RSS at the end of each step, from processes.csv)", "", *services]
+                  "and RSS at the end of each step, from processes.csv)", "", *services, "",
+                  "load gen CPU: Locust's own over each step's load, all its processes, % of "
+                  "one core (`step*_loadgen.csv`), beside the service's: both share the "
+                  "machine's cores. The Load table's load gen column is its busiest 5 s of "
+                  "CPU + run-queue wait, the figure that flags **limited**."]
     problems = [r for r in rows if r["status"] != "complete"]
     if problems:
         lines += ["", "## Not complete", ""]

@@ -13,14 +13,17 @@ Settings: INFBENCH_REDIS_URL and the rest in servers.queue_common (keys, encodin
 
 Errors are {"error": "<one line>"}: 400 bad form or feedback (and a file the worker cannot
 decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES, 415 wrong content
-type, 503 Redis unavailable, 504 no result within INFBENCH_JOB_TIMEOUT.
+type, 503 Redis unavailable (or this process's connection pool exhausted: the message names
+INFBENCH_REDIS_MAX_CONNECTIONS), 504 no result within INFBENCH_JOB_TIMEOUT.
 
 How a request waits for its result: BLPOP on its own result list (P:result:<id>), with the
 time left of INFBENCH_JOB_TIMEOUT as the timeout. No polling: Redis wakes us the moment the
 worker pushes, a result pushed before we start waiting is kept in the list rather than lost (as
 a pub/sub message would be), and the timeout is Redis' own. The price is one Redis connection
-per request in flight, held for the wait (the asyncio pool grows to match). A pub/sub listener
-fanning results out to futures would need one connection in all, at the cost of that race.
+per request in flight, held for the wait (the asyncio pool grows to match, up to
+INFBENCH_REDIS_MAX_CONNECTIONS; redis-py's own cap of 100 was a 503 at 200 users). A pub/sub
+listener fanning results out to futures would need one connection in all, at the cost of that
+race.
 
 On timeout the request answers 504 and, in one MULTI, deletes the job's liveness key (so a
 worker that still finishes it delivers nothing), LREMs the job from the queue if no worker took
@@ -90,7 +93,8 @@ def _client(socket_timeout: float) -> aioredis.Redis:
     # would wait past the job timeout. A failure is a 503 for this request instead.
     return aioredis.Redis.from_url(
         settings.redis_url, socket_timeout=socket_timeout,
-        socket_connect_timeout=HEALTH_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        socket_connect_timeout=HEALTH_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+        max_connections=settings.redis_max_connections)
 
 
 class State:
@@ -258,7 +262,7 @@ async def on_validation(request: Request, exc: Exception) -> Response:
 
 
 async def on_redis(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(redis_unavailable(exc)), 503)
+    return JSONResponse(error_body(redis_unavailable(exc, settings.redis_max_connections)), 503)
 
 
 async def on_fault(request: Request, exc: Exception) -> Response:

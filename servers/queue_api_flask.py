@@ -66,7 +66,8 @@ def _client(socket_timeout: float) -> redis.Redis:
     # would wait past the job timeout. A failure is a 503 for this request instead.
     return redis.Redis.from_url(
         settings.redis_url, socket_timeout=socket_timeout,
-        socket_connect_timeout=HEALTH_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        socket_connect_timeout=HEALTH_SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+        max_connections=settings.redis_max_connections)
 
 
 # Made at import, i.e. in each Gunicorn worker (redis-py's pool also resets itself after a
@@ -176,7 +177,7 @@ def on_http(exc: HTTPException) -> Response:
 
 @app.errorhandler(RedisError)
 def on_redis(exc: RedisError) -> Response:
-    return _json(error_body(redis_unavailable(exc)), 503)
+    return _json(error_body(redis_unavailable(exc, settings.redis_max_connections)), 503)
 
 
 @app.errorhandler(Exception)

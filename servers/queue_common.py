@@ -48,6 +48,9 @@ one-line message that names the variable:
     INFBENCH_FEEDBACK_TTL     seconds a prediction id and its feedback live (default 3600)
     INFBENCH_MAX_BODY_BYTES   API: request body limit (default 16 MiB)
     INFBENCH_TIMING_DIR       API: folder for timings-<pid>.jsonl (unset: no timing file)
+    INFBENCH_REDIS_MAX_CONNECTIONS  API: Redis connections per process (default 1000; each
+                              request waiting for its result holds one); when all are in use,
+                              a request is a 503 that names the pool
     INFBENCH_MODEL_PATH       worker: (required) .keras/.h5 file or SavedModel directory
     INFBENCH_QUEUE_BATCH      worker: most jobs popped (and predicted) at once (default 1)
     INFBENCH_CALL             worker: predict (default) | predict_on_batch | call
@@ -71,15 +74,19 @@ from pathlib import Path
 from typing import Any
 
 from redis.connection import parse_url
+from redis.exceptions import MaxConnectionsError
 
 from servers.settings import (
     CALL_STYLES,
+    DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,
     env_choice,
     env_dir,
     env_float,
     env_int,
     env_path,
+    env_redis_max_connections,
+    redis_pool_exhausted,
 )
 
 FIELD = "images"
@@ -123,6 +130,8 @@ class QueueSettings:
     batch: int = DEFAULT_BATCH
     call: str = "predict"
     input_size: int | None = None
+    # The APIs' pool; the worker pops with one connection at a time and ignores it.
+    redis_max_connections: int = DEFAULT_REDIS_MAX_CONNECTIONS
 
     @property
     def keys(self) -> Keys:
@@ -152,8 +161,10 @@ def load_settings(role: str, env: Mapping[str, str] | None = None) -> QueueSetti
     timing_dir: Path | None = None
     model_path = ""
     call = "predict"
+    max_connections = DEFAULT_REDIS_MAX_CONNECTIONS
     if role == "api":
         timing_dir = env_dir(env, "INFBENCH_TIMING_DIR")
+        max_connections = env_redis_max_connections(env)
     else:
         model_path = env_path(env, "INFBENCH_MODEL_PATH",
                               "for the worker (a .keras/.h5 file or SavedModel dir)")
@@ -171,6 +182,7 @@ def load_settings(role: str, env: Mapping[str, str] | None = None) -> QueueSetti
         batch=env_int(env, "INFBENCH_QUEUE_BATCH", DEFAULT_BATCH),
         call=call,
         input_size=env_int(env, "INFBENCH_INPUT_SIZE"),
+        redis_max_connections=max_connections,
     )
 
 
@@ -358,8 +370,11 @@ def unknown_prediction(job_id: str) -> ApiError:
     return ApiError(404, f"unknown prediction id {job_id!r} (never issued, or expired)")
 
 
-def redis_unavailable(exc: BaseException) -> str:
-    """The 503's message when Redis fails a request or a health check."""
+def redis_unavailable(exc: BaseException, pool_size: int | None = None) -> str:
+    """The 503's message when Redis fails a request or a health check; `pool_size`, the
+    failing client's max_connections, words the case where its pool was exhausted."""
+    if isinstance(exc, MaxConnectionsError) and pool_size is not None:
+        return redis_pool_exhausted(pool_size)
     return f"Redis unavailable: {exc}"
 
 

@@ -25,6 +25,8 @@ message naming the variable):
     INFBENCH_UPSTREAM_TIMEOUT  seconds, each of Redis and the model calls (default 5)
     INFBENCH_UPSTREAM_POOL     async build: httpx connections (and keep-alives) per process
                                (default 100)
+    INFBENCH_REDIS_MAX_CONNECTIONS  async build: feature-store connections per process (default
+                               1000); when all are in use, a /score is a 503 naming the pool
     INFBENCH_TIMING_DIR        write one JSON line per /score to <dir>/timings-<pid>.jsonl
     INFBENCH_TIMING_FLUSH_S    how often the timing lines are written (default 1; also at exit)
     INFBENCH_MAX_BODY_BYTES    request body limit (default 64 KiB)
@@ -60,12 +62,15 @@ import numpy as np
 
 from servers.settings import (
     CALL_STYLES,
+    DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,
     env_choice,
     env_dir,
     env_float,
     env_int,
     env_path,
+    env_redis_max_connections,
+    redis_pool_exhausted,
 )
 
 FEATURES_PREFIX = "features:"
@@ -291,6 +296,7 @@ class ScoringSettings:
     timing_dir: Path | None = None
     timing_flush_s: float = 1.0
     max_body_bytes: int = DEFAULT_SCORING_BODY_BYTES
+    redis_max_connections: int = DEFAULT_REDIS_MAX_CONNECTIONS
 
 
 def load_scoring_settings(env: Mapping[str, str] | None = None) -> ScoringSettings:
@@ -304,6 +310,7 @@ def load_scoring_settings(env: Mapping[str, str] | None = None) -> ScoringSettin
         timing_dir=env_dir(env, "INFBENCH_TIMING_DIR"),
         timing_flush_s=env_float(env, "INFBENCH_TIMING_FLUSH_S", 1.0),
         max_body_bytes=env_int(env, "INFBENCH_MAX_BODY_BYTES", DEFAULT_SCORING_BODY_BYTES),
+        redis_max_connections=env_redis_max_connections(env),
     )
 
 
@@ -511,6 +518,11 @@ def root_reason(exc: BaseException) -> str:
         return reason
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def pool_exhausted(limit: int) -> ApiError:
+    """Our own pool to the feature store is full: a 503 (overloaded here), not a 502."""
+    return ApiError(503, redis_pool_exhausted(limit))
 
 
 def upstream_failed(what: str, exc: BaseException) -> ApiError:

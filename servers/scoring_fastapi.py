@@ -5,7 +5,8 @@
                    200 {"entity_id", "score", "scores": {"a", "b"}, "timing": {...}}
                    404 unknown entity, 422 bad body (FastAPI's validation), 413 body too large,
                    502 an upstream (Redis, a model API) failed, 504 one did not answer in time;
-                   all errors {"error": "<one line>"}
+                   503 every connection of the feature-store pool is in use
+                   (INFBENCH_REDIS_MAX_CONNECTIONS); all errors {"error": "<one line>"}
 
 Per request: GET the features with redis.asyncio, then POST them to model_a AND model_b
 concurrently (asyncio.gather) over one httpx.AsyncClient per process, made in the lifespan.
@@ -47,6 +48,7 @@ from servers.scoring_common import (
     install_fastapi_errors,
     load_scoring_settings,
     model_answer,
+    pool_exhausted,
     record,
     score_answer,
     scoring_health,
@@ -96,7 +98,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
     )
     store = aioredis.Redis.from_url(settings.features_url, socket_timeout=t,
-                                    socket_connect_timeout=t)
+                                    socket_connect_timeout=t,
+                                    max_connections=settings.redis_max_connections)
     _clients = Clients(http, store)
     try:
         yield
@@ -145,6 +148,8 @@ async def read_features(timing: ScoreTiming, entity_id: int | str) -> list[float
         blob = await clients().store.get(key)
     except redis.exceptions.TimeoutError:
         raise upstream_timeout("feature store", settings.upstream_timeout) from None
+    except redis.exceptions.MaxConnectionsError:
+        raise pool_exhausted(settings.redis_max_connections) from None
     except redis.exceptions.RedisError as exc:
         raise upstream_failed("feature store", exc) from None
     finally:
@@ -176,6 +181,8 @@ async def call_model(name: str, url: str,
 async def health() -> JSONResponse:
     try:
         ok, error = bool(await clients().store.ping()), None
+    except redis.exceptions.MaxConnectionsError:
+        ok, error = False, pool_exhausted(settings.redis_max_connections).message
     except redis.exceptions.RedisError as exc:
         ok, error = False, str(exc)
     status, body = scoring_health(ok, error)

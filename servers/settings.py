@@ -156,6 +156,31 @@ def env_dir(env: Mapping[str, str], name: str) -> Path | None:
     return folder
 
 
+# ---------------------------------------------------------------------------------------------
+# The Redis connection pool of the services that talk to Redis from many requests at once (the
+# queue APIs, the async scoring API): one variable and one 503 message for all of them.
+
+REDIS_MAX_CONNECTIONS_VAR = "INFBENCH_REDIS_MAX_CONNECTIONS"
+# redis-py's own default is 100 per pool, and the async queue API holds one connection per
+# request in flight for its whole BLPOP wait: 200 Locust users meant 503s from the pool, not a
+# measurement. 1000 is above any load our profiles drive at one process, and ten API processes
+# at 1000 each still stay below redis-server's default maxclients (10000). Each connection is
+# a file descriptor, next to the request's own socket: keep the pool under half of `ulimit -n`.
+DEFAULT_REDIS_MAX_CONNECTIONS = 1000
+
+
+def env_redis_max_connections(env: Mapping[str, str]) -> int:
+    """The most Redis connections one process's pool may open at once."""
+    return env_int(env, REDIS_MAX_CONNECTIONS_VAR, DEFAULT_REDIS_MAX_CONNECTIONS)
+
+
+def redis_pool_exhausted(limit: int) -> str:
+    """The 503's message when every connection of the pool is in use (redis-py's
+    MaxConnectionsError says only "Too many connections", which reads like a Redis fault)."""
+    return (f"Redis connection pool exhausted: all {limit} connections of this process are in "
+            f"use ({REDIS_MAX_CONNECTIONS_VAR}={limit})")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Validate the INFBENCH_* variables (from `env`, default os.environ)."""
     env = os.environ if env is None else env

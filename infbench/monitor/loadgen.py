@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import psutil
 
+from infbench.monitor.base import CsvSampler
 from infbench.monitor.sampler import cpu_seconds
 
 COLUMNS = ["time", "pid", "cpu_s", "wait_s"]
@@ -54,52 +54,32 @@ def read_cpu(pid: int) -> tuple[float, float | None] | None:
     return cpu, run_delay_s(pid)
 
 
-class LoadgenSampler:
+class LoadgenSampler(CsvSampler):
     """Samples the processes `pids()` returns every `interval` s on a daemon thread, until
     stop() or until `alive()` says the group is gone (one last sample first)."""
 
+    final_sample = True
+    quiet_open_errors = True  # the step's other files say what went wrong with the folder
+
     def __init__(self, pids: Callable[[], list[int]], path: Path,
                  alive: Callable[[], bool], interval: float = INTERVAL_S) -> None:
+        super().__init__(path, COLUMNS, interval, "infbench-loadgen")
         self.pids = pids
-        self.path = path
         self.alive = alive
-        self.interval = interval
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="infbench-loadgen",
-                                        daemon=True)
 
-    def start(self) -> LoadgenSampler:
-        self._thread.start()
-        return self
+    def done(self) -> bool:
+        return not self.alive()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def _loop(self) -> None:
-        try:
-            f = self.path.open("w", newline="")
-        except OSError:
-            return  # the step's other files say what went wrong with the folder
-        with f:
-            out = csv.writer(f)
-            out.writerow(COLUMNS)
-            while True:
-                last = self._stop.is_set() or not self.alive()
-                now = time.time()
-                for pid in self.pids():
-                    got = read_cpu(pid)
-                    if got is not None:
-                        cpu, wait = got
-                        out.writerow([f"{now:.3f}", pid, f"{cpu:.3f}",
-                                      "" if wait is None else f"{wait:.3f}"])
-                        self.samples += 1
-                f.flush()
-                if last:
-                    return
-                self._stop.wait(self.interval)
+    def sample(self, out: Any) -> bool:
+        now = time.time()
+        for pid in self.pids():
+            got = read_cpu(pid)
+            if got is not None:
+                cpu, wait = got
+                out.writerow([f"{now:.3f}", pid, f"{cpu:.3f}",
+                              "" if wait is None else f"{wait:.3f}"])
+                self.samples += 1
+        return True
 
 
 def group_pids(leader: int) -> list[int]:
@@ -148,15 +128,19 @@ def _starts(t0: float, t1: float, window: float, hop: float = 1.0) -> list[float
 def figures(path: Path, t0: float | None, t1: float | None, window: float = WINDOW_S,
             limit: float = LIMIT) -> dict[str, Any] | None:
     """The generator's CPU over a step's load (t0..t1): mean and busiest-window CPU and demand
-    of its busiest process, and whether it was the limit (and how: busy or starved)."""
+    of its busiest process, and whether it was the limit (and how: busy or starved); and
+    `total_cpu_pct`, the mean CPU of all its processes together, the figure to set beside the
+    server's own CPU (also summed over processes, % of one core)."""
     per = read_samples(path)
     if not per or t0 is None or t1 is None or t1 <= t0:
         return None
     best: dict[str, Any] | None = None
+    total = 0.0
     for pid, rows in per.items():
         whole = _rate(rows, t0, t1)
         if whole is None:
             continue
+        total += whole[0]
         peak_cpu, peak_demand = 0.0, 0.0
         for a in _starts(t0, t1, window):
             r = _rate(rows, a, min(a + window, t1))
@@ -177,7 +161,8 @@ def figures(path: Path, t0: float | None, t1: float | None, window: float = WIND
     how = None
     if limited:
         how = "busy" if best["peak_cpu_pct"] >= 100 * limit else "starved"
-    return {**best, "processes": len(per), "window_s": window, "limit_pct": 100 * limit,
+    return {**best, "processes": len(per), "total_cpu_pct": round(100 * total, 1),
+            "window_s": window, "limit_pct": 100 * limit,
             "limited": limited, "how": how,
             "note": _note(best, how, window) if limited else ""}
 

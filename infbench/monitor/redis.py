@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from infbench.monitor.base import CsvSampler
 from infbench.paths import HOST
 
 COLUMNS = ["time", "queue_length", "used_memory_mb", "connected_clients", "ops_per_sec",
@@ -81,66 +82,49 @@ def parse_info(text: str) -> dict[str, str]:
                 if ":" in line and not line.startswith("#"))
 
 
-class RedisSampler:
+class RedisSampler(CsvSampler):
     """One thread per Redis replica; `note(kind, detail)` records a snapshot starting."""
 
     def __init__(self, port: int, out: Path, queue_keys: list[str],
                  note: Callable[[str, str], None], interval: float = 1.0) -> None:
+        super().__init__(out, COLUMNS, interval, f"redis {port}")
         self.port = port
         self.out = out
         self.queue_keys = queue_keys
         self.note = note
-        self.interval = interval
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"redis {port}", daemon=True)
+        self._conn: Resp | None = None
+        self._saving = False
 
-    def start(self) -> RedisSampler:
-        self._thread.start()
-        return self
+    def sample(self, out: Any) -> bool:
+        t = time.time()
+        try:
+            if self._conn is None:
+                self._conn = Resp(self.port)
+            conn = self._conn
+            info = parse_info(str(conn.call("INFO") or ""))
+            qlen = sum(int(conn.call("LLEN", k) or 0) for k in self.queue_keys)
+            keys = conn.call("DBSIZE")
+        except (OSError, ValueError):
+            self.finish()
+            return False
+        bg = info.get("rdb_bgsave_in_progress", "0") == "1"
+        if bg and not self._saving:
+            self.note("redis_snapshot", f"Redis on port {self.port} started an RDB "
+                      f"snapshot ({info.get('rdb_changes_since_last_save', '?')} "
+                      "changes since the last)")
+        self._saving = bg
+        out.writerow([f"{t:.3f}", qlen, f"{int(info.get('used_memory', 0)) / 2**20:.2f}",
+                      info.get("connected_clients", ""),
+                      info.get("instantaneous_ops_per_sec", ""), int(bg),
+                      info.get("rdb_changes_since_last_save", ""),
+                      info.get("total_commands_processed", ""), keys])
+        self.samples += 1
+        return True
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def _run(self) -> None:
-        conn: Resp | None = None
-        saving = False
-        with self.out.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(COLUMNS)
-            while not self._stop.is_set():
-                t = time.time()
-                try:
-                    if conn is None:
-                        conn = Resp(self.port)
-                    info = parse_info(str(conn.call("INFO") or ""))
-                    qlen = sum(int(conn.call("LLEN", k) or 0) for k in self.queue_keys)
-                    keys = conn.call("DBSIZE")
-                except (OSError, ValueError):
-                    if conn is not None:
-                        conn.close()
-                    conn = None
-                    self._stop.wait(self.interval)
-                    continue
-                bg = info.get("rdb_bgsave_in_progress", "0") == "1"
-                if bg and not saving:
-                    self.note("redis_snapshot", f"Redis on port {self.port} started an RDB "
-                              f"snapshot ({info.get('rdb_changes_since_last_save', '?')} "
-                              "changes since the last)")
-                saving = bg
-                w.writerow([f"{t:.3f}", qlen,
-                            f"{int(info.get('used_memory', 0)) / 2**20:.2f}",
-                            info.get("connected_clients", ""),
-                            info.get("instantaneous_ops_per_sec", ""), int(bg),
-                            info.get("rdb_changes_since_last_save", ""),
-                            info.get("total_commands_processed", ""), keys])
-                f.flush()
-                self.samples += 1
-                self._stop.wait(max(0.0, self.interval - (time.time() - t)))
-        if conn is not None:
-            conn.close()
+    def finish(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
 
 
 def read_samples(path: Path) -> list[dict[str, float]]:

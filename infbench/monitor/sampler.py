@@ -32,13 +32,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from infbench.monitor.base import CsvSampler
 
 COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb",
            "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica"]
@@ -106,71 +107,49 @@ def read_proc(pid: int, rollup: bool = True) -> dict[str, float | None] | None:
     return {**parse_proc(status, text), "cpu_s": cpu}
 
 
-class ProcessSampler:
+class ProcessSampler(CsvSampler):
     """Samples `processes()` every `interval` seconds on a daemon thread until stop()."""
+
+    flush_every_s = FLUSH_EVERY_S
 
     def __init__(self, processes: Callable[[], Any], path: Path,
                  interval: float, rollup_every: float = ROLLUP_EVERY_S) -> None:
+        super().__init__(path, COLUMNS, interval, "infbench-sampler")
         self.processes = processes
-        self.path = path
-        self.interval = interval
         self.rollup_every = rollup_every
-        self.samples = 0
-        self.cpu_s = 0.0  # the sampler's own thread CPU time, to report its overhead
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="infbench-sampler", daemon=True)
+        self._names: dict[int, str] = {}
+        self._owners: dict[int, tuple[str, int]] = {}
+        self._pids: list[int] = []
+        self._listed = self._rolled = float("-inf")
 
-    def start(self) -> ProcessSampler:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-
-    def _loop(self) -> None:
-        with self.path.open("w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(COLUMNS)
-            last_flush = time.monotonic()
-            cpu0 = time.thread_time()
-            names: dict[int, str] = {}
-            owners: dict[int, tuple[str, int]] = {}
-            pids: list[int] = []
-            listed = rolled = float("-inf")
-            while not self._stop.is_set():
-                tick = time.monotonic()
-                now = time.time()
-                if tick - listed >= LIST_EVERY_S:
-                    # Finding the processes scans /proc (psutil's children()); reading a known
-                    # pid is cheap. So the list is refreshed once a second, or when one goes.
-                    with contextlib.suppress(psutil.Error):
-                        procs = [x if isinstance(x, tuple) else (x, "server", 0)
-                                 for x in self.processes()]
-                        pids = [p.pid for p, _, _ in procs]
-                        for p, service, replica in procs:
-                            owners[p.pid] = (service, replica)
-                            if p.pid not in names:
-                                with contextlib.suppress(psutil.Error):
-                                    names[p.pid] = p.name()
-                    listed = tick
-                rollup = tick - rolled >= self.rollup_every
-                if rollup:
-                    rolled = tick
-                for pid in pids:
-                    fig = read_proc(pid, rollup)
-                    if fig is None:
-                        listed = float("-inf")
-                        continue
-                    out.writerow(_row(now, pid, names.get(pid, "?"), fig,
-                                      owners.get(pid, ("server", 0))))
-                self.samples += 1
-                if tick - last_flush >= FLUSH_EVERY_S:
-                    f.flush()
-                    last_flush = tick
-                self.cpu_s = time.thread_time() - cpu0
-                self._stop.wait(max(0.0, self.interval - (time.monotonic() - tick)))
+    def sample(self, out: Any) -> bool:
+        tick = time.monotonic()
+        now = time.time()
+        if tick - self._listed >= LIST_EVERY_S:
+            # Finding the processes scans /proc (psutil's children()); reading a known pid is
+            # cheap. So the list is refreshed once a second, or when one goes.
+            with contextlib.suppress(psutil.Error):
+                procs = [x if isinstance(x, tuple) else (x, "server", 0)
+                         for x in self.processes()]
+                self._pids = [p.pid for p, _, _ in procs]
+                for p, service, replica in procs:
+                    self._owners[p.pid] = (service, replica)
+                    if p.pid not in self._names:
+                        with contextlib.suppress(psutil.Error):
+                            self._names[p.pid] = p.name()
+            self._listed = tick
+        rollup = tick - self._rolled >= self.rollup_every
+        if rollup:
+            self._rolled = tick
+        for pid in self._pids:
+            fig = read_proc(pid, rollup)
+            if fig is None:
+                self._listed = float("-inf")
+                continue
+            out.writerow(_row(now, pid, self._names.get(pid, "?"), fig,
+                              self._owners.get(pid, ("server", 0))))
+        self.samples += 1
+        return True
 
 
 def _row(now: float, pid: int, name: str, fig: dict[str, float | None],
