@@ -442,13 +442,31 @@ def ranking_table(rows: list[dict[str, Any]]) -> list[str]:
                 by_batch.setdefault(s["batch"], []).append((s["images_per_s"], r["variant"], s))
     if len(rows) < 2 or len(by_batch) < 2:
         return []
+    by_name = {r["variant"]: r for r in rows}
     lines = []
     for batch in sorted(by_batch):
         for rank, (ips, name, s) in enumerate(sorted(by_batch[batch], key=lambda x: -x[0]), 1):
+            server, model, cpu = step_server_figures(by_name[name], s["index"])
+            share = f"{100.0 * model / server:.0f}%" if model is not None and server else "-"
             lines.append([str(batch), str(rank), name, fmt(ips, 1), fmt(s.get("p50_ms")),
-                          fmt(s.get("p95_ms")), fmt(s.get("failures"))])
+                          fmt(s.get("p95_ms")), fmt(s.get("failures")), fmt(server),
+                          fmt(model), share, fmt(cpu), fmt(loadgen_cpu(s))])
     return _table([">img/req", ">rank", "variant", ">img/s", ">p50 (ms)", ">p95 (ms)",
-                   ">failures"], lines)
+                   ">failures", ">server median (ms)", ">model (ms)", ">model share",
+                   ">server CPU (%)", ">load gen CPU (%)"], lines)
+
+
+def step_server_figures(row: dict[str, Any], index: int
+                        ) -> tuple[float | None, float | None, float | None]:
+    """(server median ms, model median ms, the busiest service's CPU % of a core) of a step,
+    from the servers' timing lines and processes.csv; None where a run has no such figure."""
+    sp = next((x for x in row.get("split") or [] if x.get("index") == index), None)
+    split = (sp or {}).get("split") or {}
+    server, model = split.get("total_ms"), split.get("model_ms")
+    cpus = [st["cpu_pct"] for sv in (row.get("services") or {}).values()
+            for st in sv.get("steps", []) if st.get("index") == index
+            and st.get("cpu_pct") is not None]
+    return server, model, max(cpus) if cpus else None
 
 
 def _pct(new: float | None, old: float | None) -> str:

@@ -127,3 +127,22 @@ def test_split_table_has_the_loadgen_cpu_column() -> None:
     assert line.rstrip(" |").endswith(report.fmt(42.5))
     old = dict(step, loadgen={"cpu_pct": 30.0})  # a summary written before total_cpu_pct
     assert report.loadgen_cpu(old) == 30.0
+
+
+def test_the_ranking_carries_the_split_and_both_cpus() -> None:
+    from infbench import report
+
+    def row(name: str, ips: float, model: float, cpu: float) -> dict[str, Any]:
+        return {"variant": name,
+                "steps": [{"index": i, "batch": b, "images_per_s": ips * b, "p50_ms": 10,
+                           "p95_ms": 20, "failures": 0,
+                           "loadgen": {"total_cpu_pct": 30.0}} for i, b in ((1, 1), (2, 4))],
+                "split": [{"index": i, "split": {"total_ms": 8.0, "model_ms": model}}
+                          for i in (1, 2)],
+                "services": {"tfs": {"steps": [{"index": i, "cpu_pct": cpu} for i in (1, 2)]}}}
+
+    table = report.ranking_table([row("slow", 100.0, 2.0, 90.0), row("fast", 200.0, 6.0, 150.0)])
+    assert "model share" in table[0] and "load gen CPU (%)" in table[0]
+    first = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert first[:3] == ["1", "1", "fast"]
+    assert first[7:] == ["8", "6", "75%", "150", "30"]
