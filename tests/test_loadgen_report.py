@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 from infbench import report
 from infbench.monitor import loadgen, sampler
