@@ -142,12 +142,12 @@ class Profile:
 
     def window_of(self, step: Step) -> float:
         """The stability window of `step`: the profile's `stable_window_s` when it sets one,
-        else 10 s, shortened so that the step holds its `stable_windows` full windows (a 15 s
-        step gets three of 5 s rather than one of 10 that the rule could never judge), 1 s at
-        least."""
+        else 10 s, shortened so that the step holds its `stable_windows` full windows with one
+        window to spare for the users' start (a 15 s step gets 3.75 s windows rather than one of
+        10 s that the rule could never judge), 1 s at least."""
         if self.stable_window_s > 0:
             return self.stable_window_s
-        return max(1.0, min(DEFAULT_WINDOW_S, step.seconds / self.stable_windows))
+        return max(1.0, min(DEFAULT_WINDOW_S, step.seconds / (self.stable_windows + 1)))
 
     def rate_of(self, step: Step) -> float:
         """Requests/s of an open-loop step; 0 for a closed-loop one (users)."""

@@ -203,7 +203,7 @@ def test_the_stability_window_fits_the_step_unless_the_profile_sets_one() -> Non
     short = config.Step(batch=1, seconds=15)
     long = config.Step(batch=1, seconds=300)
     auto = config.Profile(name="p", steps=(short, long))
-    assert auto.window_of(short) == 5.0          # three full windows in 15 s
+    assert auto.window_of(short) == 3.75         # three full windows in 15 s, one to spare
     assert auto.window_of(long) == 10.0          # never longer than the default
     assert auto.window_of(config.Step(batch=1, seconds=1)) == 1.0
     fixed = config.Profile(name="p", steps=(short,), stable_window_s=10.0)
