@@ -539,7 +539,11 @@ def bottleneck(split: dict[str, Any] | None, services: dict[str, Any] | None,
         assert isinstance(both, int | float)
         how = "concurrently" if both < 0.8 * (a + b) else "one after the other"
         overlap = f"; the two model calls ran {how} ({both:,.0f} ms for {a:,.0f} + {b:,.0f})"
-    saturated = busiest is not None and cpu[busiest] >= 80.0
+    total_cpu = sum(cpu.values())
+    machine = len(cpu) > 1 and cores > 0 and total_cpu >= 80.0 * cores
+    if machine:  # no one service is the limit: together they fill the machine's cores
+        load += f"; all services together used {total_cpu:.0f}% of a core: the machine is full"
+    saturated = busiest is not None and (cpu[busiest] >= 80.0 or machine)
     if worst == "queue_wait_ms":
         return (f"queue wait is {share:.0f}% of the median request ({parts[worst]:,.0f} of "
                 f"{total:,.0f} ms): the model workers are the bottleneck{load}")

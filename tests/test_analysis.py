@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from infbench import analysis
 from tests.synth import T0, make_variant, write_mprof
@@ -64,3 +65,19 @@ def test_locust_na_values_are_none(tmp_path: Path) -> None:
     agg = analysis.locust_aggregate(p)
     assert agg is not None
     assert agg["requests"] == 0 and agg["p50_ms"] is None and agg["p95_ms"] is None
+
+
+def test_the_bottleneck_sentence_names_a_full_machine_when_no_one_service_is() -> None:
+    split = {"total_ms": 300.0, "model_a_ms": 150.0, "model_b_ms": 145.0, "models_ms": 296.0}
+
+    def services(a: float, b: float) -> dict[str, Any]:
+        return {"model_a": {"steps": [{"index": 1, "cpu_pct": a}]},
+                "model_b": {"steps": [{"index": 1, "cpu_pct": b}]}}
+
+    full = analysis.bottleneck(split, services(75.0, 70.0), 1, cores=1)
+    assert "the machine is full" in full and not full.startswith("not saturated")
+    idle = analysis.bottleneck(split, services(30.0, 20.0), 1, cores=2)
+    assert idle.startswith("not saturated") and "machine is full" not in idle
+    assert "one after the other" in idle
+    one = analysis.bottleneck(split, services(95.0, 5.0), 1, cores=2)
+    assert not one.startswith("not saturated") and "model_a used 95%" in one
