@@ -11,6 +11,7 @@
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
 #   make capacity_<variant> P95_MS=<ms>   the highest open-loop rate with p95 under the bound
+#   make profile_<variant> [REQUESTS=N]    where one request's time goes (pyinstrument, yappi)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
@@ -37,7 +38,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	test-unit lint lock clean allocators
 
 help:
-	@sed -n '2,17p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,18p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -79,6 +80,17 @@ P95_MS ?=
 capacity_%: venv
 	@test -n "$(P95_MS)" || { echo "make capacity_$*: give the bound, e.g. P95_MS=500"; exit 2; }
 	$(PY) -m infbench capacity $* --p95-ms $(P95_MS) $(opts)
+
+# Where the time goes, request by request (infbench/profiling.py): e.g. make profile_scoring-sync;
+# several at once, side by side: make profile VARIANTS="scoring-sync scoring-async".
+REQUESTS ?=
+VARIANTS ?= scoring-sync scoring-async
+popts = $(if $(REQUESTS),--requests $(REQUESTS)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
+.PHONY: profile
+profile: venv
+	$(PY) -m infbench profile $(VARIANTS) $(popts)
+profile_%: venv
+	$(PY) -m infbench profile $* $(popts)
 
 report: venv
 	$(PY) -m infbench report $(RUN)

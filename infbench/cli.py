@@ -1,4 +1,4 @@
-"""Command line: `python -m infbench list|build|run|diagnose|capacity|report|compare|check`.
+"""Command line: `python -m infbench list|build|run|diagnose|capacity|profile|report|compare|check`.
 The makefile calls these.
 
 Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL, ...), so
@@ -126,6 +126,20 @@ def parser() -> argparse.ArgumentParser:
     cap.add_argument("--run-id", default=_env("RUN_ID"))
     cap.add_argument("--probes", action="store_true",
                      default=_env("PROBES").lower() in ("1", "true", "yes"))
+    prof = sub.add_parser("profile", help="where one request's time goes: the entry service "
+                          "profiled per request (pyinstrument, yappi) against its timing lines")
+    prof.add_argument("variants", nargs="+", metavar="variant",
+                      help="one or more variants (two or more: side by side)")
+    prof.add_argument("--requests", type=int, default=int(_env("REQUESTS", "20") or 20),
+                      help="measured sequential requests per pass (default 20; env "
+                           "INFBENCH_REQUESTS)")
+    prof.add_argument("--warmup", type=int, default=3, help="warm-up requests per pass")
+    prof.add_argument("--profile", default=_env("PROFILE") or "scoring-latency",
+                      help="profile whose request timeout and sampling settings apply "
+                           "(default: scoring-latency)")
+    prof.add_argument("--model", default=_env("MODEL"), help="model preset (env INFBENCH_MODEL)")
+    prof.add_argument("--runtime", default=_env("RUNTIME", "native"))
+    prof.add_argument("--run-id", default=_env("RUN_ID"))
     r.add_argument("--model-alone", action="store_true",
                    default=_env("MODEL_ALONE").lower() in ("1", "true", "yes"),
                    help="measure the model alone (no HTTP) before each variant's load, for "
@@ -303,6 +317,35 @@ def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
     return 0 if outcome.status == "complete" else EXIT_PARTIAL
 
 
+def cmd_profile(exp: config.Experiments, args: argparse.Namespace) -> int:
+    """Each variant's entry service profiled request by request (infbench/profiling.py)."""
+    from infbench import profiling
+
+    variants = [exp.variant(n) for n in args.variants]
+    if args.requests < 1 or args.warmup < 0:
+        raise config.ConfigError(f"profile: --requests must be >= 1 and --warmup >= 0, got "
+                                 f"{args.requests} and {args.warmup}")
+    base = exp.profile(args.profile)
+    profile = dataclasses.replace(base, name="profile", cycles=1, model_alone=False)
+    settings = profiling.Settings(requests=args.requests, warmup=args.warmup,
+                                  timeout=base.request_timeout)
+    for v in variants:
+        m = exp.model_for(v, args.model)
+        if m.is_file:
+            assets.check_model_file(m)
+    check_writable(Path(args.results))
+    get_launcher(args.runtime).prepare(variants, print)
+    plan = Plan(experiments=exp, variants=variants, profile=profile, model_override=args.model,
+                runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
+    outcome = run_study(plan, variant_run=profiling.runner(settings))
+    profiling.report(outcome.run_dir, [v.name for v in variants], print)
+    print(f"\nresults: {outcome.run_dir}/<variant>/profile/ (profile.md, profile.json, "
+          f"<pass>/server/*, <pass>/client.*)")
+    if outcome.status == "interrupted":
+        return _interrupt_code()
+    return 0 if outcome.status == "complete" else EXIT_PARTIAL
+
+
 def under(v: config.Variant, allocator: str) -> config.Variant:
     """The variant with `allocator` preloaded in every service but Redis, under its own name."""
     return dataclasses.replace(v, name=f"{v.name}-{allocator}", services=tuple(
@@ -402,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_capacity(exp, args)
         if args.cmd == "diagnose":
             return cmd_diagnose(exp, args)
+        if args.cmd == "profile":
+            return cmd_profile(exp, args)
         return cmd_run(exp, args)
     except (config.ConfigError, report.ReportError, assets.AssetError, LaunchError,
             WriteError, compare.CompareError, thresholds.ThresholdError,

@@ -30,6 +30,8 @@ message naming the variable):
     INFBENCH_TIMING_DIR        write one JSON line per /score to <dir>/timings-<pid>.jsonl
     INFBENCH_TIMING_FLUSH_S    how often the timing lines are written (default 1; also at exit)
     INFBENCH_MAX_BODY_BYTES    request body limit (default 64 KiB)
+    INFBENCH_PROFILER          pyinstrument | yappi: profile each POST /score into
+    INFBENCH_PROFILE_DIR       this folder (servers/profiling.py; off by default)
   model APIs
     INFBENCH_MODEL_API_KIND    sleep (default) | model
     INFBENCH_MODEL_NAME        the name in answers (default "model")

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers import nodelay
 from servers.common import RequestLimitsMiddleware
+from servers.profiling import ProfileASGI, load_profile_settings
 from servers.scoring_common import (
     ENTITY_ID_MAX_CHARS,
     HEALTH_PATH,
@@ -60,6 +61,7 @@ from servers.scoring_common import (
 
 nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
 settings = load_scoring_settings()
+profile_settings = load_profile_settings()  # None unless INFBENCH_PROFILER is set
 T0_KEY = "infbench_t0"
 
 # The same rule as scoring_common.check_entity_id (the Flask build), as pydantic types.
@@ -138,6 +140,8 @@ app = FastAPI(title="infbench scoring API (FastAPI)", lifespan=lifespan, openapi
               docs_url=None, redoc_url=None)
 app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
 app.add_middleware(StartClock)  # added last: outermost
+if profile_settings is not None:  # outermost of all: the profile covers the whole request
+    app.add_middleware(ProfileASGI, settings=profile_settings)
 install_fastapi_errors(app, on_error=log_error)
 
 

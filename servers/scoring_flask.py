@@ -27,6 +27,7 @@ import redis
 import requests
 from flask import Flask, Response, jsonify, request
 
+from servers.profiling import ProfileWSGI, load_profile_settings
 from servers.scoring_common import (
     HEALTH_PATH,
     SCORE_PATH,
@@ -48,6 +49,7 @@ from servers.scoring_common import (
 )
 
 settings = load_scoring_settings()
+profile_settings = load_profile_settings()  # None unless INFBENCH_PROFILER is set
 T0_KEY = "infbench.t0"
 
 
@@ -97,6 +99,8 @@ def log_error(status: int) -> None:
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 app.wsgi_app = StartClock(app.wsgi_app)  # type: ignore[method-assign]
+if profile_settings is not None:  # outermost: the profile covers the whole request
+    app.wsgi_app = ProfileWSGI(app.wsgi_app, profile_settings)  # type: ignore[method-assign]
 install_flask_errors(app, on_error=log_error)
 
 

@@ -126,4 +126,5 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
 # Variables of ours that must not leak from the harness's own environment into a server
 # whose variant did not set them (e.g. a user's INFBENCH_PROBE_DIR in their shell).
 SCRUBBED = ("INFBENCH_PROBE_DIR", "INFBENCH_TRACEMALLOC", "INFBENCH_TRIM_EACH",
-            "INFBENCH_THREAD_LIMIT", "INFBENCH_TIMING_DIR", "INFBENCH_PAD_BATCH")
+            "INFBENCH_THREAD_LIMIT", "INFBENCH_TIMING_DIR", "INFBENCH_PAD_BATCH",
+            "INFBENCH_PROFILER", "INFBENCH_PROFILE_DIR", "INFBENCH_PROFILE_PATH")
