@@ -25,7 +25,10 @@ def _load(run_dir: Path) -> list[tuple[bool, dict[str, Any]]]:
     for vd in report.variant_dirs(run_dir):
         manifest = json.loads((vd / "manifest.json").read_text())
         summary = json.loads((vd / "summary.json").read_text())
-        out.append((bool(manifest["config"]["variant"].get("probes")), summary))
+        variant = manifest["config"]["variant"]
+        # A topology's manifest has the flag per service; a flat (older) one on the variant.
+        probed = variant.get("probes") or any(s.get("probes") for s in variant.get("services", []))
+        out.append((bool(probed), summary))
     return out
 
 

@@ -19,7 +19,7 @@ from infbench.files import write_json
 # "degraded", "failed") and the variant status "degraded". Version 1 files read unchanged.
 PHASES_SCHEMA = 2
 READS = (1, 2)
-KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim")
+KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim", "census")
 # Events that are faults: they mark the phase they fall in `degraded` and keep the variant
 # from `complete`. Other kinds are notes (shown, not held against the run).
 FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",

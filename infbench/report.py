@@ -353,9 +353,12 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
         if pr:
             how = "injected (sitecustomize, no code change)" if pr.get("injected") \
                 else "started by the server"
+            census = pr.get("census") or {}
             said.append(f"probes {how} in {pr['processes']} process(es)"
                         + (f", tracemalloc {pr['tracemalloc']}" if pr.get("tracemalloc")
-                           else ""))
+                           else "")
+                        + (f", heap census at {census['rests']} rest(s) (pauses up to "
+                           f"{census['max_took_s']:.1f} s)" if census.get("rests") else ""))
         ou = v.get("outside")
         if ou:
             said.append(f"glibc read from outside (gdb) {ou['reads']} time(s) in "

@@ -31,7 +31,7 @@ from infbench.files import WriteError, write_json
 from infbench.launch import LaunchError, get_launcher
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
 from infbench.load import StepLoad, check_outputs, start_step
-from infbench.monitor import keepalive, probecheck
+from infbench.monitor import census, keepalive, probecheck
 from infbench.monitor.outside import OutsideWatch
 from infbench.monitor.procwatch import ProcessWatch
 from infbench.monitor.redis import RedisSampler
@@ -322,6 +322,7 @@ class VariantRun:
                 self._hold("rest", p.rest, f"rest {c}/{p.cycles}", cycle=c)
                 if self.outside is not None:
                     self.outside.rest(c)
+                self._census(c)
 
     # -- pieces --------------------------------------------------------------------------
     def _check_server(self) -> None:
@@ -436,6 +437,15 @@ class VariantRun:
             self.progress.say(f"  NOTE {self.v.name}: {line}")
             self.log.event("keepalive_stall", line)
         self.log.save()
+
+    def _census(self, cycle: int) -> None:
+        """After each rest: the probes count the Python heap's bytes while the server is idle
+        (infbench/monitor/census.py); the load waits, in a `census` phase."""
+        assert self.topology is not None
+        dirs = sorted({r.spec.out_dir for r in self.topology.replicas if r.spec.service.probes})
+        if dirs:
+            self.log.begin("census", cycle=cycle)
+            self.log.end(**census.ask(dirs, cycle, self._check_server, self._request))
 
     def _check_probes(self) -> None:
         """`probes = true` that started nowhere is said on the console and in phases.json."""

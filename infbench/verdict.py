@@ -22,17 +22,22 @@ The rules, in order (thresholds are module constants and are written into summar
    (servers/probes.py, injected into any Python server) and glibc's totals read from outside
    (infbench/monitor/outside.py, any process):
    leak (python objects)
-                 the Python heap in bytes (tracemalloc) grew by at least EXPLAINS of the RSS
-                 growth; or, counted in blocks only, grew in every cycle after warm-up by more
-                 than PY_NOISE_FRACTION (many objects kept).
+                 the Python heap in bytes grew by at least EXPLAINS of the RSS growth: the
+                 probes' heap census at each rest (gc-reachable objects, by sys.getsizeof),
+                 or tracemalloc when it runs (opt-in); or the heap grew in bytes in every
+                 cycle and so did its object count (many small objects: tracemalloc's own
+                 tables are malloc'd, the census's ids are not counted); or, counted in blocks
+                 only, grew in every cycle by more than PY_NOISE_FRACTION.
    leak (native allocations)
                  the allocator's memory *in use* (glibc's uordblks + mmapped chunks) grew by at
-                 least EXPLAINS of it, and either the Python heap was measured in bytes and did
-                 not, or no process of the variant is Python.
+                 least EXPLAINS of it, and either the Python heap was measured in bytes and
+                 neither its bytes nor its object count did, or no process of the variant is
+                 Python.
    leak (kind unknown)
                  memory in use grew so, in a Python process whose heap was not measured in
-                 bytes: one 64 KB bytes object is one block, so a leak of big Python objects
-                 and a native leak look alike; the verdict does not guess.
+                 bytes (one 64 KB bytes object is one block, so a leak of big Python objects
+                 and a native leak look alike), or whose objects grew in number but not in
+                 bytes: the verdict does not guess.
    allocator retention
                  memory in use did not grow that much, while the allocator's *free* memory
                  grew by at least EXPLAINS of the RSS growth, or malloc_trim(0) at the end gave
@@ -108,8 +113,9 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None,
     """The verdict from per-cycle figures.
 
     Each cycle: {"cycle", "complete", "requests", "post_rest_mb"} and, where read,
-    "py_blocks", "py_traced_mb" (tracemalloc), "malloc_in_use_mb", "malloc_free_mb" (None
-    where not read). `trim_freed_mb`: what malloc_trim(0) gave back at the end, summed over
+    "py_blocks", "py_census_mb" and "py_census_objects" (the heap census after the rest),
+    "py_traced_mb" (tracemalloc), "malloc_in_use_mb", "malloc_free_mb" (None where not
+    read). `trim_freed_mb`: what malloc_trim(0) gave back at the end, summed over
     the server's processes (None if not tried). `python`: whether a process of the variant is
     a Python interpreter (None: not known).
     """
@@ -201,33 +207,35 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         out["malloc_free_growth_mb"] = _r(free[-1] - free[0])
     grew = f"post-rest memory grew {growth:+.1f} MB over {len(d)} cycles after warm-up " \
            f"({statistics.fmean(d):+.1f} MB a cycle)"
-    bytes_measured = py is not None and py["measure"] == "tracemalloc_mb"
+    bytes_measured = py is not None and py["measure"] in BYTES_MEASURES
+    objects_grew = bool(py and py.get("objects_grow_every_cycle"))
     in_use_grew = bool(in_use) and in_use[-1] - in_use[0] >= EXPLAINS * growth
     if py and (py["explains"] if bytes_measured else py["grows_every_cycle"]):
         out["verdict"] = "leak"
         out["where"] = "python objects"
         how = ("grew in bytes and in objects in every cycle"
-               if bytes_measured and py.get("objects_grow_every_cycle")
-               and py["growth_mb"] < EXPLAINS * growth else
+               if bytes_measured and objects_grew and py["growth_mb"] < EXPLAINS * growth else
                f"grew {py['growth_mb']:+.1f} MB, at least {EXPLAINS:.0%} of it"
                if bytes_measured else "grew in every cycle")
         out["reason"] = f"{grew}; the Python heap {how} ({py['summary']})"
-    elif in_use_grew and (bytes_measured or python is False):
+    elif in_use_grew and ((bytes_measured and not objects_grew) or python is False):
         out["verdict"] = "leak"
         out["where"] = "native allocations"
-        why = (f"and the Python heap did not ({py['summary']})" if py and bytes_measured
-               else "and no process of it is Python")
+        why = (f"and the Python heap did not, in bytes or in objects ({py['summary']})"
+               if py and bytes_measured else "and no process of it is Python")
         out["reason"] = (f"{grew}; memory in use by malloc grew {in_use[-1] - in_use[0]:+.1f} "
                          f"MB, at least {EXPLAINS:.0%} of it, {why}")
     elif in_use_grew:
         out["verdict"] = "leak"
         out["where"] = "kind unknown"
-        counted = (f"the Python heap is counted in objects, not bytes ({py['summary']})"
+        counted = (f"the Python objects grew in number in every cycle, not in bytes "
+                   f"({py['summary']})" if py and bytes_measured else
+                   f"the Python heap is counted in objects, not bytes ({py['summary']})"
                    if py else "the Python heap was not measured")
         out["reason"] = (f"{grew}; memory in use by malloc grew {in_use[-1] - in_use[0]:+.1f} "
                          f"MB, at least {EXPLAINS:.0%} of it, but {counted}: big Python objects "
-                         "and native memory look alike (the probes, probes = true, measure it "
-                         "in bytes after warm-up)")
+                         "and native memory look alike (the probes, probes = true, count the "
+                         "heap's bytes at each rest)")
     elif free and free[-1] - free[0] >= EXPLAINS * growth:
         out["verdict"] = "allocator retention"
         out["reason"] = (f"{grew}; the allocator's free memory grew {free[-1] - free[0]:+.1f} "
@@ -252,38 +260,62 @@ def _series(cycles: list[dict[str, Any]], key: str) -> list[float]:
     return [float(v) for v in vals if v is not None] if None not in vals else []
 
 
+BYTES_MEASURES = ("census_mb", "tracemalloc_mb")
+
+
+def _objects_grow(counts: list[float]) -> bool:
+    """The object count climbed in every cycle, by more than the noise."""
+    d = _deltas(counts)
+    return bool(d) and all(x > max(PY_NOISE_BLOCKS, PY_NOISE_FRACTION * counts[0]) for x in d)
+
+
 def _python_growth(cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The Python heap's growth: in bytes by the census (else tracemalloc), with the object
+    count (allocated blocks, or the census's objects) beside it; or in blocks alone."""
+    census = _series(cycles, "py_census_mb")
+    counted = _series(cycles, "py_census_objects")
     traced = _series(cycles, "py_traced_mb")
     blocks = _series(cycles, "py_blocks")
+    rss = [float(c["post_rest_mb"]) for c in cycles]
+    # Many small objects: their count climbs too. tracemalloc's own tables (a trace per live
+    # object) are malloc'd, so with it the traced bytes can explain less than half of the
+    # growth while malloc's in-use memory seems to explain it (seen: 1,000 small strings a
+    # request, traced +46 of +114 MB, blocks +300,000 a cycle).
+    objects = _objects_grow(blocks) or _objects_grow(counted)
+    notes = []
+    if census:
+        notes.append(f"census {census[0]:.1f} -> {census[-1]:.1f} MB"
+                     + (f" in {int(counted[0]):,} -> {int(counted[-1]):,} objects"
+                        if counted else ""))
     if traced:
-        d = _deltas(traced)
-        floor = max(0.5, PY_NOISE_FRACTION * traced[0])
-        rss = [float(c["post_rest_mb"]) for c in cycles]
-        growth = traced[-1] - traced[0]
+        notes.append(f"tracemalloc {traced[0]:.1f} -> {traced[-1]:.1f} MB")
+    if blocks:
+        notes.append(f"allocated blocks {int(blocks[0]):,} -> {int(blocks[-1]):,}")
+    summary = ", ".join(notes)
+
+    def in_bytes(series: list[float]) -> tuple[bool, bool, float]:
+        d = _deltas(series)
+        floor = max(0.5, PY_NOISE_FRACTION * series[0])
         every = bool(d) and all(x > floor for x in d)
-        # Many small objects: tracemalloc's own tables (a trace per live object) are malloc'd
-        # too, so the traced bytes can explain less than half of the growth while malloc's
-        # in-use memory seems to explain it. When the object count also climbs in every cycle,
-        # the objects are the leak (seen: 1,000 small strings a request, traced +46 of +114 MB,
-        # blocks +300,000 a cycle).
-        db = _deltas(blocks) if blocks else []
-        objects = bool(db) and all(x > max(PY_NOISE_BLOCKS, PY_NOISE_FRACTION * blocks[0])
-                                   for x in db)
-        return {"measure": "tracemalloc_mb", "values": [_r(x, 2) for x in traced],
-                "grows_every_cycle": every,
-                "growth_mb": _r(growth),
-                "explains": growth > 0 and (growth >= EXPLAINS * (rss[-1] - rss[0])
-                                            or (every and objects)),
-                "objects_grow_every_cycle": objects,
-                "summary": f"tracemalloc {traced[0]:.1f} -> {traced[-1]:.1f} MB"
-                + (f", allocated blocks {int(blocks[0]):,} -> {int(blocks[-1]):,}"
-                   if blocks else "")}
+        growth = series[-1] - series[0]
+        explains = growth > 0 and (growth >= EXPLAINS * (rss[-1] - rss[0]) or (every and objects))
+        return every, explains, growth
+
+    for measure, series in (("census_mb", census), ("tracemalloc_mb", traced)):
+        if series:
+            every, explains, growth = in_bytes(series)
+            if measure == "census_mb" and traced:  # either measure of the bytes may name it
+                explains = explains or in_bytes(traced)[1]
+            return {"measure": measure, "values": [_r(x, 2) for x in series],
+                    "grows_every_cycle": every, "growth_mb": _r(growth),
+                    "explains": explains, "objects_grow_every_cycle": objects,
+                    "summary": summary}
     if blocks:
         d = _deltas(blocks)
         floor = max(PY_NOISE_BLOCKS, PY_NOISE_FRACTION * blocks[0])
         return {"measure": "py_blocks", "values": [int(x) for x in blocks],
                 "grows_every_cycle": bool(d) and all(x > floor for x in d),
-                "summary": f"allocated blocks {int(blocks[0]):,} -> {int(blocks[-1]):,}"}
+                "summary": summary}
     return None
 
 
@@ -334,6 +366,25 @@ def probe_totals(samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str
     }
 
 
+CENSUS_ALIVE_S = 5.0  # a process that sampled this close to a rest's end was alive at it
+
+
+def census_totals(events: list[dict[str, Any]], cycle: int,
+                  samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str, float | None]:
+    """The heap census after a cycle's rest, summed over the probed processes alive at its end
+    (None if one of them did not answer: a sum without it would fall; {} if none did)."""
+    mine = {int(e.get("pid", 0)): e for e in events
+            if e.get("event") == "census" and e.get("cycle") == cycle}
+    if not mine:
+        return {}
+    alive = {pid for pid, rows in samples.items()
+             if any(t - CENSUS_ALIVE_S <= r["t"] <= t for r in rows)}
+    if not alive <= set(mine):
+        return {"py_census_mb": None, "py_census_objects": None}
+    return {"py_census_mb": sum(float(e["py_bytes_mb"]) for e in mine.values()),
+            "py_census_objects": sum(int(e.get("objects") or 0) for e in mine.values())}
+
+
 def outside_totals(rows: list[dict[str, Any]], cycle: int,
                    skip: set[int]) -> dict[str, float | None]:
     """glibc's totals read from outside after a cycle's rest, summed over the processes the
@@ -351,10 +402,12 @@ def outside_totals(rows: list[dict[str, Any]], cycle: int,
 def cycle_figures(phase_list: list[dict[str, Any]], mem: list[tuple[float, float]],
                   steps: list[dict[str, Any]],
                   samples: dict[int, list[dict[str, Any]]],
-                  outside_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                  outside_rows: list[dict[str, Any]] | None = None,
+                  events: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One entry per cycle: requests, complete, and the figures at the end of its rest (the
-    `rest` phase, or without one the pause after the cycle's last step): the probes', and
-    for the processes without one, glibc's totals read from outside."""
+    `rest` phase, or without one the pause after the cycle's last step): the probes' (their
+    samples, and the heap census taken just after the rest), and for the processes without
+    one, glibc's totals read from outside."""
     cycles = sorted({int(p["cycle"]) for p in phase_list if p.get("kind") == "step"
                      and p.get("cycle") is not None})
     out = []
@@ -375,6 +428,8 @@ def cycle_figures(phase_list: list[dict[str, Any]], mem: list[tuple[float, float
             entry["post_rest_mb"] = _r(statistics.median(vals)) if vals else None
             inside = probe_totals(samples, t1)
             entry.update({k: _r(v, 2) for k, v in inside.items()})
+            entry.update({k: v if k.endswith("objects") else _r(v, 2)
+                          for k, v in census_totals(events or [], c, samples, t1).items()})
             out_of = outside_totals(outside_rows or [], c, set(samples))
             for key in ("malloc_in_use_mb", "malloc_free_mb"):
                 parts = [d[key] for d in (inside, out_of) if key in d]
@@ -383,6 +438,17 @@ def cycle_figures(phase_list: list[dict[str, Any]], mem: list[tuple[float, float
                                                                     if p is not None), 2)
         out.append(entry)
     return out
+
+
+def census_pause(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the heap census went: at how many rests, and the longest pause it took."""
+    rows = [e for e in events if e.get("event") == "census"]
+    if not rows:
+        return None
+    return {"rests": len({e.get("cycle") for e in rows if e.get("cycle")}),  # 0: warm-up's
+            "processes": len({e.get("pid") for e in rows}),
+            "max_took_s": max(float(e.get("took_s") or 0) for e in rows),
+            "max_objects": max(int(e.get("objects") or 0) for e in rows)}
 
 
 def kept_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -406,7 +472,7 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
     """The verdict of one variant folder, with the cycle figures it was decided from."""
     samples, events = read_probes(variant_dir)
     rows = outside.read(variant_dir)
-    cycles = cycle_figures(phase_list, mem, steps, samples, rows)
+    cycles = cycle_figures(phase_list, mem, steps, samples, rows, events)
     trims = [e for e in events if e.get("event") == "trim"]
     trims += [r for r in rows if r.get("event") == "trim" and "error" not in r]
     freed = sum(float(t.get("freed_mb") or 0) for t in trims) if trims else None
@@ -424,6 +490,7 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
                          "tracemalloc_mb" in rows_[0] for rows_ in samples.values())
                      else "after warm-up" if any("tracemalloc_mb" in rows_[-1]
                                                  for rows_ in samples.values()) else None,
+                     "census": census_pause(events),
                      "trims": [t for t in trims if t.get("via") != "gdb"]} if samples else None
     if rows:
         pauses = [float(r["pause_s"]) for r in read if r.get("pause_s") is not None]

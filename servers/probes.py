@@ -14,10 +14,8 @@ A sample line:
     {"t": unix time, "pid", "rss_mb", "threads",
      "py_blocks":   sys.getallocatedblocks() (live Python objects' memory blocks),
      "gc_counts":   gc.get_count(), "gc_collections": per generation,
-     "tracemalloc_mb" / "tracemalloc_peak_mb": the Python heap in bytes, when tracemalloc
-                    runs: from start-up with INFBENCH_TRACEMALLOC=N (N frames), else from
-                    the end of warm-up (below; INFBENCH_TRACEMALLOC=0: never). Blocks count
-                    objects, and one 64 KB bytes object is one block,
+     "tracemalloc_mb" / "tracemalloc_peak_mb": the Python heap as tracemalloc counts it, only
+                    when tracemalloc runs (opt-in, below),
      "via":         who started the probe: "server" (start_from_env) or "hook",
      "malloc":      glibc mallinfo2() in MB, over all arenas -- "arena" (heap memory the
                     arenas hold), "mmap" (hblkhd: chunks mmapped on their own), "in_use"
@@ -30,19 +28,44 @@ A sample line:
                     is loaded: glibc, jemalloc, mimalloc or tcmalloc (read from /proc/self/maps,
                     so an LD_PRELOAD that silently failed shows up as glibc)}
 
-Actions: when the harness creates `<dir>/trim.request`, each process calls malloc_trim(0) once
-and writes {"event": "trim", "rss_before_mb", "rss_after_mb", "freed_mb", ...}: what the
-allocator was holding that it could give back.
-
-The Python heap in bytes after warm-up, and where a leak is kept: `<dir>/sites-base.request`
-(the harness creates it at the start of the warm-up rest of a cycled profile) starts tracemalloc
-at 1 frame, or if it already runs clears its traces ("tracemalloc_mb" stays continuous: the
-cleared amount is added, "tracemalloc_cleared_mb"), so that from then on it traces only what is
-allocated after warm-up. From start-up it would cost most: traced from the first import, a
-TensorFlow server started several times slower, held ~150 MB more and served half the requests
-(ABBA, see the README). `<dir>/sites.request` (after the final trim, when nothing more is
-measured) sums the live traces by allocation site (file:line) and writes {"event": "sites",
-"top": [{"where", "kept_mb", "blocks"}]}: what was allocated after warm-up and is still alive.
+Actions, each asked for by a file the harness creates in <dir>:
+- `trim.request` (after the cooldown): each process calls malloc_trim(0) once and writes
+  {"event": "trim", "rss_before_mb", "rss_after_mb", "freed_mb", ...}: what the allocator was
+  holding that it could give back.
+- `census-<cycle>.request` (at the end of each rest of a cycled profile, when the server is
+  idle): a heap census, the Python heap in bytes. Each process walks gc.get_objects() and the
+  untracked objects they reference (str, bytes, int...), sums sys.getsizeof and writes
+  {"event": "census", "cycle", "py_bytes_mb", "objects", "took_s",
+  "rss_before_mb", "rss_after_mb"}. `sys.getallocatedblocks()` counts one block per object
+  whatever its size (a 64 KB bytes object is one block); the census sees its bytes, so a leak
+  of big Python objects is named as one. It costs nothing under load (it runs only when asked,
+  at a rest; the harness waits for every answer before the next cycle) but holds the idle
+  process while it walks: `took_s`, 1.5-2.6 s for the ~750,000 objects of the `small`
+  TensorFlow server here, ~0.05 s for a plain Starlette app, and about ten times longer while
+  tracemalloc traces the walk's allocations. An untracked object reached from several holders
+  is counted as a share per holder (references from it / its refcount), so no set of ids is
+  kept: the walk's own lists are small and RSS moved by 0-3 MB (with a set of ids: +10 to
+  +28 MB left in glibc's arenas, read as growth by the next rest). One more census, not judged
+  (cycle 0), runs at `sites-base.request` (the start of the warm-up rest) so that whatever room
+  it takes is taken before the verdict's reference. It does not see Python objects that only
+  C code references (an extension's caches, tensors held by TensorFlow's C++), nor untracked
+  ones that only the locals of a running function reference, nor memory that is not a Python
+  object.
+- tracemalloc, where the leak is: opt-in, since it costs. INFBENCH_TRACEMALLOC:
+    unset, "" or "0"   never started by the probes (the default; if the server runs
+                       tracemalloc itself, its total is still sampled);
+    "N" (N >= 1)       from start-up, N frames (`tracemalloc = true` sets "1"): traced from
+                       the first import, a TensorFlow server started several times slower and
+                       held ~150 MB more;
+    "after-warm-up[:N]"  from the end of warm-up, N frames (default 1): cheaper to start, but
+                       still about half the throughput of a TensorFlow server while it traces
+                       (ABBA, see the README).
+  With it on, `sites-base.request` (at the start of the warm-up rest) starts it or clears its
+  traces ("tracemalloc_mb" stays continuous: the cleared amount is added,
+  "tracemalloc_cleared_mb"), so that it traces only what is allocated after warm-up; and
+  `sites.request` (after the final trim, when nothing more is measured) sums the live traces
+  by allocation site (file:line): {"event": "sites", "top": [{"where", "kept_mb", "blocks"}]}.
+  Without it both are ignored (but for the census at `sites-base.request`).
 """
 
 from __future__ import annotations
@@ -66,6 +89,7 @@ ALLOCATORS = (("jemalloc", "libjemalloc"), ("mimalloc", "libmimalloc"),
 TRIM_REQUEST = "trim.request"
 SITES_BASE_REQUEST = "sites-base.request"
 SITES_REQUEST = "sites.request"
+CENSUS_REQUEST = "census-{cycle}.request"
 THREAD_NAME = "infbench-probe"
 TOP_SITES = 10
 
@@ -136,14 +160,96 @@ def malloc_trim() -> bool | None:
     return bool(_LIBC.malloc_trim(0))
 
 
+def tracemalloc_mode(value: str) -> tuple[str, int]:
+    """INFBENCH_TRACEMALLOC as (when, frames): ("off", 0), ("start-up", N) or
+    ("after-warm-up", N); anything else is off (a probe must not fail a server)."""
+    value = value.strip().lower()
+    if value.isdigit() and int(value) > 0:
+        return "start-up", int(value)
+    head, _, frames = value.partition(":")
+    if head == "after-warm-up":
+        return "after-warm-up", int(frames) if frames.isdigit() and int(frames) > 0 else 1
+    return "off", 0
+
+
+def _sizes(objs: list[Any]) -> int:
+    try:
+        return sum(map(sys.getsizeof, objs))
+    except Exception:  # a __sizeof__ of someone's class that fails: skip that object only
+        total = 0
+        for o in objs:
+            with contextlib.suppress(Exception):
+                total += sys.getsizeof(o)
+        return total
+
+
+def heap_census(chunk: int = 4096) -> tuple[int, int]:
+    """The bytes and the number of the Python objects the garbage collector can reach: every
+    object it tracks (containers, instances, functions...) and every untracked one (str,
+    bytes, int, float, a tuple or dict of those) such an object references, directly or
+    through other untracked ones, by sys.getsizeof (which includes the data of a bytes, a str
+    or a NumPy array that owns it).
+
+    An untracked object counts, for each tracked object that references it, as a share of
+    itself: references from that holder / all its references (its refcount). The shares add
+    up to the object once when the census meets every holder, with no set of every id to
+    remember (that set, tens of MB in a TensorFlow server, was memory the census left in
+    glibc's arenas). Not seen, or seen in part: objects (or references) only C code holds,
+    and the locals of functions still running (a running frame does not show them to the
+    collector; a container it holds is tracked)."""
+    tracked = gc.get_objects()
+    total = objects = 0.0
+    for i in range(0, len(tracked), chunk):
+        part = tracked[i:i + chunk]
+        total += _sizes(part)
+        objects += len(part)
+        # A chunk at a time (one C call each): the temporary lists stay small.
+        stack: list[tuple[list[Any], float]] = [(gc.get_referents(*part), 1.0)]
+        del part
+        while stack:
+            refs, weight = stack.pop()
+            size, count = _shares(refs, weight, stack)
+            total += size
+            objects += count
+    return round(total), round(objects)
+
+
+def _shares(refs: list[Any], weight: float,
+            stack: list[tuple[list[Any], float]]) -> tuple[float, float]:
+    """The untracked objects among `refs` (the referents of some objects met with `weight`),
+    each counted as the share of its references that `refs` holds; an untracked tuple or
+    dict's own referents go on the stack with its share."""
+    seen: dict[int, int] = {}
+    distinct = []
+    for o in refs:
+        if not gc.is_tracked(o):
+            k = id(o)
+            if k in seen:
+                seen[k] += 1
+            else:
+                seen[k] = 1
+                distinct.append(o)
+    total = objects = 0.0
+    for o in distinct:
+        held = seen[id(o)]
+        # sys.getrefcount here counts `refs` (held), `distinct`, the loop variable, the call.
+        share = weight * held / max(held, sys.getrefcount(o) - held - 3)
+        with contextlib.suppress(Exception):
+            total += share * sys.getsizeof(o)
+        objects += share
+        if type(o) is tuple or type(o) is dict:
+            stack.append((gc.get_referents(o), share))
+    return total, objects
+
+
 class Probe:
     """The sampling thread of one server process."""
 
     def __init__(self, out_dir: Path, interval: float = 1.0, via: str = "server",
-                 tracemalloc_off: bool = False) -> None:
+                 tracemalloc: tuple[str, int] = ("off", 0)) -> None:
         self.dir = out_dir
         self.via = via
-        self.tracemalloc_off = tracemalloc_off
+        self.tracemalloc = tracemalloc
         self.interval = interval
         self.pid = os.getpid()
         self.path = out_dir / f"probes-{self.pid}.jsonl"
@@ -156,6 +262,9 @@ class Probe:
         self._stop = threading.Event()
         self.cleared_mb = 0.0  # traced memory when the traces were cleared (after warm-up)
         self.based = self.sited = False
+        # Census requests already there when the probe starts (a worker forked or restarted
+        # mid-run) are past rests: not answered.
+        self.censused = set(self._census_requests())
 
     def malloc(self) -> dict[str, float] | None:
         if not self.has_mallinfo2 or self.allocator != "glibc":
@@ -200,7 +309,7 @@ class Probe:
         """From now on trace only what is allocated after warm-up."""
         row = {"t": round(time.time(), 3), "pid": self.pid, "event": "sites_base"}
         if not tracemalloc.is_tracing():
-            tracemalloc.start(1)
+            tracemalloc.start(self.tracemalloc[1])
             return {**row, "started": True}
         before = tracemalloc.get_traced_memory()[0] / MB
         tracemalloc.clear_traces()
@@ -221,12 +330,43 @@ class Probe:
                 "top": [{"where": w, "kept_mb": round(sz / MB, 3), "blocks": n}
                         for w, (sz, n) in top]}
 
+    def _census_requests(self) -> list[int]:
+        cycles = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.dir):
+                head, _, tail = entry.name.partition("-")
+                number = tail.removesuffix(".request")
+                if head == "census" and tail.endswith(".request") and number.isdigit():
+                    cycles.append(int(number))
+        return sorted(cycles)
+
+    def census(self, cycle: int) -> dict[str, Any]:
+        """The Python heap in bytes, at a rest (see the module's docstring)."""
+        before, _ = _rss_threads()
+        t0 = time.monotonic()
+        size, objects = heap_census()
+        took = time.monotonic() - t0
+        after, _ = _rss_threads()
+        return {"t": round(time.time(), 3), "pid": self.pid, "event": "census", "cycle": cycle,
+                "py_bytes_mb": round(size / MB, 3), "objects": objects,
+                "took_s": round(took, 3), "rss_before_mb": round(before, 2),
+                "rss_after_mb": round(after, 2)}
+
     def _requests(self, f: Any) -> None:
-        if self.tracemalloc_off:
-            return
+        for cycle in self._census_requests():
+            if cycle not in self.censused:
+                self.censused.add(cycle)
+                f.write(json.dumps(self.census(cycle)) + "\n")
         if not self.based and (self.dir / SITES_BASE_REQUEST).exists():
             self.based = True
-            f.write(json.dumps(self.sites_base()) + "\n")
+            # A census at the start of the warm-up rest too (cycle 0, not judged), so that the
+            # room its temporary lists take in the allocator is taken before the rest whose
+            # end is the verdict's reference, not counted as growth in the next cycle.
+            if self.tracemalloc[0] != "off":
+                f.write(json.dumps(self.sites_base()) + "\n")
+            f.write(json.dumps(self.census(0)) + "\n")
+        if self.tracemalloc[0] == "off":
+            return
         if not self.sited and tracemalloc.is_tracing() and (self.dir / SITES_REQUEST).exists():
             self.sited = True
             f.write(json.dumps(self.sites()) + "\n")
@@ -278,9 +418,9 @@ def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> Pr
         return None
     if (probe := running()) is not None:
         return probe
-    frames = env.get("INFBENCH_TRACEMALLOC", "").strip()
-    if frames.isdigit() and int(frames) > 0 and not tracemalloc.is_tracing():
-        tracemalloc.start(int(frames))
+    mode = tracemalloc_mode(env.get("INFBENCH_TRACEMALLOC", ""))
+    if mode[0] == "start-up" and not tracemalloc.is_tracing():
+        tracemalloc.start(mode[1])
     interval = float(env.get("INFBENCH_PROBE_INTERVAL", "1") or 1)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +429,7 @@ def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> Pr
         # once a process (a forked child inherits the registration).
         _FORK_HOOKED = True
         os.register_at_fork(after_in_child=lambda: _restart(env, via))
-    return Probe(out, interval, via, tracemalloc_off=frames == "0").start()
+    return Probe(out, interval, via, tracemalloc=mode).start()
 
 
 def _restart(env: dict[str, str], via: str) -> None:

@@ -177,8 +177,7 @@ print(os.getpid())
     assert samples[-1]["tracemalloc_mb"] >= 6 + 12 and samples[-1]["tracemalloc_cleared_mb"] > 0
 
 
-def test_tracemalloc_starts_at_the_end_of_warm_up_unless_asked_earlier(tmp_path: Path) -> None:
-    code = """
+WARM_UP = """
 import os, time, tracemalloc
 from pathlib import Path
 out = Path(os.environ["INFBENCH_PROBE_DIR"])
@@ -192,7 +191,10 @@ late = [b"l" * 65536 for _ in range(200)]
 time.sleep(0.8)
 print(os.getpid())
 """
-    pid = run(code, tmp_path, INFBENCH_TRACEMALLOC="").strip()
+
+
+def test_tracemalloc_after_warm_up_when_asked(tmp_path: Path) -> None:
+    pid = run(WARM_UP, tmp_path, INFBENCH_TRACEMALLOC="after-warm-up").strip()
     rows_ = rows(tmp_path / f"probes-{pid}.jsonl")
     assert next(e for e in rows_ if e.get("event") == "sites_base")["started"]
     assert "tracemalloc_mb" not in rows_[0]
@@ -200,9 +202,63 @@ print(os.getpid())
     assert 12 <= last["tracemalloc_mb"] < 14  # the late objects only: 200 x 64 KiB
     top = next(e for e in rows_ if e.get("event") == "sites")["top"][0]
     assert top["where"].endswith("<string>:10") and 200 <= top["blocks"] <= 210
-    # INFBENCH_TRACEMALLOC=0: never.
-    never = code.replace("assert tracemalloc.is_tracing() and",
-                         "assert not tracemalloc.is_tracing() or")
-    pid = run(never, tmp_path / "off", INFBENCH_TRACEMALLOC="0").strip()
-    assert not [r for r in rows(tmp_path / "off" / f"probes-{pid}.jsonl")
-                if "tracemalloc_mb" in r or r.get("event")]
+
+
+@pytest.mark.parametrize("value", ["", "0", "no"])
+def test_tracemalloc_is_off_unless_asked(tmp_path: Path, value: str) -> None:
+    # The default: the warm-up rest's request does not start it (it costs under load).
+    never = WARM_UP.replace("assert tracemalloc.is_tracing() and",
+                            "assert not tracemalloc.is_tracing() or")
+    pid = run(never, tmp_path, INFBENCH_TRACEMALLOC=value).strip()
+    rows_ = rows(tmp_path / f"probes-{pid}.jsonl")
+    assert not [r for r in rows_ if "tracemalloc_mb" in r or r.get("event", "census") != "census"]
+    # The warm-up rest's request still brings a census (cycle 0: it takes its room early).
+    assert [r["cycle"] for r in rows_ if r.get("event") == "census"] == [0]
+
+
+def test_a_census_at_each_rest_counts_big_python_objects_in_bytes(tmp_path: Path) -> None:
+    code = """
+import os, sys, time
+from pathlib import Path
+out = Path(os.environ["INFBENCH_PROBE_DIR"])
+def census(cycle):
+    (out / f"census-{cycle}.request").touch()
+    time.sleep(0.6)
+kept = []
+census(1)
+kept += [b"k" * 65536 for _ in range(300)]          # ~18.75 MiB, 300 blocks
+census(2)
+print(os.getpid(), sys.getallocatedblocks())
+"""
+    pid = run(code, tmp_path, INFBENCH_TRACEMALLOC="").split()[0]
+    rows_ = rows(tmp_path / f"probes-{pid}.jsonl")
+    c1, c2 = [e for e in rows_ if e.get("event") == "census"]
+    assert (c1["cycle"], c2["cycle"]) == (1, 2)
+    assert c2["py_bytes_mb"] - c1["py_bytes_mb"] == pytest.approx(300 * 65569 / 2**20, rel=0.05)
+    assert c2["objects"] - c1["objects"] == pytest.approx(300, abs=60)
+    assert c1["took_s"] >= 0 and c1["rss_before_mb"] > 0
+    assert not any("tracemalloc_mb" in r for r in rows_)  # the census needs no tracemalloc
+
+
+def test_a_worker_forked_later_does_not_answer_past_censuses(tmp_path: Path) -> None:
+    code = """
+import os, time
+from pathlib import Path
+out = Path(os.environ["INFBENCH_PROBE_DIR"])
+(out / "census-1.request").touch()
+time.sleep(0.4)
+pid = os.fork()
+if pid == 0:
+    time.sleep(0.4)
+    (out / "census-2.request").touch()
+    time.sleep(1.5)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(os.getpid(), pid)
+"""
+    parent, worker = run(code, tmp_path, INFBENCH_TRACEMALLOC="").split()
+    cycles = [e["cycle"] for e in rows(tmp_path / f"probes-{worker}.jsonl")
+              if e.get("event") == "census"]
+    assert cycles == [2]
+    assert [e["cycle"] for e in rows(tmp_path / f"probes-{parent}.jsonl")
+            if e.get("event") == "census"] == [1, 2]

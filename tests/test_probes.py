@@ -3,7 +3,9 @@ the trim action, and that they stay off unless asked for."""
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -64,3 +66,38 @@ def test_samples_and_one_trim(tmp_path: Path) -> None:
     t = trims[0]
     assert t["released"] in (True, False)
     assert t["freed_mb"] == pytest.approx(t["rss_before_mb"] - t["rss_after_mb"], abs=0.011)
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    ("", ("off", 0)), ("0", ("off", 0)), ("yes", ("off", 0)), ("1", ("start-up", 1)),
+    (" 5 ", ("start-up", 5)), ("after-warm-up", ("after-warm-up", 1)),
+    ("after-warm-up:3", ("after-warm-up", 3)), ("after-warm-up:x", ("after-warm-up", 1)),
+])
+def test_tracemalloc_mode(value: str, mode: tuple[str, int]) -> None:
+    assert probes.tracemalloc_mode(value) == mode
+
+
+def test_heap_census_sees_untracked_objects_once_each() -> None:
+    gc.collect()  # garbage the collection below would free is not counted against the test
+    size0, n0 = probes.heap_census()
+    # The same object three times, and a tuple of strings the collector does not track: the
+    # strings are reached through it.
+    kept = [b"x" * (1 << 20)] * 3 + [tuple(f"s{i:05}" for i in range(1000))]
+    gc.collect()  # untracks the tuple of strings
+    assert not gc.is_tracked(kept[3])
+    size1, n1 = probes.heap_census()
+    strings = sum(sys.getsizeof(s) for s in kept[3])
+    expected = sys.getsizeof(kept[0]) + strings + sys.getsizeof(kept[3]) + sys.getsizeof(kept)
+    assert size1 - size0 == pytest.approx(expected, rel=0.05)
+    assert n1 - n0 == pytest.approx(1000 + 3, abs=20)
+
+
+def test_heap_census_shares_an_object_among_its_holders() -> None:
+    gc.collect()
+    size0, _ = probes.heap_census()
+    shared = b"z" * (4 << 20)
+    holders = [[shared] for _ in range(7)]  # seven lists, each holding it once, in any chunk
+    del shared
+    gc.collect()
+    size1, _ = probes.heap_census()
+    assert size1 - size0 == pytest.approx((4 << 20) + sum(map(sys.getsizeof, holders)), rel=0.05)

@@ -64,7 +64,8 @@ def test_growth_in_use_with_python_counted_in_blocks_only_is_a_leak_of_unknown_k
     v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.001e5, 1.002e5],
                               malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
     assert v["verdict"] == "leak" and v["where"] == "kind unknown"
-    assert "in bytes after warm-up" in v["reason"] and v["headline"] == "leak (kind unknown)"
+    assert "count the heap's bytes at each rest" in v["reason"]
+    assert v["headline"] == "leak (kind unknown)"
 
 
 def test_big_python_objects_are_named_by_their_bytes() -> None:
@@ -96,6 +97,86 @@ def test_many_small_python_objects_are_named_by_their_count_too() -> None:
                               py_traced_mb=[1.0, 2.0, 3.0],
                               malloc_in_use_mb=[11.7, 66.7, 121.0], malloc_free_mb=[5, 6, 5]))
     assert n["where"] == "native allocations", n
+
+
+def test_big_python_objects_are_named_by_the_census_without_tracemalloc() -> None:
+    # 64 KB bytes objects: one block each, so the blocks barely move; the census at each rest
+    # counts their bytes.
+    v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.0008e5, 1.0016e5],
+                              py_census_mb=[30, 80, 131], py_census_objects=[2e5, 2.008e5, 2.016e5],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["headline"] == "leak (python objects)", v
+    assert v["python_heap"]["measure"] == "census_mb" and v["python_heap"]["growth_mb"] == 101.0
+    assert "census 30.0 -> 131.0 MB in 200,000 -> 201,600 objects" in v["reason"]
+
+
+def test_census_flat_in_bytes_and_objects_with_malloc_growing_is_a_native_leak() -> None:
+    v = verdict.decide(cycles([600, 650, 700], py_blocks=[1e5, 1.0003e5, 1.0001e5],
+                              py_census_mb=[30, 30.4, 30.2], py_census_objects=[2e5, 2e5, 2e5],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["headline"] == "leak (native allocations)", v
+    assert "the Python heap did not, in bytes or in objects (census" in v["reason"]
+
+
+def test_objects_growing_in_number_but_not_in_bytes_is_not_called_native() -> None:
+    # The census's bytes do not explain the growth but its object count climbs every cycle:
+    # something it cannot size (an object whose __sizeof__ leaves out what it holds).
+    v = verdict.decide(cycles([600, 650, 700], py_census_mb=[30, 30.3, 30.6],
+                              py_census_objects=[2e5, 2.5e5, 3e5],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["headline"] == "leak (kind unknown)", v
+    assert "grew in number in every cycle, not in bytes" in v["reason"]
+
+
+def test_many_small_objects_by_the_census() -> None:
+    # Small strings: pymalloc's arenas are not malloc's, so the census's bytes may fall short
+    # of the RSS growth, while they and the object count climb in every cycle.
+    v = verdict.decide(cycles([90, 149, 204], py_blocks=[819394, 1138115, 1424762],
+                              py_census_mb=[20, 43, 66],
+                              malloc_in_use_mb=[11.7, 12.0, 12.1], malloc_free_mb=[5, 6, 5]))
+    assert v["headline"] == "leak (python objects)", v
+    assert "in bytes and in objects" in v["reason"]
+
+
+def test_the_census_or_tracemalloc_may_name_python_objects() -> None:
+    # tracemalloc (opt-in) sees an allocation the census cannot reach (held only from C).
+    v = verdict.decide(cycles([600, 650, 700], py_census_mb=[30, 30.2, 30.1],
+                              py_traced_mb=[40, 90, 140],
+                              malloc_in_use_mb=[300, 350, 400], malloc_free_mb=[20, 22, 21]))
+    assert v["headline"] == "leak (python objects)", v
+    assert v["python_heap"]["measure"] == "census_mb" and "tracemalloc 40.0" in v["reason"]
+
+
+def probe_rows(pid: int, t0: float, t1: float) -> list[dict[str, Any]]:
+    return [{"t": t, "pid": pid, "py_blocks": 1000, "malloc": None}
+            for t in range(int(t0), int(t1) + 1)]
+
+
+def test_census_lines_give_each_cycle_its_python_bytes() -> None:
+    # Two processes (a Gunicorn master and a worker) alive through three cycles, each writing
+    # a census line after each rest; a worker that died in cycle 1 is not waited for.
+    phases = []
+    for c in (1, 2, 3):
+        base = 100.0 * c
+        phases += [{"kind": "step", "cycle": c, "start": base, "end": base + 40},
+                   {"kind": "rest", "cycle": c, "start": base + 40, "end": base + 60},
+                   {"kind": "census", "cycle": c, "start": base + 60, "end": base + 62}]
+    mem = [(float(t), 500.0) for t in range(100, 400)]
+    steps = [{"cycle": c, "requests": 100, "complete": True} for c in (1, 2, 3)]
+    samples = {1: probe_rows(1, 100, 380), 2: probe_rows(2, 100, 380),
+               3: probe_rows(3, 100, 130)}
+    events = [{"t": 100.0 * c + 61, "pid": pid, "event": "census", "cycle": c,
+               "py_bytes_mb": mb, "objects": 1000 * c, "took_s": 0.2}
+              for c in (1, 2, 3) for pid, mb in ((1, 5.0), (2, 10.0 * c))]
+    got = verdict.cycle_figures(phases, mem, steps, samples, [], events)
+    assert [c["py_census_mb"] for c in got] == [15.0, 25.0, 35.0]
+    assert [c["py_census_objects"] for c in got] == [2000, 4000, 6000]
+    # A live process that did not answer: the sum would fall, so the cycle has none.
+    got = verdict.cycle_figures(phases, mem, steps, samples, [],
+                                [e for e in events if (e["pid"], e["cycle"]) != (2, 3)])
+    assert got[2]["py_census_mb"] is None and got[1]["py_census_mb"] == 25.0
+    assert verdict.census_pause(events) == {"rests": 3, "processes": 2, "max_took_s": 0.2,
+                                            "max_objects": 3000}
 
 
 def test_from_outside_only() -> None:

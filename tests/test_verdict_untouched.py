@@ -3,7 +3,9 @@ probe call, nothing imported), run as `server = "command"` under Uvicorn and und
 with two workers, through the real CLI on a short cycled profile.
 
 Four planted kinds, each with its verdict end to end: a leak of big Python objects (96 KiB
-bytes a request: named by tracemalloc's bytes, not by block counts), a native leak (malloc
+bytes a request: named by the heap census's bytes at each rest, not by block counts, with
+tracemalloc off as by default; once more with `tracemalloc = true`, which also says where the
+objects are kept), a native leak (malloc
 without free), thread churn that leaves glibc holding freed memory (a plateau that says it is
 allocator retention), and a bounded cache (a plain plateau). Two more run without the probes,
 so that only a debugger from outside reads glibc: the native leak is a leak whose kind cannot be
@@ -23,7 +25,7 @@ import pytest
 from infbench.paths import ROOT
 from tests.synth import TINY_MODEL
 
-# Ten variants of ~35 s each: over the default 300 s of a test.
+# Eleven variants of ~35 s each: over the default 300 s of a test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 UVICORN = ('["{python}", "-m", "uvicorn", "tests.untouched_app:app", "--host", "{host}", '
@@ -37,12 +39,13 @@ KINDS = {"pyleak": 'UNTOUCHED_PYLEAK_KB = "96"', "native": 'UNTOUCHED_NATIVE_KB 
 SERVERS = {"uv": UVICORN, "gu": GUNICORN}
 PROBED = [f"{kind}-{server}" for kind in KINDS for server in SERVERS]
 OUTSIDE = ["native-uv-outside", "churn-uv-outside"]
+TRACED = "pyleak-uv-traced"
 
 
 def experiments() -> str:
     text = f"""
 [study]
-variants = {json.dumps(PROBED + OUTSIDE)}
+variants = {json.dumps([*PROBED, *OUTSIDE, TRACED])}
 profile = "cycled"
 model = "tiny"
 
@@ -66,6 +69,8 @@ wait = [0.0, 0.02]
     for name in OUTSIDE:  # no probes: glibc read by a debugger alone
         env = KINDS[name.split("-")[0]]
         text += f'\n[variants.{name}]\nserver = "command"\ncommand = {UVICORN}\nenv = {{ {env} }}\n'
+    text += (f'\n[variants.{TRACED}]\nserver = "command"\ncommand = {UVICORN}\n'
+             f"probes = true\ntracemalloc = true\nenv = {{ {KINDS['pyleak']} }}\n")
     return text
 
 
@@ -95,7 +100,16 @@ def test_big_python_objects_are_a_leak_of_python_objects(run: tuple[Path, str],
                                                          server: str) -> None:
     v = verdict(run[0], f"pyleak-{server}")
     assert v["headline"] == "leak (python objects)", _brief(v)
-    assert v["python_heap"]["measure"] == "tracemalloc_mb"
+    assert v["python_heap"]["measure"] == "census_mb"  # tracemalloc is off unless asked
+    assert v["python_heap"]["growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
+    assert all(c["py_census_mb"] > 0 for c in v["per_cycle"])
+    assert v["kept_at"] == []  # where: only with tracemalloc = true
+
+
+def test_with_tracemalloc_the_leak_is_also_located(run: tuple[Path, str]) -> None:
+    v = verdict(run[0], TRACED)
+    assert v["headline"] == "leak (python objects)", _brief(v)
+    assert v["probes"]["tracemalloc"] == "from start-up"
     # Where it is kept: the line of the app that appends the bytes.
     assert v["kept_at"] and "tests/untouched_app.py:" in v["kept_at"][0]["where"], v
     assert v["kept_at"][0]["kept_mb"] >= 0.5 * v["python_heap"]["growth_mb"] > 0
@@ -131,10 +145,17 @@ def test_probes_were_injected_in_every_process(run: tuple[Path, str]) -> None:
         processes = 3 if variant.endswith("-gu") else 1  # Gunicorn: master + 2 workers
         assert v["probes"]["processes"] == processes, (variant, v["probes"])
         assert v["probes"]["started_by"] == ["hook"]
-        assert v["probes"]["tracemalloc"] == "after warm-up"  # not from start-up: it costs
+        assert v["probes"]["tracemalloc"] is None  # opt-in: it costs under load
+        # A census after each rest in every process, the load waiting for it.
+        assert v["probes"]["census"]["rests"] == 3, v["probes"]
+        assert v["probes"]["census"]["processes"] == processes
+        assert all(c["py_census_mb"] > 0 for c in v["per_cycle"]), v["per_cycle"]
         ph = json.loads((run_dir / variant / "phases.json").read_text())
         assert ph["probes"]["server"]["probed"] == processes
         assert not [e for e in ph["events"] if e["kind"] == "probes_missing"]
+        census = [p for p in ph["phases"] if p["kind"] == "census"]
+        assert [p["cycle"] for p in census] == [1, 2, 3]
+        assert all(p["unanswered"] == 0 and p["processes"] == processes for p in census)
         assert "outside" not in v  # every process had a probe: no debugger needed
     md = (run_dir / "summary.md").read_text()
     assert "probes injected (sitecustomize, no code change)" in md
@@ -161,7 +182,7 @@ def test_without_probes_glibc_is_read_from_outside(run: tuple[Path, str]) -> Non
 def test_the_console_says_each_verdict(run: tuple[Path, str]) -> None:
     run_dir, stdout = run
     assert "verdict (leak, allocator retention or plateau" in stdout
-    for variant in PROBED + OUTSIDE:
+    for variant in [*PROBED, *OUTSIDE, TRACED]:
         line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(variant + " "))
         assert verdict(run_dir, variant)["headline"] in line
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(run_dir.parent),

@@ -1,0 +1,58 @@
+"""The heap census at each rest: ask the probed processes to count the Python heap's bytes
+(servers/probes.py, `census-<cycle>.request`) and wait until each has answered.
+
+After the rest, not during it: the verdict reads memory over the rest's last seconds, and the
+census allocates while it walks (a list of the tracked objects, a set of ids). The load waits
+for it, so that it never runs under load nor counts a request's objects; the wait is the
+run's `census` phase, and each process's own pause is its `took_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REQUEST = "census-{cycle}.request"  # the contract with servers/probes.py
+WAIT_S = 60.0  # a TensorFlow server's census takes seconds; a hung one is not waited for
+ALIVE_S = 3.0  # a probe file written this recently is a live process's (one line a second)
+POLL_S = 0.2
+
+
+def _answered(path: Path, offset: int, cycle: int) -> bool:
+    with contextlib.suppress(OSError), path.open() as f:
+        f.seek(offset)
+        for line in f:
+            if '"census"' in line:
+                with contextlib.suppress(json.JSONDecodeError):
+                    row = json.loads(line)
+                    if row.get("event") == "census" and row.get("cycle") == cycle:
+                        return True
+    return False
+
+
+def ask(dirs: list[Path], cycle: int, check: Callable[[], None],
+        touch: Callable[[Path], None], wait: float = WAIT_S) -> dict[str, Any]:
+    """Request the census in each probe folder and wait for every live probe's answer (or
+    `wait` seconds); `check` is called while waiting (the harness's are-the-servers-alive)."""
+    now = time.time()
+    live: dict[Path, int] = {}
+    for d in dirs:
+        for f in d.glob("probes-*.jsonl"):
+            with contextlib.suppress(OSError):
+                st = f.stat()
+                if now - st.st_mtime <= ALIVE_S:
+                    live[f] = st.st_size
+    for d in dirs:
+        touch(d / REQUEST.format(cycle=cycle))
+    start = time.monotonic()
+    pending = list(live)
+    while pending and time.monotonic() - start < wait:
+        check()
+        time.sleep(POLL_S)
+        pending = [f for f in pending if not _answered(f, live[f], cycle)]
+    return {"processes": len(live), "unanswered": len(pending),
+            "waited_s": round(time.monotonic() - start, 2)}
