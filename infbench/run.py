@@ -45,7 +45,7 @@ RUN_SCHEMA = 2
 STARTUP_ESTIMATE_S = 20.0
 TRIM_WAIT_S = 3.0
 TRIM_REQUEST = "trim.request"  # servers/probes.py watches for this file (one contract)
-SITES_BASE_REQUEST = "sites-base.request"  # and these: tracemalloc from the end of warm-up,
+SITES_BASE_REQUEST = "sites-base.request"  # and these: an unjudged census, tracemalloc reset,
 SITES_REQUEST = "sites.request"  # and its live traces by site at the end
 SITES_WAIT_S = 15.0
 MAX_BODY_CAP = 1024 * 1024 * 1024
@@ -414,10 +414,12 @@ class VariantRun:
             raise WriteError(f"cannot write {path}: {files.describe(e)}") from None
 
     def _sites_base(self) -> None:
-        """At the start of the warm-up's rest: the probes start tracemalloc (or clear its
-        traces), so that from now on it traces what comes after warm-up. Before the rest whose
-        end is the verdict's reference, not after it: clearing frees tracemalloc's tables
-        (MBs of malloc'd memory a process), which would otherwise count as retention."""
+        """At the start of the warm-up's rest: each probe takes an unjudged heap census (so
+        the room a census needs is taken before the verdict's reference) and, where tracemalloc
+        runs (opt-in), clears its traces, or starts it with INFBENCH_TRACEMALLOC=after-warm-up,
+        so that from now on it traces what comes after warm-up. Before the rest whose end is the
+        reference, not after it: clearing frees tracemalloc's tables (MBs of malloc'd memory a
+        process), which would otherwise count as retention."""
         assert self.topology is not None
         for r in self.topology.replicas:
             if r.spec.service.probes:

@@ -113,7 +113,7 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
         # Every Python process of the service starts them, its code untouched: a
         # sitecustomize first on the path.
         env["PYTHONPATH"] = f"{where.root}/{PROBE_HOOK}:{where.root}"
-        if s.tracemalloc:  # from start-up; else from the end of warm-up in a cycled profile
+        if s.tracemalloc:  # opt-in, from start-up (the census gives the heap's bytes without it)
             env["INFBENCH_TRACEMALLOC"] = "1"
     # Services it depends on, handed over by name (INFBENCH_REDIS_URL, INFBENCH_MODEL_A_URL...).
     env.update({k: v for k, v in spec.peer_env.items()
