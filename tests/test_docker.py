@@ -437,7 +437,7 @@ def docker_run(tmp_path_factory: pytest.TempPathFactory
     results = tmp_path_factory.mktemp("results")
     res = subprocess.run(
         [sys.executable, "-m", "infbench", "--results", str(results), "run", "starlette-uvicorn",
-         "--runtime", "docker", "--profile", "smoke", "--model", "tiny"],
+         "--runtime", "docker", "--profile", "smoke", "--model", "tiny", "--probes"],
         cwd=ROOT, capture_output=True, text=True, timeout=1200)
     runs = [p for p in results.iterdir() if p.is_dir() and not p.is_symlink()]
     assert len(runs) == 1, res.stdout[-3000:] + res.stderr[-3000:]
@@ -488,6 +488,11 @@ def test_docker_smoke_run(docker_run: tuple[Path, subprocess.CompletedProcess[st
     assert 0.9 * anon <= c["start"] <= 1.5 * s["memory_mb"]["start"] + 100
     assert abs(c["growth"] - s["memory_mb"]["growth"]) <= 20
     assert s["totals"]["requests"] > 0 and s["totals"]["failures"] == 0
+    # The probes are injected inside the container too: the hook on the image's PYTHONPATH
+    # started them before the server's own call could (via "hook"), into the mounted folder.
+    probed = ph["probes"]
+    assert probed and all(v["probed"] >= 1 and "hook" in v["via"] for v in probed.values()), probed
+    assert list(d.glob("probes-*.jsonl"))
     assert our_containers(run_dir.name) == []
 
 
