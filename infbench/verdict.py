@@ -12,7 +12,10 @@ The rules, in order (thresholds are module constants and are written into summar
 2. plateau       the last cycle's change in post-rest memory is within the noise
                  (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
                  memory stopped growing once the working set was reached.
-3. inconclusive  the mean change is within the noise, or some cycle after warm-up fell by
+3. allocator retention, when the growth is not a steady climb (below) but what went up in
+                 the last cycle is the allocator's free memory (at least EXPLAINS of it) while
+                 memory in use and the Python heap's bytes did not move so; else
+   inconclusive  the mean change is within the noise, or some cycle after warm-up fell by
                  more than the noise while others grew, or the last STEADY_CYCLES cycles did
                  not each grow and by more than the noise on average (one jump after
                  warm-up, then little: a slow warm-up as much as a leak): not a steady
@@ -174,6 +177,14 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
                f"changed by {d[-1]:+.1f} MB, within the noise of {noise:.1f} MB,")
         out["reason"] = f"post-rest memory {how} in the last cycle: it stopped growing"
         return out
+    held = _last_cycle_retention(done, d[-1])
+    if held and (statistics.fmean(d) <= noise or min(d) < -noise
+                 or min(d[-STEADY_CYCLES:]) <= 0 or statistics.fmean(d[-STEADY_CYCLES:]) <= noise):
+        # Not a steady climb, but what went up in the last cycle is free memory glibc kept:
+        # that is retention, whether or not it goes on (a new thread's arena adds its holes).
+        out["verdict"] = "allocator retention"
+        out["reason"] = held
+        return out
     if statistics.fmean(d) <= noise:
         out["verdict"] = "inconclusive"
         out["reason"] = (f"grew {d[-1]:+.1f} MB in the last cycle but {statistics.fmean(d):+.1f}"
@@ -252,6 +263,24 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         out["reason"] = (f"{grew}; neither the Python heap, malloc's memory in use nor its "
                          "free memory explains it (another allocator, or memory outside malloc)")
     return out
+
+
+def _last_cycle_retention(done: list[dict[str, Any]], grew: float) -> str | None:
+    """The reason, if the last cycle's growth is the allocator's free memory: free grew by at
+    least EXPLAINS of it while memory in use and the Python heap's bytes (where measured)
+    did not."""
+    free = _series(done, "malloc_free_mb")
+    in_use = _series(done, "malloc_in_use_mb")
+    if len(free) < 2 or len(in_use) < 2 or grew <= 0:
+        return None
+    free_d, used_d = free[-1] - free[-2], in_use[-1] - in_use[-2]
+    py = _series(done, "py_census_mb") or _series(done, "py_traced_mb")
+    py_d = py[-1] - py[-2] if len(py) >= 2 else 0.0
+    if free_d < EXPLAINS * grew or used_d >= EXPLAINS * grew or py_d >= EXPLAINS * grew:
+        return None
+    return (f"post-rest memory grew {grew:+.1f} MB in the last cycle, not a steady climb; of it "
+            f"the allocator's free memory grew {free_d:+.1f} MB (at least {EXPLAINS:.0%}) while "
+            f"memory in use moved {used_d:+.1f} MB: freed memory kept by glibc")
 
 
 def _series(cycles: list[dict[str, Any]], key: str) -> list[float]:
