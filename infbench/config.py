@@ -100,6 +100,11 @@ class Step:
     rate: float = 0.0  # requests/s: an open-loop step (0: the profile's rate, or users)
 
 
+def auto_window(seconds: float, windows: int) -> float:
+    """The stability window of a step of `seconds` when the profile sets none (window_of)."""
+    return max(1.0, min(DEFAULT_WINDOW_S, seconds / (windows + 1)))
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -147,7 +152,7 @@ class Profile:
         10 s that the rule could never judge), 1 s at least."""
         if self.stable_window_s > 0:
             return self.stable_window_s
-        return max(1.0, min(DEFAULT_WINDOW_S, step.seconds / (self.stable_windows + 1)))
+        return auto_window(step.seconds, self.stable_windows)
 
     def rate_of(self, step: Step) -> float:
         """Requests/s of an open-loop step; 0 for a closed-loop one (users)."""

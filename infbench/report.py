@@ -456,7 +456,7 @@ def ranking_table(rows: list[dict[str, Any]]) -> list[str]:
                           fmt(model), share, fmt(cpu), fmt(loadgen_cpu(s))])
     return _table([">img/req", ">rank", "variant", ">img/s", ">p50 (ms)", ">p95 (ms)",
                    ">failures", ">server median (ms)", ">model (ms)", ">model share",
-                   ">server CPU (%)", ">load gen CPU (%)"], lines)
+                   ">busiest service CPU (%)", ">load gen CPU (%)"], lines)
 
 
 def step_server_figures(row: dict[str, Any], index: int

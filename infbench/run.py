@@ -429,16 +429,27 @@ class VariantRun:
         """A keep-alive request that waits ~40 ms for a delayed ACK (monitor/keepalive.py) is
         said on the console and in the summary: every request of the load pays it."""
         assert self.topology is not None
-        entry = self.topology.entry.spec.service
-        if entry.health != "http" or os.environ.get("INFBENCH_KEEPALIVE_CHECK", "1") == "0":
+        if os.environ.get("INFBENCH_KEEPALIVE_CHECK", "1") == "0":
             return
-        found = keepalive.check(self.topology.entry.url, entry.health_path)
-        self.log.data["keepalive"] = found
-        if found.get("stalled"):
-            line = keepalive.message(found)
-            self.progress.say(f"  NOTE {self.v.name}: {line}")
-            self.log.event("keepalive_stall", line)
-        self.log.save()
+        # Every HTTP service, the entry first: in a topology the inner hops (a scoring API's
+        # keep-alive calls to its model APIs) pay the stall as well. One replica a service.
+        entry = self.topology.entry.spec.service.name
+        seen: dict[str, dict[str, Any]] = {}
+        for r in sorted(self.topology.replicas, key=lambda r: r.spec.service.name != entry):
+            s = r.spec.service
+            if s.health != "http" or s.once or s.name in seen:
+                continue
+            found = keepalive.check(r.spec.url, s.health_path)
+            seen[s.name] = found
+            if found.get("stalled"):
+                line = keepalive.message(found)
+                where = "" if len(self.v.services) == 1 else f"{s.name}: "
+                self.progress.say(f"  NOTE {self.v.name}: {where}{line}")
+                self.log.event("keepalive_stall", where + line)
+        if seen:
+            flat = len(self.v.services) == 1 and entry in seen
+            self.log.data["keepalive"] = seen[entry] if flat else seen
+            self.log.save()
 
     def _census(self, cycle: int) -> None:
         """After each rest: the probes count the Python heap's bytes while the server is idle

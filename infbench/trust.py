@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench import stability
+from infbench.config import auto_window
 from infbench.monitor import loadgen
 
 # Open-loop: an achieved send rate below this share of the offered one is said out loud.
@@ -40,8 +41,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def window_settings(variant_dir: Path, counts: dict[str, Any] | None = None
-                    ) -> tuple[float, int, float]:
+def window_settings(variant_dir: Path, counts: dict[str, Any] | None = None,
+                    index: int | None = None) -> tuple[float, int, float]:
     """The stability window, count and tolerance a step ran with: what its Locust recorded
     (`*_counts.json`; a capacity probe sizes its own), else the profile's (manifest.json),
     else the defaults."""
@@ -52,8 +53,14 @@ def window_settings(variant_dir: Path, counts: dict[str, Any] | None = None
     def pick(key: str, default: float) -> float:
         return float(c.get(key) or prof.get(key) or default)
 
-    return (pick("stable_window_s", stability.DEFAULT_WINDOW_S),
-            int(pick("stable_windows", stability.DEFAULT_WINDOWS)),
+    windows = int(pick("stable_windows", stability.DEFAULT_WINDOWS))
+    default = stability.DEFAULT_WINDOW_S
+    steps = prof.get("steps") or []
+    if index is not None and 0 < index <= len(steps) and isinstance(steps[index - 1], dict):
+        seconds = steps[index - 1].get("seconds")
+        if isinstance(seconds, int | float) and seconds > 0:  # as config.Profile.window_of
+            default = auto_window(float(seconds), windows)
+    return (pick("stable_window_s", default), windows,
             pick("stable_tolerance", stability.DEFAULT_TOLERANCE))
 
 
@@ -139,7 +146,7 @@ def annotate(variant_dir: Path, steps: list[dict[str, Any]], phase_list: list[di
         prefix = variant_dir / f"step{i}-b{batch}"
         phase = ends.get(i, {})
         counts = _read_json(Path(f"{prefix}_counts.json"))
-        width, count, tol = window_settings(variant_dir, counts)
+        width, count, tol = window_settings(variant_dir, counts, i)
         t0 = st.get("t_start")
         t_stop = (counts or {}).get("test_stopping") or phase.get("end")
         stab = stability.step_stability(prefix, t0, t_stop, mem, width, count, tol)

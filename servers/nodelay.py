@@ -2,10 +2,11 @@
 
 asyncio turns Nagle's algorithm off on an accepted TCP connection only when the socket says
 `proto == IPPROTO_TCP`. A listener made with `socket.socket(AF_INET, SOCK_STREAM)` says 0, and
-its connections inherit that, so Nagle stays on. That is every listener Uvicorn's `--workers N`
-supervisor, Gunicorn (with Uvicorn's worker) and Hypercorn bind and hand to their workers;
-Uvicorn's single-process path is unaffected (asyncio builds that listener from getaddrinfo,
-which gives 6). An ASGI server writes a response's head and body as two sends, so on a
+its connections inherit that, so Nagle stays on. That is the listener Uvicorn's `--workers N`
+supervisor binds and hands to its workers; Uvicorn's single-process path is unaffected (asyncio
+builds that listener from getaddrinfo, which gives 6), and Gunicorn and Hypercorn set
+TCP_NODELAY on their listeners themselves, which accepted sockets inherit on Linux (checked
+here: no stall with Gunicorn's Uvicorn worker or Hypercorn, infbench/monitor/keepalive.py). An ASGI server writes a response's head and body as two sends, so on a
 keep-alive connection the body waits for the client's delayed ACK: ~40 ms on Linux for every
 request after the first (uvicorn#3149, open as of uvicorn 0.54). Measured here: a 40-50 ms
 sleeping model API answered in a median 54 ms with `--workers 1` and 96 ms with `--workers 2`.

@@ -144,6 +144,7 @@ def test_the_ranking_carries_the_split_and_both_cpus() -> None:
 
     table = report.ranking_table([row("slow", 100.0, 2.0, 90.0), row("fast", 200.0, 6.0, 150.0)])
     assert "model share" in table[0] and "load gen CPU (%)" in table[0]
+    assert "busiest service CPU (%)" in table[0]
     first = [c.strip() for c in table[2].split("|")[1:-1]]
     assert first[:3] == ["1", "1", "fast"]
     assert first[7:] == ["8", "6", "75%", "150", "30"]

@@ -205,3 +205,14 @@ def test_the_median_interval_narrows_with_more_requests() -> None:
     a, b = stability.median_ci(few), stability.median_ci(many)
     assert a is not None and b is not None and b < a / 5
     assert stability.median_ci(few[:3]) is None
+
+
+def test_without_the_counts_the_window_is_the_one_the_step_ran_with(tmp_path: Path) -> None:
+    # A profile without stable_window_s sized each step's windows (config.auto_window); a step
+    # whose Locust wrote no counts file is judged with the same window, not the 10 s default.
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"profile": {
+        "stable_window_s": 0.0, "stable_windows": 3,
+        "steps": [{"batch": 1, "seconds": 15.0}, {"batch": 1, "seconds": 300.0}]}}}))
+    assert trust.window_settings(tmp_path, None, 1)[0] == 3.75
+    assert trust.window_settings(tmp_path, None, 2)[0] == 10.0
+    assert trust.window_settings(tmp_path, {"stable_window_s": 2.5}, 1)[0] == 2.5

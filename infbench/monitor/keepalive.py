@@ -2,10 +2,10 @@
 
 A server that writes a response's head and body as two sends with Nagle's algorithm on makes
 every request after the first on a keep-alive connection wait for the client's delayed ACK:
-~40 ms on Linux, whatever the server does. Uvicorn with `--workers N`, Gunicorn with Uvicorn's
-worker and Hypercorn hand their workers a listener that asyncio does not set TCP_NODELAY on
-(uvicorn#3149; servers/nodelay.py). Locust keeps its connections alive, so the load measures
-that stall in every request, and nothing else in a run would say why.
+~40 ms on Linux, whatever the server does. Uvicorn with `--workers N` hands its workers a
+listener that asyncio does not set TCP_NODELAY on (uvicorn#3149; servers/nodelay.py). Locust
+keeps its connections alive, so the load measures that stall in every request, and nothing
+else in a run would say why.
 
 The check: one connection, `REQUESTS` GETs of the health path one after another. The first
 is answered at once (a new connection's first segments are ACKed quickly); if the later ones'
@@ -51,7 +51,7 @@ def judge(times: list[float]) -> dict[str, Any]:
     if len(times) < 3:
         return {"requests": len(times), "first_ms": times[0] if times else None,
                 "later_median_ms": None, "stalled": False,
-                "why": "the server closed the connection after each answer"
+                "why": "fewer than 3 answers on one connection (the server closed it)"
                 if times else "no answer"}
     first, later = times[0], statistics.median(times[1:])
     stalled = later >= FLOOR_MS and later - first >= STALL_MS
@@ -71,6 +71,6 @@ def message(found: dict[str, Any]) -> str:
     return (f"keep-alive requests to the health path took a median "
             f"{found['later_median_ms']:.0f} ms against {found['first_ms']:.0f} ms for the "
             "first on the connection: the signature of Nagle's algorithm meeting the client's "
-            "delayed ACK (~40 ms added to every request of the load; Uvicorn --workers N, "
-            "Gunicorn's Uvicorn worker and Hypercorn leave TCP_NODELAY off: uvicorn#3149, "
-            "INFBENCH_TCP_NODELAY=1 for our servers)")
+            "delayed ACK (~40 ms added to every request on a kept-alive connection; Uvicorn "
+            "--workers N leaves TCP_NODELAY off: uvicorn#3149; INFBENCH_TCP_NODELAY=1 sets it "
+            "in our servers)")
