@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from infbench.schedule import ARRIVALS
-from infbench.stability import DEFAULT_WINDOW_S
 
 # What a service runs (infbench/launch/argv.py turns each into a command line):
 #   uvicorn | gunicorn | hypercorn   one of our apps (`app`) on that server
@@ -98,6 +97,9 @@ class Step:
     spawn_rate: float = 0.0
     until_stable: bool = False
     rate: float = 0.0  # requests/s: an open-loop step (0: the profile's rate, or users)
+
+
+DEFAULT_WINDOW_S = 10.0  # a stability window when neither the profile nor the step says
 
 
 def auto_window(seconds: float, windows: int) -> float:

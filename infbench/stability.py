@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from infbench.config import DEFAULT_WINDOW_S
 from infbench.verdict import NOISE_FRACTION, NOISE_MB
 
 LATENCY_FLOOR_MS = 1.0
 MIN_REQUESTS = 5  # per window, below which the rule does not judge
 COUNT_SIGMAS = 2.0
-DEFAULT_WINDOW_S = 10.0
 DEFAULT_WINDOWS = 3
 DEFAULT_TOLERANCE = 0.10
 

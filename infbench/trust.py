@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench import stability
-from infbench.config import auto_window
+from infbench.config import DEFAULT_WINDOW_S, auto_window
 from infbench.monitor import loadgen
 
 # Open-loop: an achieved send rate below this share of the offered one is said out loud.
@@ -54,7 +54,7 @@ def window_settings(variant_dir: Path, counts: dict[str, Any] | None = None,
         return float(c.get(key) or prof.get(key) or default)
 
     windows = int(pick("stable_windows", stability.DEFAULT_WINDOWS))
-    default = stability.DEFAULT_WINDOW_S
+    default = DEFAULT_WINDOW_S
     steps = prof.get("steps") or []
     if index is not None and 0 < index <= len(steps) and isinstance(steps[index - 1], dict):
         seconds = steps[index - 1].get("seconds")

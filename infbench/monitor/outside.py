@@ -42,6 +42,8 @@ from typing import Any
 
 import psutil
 
+from infbench.monitor import probecheck
+
 MB = 1024.0 * 1024.0
 GDB = "gdb"
 TIMEOUT_S = 30.0
@@ -243,7 +245,7 @@ class OutsideWatch:
         for r in self.topology.replicas:
             with contextlib.suppress(psutil.Error):
                 pids = [p.pid for p in r.processes()
-                        if not (r.spec.out_dir / f"probes-{p.pid}.jsonl").exists()]
+                        if probecheck.probe_file(r.spec.out_dir, p.pid) is None]
                 if pids:
                     out.append((r.spec.out_dir, pids))
         return out

@@ -8,10 +8,12 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
 
+from infbench.health import namespace_pids
 from infbench.launch.contract import PROBE_HOOK
 
 WAIT_S = 5.0
@@ -21,6 +23,16 @@ def _via(path: Any) -> str | None:
     with contextlib.suppress(OSError, json.JSONDecodeError, AttributeError), path.open() as f:
         via = json.loads(f.readline()).get("via")
         return str(via) if via else None
+    return None
+
+
+def probe_file(out_dir: Path, pid: int) -> Path | None:
+    """The probe file of host process `pid`, if it wrote one: a process in a container names
+    its file by the pid of its own namespace."""
+    for n in sorted(namespace_pids([pid])):
+        f = out_dir / f"probes-{n}.jsonl"
+        if f.exists():
+            return f
     return None
 
 
@@ -37,8 +49,8 @@ def check(topology: Any, healthy_at: float, wait: float = WAIT_S,
             pids: list[int] = []
             with contextlib.suppress(psutil.Error):
                 pids = [p.pid for p in r.processes()]
-            files = {pid: r.spec.out_dir / f"probes-{pid}.jsonl" for pid in pids}
-            started = [pid for pid, f in files.items() if f.exists()]
+            files = {pid: probe_file(r.spec.out_dir, pid) for pid in pids}
+            started = [pid for pid, f in files.items() if f is not None]
             out[r.spec.label] = {"processes": len(pids), "probed": len(started),
                                  "via": sorted({v for v in (_via(files[p]) for p in started)
                                                 if v}),
