@@ -130,7 +130,9 @@ def parser() -> argparse.ArgumentParser:
                           "profiled per request (pyinstrument, yappi) against its timing lines")
     prof.add_argument("variants", nargs="+", metavar="variant",
                       help="one or more variants (two or more: side by side)")
-    prof.add_argument("--requests", type=int, default=int(_env("REQUESTS", "20") or 20),
+    # A string default goes through type=int when the profile command is parsed: a bad
+    # INFBENCH_REQUESTS is argparse's one-line error there, and no other command reads it.
+    prof.add_argument("--requests", type=int, default=_env("REQUESTS") or "20",
                       help="measured sequential requests per pass (default 20; env "
                            "INFBENCH_REQUESTS)")
     prof.add_argument("--warmup", type=int, default=3, help="warm-up requests per pass")

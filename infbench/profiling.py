@@ -50,12 +50,14 @@ from infbench import files
 from infbench.config import Variant
 from infbench.launch import get_launcher
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
+from infbench.monitor import keepalive
 from infbench.run import LoadError, VariantRun
 from infbench.stability import percentile
 from infbench.topology import Topology
 
-# Version of profile.json. 1: first version.
-PROFILE_SCHEMA = 1
+# Version of profile.json. 1: first version. 2: per pass `requests_measured` and
+# `timing_lines_measured`; the off pass's `keepalive` check.
+PROFILE_SCHEMA = 2
 PASSES = ("off", "pyinstrument", "yappi")
 DEFAULT_REQUESTS = 20
 DEFAULT_WARMUP = 3
@@ -144,6 +146,25 @@ def request_rows(client_rows: Sequence[Mapping[str, Any]],
     return out
 
 
+def counts(client_rows: Sequence[Mapping[str, Any]],
+           timing_lines: Sequence[Mapping[str, Any]], warmup: int) -> dict[str, int]:
+    """The measured requests the client sent and the timing lines there are for them: fewer
+    lines when a worker was killed before it flushed its file (the table then has fewer rows)."""
+    return {"requests_measured": sum(1 for c in client_rows if not c.get("warmup")),
+            "timing_lines_measured": max(0, sum(1 for ln in timing_lines
+                                                if ln.get("status") == 200) - warmup)}
+
+
+def count_note(name: str, kind: str, result: Mapping[str, Any]) -> str | None:
+    """One line for profile.md when a pass's timing lines and requests do not pair up."""
+    sent, got = result.get("requests_measured"), result.get("timing_lines_measured")
+    if sent is None or got is None or sent == got:
+        return None
+    return (f"{name}, {kind} pass: {got} timing line(s) for {sent} measured request(s) (a "
+            f"worker exited before writing its lines?); the table pairs the first "
+            f"{min(sent, got)}")
+
+
 def summarise(rows: Sequence[Mapping[str, Any]],
               json_ms: Sequence[float | None] = ()) -> dict[str, Any]:
     """The table of one pass: median/p95 per row, and whether the model calls overlapped."""
@@ -198,15 +219,23 @@ def _json_function(path: str, name: str) -> bool:
     return name in ("dumps", "loads") and path.replace("\\", "/").endswith("json/__init__.py")
 
 
+def load_pstat(path: Path, stream: io.StringIO | None = None) -> Any:
+    """pstats.Stats of a profile file; a missing or damaged one is one line naming it."""
+    import pstats
+
+    try:
+        return pstats.Stats(str(path), stream=stream or io.StringIO())
+    except (OSError, ValueError, TypeError, EOFError) as e:
+        raise LoadError(f"cannot read the profile {path}: {type(e).__name__}: {e}") from None
+
+
 def read_pstat(path: Path) -> dict[str, float]:
     """From a yappi .pstat of one request: ms in the scoring API's functions (wall, including
     awaits) and in JSON encode/decode (json.dumps/loads, whoever called them)."""
-    import pstats
-
-    st = pstats.Stats(str(path), stream=io.StringIO())
+    st = load_pstat(path)
     out = {"read_features": 0.0, "call_model": 0.0, "score": 0.0, "json": 0.0,
            "call_model_calls": 0.0}
-    for (file, _line, name), (_cc, nc, _tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+    for (file, _line, name), (_cc, nc, _tt, ct, _callers) in st.stats.items():
         if _scoring_function(file, name, ("read_features", "call_model", "score")):
             out[name] += ct * 1000
             if name == "call_model":
@@ -221,7 +250,10 @@ def read_pyisession(path: Path) -> dict[str, float]:
     read_features and call_model frames, and the session's duration."""
     from pyinstrument.session import Session
 
-    session = Session.load(str(path))
+    try:
+        session = Session.load(str(path))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise LoadError(f"cannot read the profile {path}: {type(e).__name__}: {e}") from None
     out = {"read_features": 0.0, "call_model": 0.0, "duration": session.duration * 1000}
     root = session.root_frame()
     stack = [root] if root is not None else []
@@ -278,15 +310,17 @@ def overlap_sum(calls_ms: float, request_ms: float) -> float | None:
 
 def merge_pstats(paths: Sequence[Path], out: Path) -> None:
     """The requests' yappi profiles as one .pstat and its text table (sorted by cumulative)."""
-    import pstats
-
     if not paths:
         return
     text = io.StringIO()
-    st = pstats.Stats(str(paths[0]), stream=text)
+    st = load_pstat(paths[0], text)
     for p in paths[1:]:
-        st.add(str(p))
-    st.dump_stats(str(out.with_suffix(".pstat")))
+        st.add(load_pstat(p))
+    dst = out.with_suffix(".pstat")
+    try:
+        st.dump_stats(str(dst))
+    except OSError as e:
+        raise files.WriteError(f"cannot write {dst}: {files.describe(e)}") from None
     text.write(f"yappi (wall clock) over {len(paths)} request(s), merged\n")
     st.sort_stats("cumulative").print_stats(60)
     files.write_text(out.with_suffix(".txt"), text.getvalue())
@@ -297,8 +331,12 @@ def merge_pstats(paths: Sequence[Path], out: Path) -> None:
 
 
 class Client:
-    """Sequential POST /score over one keep-alive connection (re-opened when the server closes
-    it, as Gunicorn's sync workers do), timed with the client's own clock."""
+    """Sequential POST /score over one keep-alive connection, timed with the client's own clock.
+
+    A request that fails on the connection (the server closed it while idle, as Gunicorn's sync
+    workers do, or a worker died) is sent once more on a new connection: POST /score only reads,
+    so sending it again is safe. A second failure, or a timeout (the server may still be working
+    on it), is a LoadError naming the entity."""
 
     def __init__(self, url: str, timeout: float) -> None:
         host_port = url.split("://", 1)[1].rstrip("/")
@@ -306,6 +344,21 @@ class Client:
         self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
 
     def score(self, entity_id: int) -> dict[str, Any]:
+        for attempt in (1, 2):
+            try:
+                row = self._score(entity_id)
+            except (OSError, http.client.HTTPException) as e:
+                self.conn.close()  # the next request() opens a new connection
+                if attempt == 2 or isinstance(e, TimeoutError):
+                    raise LoadError(f"POST /score for entity {entity_id}: "
+                                    f"{type(e).__name__}: {e}") from None
+                continue
+            if attempt == 2:
+                row["retried"] = True
+            return row
+        raise AssertionError("unreachable")
+
+    def _score(self, entity_id: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         body = json.dumps({"entity_id": entity_id}).encode()
         t1 = time.perf_counter()
@@ -376,7 +429,11 @@ class ClientProfiler:
             import yappi
 
             stats = yappi.get_func_stats()
-            stats.save(str(out / "client.pstat"), type="pstat")
+            try:
+                stats.save(str(out / "client.pstat"), type="pstat")
+            except OSError as e:
+                raise files.WriteError(f"cannot write {out / 'client.pstat'}: "
+                                       f"{files.describe(e)}") from None
             text = io.StringIO()
             text.write("client (this harness process), yappi wall clock, the measured "
                        "requests only\n")
@@ -435,6 +492,8 @@ def runner(settings: Settings) -> type[VariantRun]:
     """A VariantRun whose work is the three passes (for run.run_study)."""
 
     class ProfileRun(VariantRun):
+        _log: Path | None = None  # the entry replica's server.log, for the errors
+
         def _run(self) -> None:
             root = self.out / "profile"
             files.mkdir(root)
@@ -462,6 +521,10 @@ def runner(settings: Settings) -> type[VariantRun]:
             self.topology.start()
             entry = self.topology.entry
             server_dir = entry.spec.out_dir / SERVER_DIR
+            found = None
+            if kind == "off":  # Nagle meeting a delayed ACK would sit in "outside the app"
+                found = keepalive.check(entry.url, "/health")
+            self._log = entry.log_path
             client_rows, server_files = self._requests(kind, entry.url, server_dir, out)
             self.topology.stop()  # the timing lines are complete once the servers have exited
             self.topology = None
@@ -469,7 +532,10 @@ def runner(settings: Settings) -> type[VariantRun]:
             rows = request_rows(client_rows, timing_lines, settings.warmup)
             result: dict[str, Any] = {
                 "timing_dir": str(entry.spec.out_dir.relative_to(self.out)),
-                "timing_lines": len(timing_lines), "rows": rows}
+                "timing_lines": len(timing_lines),
+                **counts(client_rows, timing_lines, settings.warmup), "rows": rows}
+            if found is not None:
+                result["keepalive"] = found
             if kind != "off":
                 measured = server_files[settings.warmup:]
                 result["server_files"] = [str(f.relative_to(self.out)) for f in measured]
@@ -519,14 +585,18 @@ def runner(settings: Settings) -> type[VariantRun]:
             last = wait_new(server_dir, LAST_FILE[kind], seen, PROFILE_WAIT_S)
             if last is None:
                 raise LoadError(f"the server wrote no {kind} profile of request {name} within "
-                                f"{PROFILE_WAIT_S:.0f} s (in {server_dir})")
+                                f"{PROFILE_WAIT_S:.0f} s (in {server_dir}); the scoring "
+                                f"service's log says why: {self._log}")
             seen.add(last)
             stem = last.with_suffix("")
             moved = []
             for suffix in SERVER_FILES[kind]:
                 src = stem.with_suffix(suffix)
                 dst = dest / f"{name}{suffix}"
-                src.replace(dst)
+                try:
+                    src.replace(dst)
+                except OSError as e:
+                    raise files.WriteError(f"cannot write {dst}: {files.describe(e)}") from None
                 moved.append(dst)
             return moved[0]
 
@@ -581,6 +651,21 @@ def concurrency_line(name: str, doc: Mapping[str, Any]) -> str:
             f"yappi: {mc.get('yappi')})")
 
 
+def notes(name: str, doc: Mapping[str, Any]) -> list[str]:
+    """What makes a variant's table less than it looks: short timing lines, a keep-alive stall."""
+    out = []
+    passes = doc.get("passes") or {}
+    for kind in PASSES:
+        note = count_note(name, kind, passes.get(kind) or {})
+        if note:
+            out.append(note)
+    found = (passes.get("off") or {}).get("keepalive") or {}
+    if found.get("stalled"):
+        out.append(f"{name}: keep-alive stall: {keepalive.message(found)}; the outside-the-app "
+                   "time includes it")
+    return out
+
+
 def markdown(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """profile.md: the table side by side, the concurrency lines, the cross-check and the cost."""
     names = list(docs)
@@ -591,6 +676,7 @@ def markdown(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
            "upper bound).", ""]
     out += table({k: d.get("table") or {} for k, d in docs.items()})
     out += [""] + [f"- {concurrency_line(k, d)}" for k, d in docs.items()]
+    out += [f"- {note}" for k, d in docs.items() for note in notes(k, d)]
     out += ["", "## Cross-check: the profilers against the timing lines of the same pass", "",
             "| build | pass | feature read: profiler / timing | model stage: profiler / timing "
             "wall / timing a+b | model calls |", "|---|---|---|---|---|"]

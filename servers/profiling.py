@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -113,18 +114,26 @@ class RequestProfiler:
             raise
 
     def stop(self, token: Any) -> Any:
-        """Stop profiling; the result for write()."""
-        if self.settings.profiler == "pyinstrument":
-            token.stop()
-            return token
-        import yappi
+        """Stop profiling; the result for write(), or None when the profiler failed (logged:
+        write(None) still lets the next request be profiled)."""
+        try:
+            if self.settings.profiler == "pyinstrument":
+                token.stop()
+                return token
+            import yappi
 
-        yappi.stop()
-        return token
+            yappi.stop()
+            return token
+        except Exception as e:
+            _log(f"cannot stop {self.settings.profiler}: {type(e).__name__}: {e}")
+            return None
 
     def write(self, result: Any) -> None:
-        """Write the request's files and let the next request be profiled."""
+        """Write the request's files and let the next request be profiled, always: a failure
+        is one line in the server's log (the harness, missing the file, points there)."""
         try:
+            if result is None:
+                return
             self._count += 1
             self.pid = os.getpid()  # a forked worker's own
             name = f"{self.settings.profiler}-{self.pid}-{self._count:04d}"
@@ -137,6 +146,9 @@ class RequestProfiler:
                 _write(stem.with_suffix(".html"), result.output_html().encode())
             else:
                 self._write_yappi(stem)
+        except Exception as e:
+            _log(f"cannot write the {self.settings.profiler} profile of request {self._count} "
+                 f"to {self.settings.directory}: {type(e).__name__}: {e}")
         finally:
             self._busy.release()
 
@@ -184,6 +196,11 @@ class RequestProfiler:
         _write(stem.with_suffix(".txt"), out.getvalue().encode())
 
 
+def _log(message: str) -> None:
+    """One line in the server's log (its stderr)."""
+    print(f"infbench profiling, pid {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
 def _running_loop() -> bool:
     try:
         asyncio.get_running_loop()
@@ -214,8 +231,11 @@ class ProfileASGI:
         try:
             await self.app(scope, receive, send)
         finally:
-            result = self.profiler.stop(token)
-            self.profiler.write(result)
+            result = None
+            try:
+                result = self.profiler.stop(token)
+            finally:
+                self.profiler.write(result)  # releases the profiler whatever stop() did
 
 
 class ProfileWSGI:
@@ -236,9 +256,19 @@ class ProfileWSGI:
         try:
             body = self.wsgi_app(environ, start_response)
         except BaseException:
-            self.profiler.write(self.profiler.stop(token))
+            result = None
+            try:
+                result = self.profiler.stop(token)
+            finally:
+                self.profiler.write(result)
             raise
-        return _ThenWrite(body, self.profiler, self.profiler.stop(token))
+        result = None
+        try:
+            result = self.profiler.stop(token)
+        except BaseException:
+            self.profiler.write(None)
+            raise
+        return _ThenWrite(body, self.profiler, result)
 
 
 class _ThenWrite:

@@ -5,19 +5,24 @@ short sleeps, a few requests), with nothing left running.
 
 from __future__ import annotations
 
+import cProfile
 import json
 import pstats
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infbench import profiling
+from infbench.files import WriteError
 from infbench.paths import ROOT
-from servers.profiling import ProfileSettings, load_profile_settings
+from infbench.run import LoadError
+from servers.profiling import ProfileSettings, RequestProfiler, load_profile_settings
 from servers.settings import SettingsError
 from tests.helpers import left_running, the_run
 
@@ -90,6 +95,119 @@ def test_profiling_is_off_unless_asked(tmp_path: Path) -> None:
                                "INFBENCH_PROFILE_DIR": str(tmp_path)})
     with pytest.raises(SettingsError, match="INFBENCH_PROFILE_DIR"):
         load_profile_settings({"INFBENCH_PROFILER": "pyinstrument"})
+
+
+def test_short_timing_lines_are_counted_and_said() -> None:
+    # A worker killed before its flush: 3 measured requests, 2 lines after the warm-up.
+    lines = [line(1.0, 9, 9, 9), line(2.0, 40, 45, 86), line(3.0, 41, 44, 86)]
+    c = profiling.counts(client(3, 1, 100.0), lines, warmup=1)
+    assert c == {"requests_measured": 3, "timing_lines_measured": 2}
+    assert profiling.count_note("v", "off", c) is not None
+    assert profiling.count_note("v", "off", {**c, "timing_lines_measured": 3}) is None
+    stalled = {"requests": 8, "first_ms": 1.0, "later_median_ms": 41.0, "stalled": True}
+    doc = {"passes": {"off": {**c, "keepalive": stalled}}}
+    found = profiling.notes("v", doc)
+    assert len(found) == 2 and "2 timing line(s) for 3" in found[0]
+    assert "keep-alive stall" in found[1]
+    assert profiling.notes("v", {"passes": {"off": {"keepalive": {"stalled": False}}}}) == []
+
+
+def test_damaged_or_unwritable_profile_files_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "request-01.pstat"
+    bad.write_bytes(b"not a profile")
+    with pytest.raises(LoadError, match=r"request-01\.pstat"):
+        profiling.read_pstat(bad)
+    good = tmp_path / "good.pstat"
+    prof = cProfile.Profile()
+    prof.runcall(sum, range(10))
+    prof.dump_stats(str(good))
+    with pytest.raises(WriteError, match=r"all\.pstat"):
+        profiling.merge_pstats([good], tmp_path / "missing-folder" / "all")
+
+
+class OneAnswerServer:
+    """A real HTTP/1.1 listener that answers one POST per connection with keep-alive, then
+    closes it while idle (as a Gunicorn sync worker does)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = int(next(h.split(b":")[1] for h in head.split(b"\r\n")
+                                  if h.lower().startswith(b"content-length")))
+                while len(rest) < length:
+                    rest += conn.recv(4096)
+                body = b'{"score": 0.5, "timing": {}}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (Linux)
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def test_client_retries_once_on_a_closed_connection_then_fails_in_one_line() -> None:
+    server = OneAnswerServer()
+    c = profiling.Client(f"http://127.0.0.1:{server.port}", timeout=5.0)
+    try:
+        first = c.score(1)
+        second = c.score(2)  # the server closed the first connection: sent again on a new one
+        assert first["status"] == second["status"] == 200
+        assert "retried" not in first and second["retried"] is True
+        assert server.connections == 2
+    finally:
+        c.close()
+        server.close()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused = profiling.Client(f"http://127.0.0.1:{port}", timeout=5.0)
+    try:
+        with pytest.raises(LoadError, match=r"entity 3: ConnectionRefusedError"):
+            refused.score(3)
+    finally:
+        refused.close()
+
+
+def test_a_failing_profiler_still_lets_the_next_request_be_profiled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # stop() fails: logged, and the profiler is free again.
+    p = RequestProfiler(ProfileSettings("pyinstrument", tmp_path))
+    token = p.start()
+    assert token is not None
+    p.write(p.stop(object()))
+    token.stop()
+    assert "cannot stop pyinstrument" in capsys.readouterr().err
+    token = p.start()
+    assert token is not None
+    p.write(p.stop(token))
+    # write() fails (its folder is gone): logged, and the profiler is free again.
+    gone = RequestProfiler(ProfileSettings("pyinstrument", tmp_path / "gone"))
+    token = gone.start()
+    assert token is not None
+    gone.write(gone.stop(token))
+    assert "cannot write the pyinstrument profile" in capsys.readouterr().err
+    again = gone.start()
+    assert again is not None
+    gone.write(gone.stop(again))
 
 
 # ---------------------------------------------------------------------------------------------
