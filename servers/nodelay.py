@@ -8,8 +8,9 @@ builds that listener from getaddrinfo, which gives 6), and Gunicorn and Hypercor
 TCP_NODELAY on their listeners themselves, which accepted sockets inherit on Linux (checked
 here: no stall with Gunicorn's Uvicorn worker or Hypercorn, infbench/monitor/keepalive.py).
 An ASGI server writes a response's head and body as two sends, so on a keep-alive connection
-the body waits for the client's delayed ACK: ~40 ms on Linux for every request after the first (uvicorn#3149, open as of uvicorn 0.54). Measured here: a 40-50 ms
-sleeping model API answered in a median 54 ms with `--workers 1` and 96 ms with `--workers 2`.
+the body waits for the client's delayed ACK: ~40 ms on Linux for every request after the first
+(uvicorn#3149, open as of uvicorn 0.54). Measured here: a 40-50 ms sleeping model API
+answered in a median 54 ms with `--workers 1` and 96 ms with `--workers 2`.
 
 Off by default, so a hypothesis measures the stack as it ships; INFBENCH_TCP_NODELAY=1 makes a
 server of ours set the option itself (the `-nodelay` variants), which is what a fix upstream
