@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,6 +70,13 @@ def test_reads_glibc_totals_and_trims_without_harm(child: subprocess.Popen[str])
 def test_not_python_is_said(tmp_path: Path) -> None:
     p = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
+        # Right after Popen the child may not have exec'd `sleep` and mapped its libc yet (seen
+        # on a loaded machine: "allocator: none"): wait until it has, as a server would be.
+        deadline = time.monotonic() + 10
+        while "libc" not in Path(f"/proc/{p.pid}/maps").read_text() \
+                or not os.readlink(f"/proc/{p.pid}/exe").endswith("sleep"):
+            assert time.monotonic() < deadline, "sleep never started"
+            time.sleep(0.05)
         row = outside.read_malloc(p.pid)
         assert "error" not in row and row["python"] is False and "malloc" in row
     finally:
