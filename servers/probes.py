@@ -172,15 +172,24 @@ def tracemalloc_mode(value: str) -> tuple[str, int]:
     return "off", 0
 
 
+# Objects whose size could not be read in the current census (a __sizeof__ of someone's class
+# that raises): skipped, and counted so the census line says how many ("unsized").
+_unsized = [0]
+
+
+def _size(o: Any) -> int:
+    try:
+        return sys.getsizeof(o)
+    except Exception:
+        _unsized[0] += 1
+        return 0
+
+
 def _sizes(objs: list[Any]) -> int:
     try:
         return sum(map(sys.getsizeof, objs))
-    except Exception:  # a __sizeof__ of someone's class that fails: skip that object only
-        total = 0
-        for o in objs:
-            with contextlib.suppress(Exception):
-                total += sys.getsizeof(o)
-        return total
+    except Exception:  # one object's __sizeof__ failed: size them one by one, count it
+        return sum(map(_size, objs))
 
 
 def heap_census(chunk: int = 4096) -> tuple[int, int]:
@@ -234,8 +243,7 @@ def _shares(refs: list[Any], weight: float,
         held = seen[id(o)]
         # sys.getrefcount here counts `refs` (held), `distinct`, the loop variable, the call.
         share = weight * held / max(held, sys.getrefcount(o) - held - 3)
-        with contextlib.suppress(Exception):
-            total += share * sys.getsizeof(o)
+        total += share * _size(o)
         objects += share
         if type(o) is tuple or type(o) is dict:
             stack.append((gc.get_referents(o), share))
@@ -253,6 +261,7 @@ class Probe:
         self.interval = interval
         self.pid = os.getpid()
         self.path = out_dir / f"probes-{self.pid}.jsonl"
+        self._last_error = ""
         self.libc = _libc()
         self.allocator = loaded_allocator()
         self.has_mallinfo2 = self.libc is not None and hasattr(self.libc, "mallinfo2")
@@ -344,13 +353,14 @@ class Probe:
         """The Python heap in bytes, at a rest (see the module's docstring)."""
         before, _ = _rss_threads()
         t0 = time.monotonic()
+        _unsized[0] = 0
         size, objects = heap_census()
         took = time.monotonic() - t0
         after, _ = _rss_threads()
         return {"t": round(time.time(), 3), "pid": self.pid, "event": "census", "cycle": cycle,
                 "py_bytes_mb": round(size / MB, 3), "objects": objects,
                 "took_s": round(took, 3), "rss_before_mb": round(before, 2),
-                "rss_after_mb": round(after, 2)}
+                "rss_after_mb": round(after, 2), "unsized": _unsized[0]}
 
     def _requests(self, f: Any) -> None:
         for cycle in self._census_requests():
@@ -375,13 +385,22 @@ class Probe:
         with self.path.open("a") as f:
             while not self._stop.is_set():
                 tick = time.monotonic()
-                with contextlib.suppress(Exception):  # a probe must never take a server down
+                try:  # a probe must never take a server down, and never fail unsaid
                     f.write(json.dumps(self.sample()) + "\n")
                     if not self.trimmed and (self.dir / TRIM_REQUEST).exists():
                         self.trimmed = True
                         f.write(json.dumps(self.trim()) + "\n")
                     self._requests(f)
                     f.flush()
+                except Exception as e:
+                    said = f"{type(e).__name__}: {e}"
+                    if said != self._last_error:  # once per kind, not once a second
+                        self._last_error = said
+                        with contextlib.suppress(OSError, ValueError):
+                            f.write(json.dumps({"t": round(time.time(), 3), "pid": self.pid,
+                                                "event": "error", "error": said}) + "\n")
+                            f.flush()
+                        print(f"infbench probe {self.pid}: {said}", file=sys.stderr, flush=True)
                 self._stop.wait(max(0.05, self.interval - (time.monotonic() - tick)))
 
     def start(self) -> Probe:
