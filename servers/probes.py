@@ -37,7 +37,8 @@ Actions, each asked for by a file the harness creates in <dir>:
   untracked objects they reference (str, bytes, int...), sums sys.getsizeof and writes
   {"event": "census", "cycle", "py_bytes_mb", "objects", "took_s",
   "rss_before_mb", "rss_after_mb", "unsized" (objects whose size could not be read)}.
-  `sys.getallocatedblocks()` counts one block per object whatever its size (a 64 KB bytes object is one block); the census sees its bytes, so a leak
+  `sys.getallocatedblocks()` counts one block per object whatever its size (a 64 KB bytes
+  object is one block); the census sees its bytes, so a leak
   of big Python objects is named as one. It costs nothing under load (it runs only when asked,
   at a rest; the harness waits for every answer before the next cycle) but holds the idle
   process while it walks: `took_s`, 1.5-2.6 s for the ~750,000 objects of the `small`
