@@ -441,6 +441,9 @@ class VariantRun:
                 continue
             found = keepalive.check(r.spec.url, s.health_path)
             seen[s.name] = found
+            if found.get("error"):  # said, not a fault: the health check passed already
+                self.progress.say(f"  NOTE {self.v.name}: keep-alive check of {s.name} could "
+                                  f"not run: {found['error']}")
             if found.get("stalled"):
                 line = keepalive.message(found)
                 where = "" if len(self.v.services) == 1 else f"{s.name}: "
