@@ -1,7 +1,7 @@
 """What the benchmarks share: a server started in its own process group and a request body.
 
 Servers (all on 127.0.0.1, a free port, ended by process group on every exit path):
-  sleep   tests/sleep_app.py: one request at a time, `sleep_ms` each (0: a null endpoint)
+  sleep   tests/fixtures/sleep_app.py: one request at a time, `sleep_ms` each (0: a null endpoint)
   model   servers/app_starlette.py on Uvicorn with a model preset (the starlette-uvicorn
           variant), `call` as INFBENCH_CALL
 """
@@ -67,7 +67,7 @@ def server(kind: str, *, sleep_ms: float = 0.0, model: str = "small",
     port = free_port()
     env = dict(os.environ)
     if kind == "sleep":
-        app = "tests.sleep_app:app"
+        app = "tests.fixtures.sleep_app:app"
         env["INFBENCH_SLEEP_MS"] = f"{sleep_ms:g}"
     elif kind == "model":
         app = "servers.app_starlette:app"

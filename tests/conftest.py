@@ -1,26 +1,67 @@
-"""Shared pytest setup."""
+"""Shared pytest setup: the test pyramid's markers (from the folders), and the rule for tests
+whose system package is missing (tests/fixtures/system.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
+
+from tests.fixtures.system import INSTALL, SKIP_PREFIX, require
+
+HERE = Path(__file__).parent
+# Folder -> marker: `-m "not integration"` selects the unit tests however they are collected.
+FOLDER_MARKS = {"unit": "unit", "integration": "integration", "slow": "slow", "docker": "docker"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Also declared in pyproject.toml; registering here keeps `--strict-markers` happy when the
     # tests are run with another config (or none).
-    config.addinivalue_line("markers", "integration: starts real servers")
-    config.addinivalue_line("markers", "docker: needs a Docker engine (INFBENCH_DOCKER_TESTS=1)")
+    for line in ("unit: no servers, no TensorFlow processes (tests/unit/)",
+                 "integration: starts real servers, Locust and mprof (tests/integration/)",
+                 "slow: the longest studies, minutes each (tests/slow/, make test-slow)",
+                 "docker: needs a Docker engine (tests/docker/, make test-docker)",
+                 "requires(*packages): Debian packages the test needs (make system)"):
+        config.addinivalue_line("markers", line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The real-engine tests build an image and run containers (minutes, root, an engine):
-    # opt-in, so `make test` stays fast and needs no Docker.
-    if os.environ.get("INFBENCH_DOCKER_TESTS") == "1":
-        return
-    skip = pytest.mark.skip(reason="needs a Docker engine: set INFBENCH_DOCKER_TESTS=1 "
-                            "(make test-docker; make docker-engine starts one)")
     for item in items:
-        if item.get_closest_marker("docker") is not None:
-            item.add_marker(skip)
+        path = Path(str(item.path)).resolve()
+        rel = path.relative_to(HERE.resolve()).parts if path.is_relative_to(HERE.resolve()) else ()
+        mark = FOLDER_MARKS.get(rel[0]) if len(rel) > 1 else None
+        if mark:
+            item.add_marker(mark)
+            if mark in {"slow", "docker"}:
+                item.add_marker("integration")
+    # The real-engine tests build an image and run containers (minutes, root, an engine):
+    # they run only when asked for (make test-docker sets INFBENCH_DOCKER_TESTS=1).
+    if os.environ.get("INFBENCH_DOCKER_TESTS") != "1":
+        for item in items:
+            if item.get_closest_marker("docker") is not None:
+                item.add_marker(pytest.mark.skip(
+                    reason="needs a Docker engine: make test-docker (make docker-engine starts one)"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        require(*mark.args)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line for every test skipped for a missing package (xdist sends the reports here)."""
+    packages: set[str] = set()
+    count = 0
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(rep, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr or "")
+        found = re.search(rf"{SKIP_PREFIX} ([^:]+):", reason)
+        if found:
+            count += 1
+            packages.update(p.strip() for p in found.group(1).split(","))
+    if count:
+        terminalreporter.write_line(
+            f"infbench: {count} test(s) skipped: missing system package(s) "
+            f"{', '.join(sorted(packages))}; install with {INSTALL}", yellow=True, bold=True)

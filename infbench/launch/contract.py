@@ -3,7 +3,7 @@
 One function builds the environment for both runtimes (`replica_env`); the runtimes differ
 only in `Where` the server finds things (its Python, its results folder, the model file), so a
 setting can no longer reach native servers and silently miss containers (as INFBENCH_TRIM_EACH
-once did). tests/test_topology.py compares the two outputs.
+once did). tests/unit/test_topology.py compares the two outputs.
 """
 
 from __future__ import annotations

@@ -1,0 +1,122 @@
+"""Planted behaviour through the whole path: a server that leaks Python objects on purpose, one
+that leaks native memory (malloc without free) and a healthy one, each run as a
+custom-command variant with the probes, three cycles of load.
+Each must get its verdict from the harness, from the files alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infbench.paths import ROOT
+from tests.fixtures.synth import TINY_MODEL
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENTS = """
+[study]
+variants = ["planted-leak", "planted-native", "planted-healthy"]
+profile = "leakcheck"
+model = "tiny"
+
+""" + TINY_MODEL + """
+[profiles.leakcheck]
+users = 4
+spawn_rate = 4
+steps = [{ batch = 1, seconds = 3 }]
+cycles = 3
+rest = 3
+baseline = 1
+pause = 0.5
+cooldown = 1
+drain_timeout = 3
+wait = [0.0, 0.02]
+
+[variants.planted-leak]
+server = "command"
+command = ["{python}", "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", "{host}",
+           "--port", "{port}", "--no-access-log"]
+probes = true
+env = { PLANTED_LEAK = "1000" }
+
+[variants.planted-native]
+server = "command"
+command = ["{python}", "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", "{host}",
+           "--port", "{port}", "--no-access-log"]
+env = { PLANTED_NATIVE_KB = "64" }
+
+[variants.planted-healthy]
+server = "command"
+command = ["{python}", "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", "{host}",
+           "--port", "{port}", "--no-access-log"]
+env = { PLANTED_LEAK = "0" }
+# no `probes = true` here: the run's --probes (make ... PROBES=1) turns them on
+"""
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("planted")
+    exp = base / "experiments.toml"
+    exp.write_text(EXPERIMENTS)
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(base / "results"),
+                          "--experiments", str(exp), "run", "--probes"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (run_dir,) = [p for p in (base / "results").iterdir() if p.is_dir() and not p.is_symlink()]
+    return run_dir
+
+
+def summary(run_dir: Path, variant: str) -> dict[str, Any]:
+    return dict(json.loads((run_dir / variant / "summary.json").read_text()))
+
+
+def test_leaking_server_is_a_leak_of_python_objects(planted: Path) -> None:
+    v = summary(planted, "planted-leak")["verdict"]
+    assert v["verdict"] == "leak", v
+    assert v["where"] == "python objects"
+    assert v["python_heap"]["grows_every_cycle"]
+    assert v["growth_per_cycle_mb"] > v["noise_mb"]
+    assert [c["cycle"] for c in v["per_cycle"]] == [1, 2, 3]
+    assert all(c["complete"] and c["requests"] > 0 for c in v["per_cycle"])
+
+
+def test_native_leak_is_a_leak_of_native_allocations(planted: Path) -> None:
+    v = summary(planted, "planted-native")["verdict"]
+    assert v["verdict"] == "leak", v
+    assert v["where"] == "native allocations"
+    assert not v["python_heap"]["grows_every_cycle"]
+    # 64 KiB a request: malloc's in-use memory explains the growth.
+    assert v["malloc_in_use_growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
+
+
+def test_healthy_server_is_a_plateau(planted: Path) -> None:
+    v = summary(planted, "planted-healthy")["verdict"]
+    assert v["verdict"] == "plateau", v
+    assert abs(v["growth_last_cycle_mb"]) <= v["noise_mb"]
+
+
+def test_probes_and_trim_are_recorded(planted: Path) -> None:
+    for variant in ("planted-leak", "planted-native", "planted-healthy"):
+        d = planted / variant
+        files = list(d.glob("probes-*.jsonl"))
+        assert len(files) == 1
+        rows = [json.loads(line) for line in files[0].read_text().splitlines()]
+        samples = [r for r in rows if "event" not in r]
+        assert len(samples) >= 15  # one a second over ~25 s
+        assert {r["allocator"] for r in samples} == {"glibc"}
+        assert all(r["malloc"]["in_use"] > 0 for r in samples)
+        trims = [r for r in rows if r.get("event") == "trim"]
+        assert len(trims) == 1 and trims[0]["rss_after_mb"] <= trims[0]["rss_before_mb"] + 1
+        ph = json.loads((d / "phases.json").read_text())
+        kinds = [p["kind"] for p in ph["phases"]]
+        assert kinds.count("rest") == 3 and kinds[-1] == "trim"
+        assert (d / "trim.request").exists()
+    md = (planted / "summary.md").read_text()
+    assert "## Leak, allocator retention or plateau" in md
+    assert "**leak** (python objects)" in md and "**plateau**" in md

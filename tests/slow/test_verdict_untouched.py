@@ -1,0 +1,192 @@
+"""The verdict for a server whose code knows nothing of infbench (tests/fixtures/untouched_app.py: no
+probe call, nothing imported), run as `server = "command"` under Uvicorn and under Gunicorn
+with two workers, through the real CLI on a short cycled profile.
+
+Four planted kinds, each with its verdict end to end: a leak of big Python objects (96 KiB
+bytes a request: named by the heap census's bytes at each rest, not by block counts, with
+tracemalloc off as by default; once more with `tracemalloc = true`, which also says where the
+objects are kept), a native leak (malloc
+without free), thread churn that leaves glibc holding freed memory (a plateau that says it is
+allocator retention), and a bounded cache (a plain plateau). Two more run without the probes,
+so that only a debugger from outside reads glibc: the native leak is a leak whose kind cannot be
+told, the churn's retention is what malloc_trim gives back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infbench.paths import ROOT
+from tests.fixtures.synth import TINY_MODEL
+
+# Eleven variants of ~35 s each: over the default 300 s of a test.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+UVICORN = ('["{python}", "-m", "uvicorn", "tests.fixtures.untouched_app:app", "--host", "{host}", '
+           '"--port", "{port}", "--no-access-log"]')
+GUNICORN = ('["{python}", "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "2", '
+            '"-b", "{host}:{port}", "tests.fixtures.untouched_app:app"]')
+# 96 KiB a request (under glibc's 128 KiB mmap threshold): a few hundred requests a cycle
+# are tens of MB, well over the verdict's noise even on a busy machine.
+KINDS = {"pyleak": 'UNTOUCHED_PYLEAK_KB = "96"', "native": 'UNTOUCHED_NATIVE_KB = "96"',
+         "churn": 'UNTOUCHED_CHURN = "320"', "cache": 'UNTOUCHED_CACHE = "100"'}
+SERVERS = {"uv": UVICORN, "gu": GUNICORN}
+PROBED = [f"{kind}-{server}" for kind in KINDS for server in SERVERS]
+OUTSIDE = ["native-uv-outside", "churn-uv-outside"]
+TRACED = "pyleak-uv-traced"
+
+
+def experiments() -> str:
+    text = f"""
+[study]
+variants = {json.dumps([*PROBED, *OUTSIDE, TRACED])}
+profile = "cycled"
+model = "tiny"
+
+{TINY_MODEL}
+[profiles.cycled]
+users = 4
+spawn_rate = 4
+steps = [{{ batch = 1, seconds = 4 }}]
+cycles = 3
+rest = 3
+baseline = 1
+pause = 0.5
+cooldown = 1
+drain_timeout = 3
+wait = [0.0, 0.02]
+"""
+    for kind, env in KINDS.items():
+        for server, command in SERVERS.items():
+            text += (f'\n[variants.{kind}-{server}]\nserver = "command"\ncommand = {command}\n'
+                     f"probes = true\nenv = {{ {env} }}\n")
+    for name in OUTSIDE:  # no probes: glibc read by a debugger alone
+        env = KINDS[name.split("-")[0]]
+        text += f'\n[variants.{name}]\nserver = "command"\ncommand = {UVICORN}\nenv = {{ {env} }}\n'
+    text += (f'\n[variants.{TRACED}]\nserver = "command"\ncommand = {UVICORN}\n'
+             f"probes = true\ntracemalloc = true\nenv = {{ {KINDS['pyleak']} }}\n")
+    return text
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    base = tmp_path_factory.mktemp("untouched")
+    exp = base / "experiments.toml"
+    exp.write_text(experiments())
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(base / "results"),
+                          "--experiments", str(exp), "run"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
+    (run_dir,) = [p for p in (base / "results").iterdir() if p.is_dir() and not p.is_symlink()]
+    return run_dir, res.stdout
+
+
+def verdict(run_dir: Path, variant: str) -> dict[str, Any]:
+    return dict(json.loads((run_dir / variant / "summary.json").read_text())["verdict"])
+
+
+def _brief(v: dict[str, Any]) -> str:
+    return f"{v.get('headline')}: {v.get('reason')} {v.get('per_cycle')}"
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_big_python_objects_are_a_leak_of_python_objects(run: tuple[Path, str],
+                                                         server: str) -> None:
+    v = verdict(run[0], f"pyleak-{server}")
+    assert v["headline"] == "leak (python objects)", _brief(v)
+    assert v["python_heap"]["measure"] == "census_mb"  # tracemalloc is off unless asked
+    assert v["python_heap"]["growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
+    assert all(c["py_census_mb"] > 0 for c in v["per_cycle"])
+    assert v["kept_at"] == []  # where: only with tracemalloc = true
+
+
+def test_with_tracemalloc_the_leak_is_also_located(run: tuple[Path, str]) -> None:
+    v = verdict(run[0], TRACED)
+    assert v["headline"] == "leak (python objects)", _brief(v)
+    assert v["probes"]["tracemalloc"] == "from start-up"
+    # Where it is kept: the line of the app that appends the bytes.
+    assert v["kept_at"] and "tests/fixtures/untouched_app.py:" in v["kept_at"][0]["where"], v
+    assert v["kept_at"][0]["kept_mb"] >= 0.5 * v["python_heap"]["growth_mb"] > 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_malloc_without_free_is_a_native_leak(run: tuple[Path, str], server: str) -> None:
+    v = verdict(run[0], f"native-{server}")
+    assert v["headline"] == "leak (native allocations)", _brief(v)
+    assert v["malloc_in_use_growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_thread_churn_is_allocator_retention(run: tuple[Path, str], server: str) -> None:
+    # Each new thread arena adds its holes: a plateau that says what it holds once they are
+    # all there, `allocator retention` while they still add up. Either names the retention.
+    v = verdict(run[0], f"churn-{server}")
+    assert "allocator retention" in v["headline"], _brief(v)
+    assert v["verdict"] in ("plateau", "allocator retention")
+    assert v["trim_freed_mb"] >= v["thresholds"]["retained_mb"]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_bounded_cache_is_a_plain_plateau(run: tuple[Path, str], server: str) -> None:
+    v = verdict(run[0], f"cache-{server}")
+    assert v["headline"] == "plateau", _brief(v)
+
+
+def test_probes_were_injected_in_every_process(run: tuple[Path, str]) -> None:
+    run_dir, _ = run
+    for variant in PROBED:
+        v = verdict(run_dir, variant)
+        processes = 3 if variant.endswith("-gu") else 1  # Gunicorn: master + 2 workers
+        assert v["probes"]["processes"] == processes, (variant, v["probes"])
+        assert v["probes"]["started_by"] == ["hook"]
+        assert v["probes"]["tracemalloc"] is None  # opt-in: it costs under load
+        # A census after each rest in every process, the load waiting for it.
+        assert v["probes"]["census"]["rests"] == 3, v["probes"]
+        assert v["probes"]["census"]["processes"] == processes
+        assert all(c["py_census_mb"] > 0 for c in v["per_cycle"]), v["per_cycle"]
+        ph = json.loads((run_dir / variant / "phases.json").read_text())
+        assert ph["probes"]["server"]["probed"] == processes
+        assert not [e for e in ph["events"] if e["kind"] == "probes_missing"]
+        census = [p for p in ph["phases"] if p["kind"] == "census"]
+        assert [p["cycle"] for p in census] == [1, 2, 3]
+        assert all(p["unanswered"] == 0 and p["processes"] == processes for p in census)
+        assert "outside" not in v  # every process had a probe: no debugger needed
+    md = (run_dir / "summary.md").read_text()
+    assert "probes injected (sitecustomize, no code change)" in md
+
+
+def test_without_probes_glibc_is_read_from_outside(run: tuple[Path, str]) -> None:
+    run_dir, _ = run
+    v = verdict(run_dir, "native-uv-outside")
+    # A Python process whose heap nobody measured: the growth is malloc's, its kind unknown.
+    assert v["headline"] == "leak (kind unknown)", _brief(v)
+    assert v["probes"] is None and v["outside"]["errors"] == []
+    assert v["outside"]["reads"] == 3 + 1  # a read after each rest, the trim at the end
+    assert all(c["malloc_in_use_mb"] > 0 for c in v["per_cycle"])
+    v = verdict(run_dir, "churn-uv-outside")
+    assert "allocator retention" in v["headline"], _brief(v)
+    assert v["trim_freed_mb"] >= v["thresholds"]["retained_mb"]
+    trims = v["outside"]["trims"]
+    assert len(trims) == 1 and trims[0]["alive"] and trims[0]["freed_mb"] > 0
+    for name in OUTSIDE:  # the server survived every stop of the debugger
+        ph = json.loads((run_dir / name / "phases.json").read_text())
+        assert ph["status"] == "complete" and ph["outside"]["max_pause_s"] > 0
+
+
+def test_the_console_says_each_verdict(run: tuple[Path, str]) -> None:
+    run_dir, stdout = run
+    assert "verdict (leak, allocator retention or plateau" in stdout
+    for variant in [*PROBED, *OUTSIDE, TRACED]:
+        line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(variant + " "))
+        assert verdict(run_dir, variant)["headline"] in line
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(run_dir.parent),
+                          "report", run_dir.name], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "leak (python objects)" in res.stdout and "leak (native allocations)" in res.stdout

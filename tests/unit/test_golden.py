@@ -1,0 +1,33 @@
+"""The committed reference runs, rebuilt by today's report: the same figures they were committed
+with. Files in, files out: no servers, no Redis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infbench import report
+from infbench.paths import ROOT
+
+
+@pytest.mark.parametrize("ref", ["reference", "reference-cycles"])
+def test_the_reference_runs_rebuild_to_the_same_figures(tmp_path: Path, ref: str) -> None:
+    """The six study hypotheses, their committed version-1 files through today's report: the
+    same memory, load and verdict figures as the committed summaries."""
+    src = ROOT / "results" / ref
+    dst = tmp_path / ref
+    shutil.copytree(src, dst)
+    report.build(dst)
+    for committed in src.glob("*/summary.json"):
+        old = json.loads(committed.read_text())
+        new = json.loads((dst / committed.parent.name / "summary.json").read_text())
+        assert new["memory_mb"] == old["memory_mb"], committed
+        assert new["totals"] == old["totals"]
+        keys = ("index", "batch", "requests", "failures", "rps", "p50_ms", "p95_ms",
+                "mem_end_mb")
+        assert [{k: s[k] for k in keys} for s in new["steps"]] == \
+            [{k: s[k] for k in keys} for s in old["steps"]]
+        assert new["verdict"]["verdict"] == old["verdict"]["verdict"]
