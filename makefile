@@ -2,6 +2,10 @@
 #
 #   make run                    the whole study (native processes, default profile and model)
 #   make test                   unit + integration tests (tiny model, seconds of load)
+#   make test-slow              the longest studies (untouched and planted verdicts, diagnose)
+#   make test-docker            the real-engine tests (make docker-engine, make docker-base first)
+#   make system                 the Debian packages the studies and tests use (root; run by
+#                               make run / make test when one is missing)
 #   make run_<variant>          one hypothesis;  make build_<variant>  its model + images
 #   make report RUN=<run-id>    rebuild plots/tables/report.html of a finished or interrupted run
 #   make compare A=<run> B=<run> [FORCE=1]   what changed from run A to run B, and is it noise
@@ -34,11 +38,11 @@ opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --r
        $(if $(filter 1 yes true,$(PROBES)),--probes)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
-.PHONY: help venv build build_all run run_all run_study bench-probes report compare check list test \
-	test-unit lint lock clean allocators
+.PHONY: help venv system system-run build build_all run run_all run_study bench-probes report \
+	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,18p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,22p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -50,6 +54,13 @@ $(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# The Debian packages (scripts/system-packages.sh, the one list): installed when one is missing,
+# as root; otherwise one line naming `sudo make system`. A quick dpkg query when all are there.
+system:
+	@scripts/system-packages.sh install test
+system-run:
+	@scripts/system-packages.sh install run
+
 build: venv
 	$(PY) -m infbench build $(bopts)
 build_all: venv
@@ -57,27 +68,27 @@ build_all: venv
 build_%: venv
 	$(PY) -m infbench build $* $(bopts)
 
-run: venv
+run: venv system-run
 	$(PY) -m infbench run $(opts)
-run_all: venv
+run_all: venv system-run
 	$(PY) -m infbench run --all $(opts)
-run_study: venv
+run_study: venv system-run
 	$(PY) -m infbench run --study $(STUDY) $(opts)
 # What the probes cost: the same server without, with, with and without them in one run (~9 min),
 # then requests/s and p50 latency as ratios.
-bench-probes: venv
+bench-probes: venv system-run
 	$(PY) -m infbench run --study probe-overhead $(opts)
 	$(PY) -m infbench.overhead latest
-run_%: venv
+run_%: venv system-run
 	$(PY) -m infbench run $* $(opts)
 # The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled
 # profile: PROFILE=cycles unless the study's is cycled).
-diagnose_%: venv
+diagnose_%: venv system-run
 	$(PY) -m infbench diagnose $* $(opts)
 
 # Capacity under a latency bound (infbench/capacity.py): PROFILE=capacity unless given.
 P95_MS ?=
-capacity_%: venv
+capacity_%: venv system-run
 	@test -n "$(P95_MS)" || { echo "make capacity_$*: give the bound, e.g. P95_MS=500"; exit 2; }
 	$(PY) -m infbench capacity $* --p95-ms $(P95_MS) $(opts)
 
@@ -87,9 +98,9 @@ REQUESTS ?=
 VARIANTS ?= scoring-sync scoring-async
 popts = $(if $(REQUESTS),--requests $(REQUESTS)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 .PHONY: profile
-profile: venv
+profile: venv system-run
 	$(PY) -m infbench profile $(VARIANTS) $(popts)
-profile_%: venv
+profile_%: venv system-run
 	$(PY) -m infbench profile $* $(popts)
 
 report: venv
@@ -110,11 +121,19 @@ check: venv
 list: venv
 	@$(PY) -m infbench list
 
-test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The test pyramid (tests/unit, tests/integration, tests/slow, tests/docker). `make test` runs
+# unit + integration in $(JOBS) pytest-xdist workers, then the tests that measure time or memory
+# (marked `serial`) alone, so that no other test's load is in their figures.
+JOBS ?= 3
+test: venv system
+	$(PY) -m pytest -n $(JOBS) -m "not serial" $(PYTEST_ARGS) tests/unit tests/integration
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) tests/unit tests/integration || test $$? = 5
 
 test-unit: venv
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS) tests/unit
+
+test-slow: venv system
+	$(PY) -m pytest $(PYTEST_ARGS) tests/slow
 
 lint: venv
 	$(PY) -m ruff check infbench servers loadtests tests examples
@@ -122,24 +141,20 @@ lint: venv
 
 # The Docker runtime (RUNTIME=docker): an engine on a machine without one (root), the offline
 # base image for machines without an image registry, and the real-engine smoke test.
-.PHONY: docker-engine docker-engine-stop docker-base test-docker
+.PHONY: docker-engine docker-engine-stop docker-engine-status docker-base test-docker
 docker-engine:
 	scripts/docker-engine.sh start
 docker-engine-stop:
 	scripts/docker-engine.sh stop
+docker-engine-status:
+	scripts/docker-engine.sh status
 docker-base:
 	docker/base.sh
-test-docker: venv
-	INFBENCH_DOCKER_TESTS=1 $(PY) -m pytest -m docker $(PYTEST_ARGS)
+test-docker: venv system
+	INFBENCH_DOCKER_TESTS=1 $(PY) -m pytest $(PYTEST_ARGS) tests/docker
 
-# The allocators the allocator hypotheses preload (Debian's packages; root).
-allocators:
-	scripts/allocators.sh
-
-# Debian's redis-server, for the topologies with a Redis service (root).
-.PHONY: redis
-redis:
-	scripts/redis.sh
+# Older names for `make system` (the allocators, redis-server): the same script, the same list.
+allocators redis: system
 
 # Refresh the pins from the current environment (after changing pyproject.toml).
 lock: venv

@@ -7,6 +7,8 @@ the images from matplotlib's bundled photograph. Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import os
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from collections.abc import Iterator
 
 from infbench.config import Model, as_dict, fingerprint
 from infbench.paths import ROOT
@@ -34,6 +38,19 @@ def model_path(model: Model, build_dir: Path = BUILD) -> Path:
     return build_dir / "models" / f"{model.name}-{fingerprint(model)}.keras"
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: Path) -> Iterator[None]:
+    """One builder at a time per build folder: two runs (or two test workers) that need the same
+    model or images wait for the first to finish instead of reading a half-written file."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with (build_dir / ".build.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Path:
     """Build the model once per spec (the file name carries a hash of the spec)."""
     path = model_path(model, build_dir)
@@ -42,6 +59,13 @@ def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Pat
             raise AssetError(f"model {model.name!r}: no file at {path}")
         return path
     if path.exists():
+        return path
+    with _build_lock(build_dir):
+        return _build_model(model, path, log)
+
+
+def _build_model(model: Model, path: Path, log: bool) -> Path:
+    if path.exists():  # built by another process while this one waited for the lock
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     if log:
@@ -100,6 +124,14 @@ def images_dir(build_dir: Path = BUILD) -> Path:
 
 def ensure_images(build_dir: Path = BUILD, count: int = IMAGE_COUNT) -> list[Path]:
     """JPEGs of varied size and quality, cut from matplotlib's sample photograph."""
+    made = _existing_images(build_dir, count)
+    if made is not None:
+        return made
+    with _build_lock(build_dir):
+        return _existing_images(build_dir, count) or _make_images(build_dir, count)
+
+
+def _existing_images(build_dir: Path, count: int) -> list[Path] | None:
     out = images_dir(build_dir)
     manifest = out / "images.json"
     if manifest.exists():
@@ -107,6 +139,12 @@ def ensure_images(build_dir: Path = BUILD, count: int = IMAGE_COUNT) -> list[Pat
         paths = [out / n for n in names]
         if len(paths) == count and all(p.exists() for p in paths):
             return paths
+    return None
+
+
+def _make_images(build_dir: Path, count: int) -> list[Path]:
+    out = images_dir(build_dir)
+    manifest = out / "images.json"
     from matplotlib import cbook
     from PIL import Image
 

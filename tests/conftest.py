@@ -23,7 +23,8 @@ def pytest_configure(config: pytest.Config) -> None:
                  "integration: starts real servers, Locust and mprof (tests/integration/)",
                  "slow: the longest studies, minutes each (tests/slow/, make test-slow)",
                  "docker: needs a Docker engine (tests/docker/, make test-docker)",
-                 "requires(*packages): Debian packages the test needs (make system)"):
+                 "requires(*packages): Debian packages the test needs (make system)",
+                 "serial: measures time or memory; run alone, after the parallel part"):
         config.addinivalue_line("markers", line)
 
 
