@@ -53,7 +53,7 @@ IMAGE_MARKS = (B64_MARK, NAME_MARK, PIXELS_MARK)
 # Pixels per side for bodies that carry decoded pixels (npy, "{pixels}") when neither the
 # request nor the model says.
 DEFAULT_IMAGE_SIZE = 224
-# malloc implementations a variant can preload (Debian's packages; `make allocators`).
+# malloc implementations a variant can preload (Debian's packages; `make system`).
 ALLOCATORS = {
     "glibc": "",
     "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",

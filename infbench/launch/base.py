@@ -81,7 +81,7 @@ def check_allocators(variants: list[Variant]) -> None:
             if lib and not Path(lib).exists():
                 raise LaunchError(
                     f"variant {v.name}: allocator {s.allocator} needs {lib}, which is not "
-                    "installed; `make allocators` installs Debian's libjemalloc2, libmimalloc2.0 "
+                    "installed; `make system` installs Debian's libjemalloc2, libmimalloc2.0 "
                     "and libgoogle-perftools4 (root)")
 
 

@@ -99,7 +99,7 @@ class NativeLauncher:
         if any(s.server == "redis" for v in variants for s in v.services) \
                 and shutil.which(REDIS_BINARY) is None:
             raise LaunchError("a variant runs Redis, but there is no `redis-server` on PATH; "
-                              "`make redis` installs Debian's redis-server (root)")
+                              "`make system` installs Debian's redis-server (root)")
 
     def start(self, spec: ReplicaSpec) -> NativeReplica:
         return NativeReplica(spec)
