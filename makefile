@@ -126,11 +126,11 @@ list: venv
 # (marked `serial`) alone, so that no other test's load is in their figures.
 JOBS ?= 3
 test: venv system
-	$(PY) -m pytest -n $(JOBS) -m "not serial" $(PYTEST_ARGS) tests/unit tests/integration
+	$(PY) -m pytest -n $(JOBS) --dist loadscope -m "not serial" $(PYTEST_ARGS) tests/unit tests/integration
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) tests/unit tests/integration || test $$? = 5
 
 test-unit: venv
-	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS) tests/unit
+	$(PY) -m pytest -n $(JOBS) --dist loadscope $(PYTEST_ARGS) tests/unit
 
 test-slow: venv system
 	$(PY) -m pytest $(PYTEST_ARGS) tests/slow

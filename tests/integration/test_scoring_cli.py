@@ -1,13 +1,11 @@
-"""The scoring and transport studies through the CLI, on tiny settings: each build up with a
-real Redis and its setup task, the time split that says whether the model calls overlapped, a
-killed model API as one clear error with nothing left running; the TF-Serving-compatible server
-under REST and gRPC users whose Locust counts agree with the server's own timing lines."""
+"""The scoring study through the CLI, on tiny settings: each build up with a real Redis and its
+setup task, the time split that says whether the model calls overlapped, a killed model API as
+one clear error with nothing left running."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from infbench import analysis
 from infbench.paths import ROOT
 from tests.fixtures.helpers import left_running, the_run
 
@@ -110,36 +107,3 @@ def test_a_killed_model_api_is_one_clear_error(tmp_path: Path) -> None:
     assert p.returncode == 1, out[-3000:]
     assert "FAILED scoring-async: model_b-0 exited during step" in out
     assert left_running(d.parent) == []
-
-
-@pytest.fixture(scope="module")
-def transport(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    tmp = tmp_path_factory.mktemp("transport")
-    res = subprocess.run(cli(tmp, "run", "tfs-rest-row", "tfs-rest-b64", "tfs-grpc-tensor",
-                             "tfs-grpc-string", "--profile", "transport-smoke"),
-                         cwd=ROOT, capture_output=True, text=True, timeout=400)
-    return the_run(tmp / "r"), res
-
-
-def test_rest_and_grpc_users_agree_with_the_server(transport: tuple[Path, Any]) -> None:
-    run_dir, res = transport
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    for v in ("tfs-rest-row", "tfs-rest-b64", "tfs-grpc-tensor", "tfs-grpc-string"):
-        d = run_dir / v
-        timings = analysis.read_timings(d)
-        protocol = "grpc" if "grpc" in v else "rest"
-        assert timings and {t["protocol"] for t in timings} == {protocol}
-        for step in (1, 2):
-            batch = 1 if step == 1 else 4
-            stats = analysis.locust_aggregate(d / f"step{step}-b{batch}_stats.csv")
-            assert stats is not None and stats["requests"] > 0 and stats["failures"] == 0
-            served = [t for t in timings if t.get("batch") == batch and t.get("ok")]
-            assert len(served) == stats["requests"], (v, step)
-        for suffix in ("_stats.csv", "_stats_history.csv", "_failures.csv", "_exceptions.csv"):
-            assert (d / f"step1-b1{suffix}").exists()
-        assert (d / "time_split.png").stat().st_size > 0
-        cpu = json.loads((d / "summary.json").read_text())["services"]["tfs"]["steps"]
-        assert all(st["cpu_pct"] is not None and st["cpu_pct"] > 0 for st in cpu)
-    text = (run_dir / "summary.md").read_text()
-    assert "## Ranking by images/s at each batch size" in text
-    assert "decode" in text and "serialize" in text  # the server's split per step
