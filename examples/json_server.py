@@ -40,7 +40,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from servers import probes
-from servers.common import PixelBudget, RequestLimitsMiddleware, exception_handlers
+from servers.bodylimit import BodyLimitMiddleware
+from servers.common import HeaderLimitsMiddleware, PixelBudget, exception_handlers
 from servers.model import LoadedModel, load_model, predict
 from servers.settings import load_settings
 
@@ -106,7 +107,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 app = Starlette(routes=[Route("/v1/models/{name}", status),
                         Route("/v1/models/{name}:predict", predict_endpoint, methods=["POST"])],
-                middleware=[Middleware(RequestLimitsMiddleware,
-                                       max_body_bytes=settings.max_body_bytes)],
+                middleware=[Middleware(BodyLimitMiddleware,
+                                       max_body_bytes=settings.max_body_bytes),
+                            Middleware(HeaderLimitsMiddleware)],
                 exception_handlers=exception_handlers(MAX_INSTANCES),
                 lifespan=lifespan)

@@ -20,10 +20,9 @@ Bad input is a 4xx with {"error": "<one line>"} (and "index" for a bad image):
     no room in INFBENCH_MAX_INFLIGHT_PIXELS within PIXEL_WAIT_S   503 with Retry-After
 Only a genuine server fault is a 500.
 
-A refusal made before the body is read (413 by Content-Length, 414, 415, 431) first reads and
-discards the body, up to a bound, so that a client which sends its whole body before reading
-the answer gets the answer rather than a connection reset; past the bound the answer carries
-`Connection: close` and the server stops reading.
+The body limit, and the draining of a refused body before any answer (so that a client which
+sends its whole body before reading gets the answer rather than a connection reset), are
+servers.bodylimit's, shared with every other server.
 """
 
 from __future__ import annotations
@@ -46,9 +45,10 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers import probes
+from servers.bodylimit import BodyLimitMiddleware
 from servers.model import BadImage, LoadedModel, image_pixels, load_model, predict, preprocess
 from servers.settings import MAX_HEADER_BYTES, Settings
 
@@ -65,8 +65,6 @@ RETRY_AFTER_S = 2
 # is freed, so the next big decodes come from the arenas and stay resident after they are freed.
 # Well above the harness's images (at most ~0.45 MP), so the benchmark's workload never trims.
 TRIM_AFTER_PIXELS = 4_000_000
-# A refused body is read and discarded for at most this long (then `Connection: close`).
-DRAIN_TIMEOUT_S = 10.0
 
 
 class ApiError(Exception):
@@ -80,65 +78,10 @@ class ApiError(Exception):
         self.headers = headers
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from `receive` once a streamed body passes the limit.
-
-    An HTTPException so that the frameworks' form parsing lets it through untouched (FastAPI
-    re-raises HTTPException but turns other parse errors into a 400).
-    """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over {limit} bytes")
-
-
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
                    **extra: Any) -> JSONResponse:
     first_line = message.strip().splitlines()[0] if message.strip() else "error"
     return JSONResponse({"error": first_line, **extra}, status_code=status, headers=headers)
-
-
-async def _send_error(send: Send, status: int, message: str, close: bool = False) -> None:
-    """An error response straight from ASGI middleware, without going through the app."""
-    response = error_response(status, message, {"connection": "close"} if close else None)
-    await response({"type": "http"}, _no_receive, send)
-
-
-async def _no_receive() -> Message:  # pragma: no cover - a JSONResponse never receives
-    return {"type": "http.disconnect"}
-
-
-async def drain(receive: Receive, max_bytes: int) -> bool:
-    """Read and discard the rest of the request body; True once it has ended.
-
-    False if it runs past `max_bytes` (the next message would cross it), takes longer than
-    DRAIN_TIMEOUT_S, or the client goes away. Must not be called once the body has ended (the
-    server would wait for a disconnect). Nothing is kept, so this costs no memory.
-    """
-    left = max_bytes
-    with anyio.move_on_after(DRAIN_TIMEOUT_S):
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return False
-            if not message.get("more_body", False):
-                return True
-            left -= len(message.get("body", b""))
-            if left < 0:
-                return False
-    return False
-
-
-async def refuse(receive: Receive, send: Send, status: int, message: str,
-                 max_drain: int) -> None:
-    """Answer a request the app will not serve, after draining its body (see `drain`).
-
-    Servers close a connection whose request body is still unread when the answer is complete,
-    and a client that is still sending then sees a reset, not the answer. Draining first lets
-    it finish sending and read the answer (and keeps the connection usable); if the body is too
-    long to drain, the answer says `Connection: close` and the server stops reading.
-    """
-    ended = await drain(receive, max_drain)
-    await _send_error(send, status, message, close=not ended)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -163,77 +106,24 @@ def header_problem(scope: Scope, limit: int) -> tuple[int, str] | None:
     return None
 
 
-class RequestLimitsMiddleware:
-    """Refuse oversized requests with a JSON 4xx the client can read, before they cost memory.
+class HeaderLimitsMiddleware:
+    """A request target or header block over `max_header_bytes`: a JSON 414 / 431.
 
-    A request target or header block over `max_header_bytes`: 414 / 431. A body over
-    `max_body_bytes`: 413, by Content-Length before a byte of it is kept, and counted as it
-    arrives too, so a chunked body cannot get past. The rest of a refused body is read and
-    discarded first, up to `max_body_bytes` more (see `refuse`); a Content-Length past that is
-    answered at once with `Connection: close`.
+    Add it inside BodyLimitMiddleware, which drains the body before the answer goes out.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int,
-                 max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
         self.app = app
-        self.limit = max_body_bytes
         self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        problem = None
+        if scope["type"] == "http":
+            problem = header_problem(scope, self.max_header_bytes)
+        if problem is None:
             await self.app(scope, receive, send)
             return
-        problem = header_problem(scope, self.max_header_bytes)
-        if problem is not None:
-            await refuse(receive, send, *problem, max_drain=self.limit)
-            return
-        length = _header(scope, b"content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                await _send_error(send, 400, f"bad Content-Length {length!r}", close=True)
-                return
-            declared = int(length)
-            if declared > self.limit:
-                message = f"request body over {self.limit} bytes"
-                if declared <= 2 * self.limit:
-                    await refuse(receive, send, 413, message, max_drain=declared)
-                else:
-                    await _send_error(send, 413, message, close=True)
-                return
-
-        received = 0
-        started = False
-        must_close = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, must_close
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    ended = not message.get("more_body", False) or await drain(receive,
-                                                                               self.limit)
-                    must_close = not ended
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if must_close:
-                    headers = [*message.get("headers", []), (b"connection", b"close")]
-                    message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge as exc:
-            # Normally the app's exception handler has already answered 413; if it could not,
-            # answer here, unless a response is already on its way.
-            if started:
-                raise
-            await _send_error(send, 413, str(exc.detail), close=must_close)
+        await error_response(*problem)(scope, receive, send)
 
 
 class PredictGateMiddleware:
@@ -254,10 +144,11 @@ class PredictGateMiddleware:
         if scope["method"] == "POST":
             ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
             if ctype != "multipart/form-data":
-                # `receive` counts against the body limit (RequestLimitsMiddleware is outside).
-                await refuse(receive, send, 415, f"unsupported content type {ctype or 'none'!r}: "
-                             f"send multipart/form-data with files in field {FIELD!r}",
-                             max_drain=self.service.settings.max_body_bytes)
+                # The body is drained before this goes out (BodyLimitMiddleware is outside).
+                response = error_response(415, f"unsupported content type {ctype or 'none'!r}: "
+                                          f"send multipart/form-data with files in field "
+                                          f"{FIELD!r}")
+                await response(scope, receive, send)
                 return
         # Only touched on the event loop thread, so a plain int is safe.
         self.service.inflight += 1
@@ -486,9 +377,11 @@ class Service:
 
 
 def middleware(service: Service) -> list[Middleware]:
-    """Request limits outermost (they protect every path), then the /predict gate."""
+    """The body limit outermost (it protects every path and drains before any answer), then
+    the header limits, then the /predict gate."""
     return [
-        Middleware(RequestLimitsMiddleware, max_body_bytes=service.settings.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_body_bytes=service.settings.max_body_bytes),
+        Middleware(HeaderLimitsMiddleware),
         Middleware(PredictGateMiddleware, service=service),
     ]
 

@@ -26,7 +26,8 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field, Strict
 
 from servers import nodelay
-from servers.common import RequestLimitsMiddleware
+from servers.bodylimit import BodyLimitMiddleware
+from servers.common import HeaderLimitsMiddleware
 from servers.scoring_common import (
     HEALTH_PATH,
     PREDICT_PATH,
@@ -57,7 +58,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 app = FastAPI(title="infbench model API (FastAPI)", lifespan=lifespan, openapi_url=None,
               docs_url=None, redoc_url=None)
-app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+app.add_middleware(HeaderLimitsMiddleware)
+# Outside the header limits: it drains a body still coming before any answer.
+app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
 install_fastapi_errors(app, max_features=settings.max_features)
 
 

@@ -17,6 +17,7 @@ import time
 
 from flask import Flask, Response, jsonify, request
 
+from servers.bodylimit import BodyLimitWSGI
 from servers.scoring_common import (
     HEALTH_PATH,
     PREDICT_PATH,
@@ -36,6 +37,9 @@ scorer.load()
 
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+# A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
+# still coming is drained first (servers.bodylimit).
+app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 install_flask_errors(app)
 
 

@@ -12,8 +12,9 @@ Settings: INFBENCH_REDIS_URL and the rest in servers.queue_common (keys, encodin
                     200 {"id", "stored": true}; 404 for an id we never answered
 
 Errors are {"error": "<one line>"}: 400 bad form or feedback (and a file the worker cannot
-decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES, 415 wrong content
-type, 503 Redis unavailable (or this process's connection pool exhausted: the message names
+decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES (servers.bodylimit,
+which also drains a body still coming before any answer), 415 wrong content type, 503 Redis
+unavailable (or this process's connection pool exhausted: the message names
 INFBENCH_REDIS_MAX_CONNECTIONS), 504 no result within INFBENCH_JOB_TIMEOUT.
 
 How a request waits for its result: BLPOP on its own result list (P:result:<id>), with the
@@ -47,9 +48,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from servers import nodelay
+from servers.bodylimit import BodyLimitMiddleware
 from servers.queue_common import (
     FEEDBACK_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
@@ -120,55 +121,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timings.close()
         await state.redis.aclose()
         await state.health.aclose()
-
-
-# ---------------------------------------------------------------------------------------------
-# Body limit
-
-
-class BodyTooLarge(HTTPException):
-    """Raised from `receive` once a streamed body passes the limit; an HTTPException so that
-    Starlette's form parsing lets it through as it is."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body over {limit} bytes")
-
-
-class BodyLimit:
-    """413 for a Content-Length over the limit before reading; counts streamed bytes too, so
-    a chunked body or a lying Content-Length cannot get past."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = next((v.decode("latin-1") for k, v in scope["headers"]
-                       if k.lower() == b"content-length"), None)
-        if length is not None:
-            refusal = None
-            if not length.strip().isdigit():
-                refusal = JSONResponse(error_body(f"bad Content-Length {length!r}"), 400)
-            elif int(length) > self.limit:
-                refusal = JSONResponse(error_body(f"request body over {self.limit} bytes"), 413)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        await self.app(scope, counting_receive, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +231,7 @@ app = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
-app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
 app.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse)
 app.add_api_route("/health", health, methods=["GET"])
 app.add_api_route("/predict", predict, methods=["POST"])

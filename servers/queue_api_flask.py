@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
+from servers.bodylimit import BodyLimitWSGI, too_large_message
 from servers.queue_common import (
     FEEDBACK_LUA,
     GUNICORN_APP_LOAD_ERROR,
@@ -82,6 +83,9 @@ app.config.update(
     # One file plus a few text fields is all /predict takes; Werkzeug's default is 1000 parts.
     MAX_FORM_PARTS=16,
 )
+# A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
+# still coming is drained first (servers.bodylimit).
+app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 
 
 def _json(body: dict[str, Any], status: int) -> Response:
@@ -166,7 +170,7 @@ def on_api_error(exc: ApiError) -> Response:
 def on_http(exc: HTTPException) -> Response:
     status = exc.code or 500
     if status == 413:
-        message = f"request body over {settings.max_body_bytes} bytes"
+        message = too_large_message(settings.max_body_bytes)
     else:
         message = exc.description or exc.name
     response = _json(error_body(message), status)

@@ -34,7 +34,8 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from servers import nodelay
-from servers.common import RequestLimitsMiddleware
+from servers.bodylimit import BodyLimitMiddleware
+from servers.common import HeaderLimitsMiddleware
 from servers.profiling import ProfileASGI, load_profile_settings
 from servers.scoring_common import (
     ENTITY_ID_MAX_CHARS,
@@ -138,7 +139,9 @@ def log_error(request: Request, status: int) -> None:
 
 app = FastAPI(title="infbench scoring API (FastAPI)", lifespan=lifespan, openapi_url=None,
               docs_url=None, redoc_url=None)
-app.add_middleware(RequestLimitsMiddleware, max_body_bytes=settings.max_body_bytes)
+app.add_middleware(HeaderLimitsMiddleware)
+# Outside the header limits: it drains a body still coming before any answer.
+app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
 app.add_middleware(StartClock)  # added last: outermost
 if profile_settings is not None:  # outermost of all: the profile covers the whole request
     app.add_middleware(ProfileASGI, settings=profile_settings)

@@ -27,6 +27,7 @@ import redis
 import requests
 from flask import Flask, Response, jsonify, request
 
+from servers.bodylimit import BodyLimitWSGI
 from servers.profiling import ProfileWSGI, load_profile_settings
 from servers.scoring_common import (
     HEALTH_PATH,
@@ -98,6 +99,9 @@ def log_error(status: int) -> None:
 
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+# A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
+# still coming is drained first (servers.bodylimit).
+app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 app.wsgi_app = StartClock(app.wsgi_app)  # type: ignore[method-assign]
 if profile_settings is not None:  # outermost: the profile covers the whole request
     app.wsgi_app = ProfileWSGI(app.wsgi_app, profile_settings)  # type: ignore[method-assign]

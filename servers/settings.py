@@ -22,6 +22,9 @@ server at startup with a message naming the variable, never surface later as a 5
 Both pixel counts come from the image headers, before anything is decoded; see
 servers.common.PixelBudget for how a request's share is counted.
 
+How long a body still coming is drained before an answer is not a variable either:
+servers.bodylimit.DRAIN_S (10 s), on every server.
+
 Request header limits are not variables: MAX_HEADER_BYTES (16 KiB) caps the request target and
 the header block, in the app (servers.common) and in the servers' own parsers. The flags that
 set the latter, per server, for whatever starts them (the harness's launcher):

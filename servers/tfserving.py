@@ -25,7 +25,8 @@ REST (Starlette on Uvicorn, on the event loop; the work runs in anyio's worker t
       Errors {"error": "<one line>"}: 400 malformed JSON, wrong shape or dtype, bad image or
       base64, both or neither of instances/inputs, unknown signature; 404 unknown model,
       version or path; 413 body over INFBENCH_MAX_BODY_BYTES or more than INFBENCH_MAX_IMAGES
-      instances.
+      instances. The body limit is servers.bodylimit's, as on every infbench server: a body
+      still coming is drained before any answer.
 gRPC (grpcio's thread pool, same model behind a lock):
     tensorflow.serving.PredictionService/Predict: one input, DT_FLOAT (tensor_content or
       float_val, shape [N, size, size, channels]) or DT_STRING (string_val, shape [N], encoded
@@ -59,8 +60,8 @@ about once a second and at shutdown):
                    the response message to bytes,
      "total_ms":   the handler's whole time, from arrival to the response bytes}
 Only predict requests are recorded. Not recorded: REST answers given before the predict handler
-(unknown path, wrong method) and gRPC messages that do not deserialise (grpcio answers those
-INTERNAL itself).
+(unknown path, wrong method, a Content-Length over INFBENCH_MAX_BODY_BYTES) and gRPC messages
+that do not deserialise (grpcio answers those INTERNAL itself).
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from servers import probes
+from servers.bodylimit import BodyLimitMiddleware, BodyTooLarge
 from servers.model import BadImage, LoadedModel, decode_image, forward, load_model
 from servers.settings import CALL_STYLES, Settings, SettingsError, load_settings
 
@@ -450,6 +453,8 @@ class RestApi:
                 Route("/health", self.health, methods=["GET"]),
                 Route("/v1/models/{rest:path}", self.models, methods=["GET", "POST"]),
             ],
+            middleware=[Middleware(BodyLimitMiddleware,
+                                   max_body_bytes=self.core.opts.settings.max_body_bytes)],
             exception_handlers={HTTPException: self._on_http, Exception: self._on_fault},
             lifespan=self.core.lifespan,
         )
@@ -483,22 +488,14 @@ class RestApi:
             return _error(exc.status, exc.message)
         return JSONResponse(servable.status_json())
 
-    async def _body(self, request: Request) -> bytes:
-        limit = self.core.opts.settings.max_body_bytes
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                raise bad(f"bad Content-Length {length!r}")
-            if int(length) > limit:
-                raise too_large(f"request body over {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large(f"request body over {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    @staticmethod
+    async def _body(request: Request) -> bytes:
+        """The body; BodyLimitMiddleware has refused a Content-Length over the limit already and
+        counts what streams in."""
+        try:
+            return await request.body()
+        except BodyTooLarge as exc:
+            raise too_large(str(exc.detail)) from None
 
     async def predict(self, request: Request, name: str, version: int | None) -> Response:
         rec = Timing("rest")
