@@ -30,8 +30,9 @@ from infbench.monitor import sampler as sampler_mod
 # Version of summary.json. 1: first version. 2: "services" (memory and CPU per service of a
 # topology), "events" and "faults", a status per step, variant status "degraded". 3: per step
 # "stable", "stability" (windows), "memory_flat", "loadgen", "limited_by_loadgen", "open_loop",
-# "efficiency", "notes" (infbench/trust.py); "model_alone" per variant.
-SUMMARY_SCHEMA = 3
+# "efficiency", "notes" (infbench/trust.py); "model_alone" per variant. 4: verdict "no verdict"
+# for a profile that runs its sweep once (no cycles), which 1-3 called "inconclusive".
+SUMMARY_SCHEMA = 4
 COOLDOWN_TAIL_S = 5.0
 
 DEFINITIONS = {
@@ -365,6 +366,15 @@ def profile_of(variant_dir: Path) -> dict[str, Any] | None:
     return profile if isinstance(profile, dict) else None
 
 
+def profile_cycles(profile: dict[str, Any] | None) -> int | None:
+    """How many times the profile runs its sweep (a profile from before `cycles` ran it once);
+    None when the profile is not known."""
+    if profile is None:
+        return None
+    cycles = profile.get("cycles", 1)
+    return cycles if isinstance(cycles, int) and not isinstance(cycles, bool) else None
+
+
 def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Per step: where the time went, by the servers' own timing lines, and Locust's failures
     by kind."""
@@ -390,6 +400,7 @@ def summarize_variant(variant_dir: Path,
     steps = step_figures(variant_dir, mp.mem, plist)
     trust.annotate(variant_dir, steps, plist, mp.mem)
     pauses = [p for p in plist if p.get("kind") == "pause"]
+    profile = profile_of(variant_dir)
 
     def total(key: str) -> int | None:
         vals = [s[key] for s in steps if s.get(key) is not None]
@@ -403,12 +414,13 @@ def summarize_variant(variant_dir: Path,
         "error": (ph.get("error") or "").splitlines()[0] if ph.get("error") else None,
         "memory_mb": memory_figures(mp.mem, plist),
         "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
-        "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps),
+        "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps,
+                                      profile_cycles(profile)),
         "breakdown_mb": breakdown.figures(
             breakdown.series(variant_dir) if points is None else points, plist),
         "services": service_figures(variant_dir, ph, steps),
         "split": split_figures(variant_dir, steps),
-        "profile": profile_of(variant_dir),
+        "profile": profile,
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
         "totals": {"requests": total("requests"), "failures": total("failures"),

@@ -397,6 +397,8 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             grew = f"  [{g:+,.1f} MB after warm-up]" if g is not None else ""
             said = v.get("headline") or verdict.headline(v)
             out.append(f"  {r['variant']:<{width}}  {said}{grew}")
+    elif verdict.no_cycles(rows):
+        out += ["", f"{verdict.NO_VERDICT}: {verdict.NO_CYCLES}"]
     warnings = probe_warnings(rows)
     if warnings:
         out += ["", *[f"WARNING {w}" for w in warnings]]
@@ -627,9 +629,12 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "parts add up to RSS. Plots: `<variant>/memory_parts.png`.")
     judged = verdict_table(rows)
     if not judged:
-        lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "
-                  "`PROFILE=cycles` repeats it with a rest after each cycle (and variants "
-                  "with `probes = true` say where the memory is)."]
+        why = ("No verdict: this profile has no cycles (it runs its sweep once)"
+               if verdict.no_cycles(rows) else
+               "No leak/retention/plateau verdict: no variant measured two cycles (the reason "
+               "of each is in its summary.json)")
+        lines += ["", f"{why}. `PROFILE=cycles` repeats the sweep with a rest after each cycle "
+                  "(and variants with `probes = true` say where the memory is)."]
         lines += [f"- WARNING {w}" for w in probe_warnings(rows)]
     else:
         notes = verdict_notes(rows)
