@@ -281,17 +281,49 @@ def sum_series(series: list[list[tuple[float, float]]],
     return out
 
 
-def replica_mprofs(variant_dir: Path, ph: dict[str, Any]) -> dict[str, Mprof]:
-    """Each service replica's mprofile.dat: the variant's own for a one-service variant."""
+def stop_began(ph: dict[str, Any]) -> float | None:
+    """When the harness began stopping the servers: the end of the run's last phase (the
+    cooldown, or the phase an interrupt cut short); a setup task's phase comes before any of
+    them. None when the run has no such phase (it failed before its baseline)."""
+    ends = [p["end"] for p in ph.get("phases", []) if p.get("kind") != "setup" and p.get("end")]
+    return max(ends) if ends else None
+
+
+def while_running(samples: list[tuple[float, float]],
+                  stop_at: float | None) -> list[tuple[float, float]]:
+    """The samples of a running server, for the plots: none taken after the harness began
+    stopping it (`stop_at`: its shutdown, workers exiting one by one), and not the trailing
+    0 MB that mprof writes once the process it watched is gone (a crash, or the stop)."""
+    out = [x for x in samples if stop_at is None or x[0] <= stop_at]
+    while out and out[-1][1] <= 0:
+        out.pop()
+    return out
+
+
+def running_mprof(mp: Mprof, stop_at: float | None) -> Mprof:
+    """`mp` with its MEM and each child's samples while_running."""
+    return Mprof(cmdline=mp.cmdline, mem=while_running(mp.mem, stop_at),
+                 children={k: while_running(v, stop_at) for k, v in mp.children.items()},
+                 bad_lines=mp.bad_lines)
+
+
+def replica_mprofs(variant_dir: Path, ph: dict[str, Any],
+                   running: bool = False) -> dict[str, Mprof]:
+    """Each service replica's mprofile.dat: the variant's own for a one-service variant.
+    running: only what was sampled while each ran (while_running), as the plots draw it; the
+    figures are read from every sample."""
     labels = [k for k in ph.get("services", {}) if k != "server"]
-    if not labels:
-        return {"server": parse_mprof(variant_dir / "mprofile.dat")}
-    return {label: parse_mprof(variant_dir / label / "mprofile.dat") for label in labels}
+    paths = {label: variant_dir / label / "mprofile.dat" for label in labels} or \
+        {"server": variant_dir / "mprofile.dat"}
+    stop_at = stop_began(ph)
+    return {label: running_mprof(parse_mprof(path), stop_at) if running else parse_mprof(path)
+            for label, path in paths.items()}
 
 
-def variant_mprof(variant_dir: Path, ph: dict[str, Any]) -> Mprof:
-    """The variant's memory: its server's, or every replica's MEM summed over time."""
-    per = replica_mprofs(variant_dir, ph)
+def variant_mprof(variant_dir: Path, ph: dict[str, Any], running: bool = False) -> Mprof:
+    """The variant's memory: its server's, or every replica's MEM summed over time (running:
+    see replica_mprofs)."""
+    per = replica_mprofs(variant_dir, ph, running)
     if len(per) == 1:
         return next(iter(per.values()))
     out = Mprof(cmdline="(sum of every service replica)")
