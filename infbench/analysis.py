@@ -30,8 +30,9 @@ from infbench.monitor import sampler as sampler_mod
 # Version of summary.json. 1: first version. 2: "services" (memory and CPU per service of a
 # topology), "events" and "faults", a status per step, variant status "degraded". 3: per step
 # "stable", "stability" (windows), "memory_flat", "loadgen", "limited_by_loadgen", "open_loop",
-# "efficiency", "notes" (infbench/trust.py); "model_alone" per variant.
-SUMMARY_SCHEMA = 3
+# "efficiency", "notes" (infbench/trust.py); "model_alone" per variant. 4: verdict "no verdict"
+# for a profile that runs its sweep once (no cycles), which 1-3 called "inconclusive".
+SUMMARY_SCHEMA = 4
 COOLDOWN_TAIL_S = 5.0
 
 DEFINITIONS = {
@@ -280,17 +281,49 @@ def sum_series(series: list[list[tuple[float, float]]],
     return out
 
 
-def replica_mprofs(variant_dir: Path, ph: dict[str, Any]) -> dict[str, Mprof]:
-    """Each service replica's mprofile.dat: the variant's own for a one-service variant."""
+def stop_began(ph: dict[str, Any]) -> float | None:
+    """When the harness began stopping the servers: the end of the run's last phase (the
+    cooldown, or the phase an interrupt cut short); a setup task's phase comes before any of
+    them. None when the run has no such phase (it failed before its baseline)."""
+    ends = [p["end"] for p in ph.get("phases", []) if p.get("kind") != "setup" and p.get("end")]
+    return max(ends) if ends else None
+
+
+def while_running(samples: list[tuple[float, float]],
+                  stop_at: float | None) -> list[tuple[float, float]]:
+    """The samples of a running server, for the plots: none taken after the harness began
+    stopping it (`stop_at`: its shutdown, workers exiting one by one), and not the trailing
+    0 MB that mprof writes once the process it watched is gone (a crash, or the stop)."""
+    out = [x for x in samples if stop_at is None or x[0] <= stop_at]
+    while out and out[-1][1] <= 0:
+        out.pop()
+    return out
+
+
+def running_mprof(mp: Mprof, stop_at: float | None) -> Mprof:
+    """`mp` with its MEM and each child's samples while_running."""
+    return Mprof(cmdline=mp.cmdline, mem=while_running(mp.mem, stop_at),
+                 children={k: while_running(v, stop_at) for k, v in mp.children.items()},
+                 bad_lines=mp.bad_lines)
+
+
+def replica_mprofs(variant_dir: Path, ph: dict[str, Any],
+                   running: bool = False) -> dict[str, Mprof]:
+    """Each service replica's mprofile.dat: the variant's own for a one-service variant.
+    running: only what was sampled while each ran (while_running), as the plots draw it; the
+    figures are read from every sample."""
     labels = [k for k in ph.get("services", {}) if k != "server"]
-    if not labels:
-        return {"server": parse_mprof(variant_dir / "mprofile.dat")}
-    return {label: parse_mprof(variant_dir / label / "mprofile.dat") for label in labels}
+    paths = {label: variant_dir / label / "mprofile.dat" for label in labels} or \
+        {"server": variant_dir / "mprofile.dat"}
+    stop_at = stop_began(ph)
+    return {label: running_mprof(parse_mprof(path), stop_at) if running else parse_mprof(path)
+            for label, path in paths.items()}
 
 
-def variant_mprof(variant_dir: Path, ph: dict[str, Any]) -> Mprof:
-    """The variant's memory: its server's, or every replica's MEM summed over time."""
-    per = replica_mprofs(variant_dir, ph)
+def variant_mprof(variant_dir: Path, ph: dict[str, Any], running: bool = False) -> Mprof:
+    """The variant's memory: its server's, or every replica's MEM summed over time (running:
+    see replica_mprofs)."""
+    per = replica_mprofs(variant_dir, ph, running)
     if len(per) == 1:
         return next(iter(per.values()))
     out = Mprof(cmdline="(sum of every service replica)")
@@ -365,6 +398,15 @@ def profile_of(variant_dir: Path) -> dict[str, Any] | None:
     return profile if isinstance(profile, dict) else None
 
 
+def profile_cycles(profile: dict[str, Any] | None) -> int | None:
+    """How many times the profile runs its sweep (a profile from before `cycles` ran it once);
+    None when the profile is not known."""
+    if profile is None:
+        return None
+    cycles = profile.get("cycles", 1)
+    return cycles if isinstance(cycles, int) and not isinstance(cycles, bool) else None
+
+
 def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Per step: where the time went, by the servers' own timing lines, and Locust's failures
     by kind."""
@@ -390,6 +432,7 @@ def summarize_variant(variant_dir: Path,
     steps = step_figures(variant_dir, mp.mem, plist)
     trust.annotate(variant_dir, steps, plist, mp.mem)
     pauses = [p for p in plist if p.get("kind") == "pause"]
+    profile = profile_of(variant_dir)
 
     def total(key: str) -> int | None:
         vals = [s[key] for s in steps if s.get(key) is not None]
@@ -403,12 +446,13 @@ def summarize_variant(variant_dir: Path,
         "error": (ph.get("error") or "").splitlines()[0] if ph.get("error") else None,
         "memory_mb": memory_figures(mp.mem, plist),
         "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
-        "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps),
+        "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps,
+                                      profile_cycles(profile)),
         "breakdown_mb": breakdown.figures(
             breakdown.series(variant_dir) if points is None else points, plist),
         "services": service_figures(variant_dir, ph, steps),
         "split": split_figures(variant_dir, steps),
-        "profile": profile_of(variant_dir),
+        "profile": profile,
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
         "totals": {"requests": total("requests"), "failures": total("failures"),

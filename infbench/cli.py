@@ -236,7 +236,7 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)
-        v.request.check_steps(f"variants.{v.name}", profile.steps)
+        v.check_profile(profile)
         if m.is_file and m.name not in checked:
             assets.check_model_file(m)
             checked.add(m.name)
@@ -291,7 +291,7 @@ def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
                                                     rate=search.start, until_stable=True),),
                                   cycles=1)
     m = exp.model_for(v, args.model)
-    v.request.check_steps(f"variants.{v.name}", profile.steps)
+    v.check_profile(profile)
     if m.is_file:
         assets.check_model_file(m)
     check_writable(Path(args.results))
@@ -368,6 +368,8 @@ def cmd_diagnose(exp: config.Experiments, args: argparse.Namespace) -> int:
     if profile.cycles < verdict.MIN_CYCLES:
         raise config.ConfigError(f"diagnose needs a profile of at least {verdict.MIN_CYCLES} "
                                  f"cycles; {name!r} has {profile.cycles}")
+    for v in variants:
+        v.check_profile(profile)
     paired = [x for v in variants for x in (v, under(v, "jemalloc"))]
     check_writable(Path(args.results))
     get_launcher(args.runtime).prepare(paired, print)

@@ -24,6 +24,7 @@ from infbench.schedule import ARRIVALS
 #   redis                            Debian's redis-server, bound to loopback on the harness's port
 #   command                          any command of yours (`command`, with placeholders)
 SERVERS = ("uvicorn", "gunicorn", "hypercorn", "module", "redis", "command")
+APP_SERVERS = ("uvicorn", "gunicorn", "hypercorn")  # the servers that run an `app`
 # Our apps: name -> (import path, interface). WSGI apps run on Gunicorn's sync workers only.
 APP_MODULES: dict[str, tuple[str, str]] = {
     "starlette": ("servers.app_starlette:app", "asgi"),
@@ -37,6 +38,20 @@ APP_MODULES: dict[str, tuple[str, str]] = {
     "model-api-flask": ("servers.model_api_flask:app", "wsgi"),
 }
 APPS = tuple(APP_MODULES)
+# Our apps that take a fixed number of items per request, whatever the profile's `batch` says
+# (a step of 3 would fail every request): the most a request carries, and what it is. The image
+# apps take up to INFBENCH_MAX_IMAGES (MAX_IMAGES_ENV), which the harness sets to the profile's
+# largest batch unless the service's env fixes it (see Service.batch_limit).
+APP_MAX_BATCH: dict[str, tuple[int, str]] = {
+    "queue-fastapi": (1, "one image per request"),
+    "queue-flask": (1, "one image per request"),
+    "scoring-fastapi": (1, "one entity per request"),
+    "scoring-flask": (1, "one entity per request"),
+    "model-api-fastapi": (1, "one feature vector per request"),
+    "model-api-flask": (1, "one feature vector per request"),
+}
+# Our servers' cap on images per request (servers/settings.py); the launch contract sets it.
+MAX_IMAGES_ENV = "INFBENCH_MAX_IMAGES"
 HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
 # The placeholders a service's command, args and env may use (see Service).
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_.-]*)\}")
@@ -205,11 +220,15 @@ class Request:
     def check_steps(self, where: str, steps: tuple[Step, ...]) -> None:
         """A profile this request cannot carry is a one-line error before anything starts."""
         if self.body == "binary" and any(s.batch != 1 for s in steps):
-            batches = sorted({s.batch for s in steps if s.batch != 1})
             raise ConfigError(
                 f"{where}: request.body = 'binary' sends one image per request, but the profile "
-                f"has steps with batch {', '.join(map(str, batches))}; use a profile with "
+                f"has steps with batch {_over(steps, 1)}; use a profile with "
                 "batch 1, or body = 'npy', 'json' or 'multipart'")
+
+
+def _over(steps: tuple[Step, ...], limit: int) -> str:
+    """The batch sizes of `steps` above `limit`, as a list for a message."""
+    return ", ".join(map(str, sorted({s.batch for s in steps if s.batch > limit})))
 
 
 @dataclass(frozen=True)
@@ -248,9 +267,25 @@ class Service:
     trim_each_request: bool = False
     once: bool = False  # a setup task (seed a store): runs to exit 0 before its dependants
     gets_model: bool = True  # INFBENCH_MODEL_PATH in its environment (not Redis)
+    max_batch: int = 0  # the most items one request may carry (0: none declared)
 
     def __hash__(self) -> int:
         return hash(self.name)
+
+    def batch_limit(self) -> tuple[int, str] | None:
+        """The most items a request to this service may carry, and why (None: no limit known):
+        the tightest of its own `max_batch`, what its app takes (APP_MAX_BATCH) and an
+        INFBENCH_MAX_IMAGES its env fixes (the harness's own value follows the profile)."""
+        limits = []
+        if self.max_batch:
+            limits.append((self.max_batch, f"declares max_batch = {self.max_batch}"))
+        if self.server in APP_SERVERS and self.app in APP_MAX_BATCH:
+            n, what = APP_MAX_BATCH[self.app]
+            limits.append((n, f"runs app {self.app!r}, which takes {what}"))
+        if self.env.get(MAX_IMAGES_ENV):
+            n = int(self.env[MAX_IMAGES_ENV])  # checked when loaded
+            limits.append((n, f"sets env {MAX_IMAGES_ENV} = {n}"))
+        return min(limits, key=lambda x: x[0]) if limits else None
 
     @property
     def uses_python(self) -> bool:
@@ -311,6 +346,20 @@ class Variant:
     @property
     def allocators(self) -> set[str]:
         return {s.allocator for s in self.services}
+
+    def check_profile(self, profile: Profile) -> None:
+        """A profile this variant's entry cannot take is a one-line error before anything
+        starts: a binary body with batches over one, or steps over the entry's batch_limit."""
+        where = f"variants.{self.name}"
+        self.request.check_steps(where, profile.steps)
+        limit = self.entry_service.batch_limit()
+        if limit is None or all(s.batch <= limit[0] for s in profile.steps):
+            return
+        n, why = limit
+        who = "it" if self.single else f"its entry service {self.entry!r}"
+        raise ConfigError(
+            f"{where}: {who} {why}, but profile {profile.name!r} has steps with batch "
+            f"{_over(profile.steps, n)}; use a profile whose steps send at most {n}")
 
     def with_probes(self) -> Variant:
         """Every Python service with the probes on (PROBES=1, --probes)."""
@@ -541,7 +590,7 @@ SERVICE_SPEC: dict[str, Any] = {
     "workers": int, "call": str, "env": dict, "command": list, "args": list, "replicas": int,
     "depends_on": list, "ports": list, "health": str, "health_path": str,
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
-    "allocator": str, "trim_each_request": bool, "once": bool}
+    "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int}
 # Keys of a variant in the topology form; the flat form has these and SERVICE_SPEC's.
 VARIANT_SPEC: dict[str, Any] = {"description": str, "base": str, "request": dict,
                                 "model": str, "entry": str, "services": dict, "load": dict}
@@ -573,6 +622,15 @@ def _load_service(where: str, name: str, table: Any) -> Service:
         values["startup_timeout"] = float(values["startup_timeout"])
     for k, v in values.get("env", {}).items():
         _check(f"{where}.env", k, v, str)
+    cap = values.get("env", {}).get(MAX_IMAGES_ENV, "").strip()
+    if cap and not (cap.isdigit() and int(cap) > 0):
+        raise ConfigError(f"{where}.env.{MAX_IMAGES_ENV}: expected a positive integer, got "
+                          f"{cap!r}")
+    _positive(where, "max_batch", values.get("max_batch", 1))
+    app_cap = APP_MAX_BATCH.get(values.get("app", "starlette"))
+    if server in APP_SERVERS and app_cap and values.get("max_batch", 0) > app_cap[0]:
+        raise ConfigError(f"{where}.max_batch: app {values.get('app')!r} takes {app_cap[1]} "
+                          f"(max_batch {app_cap[0]} at most), got {values['max_batch']}")
     for key in ("command", "args", "depends_on", "ports", "health_command"):
         if key in values:
             values[key] = _strings(where, key, values[key])
@@ -893,6 +951,11 @@ def _build(path: Path, raw: dict[str, Any]) -> Experiments:
         st_profile = st.get("profile", profile)
         if st_profile not in profiles:
             raise ConfigError(f"{where}.profile: unknown profile {st_profile!r}")
+        for v in st["variants"]:  # a study pairs these: each must fit, before anything starts
+            try:
+                variants[v].check_profile(profiles[st_profile])
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
         studies[name] = Study(name=name, variants=tuple(st["variants"]), profile=st_profile,
                               description=st.get("description", ""))
     return Experiments(path=path, models=models, profiles=profiles, variants=variants,

@@ -17,13 +17,13 @@ import socket
 import subprocess
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
+from infbench import loopback
 from infbench.launch.argv import fill
 from infbench.launch.base import LaunchError, Replica
 from infbench.paths import HOST
@@ -116,7 +116,7 @@ class Probe:
 
 def _http(url: str, probe: Probe) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as r:
+        with loopback.urlopen(url, timeout=2.0) as r:
             body = r.read(65536)
             status = r.status
     except urllib.error.HTTPError as e:
@@ -182,7 +182,7 @@ def check_once(replica: Replica, probe: Probe) -> dict[str, Any] | None:
         argv = [fill(a, values) for a in s.health_command]
         try:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=10,
-                                 stdin=subprocess.DEVNULL)
+                                 stdin=subprocess.DEVNULL, env=loopback.child_env())
         except (OSError, subprocess.TimeoutExpired) as e:
             probe.last = f"health command failed: {e}"
             return None

@@ -24,6 +24,8 @@ from typing import IO
 
 import psutil
 
+from infbench import loopback
+
 _LIVE: dict[int, Group] = {}
 
 
@@ -89,7 +91,7 @@ class Group:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
+                env=loopback.child_env(env),  # its loopback traffic off any proxy
                 cwd=cwd,
                 start_new_session=True,
             )

@@ -128,10 +128,27 @@ def _summary_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_3_to_4(d: dict[str, Any]) -> dict[str, Any]:
+    # 4 says "no verdict" where the profile runs its sweep once; 1-3 called that
+    # "inconclusive" ("0 complete cycle(s) ... need at least 3"). Which runs those are is the
+    # writer's own rule (verdict.runs_once): the profile (3 keeps it, from the manifest), else
+    # no cycle counted while steps ran.
+    v = d.get("verdict")
+    if not isinstance(v, dict) or v.get("verdict") != "inconclusive":
+        return d
+    profile = d.get("profile")
+    counted = int(v.get("cycles") or 0)
+    if verdict.runs_once(analysis.profile_cycles(profile) if isinstance(profile, dict) else None,
+                         counted, bool(d.get("steps"))):
+        d["verdict"] = {**v, **verdict.no_verdict(counted)}
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
-                     analysis.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3})
+                     analysis.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
+                                               3: _summary_3_to_4})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):

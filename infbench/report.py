@@ -119,11 +119,15 @@ def build(run_dir: Path) -> dict[str, Any]:
             rows.append(s)
             continue
         write_json(vd / "summary.json", s)
-        mp = analysis.variant_mprof(vd, ph)
-        cgroup = analysis.parse_cgroup_csv(vd / analysis.CGROUP_FILE)  # docker runs only
+        # The plots draw each line while its server ran: not its shutdown, nor mprof's
+        # 0 MB after the process is gone (analysis.while_running).
+        stop_at = analysis.stop_began(ph)
+        mp = analysis.variant_mprof(vd, ph, running=True)
+        cgroup = analysis.while_running(  # docker runs only
+            analysis.parse_cgroup_csv(vd / analysis.CGROUP_FILE), stop_at)
         per_service: tuple[tuple[str, plots.Series, str], ...] = ()
         if s.get("services") and list(s["services"]) != ["server"]:
-            per = analysis.replica_mprofs(vd, ph)
+            per = analysis.replica_mprofs(vd, ph, running=True)
             per_service = tuple(
                 (f"service {name} (mprof, {sv['replicas']} replica(s))",
                  analysis.sum_series([per[lb].mem for lb in sv["labels"] if lb in per]),
@@ -131,7 +135,7 @@ def build(run_dir: Path) -> dict[str, Any]:
                 for n, (name, sv) in enumerate(s["services"].items()))
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
                            extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
-                                  *sampler_lines(vd), *per_service),
+                                  *sampler_lines(vd, stop_at), *per_service),
                            mem_label="all services, replicas summed (mprof MEM)"
                            if per_service else "server + children (mprof MEM)")
         if points:
@@ -198,11 +202,14 @@ def parts_note(s: dict[str, Any]) -> str:
             f"{after['named_pct']:.0f}% of RSS{extra}")
 
 
-def sampler_lines(variant_dir: Path) -> tuple[tuple[str, plots.Series, str], ...]:
-    """PSS and anonymous memory summed over the server's processes (processes.csv)."""
+def sampler_lines(variant_dir: Path,
+                  stop_at: float | None = None) -> tuple[tuple[str, plots.Series, str], ...]:
+    """PSS and anonymous memory summed over the server's processes (processes.csv), while
+    they ran (analysis.while_running)."""
     tot = sampler.totals(sampler.read_samples(variant_dir / "processes.csv"))
-    pss = [(t["time"], t["pss_mb"]) for t in tot if t["pss_mb"] is not None]
-    anon = [(t["time"], t["anon_mb"]) for t in tot]
+    pss = analysis.while_running([(t["time"], t["pss_mb"]) for t in tot
+                                  if t["pss_mb"] is not None], stop_at)
+    anon = analysis.while_running([(t["time"], t["anon_mb"]) for t in tot], stop_at)
     return (("PSS, all processes (sampler)", pss, "#6a4c93"),
             ("anonymous, all processes (sampler)", anon, "#8d99ae"))
 
@@ -397,6 +404,8 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             grew = f"  [{g:+,.1f} MB after warm-up]" if g is not None else ""
             said = v.get("headline") or verdict.headline(v)
             out.append(f"  {r['variant']:<{width}}  {said}{grew}")
+    elif verdict.no_cycles(rows):
+        out += ["", f"{verdict.NO_VERDICT}: {verdict.NO_CYCLES}"]
     warnings = probe_warnings(rows)
     if warnings:
         out += ["", *[f"WARNING {w}" for w in warnings]]
@@ -627,9 +636,12 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "parts add up to RSS. Plots: `<variant>/memory_parts.png`.")
     judged = verdict_table(rows)
     if not judged:
-        lines += ["", "No leak/retention/plateau verdict: this profile runs its sweep once. "
-                  "`PROFILE=cycles` repeats it with a rest after each cycle (and variants "
-                  "with `probes = true` say where the memory is)."]
+        why = ("No verdict: this profile has no cycles (it runs its sweep once)"
+               if verdict.no_cycles(rows) else
+               "No leak/retention/plateau verdict: no variant measured two cycles (the reason "
+               "of each is in its summary.json)")
+        lines += ["", f"{why}. `PROFILE=cycles` repeats the sweep with a rest after each cycle "
+                  "(and variants with `probes = true` say where the memory is)."]
         lines += [f"- WARNING {w}" for w in probe_warnings(rows)]
     else:
         notes = verdict_notes(rows)

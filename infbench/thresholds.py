@@ -43,7 +43,8 @@ VARIANT_METRICS = {  # name -> (where in summary.json, description)
     "cut_off": (("totals", "cut_off"), "requests cut off by the drain timeout"),
     "faults": (("faults",), "fault events (restarts, dead replicas, ...)"),
     "status": (("status",), "variant status: complete, degraded, failed, interrupted"),
-    "verdict": (("verdict", "verdict"), "leak / allocator retention / plateau / inconclusive"),
+    "verdict": (("verdict", "verdict"),
+                "leak / allocator retention / plateau / inconclusive / no verdict"),
     "growth_per_cycle_mb": (("verdict", "growth_per_cycle_mb"), "growth per cycle (MB)"),
     "efficiency": (("efficiency",), "served / what the model alone can do (when measured)"),
 }

@@ -8,6 +8,9 @@ thread pools, the allocator's first arenas) and is never counted against the ser
 
 The rules, in order (thresholds are module constants and are written into summary.json):
 
+0. no verdict    the profile runs its sweep once (no `cycles`): there is nothing to compare,
+                 which is not a failed diagnosis (NO_VERDICT; summary.json 1-3 said
+                 "inconclusive", infbench/readers.py migrates them).
 1. inconclusive  fewer than MIN_CYCLES complete cycles, or a rest without samples.
 2. plateau       the last cycle's change in post-rest memory is within the noise
                  (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
@@ -68,6 +71,10 @@ from typing import Any
 from infbench.monitor import outside
 
 MIN_CYCLES = 3
+NO_VERDICT = "no verdict"
+NO_CYCLES = (f"this profile has no cycles (it runs its sweep once); a leak, allocator "
+             f"retention or plateau verdict compares at least {MIN_CYCLES} (a profile with "
+             "cycles = N, e.g. PROFILE=cycles)")
 NOISE_MB = 8.0
 NOISE_FRACTION = 0.01
 PY_NOISE_FRACTION = 0.01
@@ -111,9 +118,33 @@ def headline(v: dict[str, Any]) -> str:
     return text
 
 
+def no_verdict(cycles: int) -> dict[str, Any]:
+    """What a profile without cycles gets instead of a verdict."""
+    return {"verdict": NO_VERDICT, "reason": NO_CYCLES, "cycles": cycles,
+            "thresholds": THRESHOLDS, "headline": NO_VERDICT}
+
+
+def runs_once(profile_cycles: int | None, counted: int, ran_steps: bool) -> bool:
+    """Whether the variant ran a profile without cycles: as its profile says (`cycles` 1), or,
+    the profile unknown, no cycle counted while steps ran (phases.json numbered cycles only for
+    a cycled profile until every step carried one). One cycle and no profile could be a cycled
+    run cut short: not said to run once."""
+    if profile_cycles is not None:
+        return profile_cycles == 1
+    return counted == 0 and ran_steps
+
+
+def no_cycles(rows: list[dict[str, Any]]) -> bool:
+    """Every variant (summary.json rows) ran a profile without cycles: no verdict to give,
+    which is not a failed one."""
+    return bool(rows) and all((r.get("verdict") or {}).get("verdict") == NO_VERDICT
+                              for r in rows)
+
+
 def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None,
-           python: bool | None = None) -> dict[str, Any]:
-    """The verdict from per-cycle figures.
+           python: bool | None = None, profile_cycles: int | None = None) -> dict[str, Any]:
+    """The verdict from per-cycle figures; `profile_cycles` 1 (a profile that runs its sweep
+    once) is no verdict at all (None: the profile is not known).
 
     Each cycle: {"cycle", "complete", "requests", "post_rest_mb"} and, where read,
     "py_blocks", "py_census_mb" and "py_census_objects" (the heap census after the rest),
@@ -122,6 +153,8 @@ def decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None = None,
     the server's processes (None if not tried). `python`: whether a process of the variant is
     a Python interpreter (None: not known).
     """
+    if profile_cycles == 1:
+        return no_verdict(len(cycles))
     out = _decide(cycles, trim_freed_mb, python)
     if out["verdict"] in ("plateau", "inconclusive") and "post_rest_mb" in out:
         _retention(out, cycles[-1].get("malloc_free_mb"), trim_freed_mb)
@@ -497,7 +530,8 @@ def kept_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
-               mem: list[tuple[float, float]], steps: list[dict[str, Any]]) -> dict[str, Any]:
+               mem: list[tuple[float, float]], steps: list[dict[str, Any]],
+               profile_cycles: int | None = None) -> dict[str, Any]:
     """The verdict of one variant folder, with the cycle figures it was decided from."""
     samples, events = read_probes(variant_dir)
     rows = outside.read(variant_dir)
@@ -507,7 +541,8 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
     freed = sum(float(t.get("freed_mb") or 0) for t in trims) if trims else None
     read = [r for r in rows if "error" not in r]
     python = True if samples else (any(r.get("python") for r in read) if read else None)
-    out = decide(cycles, freed, python)
+    once = runs_once(profile_cycles, len(cycles), bool(steps))
+    out = decide(cycles, freed, python, 1 if once else profile_cycles)
     out["per_cycle"] = cycles
     vias = sorted({str(r.get("via")) for rows_ in samples.values() for r in rows_[:1]
                    if r.get("via")})

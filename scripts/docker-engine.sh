@@ -8,13 +8,15 @@
 #
 # The daemon runs with --storage-driver=vfs --bridge=none --iptables=false: it needs no kernel
 # overlay support and touches no firewall; builds and containers use --network host.
-# Settings (environment): INFBENCH_DOCKERD_PIDFILE, INFBENCH_DOCKERD_LOG,
+# Settings (environment): INFBENCH_DOCKERD_PIDFILE, INFBENCH_DOCKERD_LOG (default
+# build/docker/dockerd.log in this checkout: no fixed name in /tmp is written as root),
 # INFBENCH_DOCKERD_DATA (data root, default dockerd's /var/lib/docker),
 # INFBENCH_DOCKERD_WAIT (seconds to wait for it to answer, default 60).
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PIDFILE=${INFBENCH_DOCKERD_PIDFILE:-/run/infbench-dockerd.pid}
-LOG=${INFBENCH_DOCKERD_LOG:-/tmp/infbench-dockerd.log}
+LOG=${INFBENCH_DOCKERD_LOG:-$ROOT/build/docker/dockerd.log}
 DATA=${INFBENCH_DOCKERD_DATA:-}
 WAIT=${INFBENCH_DOCKERD_WAIT:-60}
 
@@ -22,6 +24,20 @@ say() { echo "docker-engine: $*"; }
 die() { echo "docker-engine: error: $*" >&2; exit 1; }
 
 answers() { docker info --format '{{.ServerVersion}}' >/dev/null 2>&1; }
+
+# mkdir -p, the folders it creates inside the checkout owned by the checkout's owner rather
+# than root (a later `make` as that user still writes build/).
+make_dirs() {
+    local dir=$1 missing=()
+    while [[ ! -d $dir ]]; do missing=("$dir" "${missing[@]}"); dir=$(dirname "$dir"); done
+    ((${#missing[@]})) || return 0
+    mkdir -p "${missing[-1]}"
+    local owner d
+    owner=$(stat -c '%u:%g' "$ROOT")
+    for d in "${missing[@]}"; do
+        if [[ $d == "$ROOT"/* ]]; then chown "$owner" "$d"; fi
+    done
+}
 
 # The pid in our pidfile, if that process is alive and is a dockerd.
 our_pid() {
@@ -71,7 +87,8 @@ start() {
     # is how `stop` knows which daemon is ours.
     local args=(--storage-driver=vfs --bridge=none --iptables=false --pidfile "$PIDFILE")
     if [[ -n $DATA ]]; then args+=(--data-root "$DATA"); fi
-    mkdir -p "$(dirname "$PIDFILE")" "$(dirname "$LOG")"
+    mkdir -p "$(dirname "$PIDFILE")"
+    make_dirs "$(dirname "$LOG")"
     say "starting dockerd ${args[*]} (log: $LOG)"
     # setsid: its own session, so neither this shell's end nor a Ctrl-C in it reaches the daemon.
     setsid dockerd "${args[@]}" >>"$LOG" 2>&1 </dev/null &

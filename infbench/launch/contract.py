@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infbench.config import ALLOCATORS, Service, Variant
+from infbench.config import ALLOCATORS, MAX_IMAGES_ENV, Service, Variant
 from infbench.launch.argv import fill
 from infbench.paths import HOST
 
@@ -100,7 +100,7 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
            "PYTHONPATH": where.root}
     if s.gets_model:
         env.update({"INFBENCH_MODEL_PATH": where.model, "INFBENCH_ENDPOINT": s.endpoint,
-                    "INFBENCH_CALL": s.call, "INFBENCH_MAX_IMAGES": str(spec.max_images),
+                    "INFBENCH_CALL": s.call, MAX_IMAGES_ENV: str(spec.max_images),
                     "INFBENCH_MAX_BODY_BYTES": str(spec.max_body_bytes)})
     if s.thread_limit:
         env["INFBENCH_THREAD_LIMIT"] = str(s.thread_limit)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import psutil
 
-from infbench import proc
+from infbench import loopback, proc
 from infbench.config import Variant
 from infbench.launch.argv import GRACE_S, REDIS_BINARY, mprof_argv, server_argv
 from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
@@ -27,7 +27,8 @@ def native_where(spec: ReplicaSpec) -> Where:
 
 
 def native_env(spec: ReplicaSpec) -> dict[str, str]:
-    """The host's environment, less our stale variables, plus the replica's contract."""
+    """The host's environment, less our stale variables, plus the replica's contract, its
+    loopback traffic off any proxy (infbench/loopback.py; a container is told the same)."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     ours = replica_env(spec, native_where(spec))
     for key in ("LD_PRELOAD", "PYTHONPATH"):  # ours first, then what the host had
@@ -35,7 +36,7 @@ def native_env(spec: ReplicaSpec) -> dict[str, str]:
         if key in ours and env.get(key):
             ours[key] = sep.join((ours[key], env[key]))
     env.update(ours)
-    return env
+    return loopback.child_env(env)
 
 
 class NativeReplica(WatchedProcess):

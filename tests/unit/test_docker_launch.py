@@ -6,10 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
-import json
 import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -20,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench import analysis, proc, report
+from infbench import analysis, loopback, proc, report
 from infbench.config import Variant, one_service, with_server
 from infbench.launch.argv import mprof_argv, server_argv
 from infbench.launch.contract import ReplicaSpec
@@ -96,7 +93,9 @@ def test_run_argv_mounts_names_labels_and_runs_mprof_inside(tmp_path: Path) -> N
                    "INFBENCH_MODEL_PATH": "/models/tiny-123456.keras",
                    "INFBENCH_ENDPOINT": "sync", "INFBENCH_CALL": "predict",
                    "INFBENCH_MAX_IMAGES": "128",
-                   "INFBENCH_MAX_BODY_BYTES": str(64 * 2**20)}  # nothing of the host's
+                   "INFBENCH_MAX_BODY_BYTES": str(64 * 2**20),
+                   # nothing of the host's but which hosts bypass a proxy (loopback's)
+                   **loopback.no_proxy_vars()}
     image_at = argv.index("infbench-server:0123456789ab")
     inner = argv[image_at + 1:]
     py = dk.CONTAINER_PYTHON

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,15 +42,42 @@ def test_run_json_1_is_migrated() -> None:
 
 def test_summary_json_1_is_migrated() -> None:
     s = readers.summary_json(VARIANT)
-    assert s["schema"] == analysis.SUMMARY_SCHEMA == 3 and s["migrated_from"] == 1
+    assert s["schema"] == analysis.SUMMARY_SCHEMA == 4 and s["migrated_from"] == 1
     assert all(st["stable"] is None and st["open_loop"] is False for st in s["steps"])
     assert s["services"] is None and s["split"] is None and s["events"] == []
     assert s["faults"] == 0
     assert [st["status"] for st in s["steps"]] == ["complete"] * 4
     assert s["memory_mb"]["start"] == 602.5 and s["steps"][0]["rps"] == 15.74
+    # A single sweep: "inconclusive" then, "no verdict" now; a cycled run's verdict as it was.
+    assert json.loads((VARIANT / "summary.json").read_text())["verdict"]["verdict"] == \
+        "inconclusive"
+    assert s["verdict"]["verdict"] == "no verdict" and s["verdict"]["cycles"] == 0
+    assert s["verdict"]["reason"].startswith("this profile has no cycles")
     cyc = readers.summary_json(REF_CYCLES / "starlette-uvicorn")
     assert cyc["verdict"]["verdict"] == "allocator retention"
     assert cyc["breakdown_mb"]["probed"] is True  # kept as it was
+
+
+@pytest.mark.parametrize(("profile", "cycles", "steps", "said"), [
+    ({"name": "ramp-short", "cycles": 1}, 1, True, "no verdict"),
+    ({"name": "cycles", "cycles": 4}, 1, True, "inconclusive"),  # a cycled run cut short
+    (None, 1, True, "inconclusive"),  # cannot tell: left as it was
+    (None, 0, True, "no verdict"),  # steps without cycle numbers: a sweep run once
+    (None, 0, False, "inconclusive"),  # nothing ran (a damaged variant)
+])
+def test_summary_json_3_single_sweeps_say_no_verdict(tmp_path: Path, profile: Any, cycles: int,
+                                                      steps: bool, said: str) -> None:
+    vd = tmp_path / "v"
+    vd.mkdir()
+    doc = {"schema": 3, "variant": "v", "memory_mb": {}, "totals": {}, "profile": profile,
+           "steps": [{"index": 1}] if steps else [],
+           "verdict": {"verdict": "inconclusive", "cycles": cycles, "per_cycle": [],
+                       "reason": f"{cycles} complete cycle(s) with a measured rest; need at "
+                                 "least 3 (the first is warm-up)"}}
+    (vd / "summary.json").write_text(json.dumps(doc))
+    s = readers.summary_json(vd)
+    assert s["migrated_from"] == 3 and s["verdict"]["verdict"] == said
+    assert s["verdict"]["per_cycle"] == [] and s["verdict"]["cycles"] == cycles
 
 
 def test_phases_json_1_is_migrated_and_analysed_as_before() -> None:

@@ -1,12 +1,16 @@
-"""The verdict rules on small synthetic cycle figures: each verdict, and inconclusive."""
+"""The verdict rules on small synthetic cycle figures: each verdict, inconclusive, and no verdict
+for a profile without cycles (and how that reads in every output)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from infbench import verdict
+from infbench import report, verdict
+from tests.fixtures import synth
 
 
 def cycles(rss: list[float], **series: list[float | None]) -> list[dict[str, Any]]:
@@ -235,9 +239,61 @@ def test_growth_nothing_explains_is_inconclusive() -> None:
 
 
 @pytest.mark.parametrize("rss", [[600], [600, 700]])
-def test_too_few_cycles(rss: list[float]) -> None:
-    v = verdict.decide(cycles(rss))
+@pytest.mark.parametrize("profile_cycles", [None, 2, 4])
+def test_too_few_cycles(rss: list[float], profile_cycles: int | None) -> None:
+    # A cycled profile (or one not known) that measured too few: a diagnosis not yet made.
+    v = verdict.decide(cycles(rss), profile_cycles=profile_cycles)
     assert v["verdict"] == "inconclusive" and "need at least 3" in v["reason"]
+
+
+@pytest.mark.parametrize("rss", [[], [600]])
+def test_a_profile_without_cycles_has_no_verdict(rss: list[float]) -> None:
+    # Not "inconclusive": nothing was there to judge, which is not a failed diagnosis.
+    v = verdict.decide(cycles(rss), profile_cycles=1)
+    assert v["verdict"] == v["headline"] == verdict.NO_VERDICT == "no verdict"
+    assert v["reason"].startswith("this profile has no cycles (it runs its sweep once)")
+    assert "need at least" not in v["reason"] and v["cycles"] == len(rss)
+
+
+@pytest.mark.parametrize(("profile_cycles", "counted", "steps", "once"), [
+    (1, 1, True, True), (1, 0, False, True),  # the profile says so
+    (4, 0, True, False), (4, 1, True, False),
+    (None, 0, True, True),  # unknown profile, steps without cycle numbers: a sweep run once
+    (None, 1, True, False),  # could be a cycled run cut short in its first cycle
+    (None, 0, False, False),  # nothing ran: nothing to say
+])
+def test_which_runs_ran_once(profile_cycles: int | None, counted: int, steps: bool,
+                             once: bool) -> None:
+    assert verdict.runs_once(profile_cycles, counted, steps) is once
+
+
+def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
+    """summary.json, summary.md, report.html and the console: "no verdict", not a failed one."""
+    run_dir = synth.make_run(tmp_path)
+    for name in ("v1", "v2"):
+        (run_dir / name / "manifest.json").write_text(json.dumps(
+            {"schema": 1, "config": {"profile": {"name": "smoke", "cycles": 1}}}))
+    summary = report.build(run_dir)
+    for name in ("v1", "v2"):
+        v = json.loads((run_dir / name / "summary.json").read_text())["verdict"]
+        assert v["verdict"] == "no verdict" and "this profile has no cycles" in v["reason"]
+    md = (run_dir / "summary.md").read_text()
+    assert "No verdict: this profile has no cycles (it runs its sweep once)." in md
+    assert "inconclusive" not in md and "need at least" not in md
+    html = (run_dir / "report.html").read_text()
+    assert html.count("<b>no verdict</b>") == 4  # each variant's row and its own section
+    assert html.count("this profile has no cycles (it runs its sweep once)") == 2
+    assert "inconclusive" not in html and "need at least" not in html
+    lines = report.verdict_lines(summary)
+    assert lines == ["", "no verdict: " + verdict.NO_CYCLES]
+    # A cycled profile cut short keeps its "inconclusive" (too few cycles measured).
+    for name in ("v1", "v2"):
+        (run_dir / name / "manifest.json").write_text(json.dumps(
+            {"schema": 1, "config": {"profile": {"name": "cycles", "cycles": 4}}}))
+    summary = report.build(run_dir)
+    assert {r["verdict"]["verdict"] for r in summary["variants"]} == {"inconclusive"}
+    assert "No verdict: this profile has no cycles" not in (run_dir / "summary.md").read_text()
+    assert report.verdict_lines(summary) == []
 
 
 def test_an_interrupted_cycle_is_never_judged() -> None:

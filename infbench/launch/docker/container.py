@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from infbench import proc
+from infbench import loopback, proc
 from infbench.config import Variant
 from infbench.launch.argv import GRACE_S, mprof_argv, server_argv
 from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
@@ -49,8 +49,9 @@ def container_where(spec: ReplicaSpec) -> Where:
 
 def container_env(spec: ReplicaSpec) -> dict[str, str]:
     """What the server is told: the native contract with the container's paths, and nothing
-    of the host's environment."""
-    return replica_env(spec, container_where(spec))
+    of the host's environment but which hosts bypass a proxy (Docker's own client config can
+    hand a container proxies; loopback traffic stays off them, as natively)."""
+    return {**replica_env(spec, container_where(spec)), **loopback.no_proxy_vars()}
 
 
 def inner_argv(spec: ReplicaSpec) -> list[str]:
