@@ -16,9 +16,8 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 from collections.abc import Iterator
+from pathlib import Path
 
 from infbench.config import Model, as_dict, fingerprint
 from infbench.paths import ROOT

@@ -12,8 +12,17 @@ The rules, in order (thresholds are module constants and are written into summar
                  which is not a failed diagnosis (NO_VERDICT; summary.json 1-3 said
                  "inconclusive", infbench/readers.py migrates them).
 1. inconclusive  fewer than MIN_CYCLES complete cycles, or a rest without samples.
-2. plateau       the last cycle's change in post-rest memory is within the noise
-                 (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
+2. leak (python objects), first, whatever RSS says: the heap census (exact bytes of the live
+                 Python objects at each rest) grew in every cycle after warm-up by more than
+                 its own noise (CENSUS_NOISE_MB, or PY_NOISE_FRACTION of it if larger). The
+                 census's noise is far below RSS's, so a slow leak (4 KB a request) that RSS
+                 cannot tell from noise in a few cycles is still seen.
+   The trend of post-rest memory over *all* cycles after warm-up is judged, not the last
+   step alone: a **steady climb** is every cycle up, a least-squares slope whose 95%
+   confidence interval excludes zero, and a total above the noise. A steady climb goes on to
+   rule 4 even when each single step is within the noise.
+2b. plateau      no steady climb, and the last cycle's change in post-rest memory is within the
+                 noise (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
                  memory stopped growing once the working set was reached.
 3. allocator retention, when the growth is not a steady climb (below) but what went up in
                  the last cycle is the allocator's free memory (at least EXPLAINS of it) while
@@ -85,12 +94,16 @@ STEADY_CYCLES = 2
 RETAINED_MB = 32.0
 TOP_SITES = 10
 SITE_FLOOR_MB = 0.1
+CENSUS_NOISE_MB = 0.5  # the heap census at rest, cycle to cycle: a request's buffers, a log line
+# Student's t at 97.5% for the slope's 95% interval, by degrees of freedom (points - 2).
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+        10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
 
 THRESHOLDS = {
     "min_cycles": MIN_CYCLES, "noise_mb": NOISE_MB, "noise_fraction": NOISE_FRACTION,
     "py_noise_fraction": PY_NOISE_FRACTION, "py_noise_blocks": PY_NOISE_BLOCKS,
     "explains": EXPLAINS, "rest_tail_s": REST_TAIL_S, "steady_cycles": STEADY_CYCLES,
-    "retained_mb": RETAINED_MB,
+    "retained_mb": RETAINED_MB, "census_noise_mb": CENSUS_NOISE_MB,
 }
 
 
@@ -100,6 +113,47 @@ def _deltas(values: list[float]) -> list[float]:
 
 def _r(x: float | None, nd: int = 1) -> float | None:
     return None if x is None else round(x, nd)
+
+
+def _t975(df: int) -> float:
+    return next(T975[k] for k in sorted(T975, reverse=True) if k <= df) if df >= 1 else 0.0
+
+
+def trend(values: list[float]) -> dict[str, Any]:
+    """The least-squares slope of a series per cycle, its 95% confidence interval, and whether
+    every step went up. With two points there is no interval (`ci_mb` None)."""
+    d = _deltas(values)
+    out: dict[str, Any] = {"slope_mb": None, "ci_mb": None, "every_cycle_up": bool(d) and
+                           all(x > 0 for x in d)}
+    n = len(values)
+    if n < 2:
+        return out
+    xs = list(range(n))
+    slope, intercept = statistics.linear_regression(xs, values)
+    out["slope_mb"] = _r(slope, 3)
+    if n >= 3:
+        resid = [y - (intercept + slope * x) for x, y in zip(xs, values, strict=True)]
+        sxx = sum((x - (n - 1) / 2) ** 2 for x in xs)
+        se = (sum(r * r for r in resid) / (n - 2) / sxx) ** 0.5
+        out["ci_mb"] = _r(_t975(n - 2) * se, 3)
+    return out
+
+
+def _steady(t: dict[str, Any], growth: float, noise: float) -> bool:
+    """A steady climb: up in every cycle, a slope whose interval excludes zero, and in all more
+    than the noise (a creep of a few pages is not a leak)."""
+    lower = None if t["slope_mb"] is None or t["ci_mb"] is None else t["slope_mb"] - t["ci_mb"]
+    return bool(t["every_cycle_up"]) and lower is not None and lower > 0 and growth > noise
+
+
+def census_floor(census: list[float]) -> float:
+    return max(CENSUS_NOISE_MB, PY_NOISE_FRACTION * census[0]) if census else CENSUS_NOISE_MB
+
+
+def _census_climbs(census: list[float]) -> bool:
+    """The heap census (bytes) grew in every cycle after warm-up by more than its noise."""
+    d = _deltas(census)
+    return bool(d) and all(x > census_floor(census) for x in d)
 
 
 def headline(v: dict[str, Any]) -> str:
@@ -194,6 +248,10 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     noise = max(NOISE_MB, NOISE_FRACTION * rss[0])
     requests = sum(int(c.get("requests") or 0) for c in done[1:])
     growth = rss[-1] - rss[0]
+    census = _series(done, "py_census_mb")
+    rss_trend = trend(rss)
+    steady = _steady(rss_trend, growth, noise)
+    rss_trend["steady_climb"] = steady
     out.update({
         "post_rest_mb": [_r(x) for x in rss],
         "growth_per_cycle_mb": _r(statistics.fmean(d)),
@@ -203,28 +261,39 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         "requests_after_warmup": requests,
         "noise_mb": _r(noise),
         "trim_freed_mb": _r(trim_freed_mb),
+        "trend": rss_trend,
+        "detection_limit": _detection_limit(noise, census, requests, len(d)),
     })
-    if d[-1] <= noise:
+    # A heap census that climbs in every cycle is a leak at any size above its own noise: it
+    # takes the place of a steady climb of RSS, which a slow leak does not reach in a few cycles.
+    py_climbs = _census_climbs(census)
+    steady = steady or py_climbs
+    if d[-1] <= noise and not steady:
         out["verdict"] = "plateau"
         how = (f"fell {-d[-1]:.1f} MB" if d[-1] < -noise else
                f"changed by {d[-1]:+.1f} MB, within the noise of {noise:.1f} MB,")
-        out["reason"] = f"post-rest memory {how} in the last cycle: it stopped growing"
+        out["reason"] = (f"post-rest memory {how} in the last cycle: it stopped growing "
+                         f"(a climb under {noise:.1f} MB over {len(d)} cycles is below what "
+                         "RSS can tell" + (
+                             "; the heap census did not grow in every cycle)" if census else
+                             "; the probes' heap census, probes = true, sees smaller ones)"))
         return out
     held = _last_cycle_retention(done, d[-1])
-    if held and (statistics.fmean(d) <= noise or min(d) < -noise
-                 or min(d[-STEADY_CYCLES:]) <= 0 or statistics.fmean(d[-STEADY_CYCLES:]) <= noise):
+    if held and not steady and (statistics.fmean(d) <= noise or min(d) < -noise
+                                or min(d[-STEADY_CYCLES:]) <= 0
+                                or statistics.fmean(d[-STEADY_CYCLES:]) <= noise):
         # Not a steady climb, but what went up in the last cycle is free memory glibc kept:
         # that is retention, whether or not it goes on (a new thread's arena adds its holes).
         out["verdict"] = "allocator retention"
         out["reason"] = held
         return out
-    if statistics.fmean(d) <= noise:
+    if statistics.fmean(d) <= noise and not steady:
         out["verdict"] = "inconclusive"
         out["reason"] = (f"grew {d[-1]:+.1f} MB in the last cycle but {statistics.fmean(d):+.1f}"
                          f" MB a cycle on average (noise {noise:.1f} MB): run more cycles")
         return out
     moved = f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from cycle to cycle"
-    if min(d) < -noise:
+    if min(d) < -noise and not py_climbs:
         # Growth overall, but some cycle gave back more than the noise: that is not the steady
         # climb of a leak, nor yet a plateau.
         out["verdict"] = "inconclusive"
@@ -232,7 +301,7 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
                          "more cycles")
         return out
     recent = d[-STEADY_CYCLES:]
-    if min(recent) <= 0 or statistics.fmean(recent) <= noise:
+    if not steady and (min(recent) <= 0 or statistics.fmean(recent) <= noise):
         # A leak keeps growing; a jump right after warm-up and then little is as much a slow
         # warm-up. (Seen: Gunicorn 1,840 -> 2,034 -> 2,018 -> 2,067 MB.)
         out["verdict"] = "inconclusive"
@@ -254,13 +323,17 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     bytes_measured = py is not None and py["measure"] in BYTES_MEASURES
     objects_grew = bool(py and py.get("objects_grow_every_cycle"))
     in_use_grew = bool(in_use) and in_use[-1] - in_use[0] >= EXPLAINS * growth
-    if py and (py["explains"] if bytes_measured else py["grows_every_cycle"]):
+    if (py and (py["explains"] if bytes_measured else py["grows_every_cycle"])) or py_climbs:
+        assert py is not None  # the census is one of its measures
         out["verdict"] = "leak"
         out["where"] = "python objects"
         how = ("grew in bytes and in objects in every cycle"
                if bytes_measured and objects_grew and py["growth_mb"] < EXPLAINS * growth else
                f"grew {py['growth_mb']:+.1f} MB, at least {EXPLAINS:.0%} of it"
-               if bytes_measured else "grew in every cycle")
+               if bytes_measured and py["explains"] else
+               "grew in every cycle after warm-up, "
+               f"{', '.join(f'{x:+.2f}' for x in _deltas(census))} MB, above its noise of "
+               f"{census_floor(census):.2f} MB" if py_climbs else "grew in every cycle")
         out["reason"] = f"{grew}; the Python heap {how} ({py['summary']})"
     elif in_use_grew and ((bytes_measured and not objects_grew) or python is False):
         out["verdict"] = "leak"
@@ -295,6 +368,20 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     else:
         out["reason"] = (f"{grew}; neither the Python heap, malloc's memory in use nor its "
                          "free memory explains it (another allocator, or memory outside malloc)")
+    return out
+
+
+def _detection_limit(noise: float, census: list[float], requests: int,
+                     cycles: int) -> dict[str, Any]:
+    """The smallest growth each source can tell, over this run's cycles after warm-up: RSS
+    needs more than the noise in all; the heap census more than its noise in every cycle."""
+    out: dict[str, Any] = {"rss_mb": _r(noise), "rss_mb_per_1000_requests":
+                           _r(noise / requests * 1000, 3) if requests else None}
+    if census:
+        floor = census_floor(census)
+        out["census_mb_per_cycle"] = _r(floor, 2)
+        out["census_mb_per_1000_requests"] = (_r(floor / (requests / cycles) * 1000, 3)
+                                              if requests and cycles else None)
     return out
 
 

@@ -25,7 +25,7 @@ import pytest
 from infbench.paths import ROOT
 from tests.fixtures.synth import TINY_MODEL
 
-# Eleven variants of ~35 s each: over the default 300 s of a test.
+# Twelve variants of ~35 s each: over the default 300 s of a test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 UVICORN = ('["{python}", "-m", "uvicorn", "tests.fixtures.untouched_app:app", "--host", "{host}", '
@@ -40,12 +40,14 @@ SERVERS = {"uv": UVICORN, "gu": GUNICORN}
 PROBED = [f"{kind}-{server}" for kind in KINDS for server in SERVERS]
 OUTSIDE = ["native-uv-outside", "churn-uv-outside"]
 TRACED = "pyleak-uv-traced"
+# The slow leak most real leaks are: 4 KiB a request, a few MB a cycle, under RSS's noise.
+SLOW = "slowleak-uv"
 
 
 def experiments() -> str:
     text = f"""
 [study]
-variants = {json.dumps([*PROBED, *OUTSIDE, TRACED])}
+variants = {json.dumps([*PROBED, *OUTSIDE, TRACED, SLOW])}
 profile = "cycled"
 model = "tiny"
 
@@ -71,6 +73,8 @@ wait = [0.0, 0.02]
         text += f'\n[variants.{name}]\nserver = "command"\ncommand = {UVICORN}\nenv = {{ {env} }}\n'
     text += (f'\n[variants.{TRACED}]\nserver = "command"\ncommand = {UVICORN}\n'
              f"probes = true\ntracemalloc = true\nenv = {{ {KINDS['pyleak']} }}\n")
+    text += (f'\n[variants.{SLOW}]\nserver = "command"\ncommand = {UVICORN}\nprobes = true\n'
+             'env = { UNTOUCHED_PYLEAK_KB = "4" }\n')
     return text
 
 
@@ -113,6 +117,16 @@ def test_with_tracemalloc_the_leak_is_also_located(run: tuple[Path, str]) -> Non
     # Where it is kept: the line of the app that appends the bytes.
     assert v["kept_at"] and "tests/fixtures/untouched_app.py:" in v["kept_at"][0]["where"], v
     assert v["kept_at"][0]["kept_mb"] >= 0.5 * v["python_heap"]["growth_mb"] > 0
+
+
+def test_a_slow_leak_of_4_kb_a_request_is_a_leak(run: tuple[Path, str]) -> None:
+    """Named by the heap census's exact bytes, whatever RSS's noise says of each step."""
+    v = verdict(run[0], SLOW)
+    assert v["headline"] == "leak (python objects)", _brief(v)
+    census = [c["py_census_mb"] for c in v["per_cycle"]]
+    assert all(b > a for a, b in zip(census, census[1:], strict=False)), census
+    # What the census can tell at this profile, per 1,000 requests, is below this leak's 4 MB.
+    assert v["detection_limit"]["census_mb_per_1000_requests"] < 4.0, v["detection_limit"]
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -182,7 +196,7 @@ def test_without_probes_glibc_is_read_from_outside(run: tuple[Path, str]) -> Non
 def test_the_console_says_each_verdict(run: tuple[Path, str]) -> None:
     run_dir, stdout = run
     assert "verdict (leak, allocator retention or plateau" in stdout
-    for variant in [*PROBED, *OUTSIDE, TRACED]:
+    for variant in [*PROBED, *OUTSIDE, TRACED, SLOW]:
         line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(variant + " "))
         assert verdict(run_dir, variant)["headline"] in line
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(run_dir.parent),

@@ -410,6 +410,63 @@ def test_a_last_jump_that_is_memory_in_use_stays_inconclusive() -> None:
     v = verdict.decide(_churn([97.5, 98.3, 109.7], [65.6, 65.8, 66.0], [6.6, 7.2, 18.4],
                               [11.65, 12.23, 12.24]))
     assert v["verdict"] == "inconclusive"
+    # Changed on purpose: the Python heap (census) grew in every cycle, above its noise: that
+    # is a leak of Python objects at any size (it was inconclusive, judged by RSS's last step).
     v = verdict.decide(_churn([97.5, 98.3, 109.7], [65.6, 65.8, 77.1], [6.6, 7.2, 7.2],
-                              [11.6, 12.2, 23.5]))   # the Python heap grew with it: not retention
-    assert v["verdict"] == "inconclusive"
+                              [11.6, 12.2, 23.5]))
+    assert v["verdict"] == "leak" and v["where"] == "python objects", v["reason"]
+
+
+# -- slow leaks: the trend over all cycles, and the heap census's exact bytes ------------------
+# Seen on an untouched server keeping 4 KB a request: post-rest 32 -> 34 -> 36 -> 39 MB (3.99 MB
+# per 1,000 requests) was called a plateau, judged on the last step against the 8 MB noise.
+SLOW_RSS = [32.0, 34.0, 36.0, 39.0]
+
+
+def test_a_slow_python_leak_is_a_leak_by_the_heap_census() -> None:
+    v = verdict.decide(cycles(SLOW_RSS, py_census_mb=[20.0, 22.0, 24.1, 26.1],
+                              py_census_objects=[50000, 50600, 51200, 51800]))
+    assert v["verdict"] == "leak" and v["where"] == "python objects", v["reason"]
+    assert "the Python heap grew +6.1 MB" in v["reason"]
+    limit = v["detection_limit"]
+    assert limit["rss_mb"] == 8.0 and limit["census_mb_per_cycle"] == 0.5
+    # 500 requests a cycle: the census tells 1 MB per 1,000 requests, RSS 5.3 over 1,500.
+    assert limit["census_mb_per_1000_requests"] == 1.0
+    assert limit["rss_mb_per_1000_requests"] == pytest.approx(8 / 1500 * 1000, abs=0.001)
+
+
+def test_the_same_rss_without_the_census_is_a_plateau_that_says_what_rss_cannot_see() -> None:
+    v = verdict.decide(cycles(SLOW_RSS))
+    assert v["verdict"] == "plateau"
+    assert "below what RSS can tell" in v["reason"] and "census" in v["reason"]
+    assert v["trend"]["every_cycle_up"] and not v["trend"]["steady_climb"]  # 7 MB: under 8
+
+
+def test_a_census_that_does_not_climb_every_cycle_is_no_leak() -> None:
+    # A cache that filled in the first cycle after warm-up and then stayed: a plateau.
+    v = verdict.decide(cycles([900, 1150, 1153, 1152], py_census_mb=[40.0, 55.0, 55.2, 55.1]))
+    assert v["verdict"] == "plateau"
+    v = verdict.decide(cycles([600, 700, 702, 701], py_census_mb=[40.0, 40.3, 40.6, 40.8]))
+    assert v["verdict"] == "plateau"  # up every cycle, but by less than the census's noise
+
+
+def test_a_steady_climb_under_the_noise_each_cycle_is_judged_not_a_plateau() -> None:
+    # +7 MB a cycle: each step within the 8 MB noise, 21 MB in all, a slope far from zero.
+    rss = [500.0, 507.0, 514.0, 521.0]
+    v = verdict.decide(cycles(rss))
+    assert v["verdict"] == "inconclusive" and "nothing read the allocator" in v["reason"]
+    assert v["trend"]["steady_climb"] and v["trend"]["slope_mb"] == 7.0
+    v = verdict.decide(cycles(rss, py_census_mb=[30.0, 30.1, 30.0, 30.2],
+                              py_census_objects=[50000, 50010, 50000, 50020],
+                              malloc_in_use_mb=[300.0, 307.0, 314.0, 321.0],
+                              malloc_free_mb=[20.0, 20.0, 21.0, 20.0]))
+    assert v["verdict"] == "leak" and v["where"] == "native allocations", v["reason"]
+
+
+def test_noise_around_a_level_is_no_steady_climb() -> None:
+    t = verdict.trend([500.0, 502.0, 501.0, 503.0])
+    assert t["slope_mb"] == 0.8 and t["ci_mb"] is not None and t["slope_mb"] - t["ci_mb"] < 0
+    assert not t["every_cycle_up"]
+    t = verdict.trend([32.0, 34.0, 36.0, 39.0])
+    assert t["every_cycle_up"] and t["slope_mb"] - t["ci_mb"] > 0
+    assert verdict.trend([1.0, 2.0])["ci_mb"] is None  # two points: no interval
