@@ -31,7 +31,10 @@ from infbench.monitor import sampler as sampler_mod
 # topology), "events" and "faults", a status per step, variant status "degraded". 3: per step
 # "stable", "stability" (windows), "memory_flat", "loadgen", "limited_by_loadgen", "open_loop",
 # "efficiency", "notes" (infbench/trust.py); "model_alone" per variant. 4: verdict "no verdict"
-# for a profile that runs its sweep once (no cycles), which 1-3 called "inconclusive".
+# for a profile that runs its sweep once (no cycles), which 1-3 called "inconclusive"; the
+# verdict's "trend" (slope, its 95% interval, every cycle up, steady climb) and
+# "detection_limit" (per source), read as absent from 1-3; a heap census that climbs in every
+# cycle is a leak (1-3 judged RSS's last step).
 SUMMARY_SCHEMA = 4
 COOLDOWN_TAIL_S = 5.0
 
