@@ -136,7 +136,7 @@ test-slow: venv system
 	$(PY) -m pytest $(PYTEST_ARGS) tests/slow
 
 lint: venv
-	$(PY) -m ruff check infbench servers loadtests tests examples
+	$(PY) -m ruff check infbench servers loadtests tests examples benchmarks
 	$(PY) -m mypy
 
 # The Docker runtime (RUNTIME=docker): an engine on a machine without one (root), the offline

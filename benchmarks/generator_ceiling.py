@@ -3,7 +3,8 @@
     flock /work/bench.lock python -m benchmarks.generator_ceiling [--seconds 10] [--batch 1]
         [--users 20] [--rates 100,200,400,800,1600]
 
-A null server (tests/fixtures/sleep_app.py with no sleep: it reads the body and answers) is pinned to
+A null server (tests/fixtures/sleep_app.py with no sleep: it reads the body and answers) is
+pinned to
 one core and Locust to the other, so the two do not fight for a CPU and the figure is the
 generator's own. Then:
 

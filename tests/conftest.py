@@ -42,8 +42,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if os.environ.get("INFBENCH_DOCKER_TESTS") != "1":
         for item in items:
             if item.get_closest_marker("docker") is not None:
-                item.add_marker(pytest.mark.skip(
-                    reason="needs a Docker engine: make test-docker (make docker-engine starts one)"))
+                item.add_marker(pytest.mark.skip(reason="needs a Docker engine: make test-docker "
+                                                 "(make docker-engine starts one)"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -52,9 +52,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """One line for every test skipped for a missing package (xdist sends the reports here)."""
+    """Every skip said: one line for the tests skipped for a missing package (xdist sends the
+    reports here), one line per other reason."""
     packages: set[str] = set()
     count = 0
+    other: dict[str, int] = {}
     for rep in terminalreporter.stats.get("skipped", []):
         longrepr = getattr(rep, "longrepr", None)
         reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr or "")
@@ -62,7 +64,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         if found:
             count += 1
             packages.update(p.strip() for p in found.group(1).split(","))
+        else:
+            reason = reason.removeprefix("Skipped: ")
+            other[reason] = other.get(reason, 0) + 1
     if count:
         terminalreporter.write_line(
             f"infbench: {count} test(s) skipped: missing system package(s) "
             f"{', '.join(sorted(packages))}; install with {INSTALL}", yellow=True, bold=True)
+    for reason, n in sorted(other.items()):
+        terminalreporter.write_line(f"infbench: {n} test(s) skipped: {reason}", yellow=True)

@@ -3,35 +3,21 @@
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import itertools
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 
-from infbench import analysis, proc, report
-from infbench.config import Variant, one_service, with_server
-from infbench.launch.argv import mprof_argv, server_argv
-from infbench.launch.contract import ReplicaSpec
-from infbench.launch.docker import cgroup as dkc
+from infbench import analysis
 from infbench.launch.docker import container as dk
 from infbench.launch.docker import engine as dke
-from infbench.launch.docker import image as dki
-from infbench.launch.native import native_env
 from infbench.paths import ROOT
-from tests.fixtures import synth
-
 
 # -- a real engine ---------------------------------------------------------------------------
 EXTRA = """

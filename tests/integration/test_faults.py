@@ -82,7 +82,8 @@ startup_timeout = 4
 server = "command"
 # The real server never binds; a process outside our tree (double fork, own session) takes
 # the port and answers 200: someone else's server on "our" port.
-command = ["sh", "-c", "(setsid {{python}} -m tests.fixtures.status_server {{port}} 200 &) ; exec sleep 60"]
+command = ["sh", "-c",
+           "(setsid {{python}} -m tests.fixtures.status_server {{port}} 200 &) ; exec sleep 60"]
 health_path = "/"
 startup_timeout = 20
 """

@@ -1,9 +1,9 @@
 """Open loop against closed loop, and the load generator caught short, on real processes.
 
-A server with a known service time (tests/fixtures/sleep_app.py: one request at a time, a fixed sleep
-each) is driven through the whole harness by a profile with an open-loop step and a closed-loop
-step. Slowed on purpose below the offered rate, the open-loop step keeps sending on schedule
-and its latency, measured from the intended send time, climbs as the queue builds; the
+A server with a known service time (tests/fixtures/sleep_app.py: one request at a time, a fixed
+sleep each) is driven through the whole harness by a profile with an open-loop step and a
+closed-loop step. Slowed on purpose below the offered rate, the open-loop step keeps sending on
+schedule and its latency, measured from the intended send time, climbs as the queue builds; the
 closed-loop users simply send less and their latency stays flat, hiding the queue an open
 system would have built. The test asserts the difference, not any timing.
 

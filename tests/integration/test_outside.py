@@ -4,7 +4,6 @@ process must come out of it working; where it cannot work, a row that says why."
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from infbench.monitor import outside
-
 
 # Frees every other 64 KiB buffer of 60 MiB: glibc keeps ~30 MiB free in its heap, in holes
 # malloc_trim(0) can give back. Then it echoes lines, so that we can see it still works.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import cProfile
 import json
 import pstats
-import shutil
 import socket
 import subprocess
 import sys

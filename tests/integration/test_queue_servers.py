@@ -44,7 +44,15 @@ from servers.queue_common import (
     load_settings,
 )
 from tests.fixtures import helpers
-from tests.fixtures.helpers import free_port, multipart, quiet_env, redis_argv, spawn, tail, wait_redis
+from tests.fixtures.helpers import (
+    free_port,
+    multipart,
+    quiet_env,
+    redis_argv,
+    spawn,
+    tail,
+    wait_redis,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from infbench import analysis, report
+from infbench import analysis
 from infbench.monitor import redis as redis_mon
 from infbench.paths import ROOT
 from tests.fixtures.helpers import left_running, the_run

@@ -71,20 +71,23 @@ def check_users_agree_with_the_server(run_dir: Path, res: Any, variants: tuple[s
     assert "decode" in text and "serialize" in text  # the server's split per step
 
 
-# A class each, so that pytest-xdist (--dist loadscope) runs the two runs on two workers.
-class TestRest:
-    @pytest.fixture(scope="class")
-    def rest(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-        return run_transport(tmp_path_factory.mktemp("rest"), REST)
+# A class each, so that pytest-xdist (--dist loadscope) runs the two runs on two workers; the
+# fixtures are class-scoped, so each run happens once.
+@pytest.fixture(scope="class")
+def rest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    return run_transport(tmp_path_factory.mktemp("rest"), REST)
 
+
+@pytest.fixture(scope="class")
+def grpc(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    return run_transport(tmp_path_factory.mktemp("grpc"), GRPC)
+
+
+class TestRest:
     def test_rest_users_agree_with_the_server(self, rest: tuple[Path, Any]) -> None:
         check_users_agree_with_the_server(*rest, REST)
 
 
 class TestGrpc:
-    @pytest.fixture(scope="class")
-    def grpc(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-        return run_transport(tmp_path_factory.mktemp("grpc"), GRPC)
-
     def test_grpc_users_agree_with_the_server(self, grpc: tuple[Path, Any]) -> None:
         check_users_agree_with_the_server(*grpc, GRPC)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from infbench.config import ALLOCATORS
 from infbench.paths import ROOT
 from tests.fixtures.synth import TINY_MODEL
 from tests.slow.test_verdict_untouched import UVICORN

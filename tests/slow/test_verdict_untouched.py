@@ -1,5 +1,5 @@
-"""The verdict for a server whose code knows nothing of infbench (tests/fixtures/untouched_app.py: no
-probe call, nothing imported), run as `server = "command"` under Uvicorn and under Gunicorn
+"""The verdict for a server whose code knows nothing of infbench (tests/fixtures/untouched_app.py:
+no probe call, nothing imported), run as `server = "command"` under Uvicorn and under Gunicorn
 with two workers, through the real CLI on a short cycled profile.
 
 Four planted kinds, each with its verdict end to end: a leak of big Python objects (96 KiB
@@ -14,6 +14,7 @@ told, the churn's retention is what malloc_trim gives back.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_a_slow_leak_of_4_kb_a_request_is_a_leak(run: tuple[Path, str]) -> None:
     v = verdict(run[0], SLOW)
     assert v["headline"] == "leak (python objects)", _brief(v)
     census = [c["py_census_mb"] for c in v["per_cycle"]]
-    assert all(b > a for a, b in zip(census, census[1:], strict=False)), census
+    assert all(b > a for a, b in itertools.pairwise(census)), census
     # What the census can tell at this profile, per 1,000 requests, is below this leak's 4 MB.
     assert v["detection_limit"]["census_mb_per_1000_requests"] < 4.0, v["detection_limit"]
 

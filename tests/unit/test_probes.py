@@ -3,14 +3,15 @@ the trim action, and that they stay off unless asked for."""
 
 from __future__ import annotations
 
-import gc
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from infbench.paths import ROOT
 from servers import probes
 
 MAPS = """\
@@ -77,27 +78,42 @@ def test_tracemalloc_mode(value: str, mode: tuple[str, int]) -> None:
     assert probes.tracemalloc_mode(value) == mode
 
 
+def in_a_child(code: str) -> list[float]:
+    """The census in a fresh interpreter of its own: in the test process, other threads (a test
+    runner's, xdist's) make and free objects between two censuses."""
+    res = subprocess.run([sys.executable, "-c", "import gc, sys\nfrom servers import probes\n"
+                          + code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return [float(x) for x in res.stdout.split()]
+
+
 def test_heap_census_sees_untracked_objects_once_each() -> None:
-    gc.collect()  # garbage the collection below would free is not counted against the test
-    size0, n0 = probes.heap_census()
-    # The same object three times, and a tuple of strings the collector does not track: the
-    # strings are reached through it.
-    kept = [b"x" * (1 << 20)] * 3 + [tuple(f"s{i:05}" for i in range(1000))]
-    gc.collect()  # untracks the tuple of strings
-    assert not gc.is_tracked(kept[3])
-    size1, n1 = probes.heap_census()
-    strings = sum(sys.getsizeof(s) for s in kept[3])
-    expected = sys.getsizeof(kept[0]) + strings + sys.getsizeof(kept[3]) + sys.getsizeof(kept)
+    size0, n0, size1, n1, expected = in_a_child("""
+gc.collect()  # garbage the collection below would free is not counted against the test
+size0, n0 = probes.heap_census()
+# The same object three times, and a tuple of strings the collector does not track: the
+# strings are reached through it.
+kept = [b"x" * (1 << 20)] * 3 + [tuple(f"s{i:05}" for i in range(1000))]
+gc.collect()  # untracks the tuple of strings
+assert not gc.is_tracked(kept[3])
+size1, n1 = probes.heap_census()
+strings = sum(sys.getsizeof(s) for s in kept[3])
+expected = sys.getsizeof(kept[0]) + strings + sys.getsizeof(kept[3]) + sys.getsizeof(kept)
+print(size0, n0, size1, n1, expected)
+""")
     assert size1 - size0 == pytest.approx(expected, rel=0.05)
     assert n1 - n0 == pytest.approx(1000 + 3, abs=20)
 
 
 def test_heap_census_shares_an_object_among_its_holders() -> None:
-    gc.collect()
-    size0, _ = probes.heap_census()
-    shared = b"z" * (4 << 20)
-    holders = [[shared] for _ in range(7)]  # seven lists, each holding it once, in any chunk
-    del shared
-    gc.collect()
-    size1, _ = probes.heap_census()
-    assert size1 - size0 == pytest.approx((4 << 20) + sum(map(sys.getsizeof, holders)), rel=0.05)
+    size0, size1, expected = in_a_child("""
+gc.collect()
+size0, _ = probes.heap_census()
+shared = b"z" * (4 << 20)
+holders = [[shared] for _ in range(7)]  # seven lists, each holding it once, in any chunk
+del shared
+gc.collect()
+size1, _ = probes.heap_census()
+print(size0, size1, (4 << 20) + sum(map(sys.getsizeof, holders)))
+""")
+    assert size1 - size0 == pytest.approx(expected, rel=0.05)
