@@ -332,6 +332,7 @@ def vm_hwm_bytes(pid: int) -> int:
 
 
 @pytest.mark.integration
+@pytest.mark.serial  # the server's peak memory: run alone
 def test_flood_of_39mp_pngs_stays_within_the_pixel_budget(flood_server: Server) -> None:
     big = png(FLOOD_SIZE)
     assert FLOOD_SIZE[0] * FLOOD_SIZE[1] <= MAX_PIXELS and len(big) < 200_000

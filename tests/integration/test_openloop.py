@@ -35,7 +35,9 @@ from infbench.paths import ROOT
 from infbench.stability import RequestRow, read_requests
 from tests.fixtures.synth import TINY_MODEL
 
-pytestmark = pytest.mark.integration
+# Send rates, queue growth and the load generator's own saturation: figures another test's load
+# would be in, so `make test` runs these alone (serial).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 SLEEP_SERVER = """server = "command"
 command = ["{python}", "-m", "uvicorn", "tests.fixtures.sleep_app:app", "--host", "{host}",
