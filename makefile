@@ -132,8 +132,11 @@ test: venv system
 test-unit: venv
 	$(PY) -m pytest -n $(JOBS) --dist loadscope $(PYTEST_ARGS) tests/unit
 
+# The slow set: whole studies (cycled verdicts, diagnose, the profile experiment, the model
+# alone, the transport formats); the verdicts judge memory, which another run's load does not
+# change, so they run in parallel too.
 test-slow: venv system
-	$(PY) -m pytest $(PYTEST_ARGS) tests/slow
+	$(PY) -m pytest -n $(JOBS) --dist loadscope $(PYTEST_ARGS) tests/slow
 
 lint: venv
 	$(PY) -m ruff check infbench servers loadtests tests examples benchmarks

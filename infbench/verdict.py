@@ -19,7 +19,8 @@ The rules, in order (thresholds are module constants and are written into summar
                  cannot tell from noise in a few cycles is still seen.
    The trend of post-rest memory over *all* cycles after warm-up is judged, not the last
    step alone: a **steady climb** is every cycle up, a least-squares slope whose 95%
-   confidence interval excludes zero, and a total above the noise. A steady climb goes on to
+   confidence interval excludes zero, a total above the noise, and a last cycle that grew at
+   least STEADY_LAST_FRACTION of the mean (not slowing down to a level). A steady climb goes on to
    rule 4 even when each single step is within the noise.
 2b. plateau      no steady climb, and the last cycle's change in post-rest memory is within the
                  noise (NOISE_MB, or NOISE_FRACTION of the post-warm-up figure if larger):
@@ -94,6 +95,7 @@ STEADY_CYCLES = 2
 RETAINED_MB = 32.0
 TOP_SITES = 10
 SITE_FLOOR_MB = 0.1
+STEADY_LAST_FRACTION = 0.5
 CENSUS_NOISE_MB = 0.5  # the heap census at rest, cycle to cycle: a request's buffers, a log line
 # Student's t at 97.5% for the slope's 95% interval, by degrees of freedom (points - 2).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
@@ -104,6 +106,7 @@ THRESHOLDS = {
     "py_noise_fraction": PY_NOISE_FRACTION, "py_noise_blocks": PY_NOISE_BLOCKS,
     "explains": EXPLAINS, "rest_tail_s": REST_TAIL_S, "steady_cycles": STEADY_CYCLES,
     "retained_mb": RETAINED_MB, "census_noise_mb": CENSUS_NOISE_MB,
+    "steady_last_fraction": STEADY_LAST_FRACTION,
 }
 
 
@@ -139,11 +142,14 @@ def trend(values: list[float]) -> dict[str, Any]:
     return out
 
 
-def _steady(t: dict[str, Any], growth: float, noise: float) -> bool:
-    """A steady climb: up in every cycle, a slope whose interval excludes zero, and in all more
-    than the noise (a creep of a few pages is not a leak)."""
+def _steady(t: dict[str, Any], deltas: list[float], growth: float, noise: float) -> bool:
+    """A steady climb: up in every cycle, a slope whose interval excludes zero, in all more than
+    the noise (a creep of a few pages is not a leak), and not slowing down: the last cycle grew
+    by at least STEADY_LAST_FRACTION of the mean (a leak keeps its rate per request; a working
+    set being reached does not: seen with Hypercorn, +41, +84, +9 MB, then flat)."""
     lower = None if t["slope_mb"] is None or t["ci_mb"] is None else t["slope_mb"] - t["ci_mb"]
-    return bool(t["every_cycle_up"]) and lower is not None and lower > 0 and growth > noise
+    return (bool(t["every_cycle_up"]) and lower is not None and lower > 0 and growth > noise
+            and deltas[-1] >= STEADY_LAST_FRACTION * statistics.fmean(deltas))
 
 
 def census_floor(census: list[float]) -> float:
@@ -250,7 +256,7 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     growth = rss[-1] - rss[0]
     census = _series(done, "py_census_mb")
     rss_trend = trend(rss)
-    steady = _steady(rss_trend, growth, noise)
+    steady = _steady(rss_trend, d, growth, noise)
     rss_trend["steady_climb"] = steady
     out.update({
         "post_rest_mb": [_r(x) for x in rss],

@@ -19,14 +19,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from infbench.paths import ROOT
 from tests.fixtures.synth import TINY_MODEL
 
-# Twelve variants of ~35 s each: over the default 300 s of a test.
+# Twelve variants of ~35 s each, in two runs at once: over the default 300 s of a test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 UVICORN = ('["{python}", "-m", "uvicorn", "tests.fixtures.untouched_app:app", "--host", "{host}", '
@@ -79,21 +79,48 @@ wait = [0.0, 0.02]
     return text
 
 
+class Runs(NamedTuple):
+    """Two CLI runs at once (the Uvicorn half and the Gunicorn half): the run folder of each
+    variant, and what both printed."""
+
+    where: dict[str, Path]
+    stdout: str
+
+
+HALVES = ([v for v in PROBED if v.endswith("-uv")] + [TRACED, SLOW],
+          [v for v in PROBED if v.endswith("-gu")] + OUTSIDE)
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     base = tmp_path_factory.mktemp("untouched")
     exp = base / "experiments.toml"
     exp.write_text(experiments())
-    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(base / "results"),
-                          "--experiments", str(exp), "run"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
-    (run_dir,) = [p for p in (base / "results").iterdir() if p.is_dir() and not p.is_symlink()]
-    return run_dir, res.stdout
+    logs = [base / f"console-{i}.txt" for i in range(len(HALVES))]
+    procs = []
+    for i, half in enumerate(HALVES):  # output to files: a full pipe would stall a run
+        with logs[i].open("w") as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "infbench", "--results", str(base / f"results-{i}"),
+                 "--experiments", str(exp), "run", *half, "--profile", "cycled", "--model",
+                 "tiny"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL))
+    where: dict[str, Path] = {}
+    stdout = ""
+    for i, (proc, half) in enumerate(zip(procs, HALVES, strict=True)):
+        proc.wait(timeout=900)
+        said = logs[i].read_text()
+        assert proc.returncode == 0, said[-6000:]
+        (run_dir,) = [p for p in (base / f"results-{i}").iterdir()
+                      if p.is_dir() and not p.is_symlink()]
+        where.update(dict.fromkeys(half, run_dir))
+        stdout += said
+    return Runs(where, stdout)
 
 
-def verdict(run_dir: Path, variant: str) -> dict[str, Any]:
-    return dict(json.loads((run_dir / variant / "summary.json").read_text())["verdict"])
+def verdict(runs: Runs, variant: str) -> dict[str, Any]:
+    path = runs.where[variant] / variant / "summary.json"
+    return dict(json.loads(path.read_text())["verdict"])
 
 
 def _brief(v: dict[str, Any]) -> str:
@@ -101,9 +128,9 @@ def _brief(v: dict[str, Any]) -> str:
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_big_python_objects_are_a_leak_of_python_objects(run: tuple[Path, str],
+def test_big_python_objects_are_a_leak_of_python_objects(run: Runs,
                                                          server: str) -> None:
-    v = verdict(run[0], f"pyleak-{server}")
+    v = verdict(run, f"pyleak-{server}")
     assert v["headline"] == "leak (python objects)", _brief(v)
     assert v["python_heap"]["measure"] == "census_mb"  # tracemalloc is off unless asked
     assert v["python_heap"]["growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
@@ -111,8 +138,8 @@ def test_big_python_objects_are_a_leak_of_python_objects(run: tuple[Path, str],
     assert v["kept_at"] == []  # where: only with tracemalloc = true
 
 
-def test_with_tracemalloc_the_leak_is_also_located(run: tuple[Path, str]) -> None:
-    v = verdict(run[0], TRACED)
+def test_with_tracemalloc_the_leak_is_also_located(run: Runs) -> None:
+    v = verdict(run, TRACED)
     assert v["headline"] == "leak (python objects)", _brief(v)
     assert v["probes"]["tracemalloc"] == "from start-up"
     # Where it is kept: the line of the app that appends the bytes.
@@ -120,9 +147,9 @@ def test_with_tracemalloc_the_leak_is_also_located(run: tuple[Path, str]) -> Non
     assert v["kept_at"][0]["kept_mb"] >= 0.5 * v["python_heap"]["growth_mb"] > 0
 
 
-def test_a_slow_leak_of_4_kb_a_request_is_a_leak(run: tuple[Path, str]) -> None:
+def test_a_slow_leak_of_4_kb_a_request_is_a_leak(run: Runs) -> None:
     """Named by the heap census's exact bytes, whatever RSS's noise says of each step."""
-    v = verdict(run[0], SLOW)
+    v = verdict(run, SLOW)
     assert v["headline"] == "leak (python objects)", _brief(v)
     census = [c["py_census_mb"] for c in v["per_cycle"]]
     assert all(b > a for a, b in itertools.pairwise(census)), census
@@ -131,32 +158,31 @@ def test_a_slow_leak_of_4_kb_a_request_is_a_leak(run: tuple[Path, str]) -> None:
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_malloc_without_free_is_a_native_leak(run: tuple[Path, str], server: str) -> None:
-    v = verdict(run[0], f"native-{server}")
+def test_malloc_without_free_is_a_native_leak(run: Runs, server: str) -> None:
+    v = verdict(run, f"native-{server}")
     assert v["headline"] == "leak (native allocations)", _brief(v)
     assert v["malloc_in_use_growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_thread_churn_is_allocator_retention(run: tuple[Path, str], server: str) -> None:
+def test_thread_churn_is_allocator_retention(run: Runs, server: str) -> None:
     # Each new thread arena adds its holes: a plateau that says what it holds once they are
     # all there, `allocator retention` while they still add up. Either names the retention.
-    v = verdict(run[0], f"churn-{server}")
+    v = verdict(run, f"churn-{server}")
     assert "allocator retention" in v["headline"], _brief(v)
     assert v["verdict"] in ("plateau", "allocator retention")
     assert v["trim_freed_mb"] >= v["thresholds"]["retained_mb"]
 
 
 @pytest.mark.parametrize("server", SERVERS)
-def test_bounded_cache_is_a_plain_plateau(run: tuple[Path, str], server: str) -> None:
-    v = verdict(run[0], f"cache-{server}")
+def test_bounded_cache_is_a_plain_plateau(run: Runs, server: str) -> None:
+    v = verdict(run, f"cache-{server}")
     assert v["headline"] == "plateau", _brief(v)
 
 
-def test_probes_were_injected_in_every_process(run: tuple[Path, str]) -> None:
-    run_dir, _ = run
+def test_probes_were_injected_in_every_process(run: Runs) -> None:
     for variant in PROBED:
-        v = verdict(run_dir, variant)
+        v = verdict(run, variant)
         processes = 3 if variant.endswith("-gu") else 1  # Gunicorn: master + 2 workers
         assert v["probes"]["processes"] == processes, (variant, v["probes"])
         assert v["probes"]["started_by"] == ["hook"]
@@ -165,43 +191,46 @@ def test_probes_were_injected_in_every_process(run: tuple[Path, str]) -> None:
         assert v["probes"]["census"]["rests"] == 3, v["probes"]
         assert v["probes"]["census"]["processes"] == processes
         assert all(c["py_census_mb"] > 0 for c in v["per_cycle"]), v["per_cycle"]
-        ph = json.loads((run_dir / variant / "phases.json").read_text())
+        ph = json.loads((run.where[variant] / variant / "phases.json").read_text())
         assert ph["probes"]["server"]["probed"] == processes
         assert not [e for e in ph["events"] if e["kind"] == "probes_missing"]
         census = [p for p in ph["phases"] if p["kind"] == "census"]
         assert [p["cycle"] for p in census] == [1, 2, 3]
         assert all(p["unanswered"] == 0 and p["processes"] == processes for p in census)
         assert "outside" not in v  # every process had a probe: no debugger needed
-    md = (run_dir / "summary.md").read_text()
-    assert "probes injected (sitecustomize, no code change)" in md
+    for run_dir in set(run.where.values()):
+        md = (run_dir / "summary.md").read_text()
+        assert "probes injected (sitecustomize, no code change)" in md
 
 
-def test_without_probes_glibc_is_read_from_outside(run: tuple[Path, str]) -> None:
-    run_dir, _ = run
-    v = verdict(run_dir, "native-uv-outside")
+def test_without_probes_glibc_is_read_from_outside(run: Runs) -> None:
+    v = verdict(run, "native-uv-outside")
     # A Python process whose heap nobody measured: the growth is malloc's, its kind unknown.
     assert v["headline"] == "leak (kind unknown)", _brief(v)
     assert v["probes"] is None and v["outside"]["errors"] == []
     assert v["outside"]["reads"] == 3 + 1  # a read after each rest, the trim at the end
     assert all(c["malloc_in_use_mb"] > 0 for c in v["per_cycle"])
-    v = verdict(run_dir, "churn-uv-outside")
+    v = verdict(run, "churn-uv-outside")
     assert "allocator retention" in v["headline"], _brief(v)
     assert v["trim_freed_mb"] >= v["thresholds"]["retained_mb"]
     trims = v["outside"]["trims"]
     assert len(trims) == 1 and trims[0]["alive"] and trims[0]["freed_mb"] > 0
     for name in OUTSIDE:  # the server survived every stop of the debugger
-        ph = json.loads((run_dir / name / "phases.json").read_text())
+        ph = json.loads((run.where[name] / name / "phases.json").read_text())
         assert ph["status"] == "complete" and ph["outside"]["max_pause_s"] > 0
 
 
-def test_the_console_says_each_verdict(run: tuple[Path, str]) -> None:
-    run_dir, stdout = run
-    assert "verdict (leak, allocator retention or plateau" in stdout
+def test_the_console_says_each_verdict(run: Runs) -> None:
+    assert "verdict (leak, allocator retention or plateau" in run.stdout
     for variant in [*PROBED, *OUTSIDE, TRACED, SLOW]:
-        line = next(ln for ln in stdout.splitlines() if ln.strip().startswith(variant + " "))
-        assert verdict(run_dir, variant)["headline"] in line
-    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(run_dir.parent),
-                          "report", run_dir.name], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert "leak (python objects)" in res.stdout and "leak (native allocations)" in res.stdout
+        line = next(ln for ln in run.stdout.splitlines()
+                    if ln.strip().startswith(variant + " "))
+        assert verdict(run, variant)["headline"] in line
+    said = ""
+    for run_dir in sorted(set(run.where.values())):
+        res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(run_dir.parent),
+                              "report", run_dir.name], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        said += res.stdout
+    assert "leak (python objects)" in said and "leak (native allocations)" in said

@@ -463,6 +463,16 @@ def test_a_steady_climb_under_the_noise_each_cycle_is_judged_not_a_plateau() -> 
     assert v["verdict"] == "leak" and v["where"] == "native allocations", v["reason"]
 
 
+def test_a_climb_that_slows_to_a_level_is_no_steady_climb() -> None:
+    # The reference run's Hypercorn: +41, +84, +9 MB, all of it glibc's free memory: a plateau
+    # (that says it is retention), as it was judged before the trend rule.
+    v = verdict.decide(cycles([969.1, 1010.5, 1093.9, 1102.9],
+                              malloc_free_mb=[297.4, 360.1, 377.1, 409.8],
+                              malloc_in_use_mb=[273.6, 275.3, 271.6, 276.6]))
+    assert v["verdict"] == "plateau" and not v["trend"]["steady_climb"], v["reason"]
+    assert v["headline"].startswith("plateau — 410 MB is allocator retention")
+
+
 def test_noise_around_a_level_is_no_steady_climb() -> None:
     t = verdict.trend([500.0, 502.0, 501.0, 503.0])
     assert t["slope_mb"] == 0.8 and t["ci_mb"] is not None and t["slope_mb"] - t["ci_mb"] < 0
