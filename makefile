@@ -124,7 +124,7 @@ list: venv
 # The test pyramid (tests/unit, tests/integration, tests/slow, tests/docker). `make test` runs
 # unit + integration in $(JOBS) pytest-xdist workers, then the tests that measure time or memory
 # (marked `serial`) alone, so that no other test's load is in their figures.
-JOBS ?= 3
+JOBS ?= 4
 test: venv system
 	$(PY) -m pytest -n $(JOBS) --dist loadscope -m "not serial" $(PYTEST_ARGS) tests/unit tests/integration
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) tests/unit tests/integration || test $$? = 5

@@ -4,6 +4,7 @@ console's verdict lines."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -22,10 +23,13 @@ from infbench.monitor import probecheck
 from infbench.paths import ROOT
 
 HOOK = ROOT / PROBE_HOOK
-sys.path.insert(0, str(HOOK))
-import sitecustomize as hook  # noqa: E402  (the hook itself, to test its argv rule)
-
-sys.path.remove(str(HOOK))
+# The hook itself, to test its argv rule, loaded from its file under a name of its own: a
+# `sitecustomize` is already imported in this process where the system Python ships one
+# (Debian's does), and `import sitecustomize` would return that one.
+_spec = importlib.util.spec_from_file_location("infbench_probe_hook", HOOK / "sitecustomize.py")
+assert _spec is not None and _spec.loader is not None
+hook = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hook)
 
 
 def env(out: Path, **extra: str) -> dict[str, str]:
