@@ -17,33 +17,13 @@ from tests.fixtures.helpers import the_run
 
 pytestmark = pytest.mark.integration
 
-EXTRA = """
-[profiles.scoring-long]
-users = 3
-spawn_rate = 3
-wait = [0.0, 0.05]
-steps = [{ batch = 1, seconds = 60 }]
-baseline = 1
-pause = 1
-cooldown = 1
-drain_timeout = 5
-request_timeout = 10
-"""
-
-
-def cli(tmp: Path, *args: str) -> list[str]:
-    exp = tmp / "experiments.toml"
-    exp.write_text((ROOT / "experiments.toml").read_text() + EXTRA)
-    return [sys.executable, "-m", "infbench", "--results", str(tmp / "r"), "--experiments",
-            str(exp), *args]
-
-
 REST = ("tfs-rest-row", "tfs-rest-b64")
 GRPC = ("tfs-grpc-tensor", "tfs-grpc-string")
 
 
 def run_transport(tmp: Path, variants: tuple[str, ...]) -> tuple[Path, Any]:
-    res = subprocess.run(cli(tmp, "run", *variants, "--profile", "transport-smoke"),
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp / "r"), "run",
+                          *variants, "--profile", "transport-smoke"],
                          cwd=ROOT, capture_output=True, text=True, timeout=400)
     return the_run(tmp / "r"), res
 

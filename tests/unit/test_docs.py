@@ -281,6 +281,17 @@ def documented(paths: list[Path]) -> set[str]:
     return {v for p in paths for v in VAR.findall(p.read_text())}
 
 
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_figure_is_left_to_measure(path: Path) -> None:
+    """Every figure in the docs was measured: no placeholder stands in for one."""
+    text = path.read_text()
+    assert "TBD" not in text and "TODO" not in text, path
+
+
+def test_the_readme_is_a_front_door() -> None:
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
 def test_every_variable_the_code_reads_is_in_the_configuration_page() -> None:
     # A name ending in '_' is a prefix in a comment ("the INFBENCH_MODEL_* variables").
     code = {v for v in read_vars(CODE_DIRS, CODE_FILES) if not v.endswith("_")}

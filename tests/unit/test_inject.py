@@ -64,8 +64,33 @@ def test_which_processes_are_servers(argv: list[str], server: bool) -> None:
     assert hook.is_server(argv) is server
 
 
+# What a child waits for instead of a fixed sleep: the probe's own lines (a busy machine may take
+# seconds to run the probe's thread).
+WAIT = """
+import json, os, time
+from pathlib import Path
+def wait_for(test, limit=60):
+    path = Path(os.environ["INFBENCH_PROBE_DIR"]) / f"probes-{os.getpid()}.jsonl"
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        rows = []
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass  # the line the probe is writing now
+        if test(rows):
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"the probe never wrote what the test waits for ({path})")
+def census_done(cycle):
+    return lambda rows: any(r.get("event") == "census" and r.get("cycle") == cycle for r in rows)
+"""
+
+
 def test_a_process_that_never_asked_gets_the_probe(tmp_path: Path) -> None:
-    out = run("import os, time, tracemalloc; time.sleep(0.5); "
+    out = run(WAIT + "import tracemalloc\n"
+              "wait_for(lambda rows: any('event' not in r for r in rows))\n"
               "print(os.getpid(), tracemalloc.get_traceback_limit())", tmp_path)
     pid, frames = out.split()
     samples = rows(tmp_path / f"probes-{pid}.jsonl")
@@ -82,13 +107,13 @@ def test_once_a_process_even_when_the_server_also_starts_it(tmp_path: Path) -> N
 
 
 def test_a_forked_worker_starts_its_own(tmp_path: Path) -> None:
-    code = """
-import os, time
+    code = WAIT + """
 pid = os.fork()
 if pid == 0:
-    time.sleep(0.5)
+    wait_for(lambda rows: len(rows) > 0)
     os._exit(0)
 os.waitpid(pid, 0)
+wait_for(lambda rows: len(rows) > 0)
 print(os.getpid(), pid)
 """
     parent, worker = run(code, tmp_path).split()
@@ -235,13 +260,12 @@ def test_tracemalloc_is_off_unless_asked(tmp_path: Path, value: str) -> None:
 
 
 def test_a_census_at_each_rest_counts_big_python_objects_in_bytes(tmp_path: Path) -> None:
-    code = """
-import os, sys, time
-from pathlib import Path
+    code = WAIT + """
+import sys
 out = Path(os.environ["INFBENCH_PROBE_DIR"])
 def census(cycle):
     (out / f"census-{cycle}.request").touch()
-    time.sleep(0.6)
+    wait_for(census_done(cycle))
 kept = []
 census(1)
 kept += [b"k" * 65536 for _ in range(300)]          # ~18.75 MiB, 300 blocks
@@ -259,19 +283,17 @@ print(os.getpid(), sys.getallocatedblocks())
 
 
 def test_a_worker_forked_later_does_not_answer_past_censuses(tmp_path: Path) -> None:
-    code = """
-import os, time
-from pathlib import Path
+    code = WAIT + """
 out = Path(os.environ["INFBENCH_PROBE_DIR"])
 (out / "census-1.request").touch()
-time.sleep(0.4)
+wait_for(census_done(1))  # the parent answered it before the fork
 pid = os.fork()
 if pid == 0:
-    time.sleep(0.4)
     (out / "census-2.request").touch()
-    time.sleep(1.5)
+    wait_for(census_done(2))  # a census 1 it should not answer would come in the same loop
     os._exit(0)
 os.waitpid(pid, 0)
+wait_for(census_done(2))
 print(os.getpid(), pid)
 """
     parent, worker = run(code, tmp_path, INFBENCH_TRACEMALLOC="").split()

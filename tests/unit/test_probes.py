@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,10 +49,18 @@ def test_samples_and_one_trim(tmp_path: Path) -> None:
     probe = probes.start_from_env({"INFBENCH_PROBE_DIR": str(tmp_path),
                                    "INFBENCH_PROBE_INTERVAL": "0.05"})
     assert probe is not None
+    def lines() -> list[str]:
+        return probe.path.read_text().splitlines() if probe.path.exists() else []
+
+    def until(test: Any) -> None:  # a busy machine may run the probe's thread late
+        deadline = time.monotonic() + 60
+        while not test() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     try:
-        time.sleep(0.3)
+        until(lambda: len(lines()) >= 3)
         (tmp_path / probes.TRIM_REQUEST).touch()
-        time.sleep(0.3)
+        until(lambda: '"trim"' in "".join(lines()) and len(lines()) >= 8)
     finally:
         probe.stop()
     rows = [json.loads(line) for line in probe.path.read_text().splitlines()]

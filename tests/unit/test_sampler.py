@@ -58,7 +58,9 @@ def test_sampler_on_a_live_process_and_totals(tmp_path: Path) -> None:
     s = sampler.ProcessSampler(lambda: [me, me], path, interval=0.05, rollup_every=0.2).start()
     ballast = bytearray(64 * 2**20)  # 64 MiB touched: anonymous, private
     ballast[:: 4096] = b"x" * len(ballast[:: 4096])
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60  # ten samples, however busy the machine
+    while s.samples < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
     s.stop()
     rows = sampler.read_samples(path)
     assert s.samples >= 4 and len(rows) == 2 * s.samples
@@ -96,6 +98,8 @@ def test_sampler_survives_processes_that_vanish(tmp_path: Path) -> None:
     gone = SimpleNamespace(pid=2**22 + 12345, name=lambda: "gone")
     s = sampler.ProcessSampler(lambda: [gone], tmp_path / "p.csv",  # type: ignore[list-item]
                                interval=0.05).start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while s.samples < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     s.stop()
     assert s.samples >= 2 and sampler.read_samples(tmp_path / "p.csv") == []
