@@ -85,7 +85,9 @@ server = "command"
 command = ["sh", "-c",
            "(setsid {{python}} -m tests.fixtures.status_server {{port}} 200 &) ; exec sleep 60"]
 health_path = "/"
-startup_timeout = 20
+# Time for the squatter to start and bind on a busy machine (seen: over 20 s in CI with four
+# test workers); the refusal comes as soon as it answers.
+startup_timeout = 90
 """
 
 

@@ -49,8 +49,10 @@ def test_the_harness_client_ignores_proxies(monkeypatch: pytest.MonkeyPatch) -> 
                 monkeypatch.delenv(k, raising=False)
             for k, v in proxy.env().items():
                 monkeypatch.setenv(k, v)
+            # A default opener built now (urlopen's own is cached from whatever test ran
+            # first in this process, before the proxy was set): it goes to the proxy.
             with pytest.raises(urllib.error.HTTPError, match="502"):
-                urllib.request.urlopen(url, timeout=5)  # the default opener: to the proxy
+                urllib.request.build_opener().open(url, timeout=5)
             assert len(proxy.seen) == 1 and url in proxy.seen[0]
             with loopback.urlopen(url, timeout=5) as r:
                 assert (r.status, r.read()) == (200, b"ok")
