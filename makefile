@@ -78,7 +78,7 @@ run_study: venv system-run
 # then requests/s and p50 latency as ratios.
 bench-probes: venv system-run
 	$(PY) -m infbench run --study probe-overhead $(opts)
-	$(PY) -m infbench.overhead latest
+	$(PY) -m infbench.report.overhead latest
 run_%: venv system-run
 	$(PY) -m infbench run $* $(opts)
 # The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled
@@ -86,13 +86,13 @@ run_%: venv system-run
 diagnose_%: venv system-run
 	$(PY) -m infbench diagnose $* $(opts)
 
-# Capacity under a latency bound (infbench/capacity.py): PROFILE=capacity unless given.
+# Capacity under a latency bound (infbench/modes/capacity.py): PROFILE=capacity unless given.
 P95_MS ?=
 capacity_%: venv system-run
 	@test -n "$(P95_MS)" || { echo "make capacity_$*: give the bound, e.g. P95_MS=500"; exit 2; }
 	$(PY) -m infbench capacity $* --p95-ms $(P95_MS) $(opts)
 
-# Where the time goes, request by request (infbench/profiling.py): e.g. make profile_scoring-sync;
+# Where the time goes, request by request (infbench/modes/request_profile.py): e.g. make profile_scoring-sync;
 # several at once, side by side: make profile VARIANTS="scoring-sync scoring-async".
 REQUESTS ?=
 VARIANTS ?= scoring-sync scoring-async

@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from infbench import assets, config
+from infbench import config
+from infbench.measure import assets
 from infbench.paths import ROOT
 
 

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import multipart, post, server
-from infbench import assets, load, proc
+from infbench.analysis.stability import percentile, read_requests
 from infbench.config import Profile, Step
+from infbench.launch import proc
+from infbench.measure import assets, load
 from infbench.paths import ROOT
-from infbench.stability import percentile, read_requests
 
 RATE_TOL = 0.05
 P50_TOL = 0.15

@@ -1,5 +1,5 @@
 import sys
 
-from infbench.cli import main
+from infbench.cli.main import main
 
 sys.exit(main())

@@ -23,7 +23,7 @@ Run by the harness once per step, headless, with its settings in the environment
                             INFBENCH_ARRIVAL_SEED, INFBENCH_MAX_IN_FLIGHT
 
 Open loop: one Locust user whose scheduler greenlet walks the arrival schedule
-(infbench/schedule.py) and spawns a greenlet per request at its intended time, whether or not
+(infbench/config/schedule.py) and spawns a greenlet per request at its intended time, whether or not
 earlier requests finished. Each request fires Locust's request event itself with
 response_time = done - intended (not done - sent), so time spent queued anywhere - in the
 server, or here when the generator fell behind - is in the latency. Over INFBENCH_MAX_IN_FLIGHT
@@ -75,7 +75,8 @@ from locust.env import Environment
 from locust.exception import CatchResponseError, StopUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from infbench import stability
+from infbench.analysis import stability
+from infbench.analysis.stability import percentile
 from infbench.config import (
     B64_MARK,
     BATCH_MARK,
@@ -85,8 +86,7 @@ from infbench.config import (
     PIXELS_MARK,
     Request,
 )
-from infbench.schedule import arrivals
-from infbench.stability import percentile
+from infbench.config.schedule import arrivals
 
 IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 BATCH = int(os.environ.get("INFBENCH_BATCH", "1"))
@@ -243,8 +243,8 @@ def _writer() -> None:
 
 def _stability() -> None:
     """Windows of throughput and median latency cut from this step's own request log, judged by
-    the rule the analysis applies (infbench/stability.py); once the last STABLE_WINDOWS agree
-    within the tolerance, quit as --run-time would (the drain follows as usual)."""
+    the rule the analysis applies (infbench/analysis/stability.py); once the last STABLE_WINDOWS
+    agree within the tolerance, quit as --run-time would (the drain follows as usual)."""
     if not _env:
         return
     env = _env[0]

@@ -6,7 +6,7 @@ its connections inherit that, so Nagle stays on. That is the listener Uvicorn's 
 supervisor binds and hands to its workers; Uvicorn's single-process path is unaffected (asyncio
 builds that listener from getaddrinfo, which gives 6), and Gunicorn and Hypercorn set
 TCP_NODELAY on their listeners themselves, which accepted sockets inherit on Linux (checked
-here: no stall with Gunicorn's Uvicorn worker or Hypercorn, infbench/monitor/keepalive.py).
+here: no stall with Gunicorn's Uvicorn worker or Hypercorn, infbench/measure/keepalive.py).
 An ASGI server writes a response's head and body as two sends, so on a keep-alive connection
 the body waits for the client's delayed ACK: ~40 ms on Linux for every request after the first
 (uvicorn#3149, open as of uvicorn 0.54). Measured here: a 40-50 ms sleeping model API

@@ -4,8 +4,8 @@
     INFBENCH_PROFILE_DIR   (required when on) the folder the files go to
     INFBENCH_PROFILE_PATH  the request path profiled (default /score; POST only)
 
-Why per request and not per process: a sequential client (infbench/profiling.py) sends one
-request at a time and can wait for that request's file before sending the next, so writing a
+Why per request and not per process: a sequential client (infbench/modes/request_profile.py) sends
+one request at a time and can wait for that request's file before sending the next, so writing a
 profile never lands inside another request's latency. The file is written after the answer has
 gone out: for ASGI once the app has sent the whole response, for WSGI in the body iterable's
 close(), which the server calls after writing the body.

@@ -10,8 +10,8 @@ from typing import Protocol
 
 import psutil
 
-from infbench import proc
 from infbench.config import ALLOCATORS, Variant
+from infbench.launch import proc
 from infbench.launch.contract import ReplicaSpec
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import psutil
 
-from infbench import loopback, proc
 from infbench.config import Variant
+from infbench.launch import loopback, proc
 from infbench.launch.argv import GRACE_S, REDIS_BINARY, mprof_argv, server_argv
 from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
 from infbench.launch.contract import SCRUBBED, ReplicaSpec, Where, replica_env
@@ -28,7 +28,7 @@ def native_where(spec: ReplicaSpec) -> Where:
 
 def native_env(spec: ReplicaSpec) -> dict[str, str]:
     """The host's environment, less our stale variables, plus the replica's contract, its
-    loopback traffic off any proxy (infbench/loopback.py; a container is told the same)."""
+    loopback traffic off any proxy (infbench/launch/loopback.py; a container is told the same)."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     ours = replica_env(spec, native_where(spec))
     for key in ("LD_PRELOAD", "PYTHONPATH"):  # ours first, then what the host had

@@ -20,7 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from infbench import assets, config
+from infbench import config
+from infbench.measure import assets
 from infbench.paths import ROOT
 
 pytestmark = pytest.mark.integration

@@ -34,9 +34,10 @@ import httpx
 import psutil
 import pytest
 
-from infbench import assets, config
+from infbench import config
 from infbench.config import Service
 from infbench.launch.argv import server_argv
+from infbench.measure import assets
 from infbench.paths import HOST, ROOT
 from servers.bodylimit import DRAIN_S
 from tests.fixtures.helpers import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from infbench import capacity
-from infbench.capacity import Probe, Search
+from infbench.modes import capacity
+from infbench.modes.capacity import Probe, Search
 from infbench.paths import ROOT
 
 

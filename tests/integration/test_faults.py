@@ -24,8 +24,8 @@ from typing import Any
 import psutil
 import pytest
 
+from infbench.modes.sweep import body_limit, run_status
 from infbench.paths import ROOT
-from infbench.run import body_limit, run_status
 from tests.fixtures.helpers import left_running, the_run
 from tests.fixtures.synth import TINY_MODEL
 
@@ -154,7 +154,7 @@ def test_sigkill_of_the_harness_leaves_nothing_and_marks_the_run(tmp_path: Path)
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=10)
     deadline = time.monotonic() + 20
-    watchdog = f"infbench.watchdog {p.pid}"
+    watchdog = f"infbench.launch.watchdog {p.pid}"
     while (left_running(d) or any(watchdog in " ".join(x.info["cmdline"] or [])
                                for x in psutil.process_iter(["cmdline"]))) \
             and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""The samplers on their shared thread loop (infbench/monitor/base.py): the load generator's
+"""The samplers on their shared thread loop (infbench/measure/base.py): the load generator's
 and Redis's, on real processes (test_sampler.py covers the process sampler)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from infbench.monitor import loadgen
-from infbench.monitor import redis as redis_mon
+from infbench.measure import loadgen
+from infbench.measure import redis as redis_mon
 from infbench.paths import HOST
 from tests.fixtures.helpers import free_port, redis_argv, spawn, stop_group, wait_redis
 

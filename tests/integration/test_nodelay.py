@@ -78,10 +78,10 @@ def test_a_tcp_listener_made_properly_is_left_to_asyncio() -> None:
         sock.close()
 
 
-# --- the run's keep-alive check (infbench/monitor/keepalive.py) ------------------------------
+# --- the run's keep-alive check (infbench/measure/keepalive.py) ------------------------------
 
 def test_the_judgement_on_synthetic_times() -> None:
-    from infbench.monitor import keepalive
+    from infbench.measure import keepalive
 
     assert keepalive.judge([2.0, 43.0, 41.5, 44.0, 42.0])["stalled"] is True
     assert keepalive.judge([2.0, 1.5, 1.2, 1.4])["stalled"] is False
@@ -97,7 +97,7 @@ def test_uvicorn_with_two_workers_stalls_and_the_fix_removes_it(tmp_path: Path) 
     """Real Uvicorn --workers 2 serving our model API: keep-alive requests after the first
     wait for the delayed ACK; with INFBENCH_TCP_NODELAY=1 they do not (compared within the
     test, not against a fixed time)."""
-    from infbench.monitor import keepalive
+    from infbench.measure import keepalive
 
     seen = {}
     for fix in ("0", "1"):

@@ -28,11 +28,12 @@ from typing import Any
 
 import pytest
 
-from infbench import assets, load, proc, trust
+from infbench.analysis import trust
+from infbench.analysis.stability import RequestRow, read_requests
 from infbench.config import Profile, Step
-from infbench.monitor import loadgen
+from infbench.launch import proc
+from infbench.measure import assets, load, loadgen
 from infbench.paths import ROOT
-from infbench.stability import RequestRow, read_requests
 from tests.fixtures.synth import TINY_MODEL
 
 # Send rates, queue growth and the load generator's own saturation: figures another test's load

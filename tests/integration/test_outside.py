@@ -1,4 +1,4 @@
-"""glibc read from outside (infbench/monitor/outside.py): a real process, a real debugger; the
+"""glibc read from outside (infbench/measure/outside.py): a real process, a real debugger; the
 process must come out of it working; where it cannot work, a row that says why."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infbench.monitor import outside
+from infbench.measure import outside
 
 # Frees every other 64 KiB buffer of 60 MiB: glibc keeps ~30 MiB free in its heap, in holes
 # malloc_trim(0) can give back. Then it echoes lines, so that we can see it still works.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infbench import loopback
+from infbench.launch import loopback
 from infbench.paths import HOST, ROOT
 from tests.fixtures.helpers import child_env, the_run
 from tests.fixtures.proxy import NO_PROXY_VARS, RecordingProxy

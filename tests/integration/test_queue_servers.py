@@ -32,7 +32,8 @@ import httpx
 import pytest
 import redis
 
-from infbench import assets, config
+from infbench import config
+from infbench.measure import assets
 from infbench.paths import HOST, ROOT
 from servers.queue_common import (
     DELIVER_LUA,

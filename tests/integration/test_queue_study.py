@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from infbench import analysis
-from infbench.monitor import redis as redis_mon
+from infbench.analysis import summary
+from infbench.measure import redis as redis_mon
 from infbench.paths import ROOT
 from tests.fixtures.helpers import left_running, the_run
 
@@ -95,13 +95,13 @@ def test_per_service_figures_come_from_the_raw_files(smoke: tuple[Path, Any]) ->
     assert services["model"]["replicas"] == 2 and services["redis"]["replicas"] == 1
     # The model service's memory is its two replicas' MEM summed.
     ph = json.loads((d / "phases.json").read_text())
-    m0 = analysis.parse_mprof(d / "model-0" / "mprofile.dat")
-    m1 = analysis.parse_mprof(d / "model-1" / "mprofile.dat")
-    summed = analysis.sum_series([m0.mem, m1.mem])
-    assert services["model"]["memory_mb"] == analysis.memory_figures(summed, ph["phases"])
+    m0 = summary.parse_mprof(d / "model-0" / "mprofile.dat")
+    m1 = summary.parse_mprof(d / "model-1" / "mprofile.dat")
+    summed = summary.sum_series([m0.mem, m1.mem])
+    assert services["model"]["memory_mb"] == summary.memory_figures(summed, ph["phases"])
     assert services["model"]["memory_mb"]["start"] > services["api"]["memory_mb"]["start"]
     # The sampler saw every replica's processes, labelled.
-    rows = analysis.sampler_mod.read_samples(d / "processes.csv")
+    rows = summary.sampler_mod.read_samples(d / "processes.csv")
     assert {(r["service"], r["replica"]) for r in rows} >= {
         ("redis", 0), ("model", 0), ("model", 1), ("api", 0)}
     # Redis was sampled over its own protocol; the queue was read.
@@ -109,7 +109,7 @@ def test_per_service_figures_come_from_the_raw_files(smoke: tuple[Path, Any]) ->
     assert len(samples) >= 3 and all("queue_length" in x for x in samples)
     # The time split per step came from the API's timing lines.
     (split,) = s["split"]
-    timings = analysis.read_timings(d)
+    timings = summary.read_timings(d)
     assert timings and split["split"]["requests"] <= len(timings)
     assert split["split"]["model_ms"] is not None and split["split"]["queue_wait_ms"] is not None
     # Locust ran the task mix: predictions, feedback and the start page.

@@ -613,7 +613,8 @@ def test_model_b_stopped_then_killed(stack: Stack, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_model_kind_runs_the_keras_model(tmp_path: Path) -> None:
-    from infbench import assets, config
+    from infbench import config
+    from infbench.measure import assets
 
     tiny = config.load(ROOT / "experiments.toml").models["tiny"]
     path = assets.ensure_model(tiny, log=False)  # the project's cached build (3 s the 1st time)

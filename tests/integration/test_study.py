@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench import analysis
-from infbench.monitor import sampler
+from infbench.analysis import summary
+from infbench.measure import sampler
 from infbench.paths import ROOT
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
     d = run_dir / variant
     s = json.loads((d / "summary.json").read_text())
     ph = json.loads((d / "phases.json").read_text())
-    mp = analysis.parse_mprof(d / "mprofile.dat")
+    mp = summary.parse_mprof(d / "mprofile.dat")
     assert s["status"] == "complete" and ph["status"] == "complete"
     assert len(mp.mem) > 50 and mp.bad_lines == 0
 
@@ -128,7 +128,7 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
 
     # Requests: Locust's CSV and the locustfile's own counters agree.
     for step in s["steps"]:
-        agg = analysis.locust_aggregate(d / f"step{step['index']}-b{step['batch']}_stats.csv")
+        agg = summary.locust_aggregate(d / f"step{step['index']}-b{step['batch']}_stats.csv")
         counts = json.loads((d / f"step{step['index']}-b{step['batch']}_counts.json").read_text())
         assert agg is not None and step["requests"] == agg["requests"] > 0
         assert step["failures"] == agg["failures"] == 0
@@ -139,7 +139,7 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
 
 def test_gunicorn_workers_are_counted(study: tuple[Path, Any]) -> None:
     run_dir, _ = study
-    mp = analysis.parse_mprof(run_dir / "starlette-gunicorn" / "mprofile.dat")
+    mp = summary.parse_mprof(run_dir / "starlette-gunicorn" / "mprofile.dat")
     assert len(mp.children) >= 2  # two workers, recorded separately as CHLD lines
     # MEM includes the children: it is larger than any single worker.
     worker_peak = max(m for series in mp.children.values() for _, m in series)
@@ -232,7 +232,7 @@ def test_ctrl_c_mid_step_stops_everything_and_keeps_the_data(tmp_path: Path) -> 
     assert ph["status"] == "interrupted" and ph["stopped_in"] == "step 1 (batch 1)"
     assert ph["phases"][-1]["cut_short"] is True
     # What was measured is kept, and the report can be rebuilt from it.
-    mp = analysis.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat")
+    mp = summary.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat")
     assert mp.mem and mp.mem[-1][0] >= ph["phases"][-1]["start"]
     res = subprocess.run(infbench(run_dir.parent, "report", run_dir.name), cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

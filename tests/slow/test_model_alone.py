@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from infbench import config, model_alone
+from infbench import config
+from infbench.measure import model_alone
 from infbench.paths import ROOT
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from infbench import profiling
-from infbench.files import WriteError
+from infbench.modes import request_profile
+from infbench.modes.sweep import LoadError
 from infbench.paths import ROOT
-from infbench.run import LoadError
+from infbench.results.files import WriteError
 from servers.profiling import ProfileSettings, RequestProfiler, load_profile_settings
 from servers.settings import SettingsError
 from tests.fixtures.helpers import left_running, the_run
@@ -44,45 +44,45 @@ def client(n: int, warmup: int, ms: float) -> list[dict[str, Any]]:
 
 
 def test_overlap_tells_concurrent_from_sequential() -> None:
-    assert profiling.overlap(40, 50, 51) == pytest.approx(39 / 40)
-    assert profiling.overlap(40, 50, 92) == pytest.approx(-2 / 40)
-    assert profiling.overlap(None, 50, 60) is None
-    assert profiling.concurrency([0.9, 0.95, 1.0]) == "concurrent"
-    assert profiling.concurrency([-0.05, 0.0, 0.01]) == "sequential"
-    assert profiling.concurrency([0.3, 0.3]) == "partly overlapping"
-    assert profiling.concurrency([None]) == "unknown"
+    assert request_profile.overlap(40, 50, 51) == pytest.approx(39 / 40)
+    assert request_profile.overlap(40, 50, 92) == pytest.approx(-2 / 40)
+    assert request_profile.overlap(None, 50, 60) is None
+    assert request_profile.concurrency([0.9, 0.95, 1.0]) == "concurrent"
+    assert request_profile.concurrency([-0.05, 0.0, 0.01]) == "sequential"
+    assert request_profile.concurrency([0.3, 0.3]) == "partly overlapping"
+    assert request_profile.concurrency([None]) == "unknown"
 
 
 def test_rows_skip_warmups_and_errors_in_time_order() -> None:
     # Two workers' files, read in any order; a 404 and the warm-up are not measured requests.
     lines = [line(5.0, 40, 45, 46), line(1.0, 99, 99, 99), line(3.0, 41, 44, 86),
              line(2.0, 10, 10, 10, status=404), line(4.0, 42, 46, 88)]
-    rows = profiling.request_rows(client(3, 1, 100.0), lines, warmup=1)
+    rows = request_profile.request_rows(client(3, 1, 100.0), lines, warmup=1)
     assert [r["model_a_ms"] for r in rows] == [41, 42, 40]
     assert rows[0]["outside_ms"] == pytest.approx(100.0 - (1.0 + 86 + 0.5))
-    s = profiling.summarise(rows)
+    s = request_profile.summarise(rows)
     assert s["requests"] == 3
     assert s["model_a_ms"]["median"] == 41 and s["model_a_ms"]["p95"] == 42
     assert s["model_calls"] == "sequential"  # two of three took a + b
 
 
 def test_the_table_puts_builds_side_by_side_with_the_change() -> None:
-    sync = profiling.summarise(profiling.request_rows(
+    sync = request_profile.summarise(request_profile.request_rows(
         client(4, 0, 95.0), [line(i, 40, 45, 86) for i in range(4)], 0))
-    async_ = profiling.summarise(profiling.request_rows(
+    async_ = request_profile.summarise(request_profile.request_rows(
         client(4, 0, 50.0), [line(i, 40, 45, 45.5) for i in range(4)], 0))
     assert sync["model_calls"] == "sequential" and async_["model_calls"] == "concurrent"
-    lines = profiling.table({"sync": sync, "async": async_})
+    lines = request_profile.table({"sync": sync, "async": async_})
     assert lines[0].startswith("| ms per request | sync median | sync p95 | async median")
     stage = next(x for x in lines if x.startswith("| model stage"))
     assert stage.endswith(f"| {(45.5 - 86) / 86 * 100:+.0f}% |")
-    assert profiling.change(None, 3.0) == "-" and profiling.change(0.0, 3.0) == "-"
+    assert request_profile.change(None, 3.0) == "-" and request_profile.change(0.0, 3.0) == "-"
 
 
 def test_yappi_view_of_overlap() -> None:
-    assert profiling.overlap_sum(90.0, 50.0) == pytest.approx(40 / 45)  # concurrent
-    assert (profiling.overlap_sum(90.0, 93.0) or 0) < 0  # sequential
-    assert profiling.overlap_sum(0.0, 10.0) is None
+    assert request_profile.overlap_sum(90.0, 50.0) == pytest.approx(40 / 45)  # concurrent
+    assert (request_profile.overlap_sum(90.0, 93.0) or 0) < 0  # sequential
+    assert request_profile.overlap_sum(0.0, 10.0) is None
 
 
 def test_profiling_is_off_unless_asked(tmp_path: Path) -> None:
@@ -100,29 +100,29 @@ def test_profiling_is_off_unless_asked(tmp_path: Path) -> None:
 def test_short_timing_lines_are_counted_and_said() -> None:
     # A worker killed before its flush: 3 measured requests, 2 lines after the warm-up.
     lines = [line(1.0, 9, 9, 9), line(2.0, 40, 45, 86), line(3.0, 41, 44, 86)]
-    c = profiling.counts(client(3, 1, 100.0), lines, warmup=1)
+    c = request_profile.counts(client(3, 1, 100.0), lines, warmup=1)
     assert c == {"requests_measured": 3, "timing_lines_measured": 2}
-    assert profiling.count_note("v", "off", c) is not None
-    assert profiling.count_note("v", "off", {**c, "timing_lines_measured": 3}) is None
+    assert request_profile.count_note("v", "off", c) is not None
+    assert request_profile.count_note("v", "off", {**c, "timing_lines_measured": 3}) is None
     stalled = {"requests": 8, "first_ms": 1.0, "later_median_ms": 41.0, "stalled": True}
     doc = {"passes": {"off": {**c, "keepalive": stalled}}}
-    found = profiling.notes("v", doc)
+    found = request_profile.notes("v", doc)
     assert len(found) == 2 and "2 timing line(s) for 3" in found[0]
     assert "keep-alive stall" in found[1]
-    assert profiling.notes("v", {"passes": {"off": {"keepalive": {"stalled": False}}}}) == []
+    assert request_profile.notes("v", {"passes": {"off": {"keepalive": {"stalled": False}}}}) == []
 
 
 def test_damaged_or_unwritable_profile_files_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "request-01.pstat"
     bad.write_bytes(b"not a profile")
     with pytest.raises(LoadError, match=r"request-01\.pstat"):
-        profiling.read_pstat(bad)
+        request_profile.read_pstat(bad)
     good = tmp_path / "good.pstat"
     prof = cProfile.Profile()
     prof.runcall(sum, range(10))
     prof.dump_stats(str(good))
     with pytest.raises(WriteError, match=r"all\.pstat"):
-        profiling.merge_pstats([good], tmp_path / "missing-folder" / "all")
+        request_profile.merge_pstats([good], tmp_path / "missing-folder" / "all")
 
 
 class OneAnswerServer:
@@ -166,7 +166,7 @@ class OneAnswerServer:
 
 def test_client_retries_once_on_a_closed_connection_then_fails_in_one_line() -> None:
     server = OneAnswerServer()
-    c = profiling.Client(f"http://127.0.0.1:{server.port}", timeout=5.0)
+    c = request_profile.Client(f"http://127.0.0.1:{server.port}", timeout=5.0)
     try:
         first = c.score(1)
         second = c.score(2)  # the server closed the first connection: sent again on a new one
@@ -179,7 +179,7 @@ def test_client_retries_once_on_a_closed_connection_then_fails_in_one_line() -> 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    refused = profiling.Client(f"http://127.0.0.1:{port}", timeout=5.0)
+    refused = request_profile.Client(f"http://127.0.0.1:{port}", timeout=5.0)
     try:
         with pytest.raises(LoadError, match=r"entity 3: ConnectionRefusedError"):
             refused.score(3)
@@ -255,9 +255,9 @@ def test_both_builds_profiled_end_to_end(profiled: tuple[Path, Any]) -> None:
     for build in BUILDS:
         d = run_dir / build / "profile"
         doc = json.loads((d / "profile.json").read_text())
-        assert doc["schema"] == profiling.PROFILE_SCHEMA
-        assert set(doc["passes"]) == set(profiling.PASSES)
-        for kind in profiling.PASSES:
+        assert doc["schema"] == request_profile.PROFILE_SCHEMA
+        assert set(doc["passes"]) == set(request_profile.PASSES)
+        for kind in request_profile.PASSES:
             assert len(doc["passes"][kind]["rows"]) == 3
             # every request of the pass (warm-ups too) left its timing line
             assert doc["passes"][kind]["timing_lines"] == 5

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infbench import analysis
+from infbench.analysis import summary
 from infbench.paths import ROOT
 from tests.fixtures.helpers import the_run
 
@@ -32,12 +32,12 @@ def check_users_agree_with_the_server(run_dir: Path, res: Any, variants: tuple[s
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     for v in variants:
         d = run_dir / v
-        timings = analysis.read_timings(d)
+        timings = summary.read_timings(d)
         protocol = "grpc" if "grpc" in v else "rest"
         assert timings and {t["protocol"] for t in timings} == {protocol}
         for step in (1, 2):
             batch = 1 if step == 1 else 4
-            stats = analysis.locust_aggregate(d / f"step{step}-b{batch}_stats.csv")
+            stats = summary.locust_aggregate(d / f"step{step}-b{batch}_stats.csv")
             assert stats is not None and stats["requests"] > 0 and stats["failures"] == 0
             served = [t for t in timings if t.get("batch") == batch and t.get("ok")]
             assert len(served) == stats["requests"], (v, step)

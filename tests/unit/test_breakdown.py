@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from infbench import breakdown, report
-from infbench.monitor import sampler
+from infbench.analysis import breakdown
+from infbench.measure import sampler
+from infbench.report import markdown
 from tests.fixtures.synth import T0, make_run
 
 # Two processes. Before t=42 (the cooldown) process A has 50 MB anonymous, of which malloc has
@@ -106,7 +107,7 @@ def test_malloc_counting_more_than_is_resident_is_a_negative_remainder(tmp_path:
 
 
 def test_report_draws_the_stack_and_tables_the_growth(run_dir: Path) -> None:
-    report.build(run_dir)
+    markdown.build(run_dir)
     for name in ("probed", "unprobed", "jemalloc"):
         assert (run_dir / name / "memory_parts.png").stat().st_size > 10_000
     md = (run_dir / "summary.md").read_text()
@@ -121,14 +122,14 @@ def test_report_draws_the_stack_and_tables_the_growth(run_dir: Path) -> None:
 
 
 def test_probe_overhead_compares_the_two_sides(tmp_path: Path) -> None:
-    from infbench import overhead
+    from infbench.report import overhead
 
     run = make_run(tmp_path, ("plain", "probed", "plain-2", "probed-2"))
     for name in ("plain", "probed", "plain-2", "probed-2"):
         (run / name / "manifest.json").write_text(
             json.dumps({"config": {"variant": {"name": name,
                                                  "probes": name.startswith("probed")}}}))
-    report.build(run)
+    markdown.build(run)
     # Same synthetic steps on both sides: every ratio is exactly 1.
     lines = overhead.table(run)
     rows = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |")]

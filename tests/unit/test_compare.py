@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from infbench import compare
+from infbench.report import compare
 from tests.fixtures.runfixtures import MACHINE, make_run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench import analysis, loopback, proc, report
 from infbench.config import Variant, one_service, with_server
+from infbench.launch import loopback, proc
 from infbench.launch.argv import mprof_argv, server_argv
 from infbench.launch.contract import ReplicaSpec
 from infbench.launch.docker import cgroup as dkc
@@ -27,6 +27,8 @@ from infbench.launch.docker import engine as dke
 from infbench.launch.docker import image as dki
 from infbench.launch.native import native_env
 from infbench.paths import ROOT
+from infbench.analysis import summary
+from infbench.report import markdown
 from tests.fixtures import synth
 
 UVICORN = one_service("starlette-uvicorn", server="uvicorn", app="starlette")
@@ -310,8 +312,8 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
             t = i / 10
             mb = 120.0 if t < 10 else 250.0 if t <= 42 else 210.0
             w.writerow([f"{synth.T0 + t:.4f}", f"{mb:.3f}", "", "", "cgroup-v1"])
-    summary = report.build(run_dir)
-    s = summary["variants"][0]
+    built = markdown.build(run_dir)
+    s = built["variants"][0]
     assert s["cgroup_memory_mb"]["start"] == 120.0 and s["cgroup_memory_mb"]["peak"] == 250.0
     assert s["cgroup_memory_mb"]["after_cooldown"] == 210.0
     assert s["memory_mb"]["start"] == 100.0  # mprof's figures unchanged
@@ -322,12 +324,12 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
     with (run_dir / "summary.csv").open() as f:
         row = next(csv.DictReader(f))
     assert row["cgroup_peak_mb"] == "250.0" and row["peak_mb"] == "200.0"
-    assert analysis.parse_cgroup_csv(run_dir / "v1" / "missing.csv") == []
+    assert summary.parse_cgroup_csv(run_dir / "v1" / "missing.csv") == []
 
 
 def test_native_summaries_have_no_cgroup_section(tmp_path: Path) -> None:
     run_dir = synth.make_run(tmp_path, ("v1",))
-    s = report.build(run_dir)["variants"][0]
+    s = markdown.build(run_dir)["variants"][0]
     assert "cgroup_memory_mb" not in s
     assert "cgroup" not in (run_dir / "summary.md").read_text()
     with (run_dir / "summary.csv").open() as f:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infbench import cli
+from infbench.cli import main
 from infbench.paths import ROOT
 
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
@@ -28,7 +28,7 @@ CODE_FILES = ("makefile",)
 # Read only by the tests and benchmarks: a doc may name them, configuration.md need not.
 TEST_DIRS = ("tests", "benchmarks")
 VAR = re.compile(r"INFBENCH_[A-Z0-9_]+")
-CLI_ENV = re.compile(r"""_env\(\s*["']([A-Z0-9_]+)["']""")  # cli.py: _env("RUN_ID") and so on
+CLI_ENV = re.compile(r"""_env\(\s*["']([A-Z0-9_]+)["']""")  # main.py: _env("RUN_ID") and so on
 
 FENCE = re.compile(r"^(```|~~~)")
 SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
@@ -202,7 +202,7 @@ def cli_flags() -> frozenset[str]:
                 for sub in action.choices.values():
                     walk(sub)
 
-    walk(cli.parser())
+    walk(main.parser())
     return frozenset(flags)
 
 
@@ -272,7 +272,7 @@ def read_vars(dirs: tuple[str, ...], files: tuple[str, ...] = ()) -> set[str]:
     for p in sources:
         text = p.read_text(errors="replace")
         found.update(VAR.findall(text))
-        if p.name == "cli.py":
+        if p.name == "main.py":
             found.update(f"INFBENCH_{n}" for n in CLI_ENV.findall(text))
     return found
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from infbench import readers, report, verdict
+from infbench.analysis import verdict
 from infbench.paths import ROOT
+from infbench.report import markdown
+from infbench.results import readers
 
 
 @pytest.mark.parametrize("ref", ["reference", "reference-cycles"])
@@ -21,7 +23,7 @@ def test_the_reference_runs_rebuild_to_the_same_figures(tmp_path: Path, ref: str
     src = ROOT / "results" / ref
     dst = tmp_path / ref
     shutil.copytree(src, dst)
-    report.build(dst)
+    markdown.build(dst)
     for committed in src.glob("*/summary.json"):
         old = readers.summary_json(committed.parent)
         new = json.loads((dst / committed.parent.name / "summary.json").read_text())

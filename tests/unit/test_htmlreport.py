@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
-from infbench import htmlreport, plots, report
+from infbench.report import html, markdown, plots
 from tests.fixtures.runfixtures import make_run
 from tests.fixtures.synth import T0, phase
 
@@ -94,7 +94,7 @@ def built_run(tmp_path: Path) -> Path:
                        "detail": "<b>pid 42</b> exited", "phase": "step 1 (batch 2)"}])
     ph_path.write_text(json.dumps(ph))
     (run / "v1" / "step1-b2.html").write_text("<html>Locust</html>")
-    report.build(run)
+    markdown.build(run)
     return run
 
 
@@ -120,17 +120,17 @@ def test_report_page_sections_escaping_and_links(tmp_path: Path) -> None:
     assert not any(h.startswith("/") for h in o.hrefs)
     for header in ("after API start (MB)", "req/s", "p95 (ms)", "Locust", "verdict"):
         assert header in o.headers
-    # summary.md's cross-variant tables, the same in the page (built by report.py once).
+    # summary.md's cross-variant tables, the same in the page (built by markdown.py once).
     assert "Against v1 (per step)" in o.headings and "req/s change" in o.headers
     assert "Ranking by images/s at each batch size" in o.headings
 
 
 def test_markdown_tables_convert_escaped_and_aligned() -> None:
-    got = htmlreport.md_table(["| name | n |", "| --- | ---: |", "| **a<b** | 1 |"])
+    got = html.md_table(["| name | n |", "| --- | ---: |", "| **a<b** | 1 |"])
     assert got == ("<table><thead><tr><th>name</th><th class=num>n</th></tr></thead><tbody>"
                    "<tr><td><b>a&lt;b</b></td><td class=num>1</td></tr></tbody></table>")
     # A cell with the separator in it would shift the columns: shown as text instead.
-    assert htmlreport.md_table(["| a |", "| --- |", "| x | y |"]).startswith("<pre>")
+    assert html.md_table(["| a |", "| --- |", "| x | y |"]).startswith("<pre>")
 
 
 def test_services_split_and_comparison_render(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_services_split_and_comparison_render(tmp_path: Path) -> None:
                                "model_ms": 150.0, "api_overhead_ms": 50.0, "mean_batch": 3.5}}]
     info = json.loads((run / "run.json").read_text())
     plots.split_plot(row["split"], row["steps"], run / "v1" / "time_split.png", "split")
-    page = htmlreport.render(run, info, [row])
+    page = html.render(run, info, [row])
     o = outline(page)
     assert 'alt="v1: where the time goes, per step" src="data:image/png;base64,' in page
     assert "Per service (memory by mprof, replicas summed; CPU % of one core and RSS at the " \
@@ -160,12 +160,12 @@ def test_services_split_and_comparison_render(tmp_path: Path) -> None:
     assert "the model workers are the bottleneck" in page
     assert "queue wait 700, model 150, api overhead 50" in page
     # No services, no split: no such sections.
-    plain = outline(htmlreport.render(run, info, [json.loads((run / "v1" / "summary.json")
+    plain = outline(html.render(run, info, [json.loads((run / "v1" / "summary.json")
                                                               .read_text())]))
     assert not any(h.startswith(("Per service", "Where the time goes")) for h in plain.headings)
     # A run stopped before its last variant says so first, even if what ran was complete.
     cut = dict(info, status="interrupted", stopped_in="v<2>", error="Ctrl-C")
-    page = htmlreport.render(run, cut, [json.loads((run / "v1" / "summary.json").read_text())])
+    page = html.render(run, cut, [json.loads((run / "v1" / "summary.json").read_text())])
     assert 'The run is <span class="badge bad">interrupted</span>, stopped in <b>v&lt;2&gt;</b>' \
         ": Ctrl-C" in page and "No faults" not in page
 
@@ -174,7 +174,7 @@ def test_compare_adds_a_section_to_b_report(tmp_path: Path) -> None:
     results = tmp_path / "results"
     a = make_run(results, "20260101-000000", seed=1)
     b = make_run(results, "20260102-000000", seed=2, rps=3.5, extra_mb=100)
-    report.build(b)
+    markdown.build(b)
     assert "Compared with other runs" not in (b / "report.html").read_text()
     done = subprocess.run([sys.executable, "-m", "infbench", "--results", str(results),
                            "compare", a.name, b.name], cwd=ROOT, capture_output=True,
@@ -188,11 +188,11 @@ def test_compare_adds_a_section_to_b_report(tmp_path: Path) -> None:
     assert '<span class="sig">worse (p = ' in page
     assert f"compare-{a.name}-vs-{b.name}.md" in o.hrefs
     # ... and it stays when the report is rebuilt from the run's files.
-    report.build(b)
+    markdown.build(b)
     assert "Compared with other runs" in (b / "report.html").read_text()
     # A comparison file from a newer infbench is named in the page, not a crash.
     (b / "compare-x-vs-y.json").write_text(json.dumps({"schema": 99, "variants": []}))
-    htmlreport.rebuild(b)
+    html.rebuild(b)
     assert "comparison schema 99 is newer" in (b / "report.html").read_text()
 
 

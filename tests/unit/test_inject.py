@@ -17,10 +17,10 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench import report
 from infbench.launch.contract import PROBE_HOOK
-from infbench.monitor import probecheck
+from infbench.measure import probecheck
 from infbench.paths import ROOT
+from infbench.report import markdown
 
 HOOK = ROOT / PROBE_HOOK
 # The hook itself, to test its argv rule, loaded from its file under a name of its own: a
@@ -161,14 +161,14 @@ def test_probes_that_did_not_start_are_a_warning(tmp_path: Path) -> None:
     summary = {"variants": [{"variant": "c", "events": [{"kind": "probes_missing",
                                                          "detail": line}],
                              "verdict": {"verdict": "inconclusive", "cycles": 3}}]}
-    lines = report.verdict_lines(summary)
+    lines = markdown.verdict_lines(summary)
     assert "WARNING c: server: probes = true, but none of its 1 process(es) started them " \
         "within 5 s (not a Python server, or Python started with -S/-I?); its verdict has " \
         "only what can be read from outside" in lines
     assert any(x.strip().startswith("c  inconclusive") for x in lines)
     # Without a verdict (a profile run once), the warning is still said.
     summary["variants"][0]["verdict"] = {"verdict": "inconclusive", "cycles": 1}
-    assert report.verdict_lines(summary) == ["", f"WARNING c: {line}"]
+    assert markdown.verdict_lines(summary) == ["", f"WARNING c: {line}"]
 
 
 def test_probes_that_started_are_found(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import requests.utils
 
-from infbench import loopback
 from infbench.config import one_service
+from infbench.launch import loopback
 from infbench.launch.contract import ReplicaSpec
 from infbench.launch.docker.container import container_env
 from infbench.launch.native import native_env

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 
-from infbench import proc
+from infbench.launch import proc
 
 # A child that ignores SIGTERM and starts a sleeping grandchild: the worst case for cleanup.
 STUBBORN = """

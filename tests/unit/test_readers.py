@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from infbench import analysis, compare, manifest, phases, readers, report
-from infbench.run import RUN_SCHEMA
+from infbench.analysis import summary
+from infbench.measure import manifest, phases
+from infbench.modes.sweep import RUN_SCHEMA
+from infbench.report import compare, markdown
+from infbench.results import readers
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = ROOT / "results" / "reference"
@@ -37,12 +40,12 @@ def test_run_json_1_is_migrated() -> None:
     assert info["harness"] is None and info["error"] is None and info["current"] is None
     assert info["run_id"] == "20261123-093943-seed-d0d560" and info["status"] == "complete"
     assert len(info["variants"]) == 6
-    assert report.harness_alive(info["harness"])  # unknown writer: not taken for dead
+    assert markdown.harness_alive(info["harness"])  # unknown writer: not taken for dead
 
 
 def test_summary_json_1_is_migrated() -> None:
     s = readers.summary_json(VARIANT)
-    assert s["schema"] == analysis.SUMMARY_SCHEMA == 4 and s["migrated_from"] == 1
+    assert s["schema"] == summary.SUMMARY_SCHEMA == 4 and s["migrated_from"] == 1
     assert all(st["stable"] is None and st["open_loop"] is False for st in s["steps"])
     assert s["services"] is None and s["split"] is None and s["events"] == []
     assert s["faults"] == 0
@@ -88,7 +91,7 @@ def test_phases_json_1_is_migrated_and_analysed_as_before() -> None:
     assert len(steps) == 4 and all(p["status"] == "complete" for p in steps)
     # The summary rebuilt from the version-1 files matches the one written then.
     old = json.loads((VARIANT / "summary.json").read_text())
-    new = analysis.summarize_variant(VARIANT)
+    new = summary.summarize_variant(VARIANT)
     assert new["memory_mb"] == old["memory_mb"]
     assert [s["rps"] for s in new["steps"]] == [s["rps"] for s in old["steps"]]
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from infbench import analysis, plots, report
+from infbench.analysis import summary
+from infbench.report import markdown, plots
 from tests.fixtures import synth
 from tests.fixtures.synth import make_run
 
@@ -24,11 +25,11 @@ def _valid_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
 
 def test_report_writes_summaries_tables_and_plots(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    out = report.build(run_dir)
+    out = markdown.build(run_dir)
     assert [r["variant"] for r in out["variants"]] == ["v1", "v2"]
     for v in ("v1", "v2"):
         s = json.loads((run_dir / v / "summary.json").read_text())
-        assert s["schema"] == analysis.SUMMARY_SCHEMA and s["memory_mb"]["growth"] == 100.0
+        assert s["schema"] == summary.SUMMARY_SCHEMA and s["memory_mb"]["growth"] == 100.0
         w, h = _valid_png(run_dir / v / "memory.png")
         assert 600 <= w <= 2000 and 300 <= h <= 1200
     _valid_png(run_dir / "memory_overlay.png")
@@ -44,17 +45,17 @@ def test_report_writes_summaries_tables_and_plots(tmp_path: Path) -> None:
 
 def test_report_is_rebuilt_identically(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    report.build(run_dir)
+    markdown.build(run_dir)
     first = (run_dir / "summary.csv").read_text()
-    report.build(run_dir)
+    markdown.build(run_dir)
     assert (run_dir / "summary.csv").read_text() == first
 
 
 def test_resolve_run_errors_name_recent_runs(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    assert report.resolve_run(tmp_path, run_dir.name) == run_dir
-    with pytest.raises(report.ReportError, match=r"no run 'nope'.*recent: " + run_dir.name):
-        report.resolve_run(tmp_path, "nope")
+    assert markdown.resolve_run(tmp_path, run_dir.name) == run_dir
+    with pytest.raises(markdown.ReportError, match=r"no run 'nope'.*recent: " + run_dir.name):
+        markdown.resolve_run(tmp_path, "nope")
 
 
 # -- memory plots end where their server stopped running --------------------------------------
@@ -64,7 +65,7 @@ STOP = synth.T0 + 52  # the synthetic run's cooldown ends at 52 s: the harness s
 def _shutdown_tail(vd: Path, children: bool = False) -> None:
     """What mprof writes after the cooldown: the server shutting down, then 0 MB once it is
     gone (seen in every reference run); with children, their series falling to 0 too."""
-    mp = analysis.parse_mprof(vd / "mprofile.dat")
+    mp = summary.parse_mprof(vd / "mprofile.dat")
     tail = [(STOP + 0.1, 170.0), (STOP + 0.2, 90.0), (STOP + 0.3, 0.0), (STOP + 0.4, 0.0)]
     kids = None
     if children:
@@ -74,15 +75,15 @@ def _shutdown_tail(vd: Path, children: bool = False) -> None:
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
-    """The series each plot is drawn from, as report.build hands them over."""
+    """The series each plot is drawn from, as markdown.build hands them over."""
     seen: dict[str, list[Any]] = {"overlay": [], "variant": []}
     real_overlay, real_variant = plots.overlay_plot, plots.variant_plot
 
-    def overlay(series: list[tuple[str, analysis.Mprof]], *a: Any, **kw: Any) -> Path:
+    def overlay(series: list[tuple[str, summary.Mprof]], *a: Any, **kw: Any) -> Path:
         seen["overlay"].append(series)
         return real_overlay(series, *a, **kw)
 
-    def variant(mp: analysis.Mprof, *a: Any, **kw: Any) -> Path:
+    def variant(mp: summary.Mprof, *a: Any, **kw: Any) -> Path:
         seen["variant"].append((mp, kw.get("extra", ())))
         return real_variant(mp, *a, **kw)
 
@@ -93,14 +94,14 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
 
 def test_while_running_drops_the_shutdown_and_the_last_zero() -> None:
     s = [(1.0, 10.0), (2.0, 0.0), (3.0, 12.0), (4.0, 11.0), (5.0, 0.0), (6.0, 0.0)]
-    assert analysis.while_running(s, None) == s[:4]  # a zero inside is a sample: kept
-    assert analysis.while_running(s, 3.5) == s[:3]
-    assert analysis.while_running(s, 0.5) == [] and analysis.while_running([], 3.0) == []
+    assert summary.while_running(s, None) == s[:4]  # a zero inside is a sample: kept
+    assert summary.while_running(s, 3.5) == s[:3]
+    assert summary.while_running(s, 0.5) == [] and summary.while_running([], 3.0) == []
     ph = {"phases": [{"kind": "setup", "start": 0, "end": 9.0},
                      {"kind": "baseline", "start": 1, "end": 3.0},
                      {"kind": "step", "start": 3, "end": 4.0, "cut_short": True}]}
-    assert analysis.stop_began(ph) == 4.0
-    assert analysis.stop_began({"phases": [{"kind": "setup", "start": 0, "end": 9.0}]}) is None
+    assert summary.stop_began(ph) == 4.0
+    assert summary.stop_began({"phases": [{"kind": "setup", "start": 0, "end": 9.0}]}) is None
 
 
 def test_memory_lines_end_at_the_last_sample_of_the_running_server(
@@ -109,7 +110,7 @@ def test_memory_lines_end_at_the_last_sample_of_the_running_server(
     _shutdown_tail(run_dir / "v1", children=True)
     _shutdown_tail(run_dir / "v2")
     seen = _spy(monkeypatch)
-    out = report.build(run_dir)
+    out = markdown.build(run_dir)
     (overlay,) = seen["overlay"]
     for name, mp in overlay:  # memory_overlay.png
         assert mp.mem[-1] == (STOP, 180.0), name  # the cooldown's last sample, not 0 MB
@@ -118,7 +119,7 @@ def test_memory_lines_end_at_the_last_sample_of_the_running_server(
     assert v1.mem[-1] == (STOP, 180.0)
     assert {k: c[-1] for k, c in v1.children.items()} == {"1": (STOP, 90.0), "2": (STOP, 90.0)}
     # The raw file and the figures keep every sample: only the drawing ends at the stop.
-    raw = analysis.parse_mprof(run_dir / "v1" / "mprofile.dat")
+    raw = summary.parse_mprof(run_dir / "v1" / "mprofile.dat")
     assert raw.mem[-1] == (STOP + 0.4, 0.0)
     row = next(r for r in out["variants"] if r["variant"] == "v1")
     assert row["samples"]["last"] == STOP + 0.4 and row["samples"]["mem"] == len(raw.mem)
@@ -135,18 +136,18 @@ def test_a_server_that_died_ends_at_its_last_sample_and_replicas_each_at_theirs(
     ph["services"] = {"api-0": {"service": "api"}, "redis-0": {"service": "redis"}}
     ph["events"] = [{"t": synth.T0 + 25.1, "kind": "process_exited", "fault": True}]
     (vd / "phases.json").write_text(json.dumps(ph))
-    full = analysis.parse_mprof(vd / "mprofile.dat").mem
+    full = summary.parse_mprof(vd / "mprofile.dat").mem
     for label, series in (("api-0", [x for x in full if x[0] < synth.T0 + 25]
                            + [(synth.T0 + 25.05, 0.0)]),
                           ("redis-0", [(t, 10.0) for t, _ in full]
                            + [(STOP + 0.5, 10.0), (STOP + 0.6, 0.0)])):
         (vd / label).mkdir()
         synth.write_mprof(vd / label / "mprofile.dat", series)
-    per = analysis.replica_mprofs(vd, ph, running=True)
+    per = summary.replica_mprofs(vd, ph, running=True)
     assert per["api-0"].mem[-1][0] < synth.T0 + 25 and per["api-0"].mem[-1][1] > 0
     assert per["redis-0"].mem[-1] == (STOP, 10.0)
     seen = _spy(monkeypatch)
-    report.build(run_dir)
+    markdown.build(run_dir)
     (overlay,) = seen["overlay"]
     ((_, summed),) = overlay
     assert summed.mem[-1][0] <= STOP and summed.mem[-1][1] == 10.0  # redis alone, not 0

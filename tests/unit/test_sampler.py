@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from infbench.monitor import sampler
+from infbench.measure import sampler
 
 ROLLUP = """55d11e198000-7fff9095e000 ---p 00000000 00:00 0                          [rollup]
 Rss:              204800 kB

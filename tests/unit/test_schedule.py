@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from infbench import config, load
+from infbench import config
 from infbench.config import ConfigError, Profile, Step
-from infbench.schedule import arrivals, step_seed
+from infbench.config.schedule import arrivals, step_seed
+from infbench.measure import load
 
 
 def take(it: object, n: int) -> list[float]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infbench import config, thresholds
+from infbench import config
+from infbench.report import thresholds
 from tests.fixtures.runfixtures import make_run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from infbench import analysis, report, stability, trust
-from infbench.monitor import loadgen
-from infbench.stability import RequestRow, Window
+from infbench.analysis import stability, summary, trust
+from infbench.analysis.stability import RequestRow, Window
+from infbench.measure import loadgen
+from infbench.report import markdown
 from tests.fixtures.synth import T0, make_variant
 
 
@@ -160,14 +161,14 @@ def test_the_summary_and_the_step_table_say_stable_or_not(tmp_path: Path) -> Non
         "stable_window_s": 2, "stable_windows": 3, "stable_tolerance": 0.1}}}))
     (d / "model_alone.json").write_text(json.dumps({"batches": [
         {"batch": 2, "decode_model_images_per_s": 19.2, "model_images_per_s": 40.0}]}))
-    s = analysis.summarize_variant(d)
+    s = summary.summarize_variant(d)
     one, two = s["steps"]
     assert one["stable"] is True and one["stability"]["source"].startswith("requests.csv")
     assert len(one["stability"]["windows"]) == 5
     assert one["memory_flat"] is False  # the synthetic memory climbs 5 MB/s in every step
     assert one["efficiency"]["efficiency"] == 0.5  # 4.8 req/s x 2 images / 19.2
     assert two["stable"] is False and any("not stable" in n for n in two["notes"])
-    table = "\n".join(report.steps_table([s]))
+    table = "\n".join(markdown.steps_table([s]))
     assert "| stable | memory flat |" in table and "| yes | **no** |" in table
 
 

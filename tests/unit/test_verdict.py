@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from infbench import report, verdict
+from infbench.analysis import verdict
+from infbench.report import markdown
 from tests.fixtures import synth
 
 
@@ -273,7 +274,7 @@ def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
     for name in ("v1", "v2"):
         (run_dir / name / "manifest.json").write_text(json.dumps(
             {"schema": 1, "config": {"profile": {"name": "smoke", "cycles": 1}}}))
-    summary = report.build(run_dir)
+    summary = markdown.build(run_dir)
     for name in ("v1", "v2"):
         v = json.loads((run_dir / name / "summary.json").read_text())["verdict"]
         assert v["verdict"] == "no verdict" and "this profile has no cycles" in v["reason"]
@@ -284,16 +285,16 @@ def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
     assert html.count("<b>no verdict</b>") == 4  # each variant's row and its own section
     assert html.count("this profile has no cycles (it runs its sweep once)") == 2
     assert "inconclusive" not in html and "need at least" not in html
-    lines = report.verdict_lines(summary)
+    lines = markdown.verdict_lines(summary)
     assert lines == ["", "no verdict: " + verdict.NO_CYCLES]
     # A cycled profile cut short keeps its "inconclusive" (too few cycles measured).
     for name in ("v1", "v2"):
         (run_dir / name / "manifest.json").write_text(json.dumps(
             {"schema": 1, "config": {"profile": {"name": "cycles", "cycles": 4}}}))
-    summary = report.build(run_dir)
+    summary = markdown.build(run_dir)
     assert {r["verdict"]["verdict"] for r in summary["variants"]} == {"inconclusive"}
     assert "No verdict: this profile has no cycles" not in (run_dir / "summary.md").read_text()
-    assert report.verdict_lines(summary) == []
+    assert markdown.verdict_lines(summary) == []
 
 
 def test_an_interrupted_cycle_is_never_judged() -> None:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from infbench import loopback, proc
 from infbench.config import Variant
+from infbench.launch import loopback, proc
 from infbench.launch.argv import GRACE_S, mprof_argv, server_argv
 from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
 from infbench.launch.contract import ReplicaSpec, Where, replica_env

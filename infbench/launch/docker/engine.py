@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from infbench import proc
+from infbench.launch import proc
 from infbench.paths import ROOT
 
 ENGINE_HINT = "start one with `make docker-engine` (scripts/docker-engine.sh start)"

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infbench import proc
+from infbench.launch import proc
 from infbench.launch.base import LaunchError
 from infbench.launch.docker.engine import _fmt, docker, image_id, run_logged
 from infbench.paths import HOST, ROOT

@@ -1,0 +1,1 @@
+"""Pure functions over a run's files: summaries, stability, trust, verdicts, breakdowns."""

@@ -1,0 +1,194 @@
+"""Per-process memory sampler: where the server's memory is, process by process.
+
+mprof's MEM is the RSS of the server plus its children, summed. That answers "how much", but
+it double-counts pages that processes share (Gunicorn's workers share the TensorFlow libraries
+with each other and with the master) and it cannot tell heap from mapped files. This sampler
+reads, for the server and each worker, `/proc/<pid>/status` at every sample (microseconds)
+and `/proc/<pid>/smaps_rollup` every ROLLUP_EVERY_S (the kernel walks every mapping for it:
+about 10 ms for a process with TensorFlow loaded, under the lock the process's own mmap calls
+need, so not at mprof's 10 Hz), on its own thread, and writes one row per process per sample
+to `processes.csv`:
+
+    time        unix time, the clock of mprof and phases.json
+    pid, ppid, name
+    rss_mb      resident set (what mprof sums)
+    pss_mb      proportional set: shared pages divided among the processes that map them;
+                summed over processes it counts every page once (smaps_rollup; empty on
+                the samples between two rollup reads)
+    uss_mb      unique set: private pages, what ending the process would give back (idem)
+    anon_mb     anonymous memory (heap, arenas, thread stacks, tensors): where growth lives
+    file_mb     file-backed pages (shared libraries, the model file if mapped)
+    shmem_mb    shared memory
+    swap_mb     swapped out
+    threads     thread count
+    cpu_s       CPU seconds (user + system) the process has used so far (/proc/<pid>/stat)
+    service, replica   which service replica the process belongs to (a topology has several)
+
+MiB throughout, as mprof reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from infbench.measure.base import CsvSampler
+
+COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb",
+           "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FLUSH_EVERY_S = 1.0
+LIST_EVERY_S = 1.0
+ROLLUP_EVERY_S = 2.0
+ROLLUP_KEYS = ("pss_mb", "uss_mb")
+
+
+def _kib_fields(text: str) -> dict[str, int]:
+    """`Key:   123 kB` lines of smaps_rollup/status as {key: KiB}; other lines are ignored."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if not sep:
+            continue
+        key, parts = key.strip(), rest.split()
+        sized = len(parts) == 2 and parts[1] == "kB"
+        counted = len(parts) == 1 and key in ("Threads", "PPid")
+        if (sized or counted) and parts[0].isdigit():
+            out[key] = int(parts[0])
+    return out
+
+
+def parse_proc(status: str, rollup: str | None = None) -> dict[str, float | None]:
+    """One process's figures (MiB, threads) from the text of status and, if read, of
+    smaps_rollup (PSS and USS are None without it)."""
+    s = _kib_fields(status)
+    r = _kib_fields(rollup) if rollup else {}
+    mib = 1024.0
+    return {
+        "rss_mb": s.get("VmRSS", 0) / mib,
+        "pss_mb": r["Pss"] / mib if "Pss" in r else None,
+        "uss_mb": (r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)) / mib
+        if "Pss" in r else None,
+        "anon_mb": s.get("RssAnon", 0) / mib,
+        "file_mb": s.get("RssFile", 0) / mib,
+        "shmem_mb": s.get("RssShmem", 0) / mib,
+        "swap_mb": s.get("VmSwap", 0) / mib,
+        "threads": float(s.get("Threads", 0)),
+        "ppid": float(s.get("PPid", 0)),
+    }
+
+
+def cpu_seconds(stat: str) -> float:
+    """utime + stime of /proc/<pid>/stat (fields 14 and 15, after the command in brackets)."""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def read_proc(pid: int, rollup: bool = True) -> dict[str, float | None] | None:
+    """The figures of a live process, or None if it is gone (or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            cpu = cpu_seconds(f.read())
+        text = None
+        if rollup:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                text = f.read()
+    except (OSError, ValueError, IndexError):
+        return None
+    return {**parse_proc(status, text), "cpu_s": cpu}
+
+
+class ProcessSampler(CsvSampler):
+    """Samples `processes()` every `interval` seconds on a daemon thread until stop()."""
+
+    flush_every_s = FLUSH_EVERY_S
+
+    def __init__(self, processes: Callable[[], Any], path: Path,
+                 interval: float, rollup_every: float = ROLLUP_EVERY_S) -> None:
+        super().__init__(path, COLUMNS, interval, "infbench-sampler")
+        self.processes = processes
+        self.rollup_every = rollup_every
+        self._names: dict[int, str] = {}
+        self._owners: dict[int, tuple[str, int]] = {}
+        self._pids: list[int] = []
+        self._listed = self._rolled = float("-inf")
+
+    def sample(self, out: Any) -> bool:
+        tick = time.monotonic()
+        now = time.time()
+        if tick - self._listed >= LIST_EVERY_S:
+            # Finding the processes scans /proc (psutil's children()); reading a known pid is
+            # cheap. So the list is refreshed once a second, or when one goes.
+            with contextlib.suppress(psutil.Error):
+                procs = [x if isinstance(x, tuple) else (x, "server", 0)
+                         for x in self.processes()]
+                self._pids = [p.pid for p, _, _ in procs]
+                for p, service, replica in procs:
+                    self._owners[p.pid] = (service, replica)
+                    if p.pid not in self._names:
+                        with contextlib.suppress(psutil.Error):
+                            self._names[p.pid] = p.name()
+            self._listed = tick
+        rollup = tick - self._rolled >= self.rollup_every
+        if rollup:
+            self._rolled = tick
+        for pid in self._pids:
+            fig = read_proc(pid, rollup)
+            if fig is None:
+                self._listed = float("-inf")
+                continue
+            out.writerow(_row(now, pid, self._names.get(pid, "?"), fig,
+                              self._owners.get(pid, ("server", 0))))
+        self.samples += 1
+        return True
+
+
+def _row(now: float, pid: int, name: str, fig: dict[str, float | None],
+         owner: tuple[str, int]) -> list[Any]:
+    mem = ["" if fig[k] is None else f"{fig[k]:.2f}" for k in COLUMNS[4:11]]
+    return [f"{now:.3f}", pid, int(fig["ppid"] or 0), name, *mem, int(fig["threads"] or 0),
+            f"{fig.get('cpu_s') or 0:.2f}", owner[0], owner[1]]
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The rows of a processes.csv, typed; a missing file or a torn last line is skipped."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            try:
+                row: dict[str, Any] = {"time": float(raw["time"]), "pid": int(raw["pid"]),
+                                       "name": raw["name"], "threads": int(raw["threads"]),
+                                       # Older files have no cpu/service/replica columns.
+                                       "cpu_s": float(raw.get("cpu_s") or 0.0),
+                                       "service": raw.get("service") or "server",
+                                       "replica": int(raw.get("replica") or 0)}
+                row.update({k: float(raw[k]) if raw[k] != "" else None
+                            for k in COLUMNS[4:11]})
+            except (KeyError, TypeError, ValueError):
+                continue
+            rows.append(row)
+    return rows
+
+
+def totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per sample time: the figures summed over processes, plus the process count. A figure
+    some process lacks at that time (PSS between rollup reads) is None in the total."""
+    by_time: dict[float, dict[str, Any]] = {}
+    for row in rows:
+        t = by_time.setdefault(row["time"], {"time": row["time"], "processes": 0,
+                                             **{k: 0.0 for k in COLUMNS[4:13]}})
+        t["processes"] += 1
+        for k in COLUMNS[4:13]:
+            t[k] = None if t[k] is None or row[k] is None else t[k] + row[k]
+    return [by_time[t] for t in sorted(by_time)]

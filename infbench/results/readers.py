@@ -1,0 +1,253 @@
+"""One reader per artifact of a run folder, each checking the version of the format it reads.
+
+A run is read long after it was written (`make report`, `compare`, `check` on a run from last
+month or another machine), so a reader never guesses: a JSON file with an older `schema` is
+migrated here, one function per version step (the steps are the version comments beside each
+writer's constant: RUN_SCHEMA in run.py, PHASES_SCHEMA in phases.py, SUMMARY_SCHEMA in
+summary.py, MANIFEST_SCHEMA in manifest.py), so the code above sees one current shape; a
+file from a newer infbench is refused in one line naming the file and its version, rather
+than misread. Migrated dicts carry `migrated_from` (the version on disk).
+
+The sample files carry no version field; their version is their columns, and their readers
+check the columns they need:
+  processes.csv      1: time .. threads;  2: + cpu_s, service, replica (read with defaults)
+  probes-<pid>.jsonl one JSON object a line with "t" (a torn last line is skipped)
+  mprofile.dat       memory-profiler's own format (MEM / CHLD / CMDLINE / FUNC lines)
+  Locust CSVs        *_stats.csv (the Aggregated row), *_stats_history.csv (one row a second)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from infbench.analysis import summary, verdict
+from infbench.measure import manifest, phases, sampler
+from infbench.modes.sweep import RUN_SCHEMA
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ReadError(ValueError):
+    """A file of a run that cannot be read as its format says; one line, naming the file.
+    A ValueError, so code that already treats unreadable files as damaged keeps doing so."""
+
+
+def load_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a file, or a one-line ReadError."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReadError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ReadError(f"{path}: cannot read {what}: {e.strerror or type(e).__name__}") from None
+    except ValueError as e:
+        raise ReadError(f"{path}: {what} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ReadError(f"{path}: {what} is not a JSON object")
+    return data
+
+
+def versioned(path: Path, data: dict[str, Any], what: str, current: int,
+              migrations: dict[int, Migration]) -> dict[str, Any]:
+    """Check `schema`, migrate an older file step by step up to `current`, refuse a newer one."""
+    version = data.get("schema")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ReadError(f"{path}: {what} has no valid schema version ({version!r})")
+    if version > current:
+        raise ReadError(f"{path}: {what} schema {version} is newer than this infbench reads "
+                        f"(up to {current}): update infbench to read it")
+    start = version
+    while version < current:
+        data = migrations[version](dict(data))
+        version += 1
+        data["schema"] = version
+    if start != current:
+        data["migrated_from"] = start
+    return data
+
+
+# -- run.json ---------------------------------------------------------------------------------
+def _run_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
+    # 2 added "harness" (None: the writer is not known, so a `running` file is taken as live,
+    # as version 1 readers did), and the statuses partial/degraded (version 1 never wrote them).
+    for key in ("harness", "error", "current", "stopped_in", "ended", "wall_seconds"):
+        d.setdefault(key, None)
+    d.setdefault("results", {})
+    return d
+
+
+def run_json(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "run.json"
+    return versioned(path, load_json(path, "run.json"), "run.json", RUN_SCHEMA,
+                     {1: _run_1_to_2})
+
+
+# -- phases.json ------------------------------------------------------------------------------
+def _phases_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
+    # 2 added per-replica "services", "events" (faults) and a status per step; version 1 ran
+    # one server and recorded no faults, so every finished step was complete.
+    d.setdefault("services", {})
+    d.setdefault("events", [])
+    d["phases"] = [dict(p, status=p.get("status") or "complete") if p.get("kind") == "step"
+                   else p for p in d.get("phases", [])]
+    return d
+
+
+def phases_json(variant_dir: Path) -> dict[str, Any]:
+    path = variant_dir / "phases.json"
+    data = versioned(path, load_json(path, "phases.json"), "phases.json",
+                     phases.PHASES_SCHEMA, {1: _phases_1_to_2})
+    if not isinstance(data.get("phases"), list):
+        raise ReadError(f"{path}: phases.json has no list of phases")
+    return data
+
+
+# -- summary.json -----------------------------------------------------------------------------
+def _summary_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
+    # 2 added "services", "split", "events"/"faults" and a status per step; version 1 had no
+    # topologies and recorded no faults.
+    for key in ("services", "split", "breakdown_mb"):
+        d.setdefault(key, None)
+    d.setdefault("events", [])
+    d.setdefault("faults", 0)
+    d["steps"] = [dict(s, status=s.get("status") or "complete") for s in d.get("steps", [])]
+    return d
+
+
+def _summary_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
+    # 3 added the per-step trust figures (stable windows, memory flattening, the load
+    # generator's CPU, open loop, efficiency); a version 2 step did not measure them: unknown.
+    d.setdefault("model_alone", None)
+    d["steps"] = [{**{k: None for k in ("stable", "memory_flat", "loadgen", "efficiency")},
+                   "limited_by_loadgen": None, "open_loop": False, "notes": [], **s}
+                  for s in d.get("steps", [])]
+    return d
+
+
+def _summary_3_to_4(d: dict[str, Any]) -> dict[str, Any]:
+    # 4 says "no verdict" where the profile runs its sweep once; 1-3 called that
+    # "inconclusive" ("0 complete cycle(s) ... need at least 3"). Which runs those are is the
+    # writer's own rule (verdict.runs_once): the profile (3 keeps it, from the manifest), else
+    # no cycle counted while steps ran.
+    v = d.get("verdict")
+    if not isinstance(v, dict) or v.get("verdict") != "inconclusive":
+        return d
+    profile = d.get("profile")
+    counted = int(v.get("cycles") or 0)
+    if verdict.runs_once(summary.profile_cycles(profile) if isinstance(profile, dict) else None,
+                         counted, bool(d.get("steps"))):
+        d["verdict"] = {**v, **verdict.no_verdict(counted)}
+    return d
+
+
+def summary_json(variant_dir: Path) -> dict[str, Any]:
+    path = variant_dir / "summary.json"
+    data = versioned(path, load_json(path, "summary.json"), "summary.json",
+                     summary.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
+                                               3: _summary_3_to_4})
+    for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
+                      ("totals", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ReadError(f"{path}: summary.json has no {key!r}")
+    return data
+
+
+# -- manifest.json ----------------------------------------------------------------------------
+def manifest_json(variant_dir: Path) -> dict[str, Any]:
+    path = variant_dir / "manifest.json"
+    return versioned(path, load_json(path, "manifest.json"), "manifest.json",
+                     manifest.MANIFEST_SCHEMA, {})
+
+
+# -- sample files -----------------------------------------------------------------------------
+PROCESS_COLUMNS = sampler.COLUMNS[:12]  # version 1; version 2 added cpu_s, service, replica
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="") as f:
+            return next(csv.reader(f), [])
+    except OSError as e:
+        raise ReadError(f"{path}: cannot read: {e.strerror or type(e).__name__}") from None
+
+
+def _need_columns(path: Path, need: list[str] | tuple[str, ...], what: str) -> None:
+    header = _header(path)
+    missing = [c for c in need if c not in header]
+    if missing:
+        raise ReadError(f"{path}: not a {what} (no column {missing[0]!r})")
+
+
+def processes_csv(variant_dir: Path) -> list[dict[str, Any]]:
+    """processes.csv rows, typed ([] when the sampler did not run)."""
+    path = variant_dir / "processes.csv"
+    if not path.exists():
+        return []
+    _need_columns(path, PROCESS_COLUMNS, "processes.csv")
+    return sampler.read_samples(path)
+
+
+def probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """probes-<pid>.jsonl of every process (in the variant's folder and its replicas'):
+    samples by pid in time order, and the trim events."""
+    return verdict.read_probes(variant_dir)
+
+
+def mprofile(path: Path) -> summary.Mprof:
+    """memory-profiler's mprofile.dat (an empty Mprof when the file is missing)."""
+    return summary.parse_mprof(path)
+
+
+def locust_stats(path: Path) -> dict[str, Any] | None:
+    """The Aggregated row of a *_stats.csv as numbers; None when the file is missing."""
+    if path.exists():
+        _need_columns(path, ("Name", "Request Count", "Requests/s", "50%", "95%"),
+                      "Locust stats file")
+    return summary.locust_aggregate(path)
+
+
+HISTORY_COLUMNS = ("Timestamp", "Name", "User Count", "Requests/s", "50%", "95%",
+                   "Total Request Count", "Total Failure Count")
+
+
+def locust_history(path: Path) -> list[dict[str, Any]]:
+    """The Aggregated rows of a *_stats_history.csv, one a second, typed: t, users, rps (Locust's
+    current rate), p50_ms and p95_ms (its current percentiles; None while it has none), and the
+    cumulative requests and failures. [] when the file is missing."""
+    if not path.exists():
+        return []
+    _need_columns(path, HISTORY_COLUMNS, "Locust stats history file")
+
+    def num(value: str | None) -> float | None:
+        if value in (None, "", "N/A"):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return None
+
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            if raw.get("Name") != "Aggregated":
+                continue
+            t, total = num(raw.get("Timestamp")), num(raw.get("Total Request Count"))
+            if t is None or total is None:
+                continue  # a torn last line
+            rows.append({"t": t, "users": num(raw.get("User Count")),
+                         "rps": num(raw.get("Requests/s")), "p50_ms": num(raw.get("50%")),
+                         "p95_ms": num(raw.get("95%")), "requests": int(total),
+                         "failures": int(num(raw.get("Total Failure Count")) or 0)})
+    return sorted(rows, key=lambda r: r["t"])
+
+
+def variant_dirs(run_dir: Path, info: dict[str, Any]) -> list[Path]:
+    """The run's variant folders, in the run's order (those with a phases.json)."""
+    order = [run_dir / v for v in info.get("variants", [])
+             if (run_dir / v / "phases.json").exists()]
+    extra = sorted(p.parent for p in run_dir.glob("*/phases.json") if p.parent not in order)
+    return order + extra
