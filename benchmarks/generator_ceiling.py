@@ -33,10 +33,10 @@ from typing import Any
 import psutil
 
 from benchmarks.common import health, server
-from infbench.analysis import trust
+from infbench.analysis import loadgen, trust
 from infbench.config import Profile, Step
 from infbench.launch import proc
-from infbench.measure import assets, load, loadgen
+from infbench.measure import assets, load
 from infbench.paths import ROOT
 
 SEND_SHARE = 0.95

@@ -25,8 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from infbench.analysis.verdict import probe_totals, read_probes
-from infbench.measure import sampler
+from infbench.analysis.verdict import probe_totals
+from infbench.results import samples
+from infbench.results.samples import read_probes
 
 PARTS = ("file_mb", "other_anon_mb", "malloc_in_use_mb", "malloc_free_mb")
 GRID_S = 1.0  # the probes write once a second; finer would only repeat their figures
@@ -38,7 +39,7 @@ def _r(x: float | None) -> float | None:
 
 def series(variant_dir: Path) -> list[dict[str, Any]]:
     """One point a second: rss, anon, the four parts, and whether malloc's figures were there."""
-    totals = sampler.totals(sampler.read_samples(variant_dir / "processes.csv"))
+    totals = samples.totals(samples.process_rows(variant_dir / "processes.csv"))
     probes, _ = read_probes(variant_dir)
     out: list[dict[str, Any]] = []
     last = float("-inf")

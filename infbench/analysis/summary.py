@@ -19,24 +19,20 @@ import csv
 import json
 import re
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infbench.analysis import breakdown, trust, verdict
-from infbench.measure import phases as phases_mod
-from infbench.measure import sampler as sampler_mod
+from infbench.results import readers, samples
+from infbench.results.samples import (
+    Mprof,
+    locust_aggregate,
+    number,
+    parse_cgroup_csv,
+    parse_mprof,
+)
+from infbench.results.schemas import PHASE_KINDS, SUMMARY_SCHEMA, profile_cycles
 
-# Version of summary.json. 1: first version. 2: "services" (memory and CPU per service of a
-# topology), "events" and "faults", a status per step, variant status "degraded". 3: per step
-# "stable", "stability" (windows), "memory_flat", "loadgen", "limited_by_loadgen", "open_loop",
-# "efficiency", "notes" (infbench/analysis/trust.py); "model_alone" per variant. 4: verdict
-# "no verdict"
-# for a profile that runs its sweep once (no cycles), which 1-3 called "inconclusive"; the
-# verdict's "trend" (slope, its 95% interval, every cycle up, steady climb) and
-# "detection_limit" (per source), read as absent from 1-3; a heap census that climbs in every
-# cycle is a leak (1-3 judged RSS's last step).
-SUMMARY_SCHEMA = 4
 COOLDOWN_TAIL_S = 5.0
 
 DEFINITIONS = {
@@ -73,81 +69,6 @@ CGROUP_DEFINITION = ("docker runtime: the container's cgroup memory as `docker s
                      "defined as for MEM, over its samples")
 
 
-@dataclass
-class Mprof:
-    """memory-profiler's .dat: MEM <MiB> <unix time>, CHLD <n> <MiB> <unix time>."""
-
-    cmdline: str = ""
-    mem: list[tuple[float, float]] = field(default_factory=list)  # (t, MiB)
-    children: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    bad_lines: int = 0
-
-
-def parse_mprof(path: Path) -> Mprof:
-    out = Mprof()
-    if not path.exists():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        try:
-            if parts[0] == "CMDLINE":
-                out.cmdline = line[len("CMDLINE "):]
-            elif parts[0] == "MEM" and len(parts) == 3:
-                out.mem.append((float(parts[2]), float(parts[1])))
-            elif parts[0] == "CHLD" and len(parts) == 4:
-                out.children.setdefault(parts[1], []).append((float(parts[3]), float(parts[2])))
-            elif parts[0] not in ("FUNC",):
-                out.bad_lines += 1
-        except ValueError:
-            out.bad_lines += 1  # e.g. a last line cut short by a crash
-    out.mem.sort()
-    return out
-
-
-def parse_cgroup_csv(path: Path) -> list[tuple[float, float]]:
-    """cgroup_memory.csv (docker runtime: time, mem_mb, ...) -> sorted (t, MiB) samples."""
-    out: list[tuple[float, float]] = []
-    if not path.exists():
-        return out
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            t, mb = _num(row.get("time"), float), _num(row.get("mem_mb"), float)
-            if t is not None and mb is not None:
-                out.append((t, mb))
-    return sorted(out)
-
-
-def locust_aggregate(stats_csv: Path) -> dict[str, Any] | None:
-    """The 'Aggregated' row of Locust's *_stats.csv, as numbers (None where Locust says N/A)."""
-    if not stats_csv.exists():
-        return None
-    with stats_csv.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("Name") == "Aggregated":
-                return {
-                    "requests": _num(row.get("Request Count"), int) or 0,
-                    "failures": _num(row.get("Failure Count"), int) or 0,
-                    "rps": _num(row.get("Requests/s"), float),
-                    "p50_ms": _num(row.get("50%"), float),
-                    "p95_ms": _num(row.get("95%"), float),
-                    "p99_ms": _num(row.get("99%"), float),
-                    "max_ms": _num(row.get("Max Response Time"), float),
-                    "avg_ms": _num(row.get("Average Response Time"), float),
-                }
-    return None
-
-
-def _num(value: str | None, kind: type) -> Any:
-    if value in (None, "", "N/A"):
-        return None
-    try:
-        return kind(float(value)) if kind is int else kind(value)
-    except ValueError:
-        return None
-
-
 def samples_between(mem: list[tuple[float, float]], t0: float | None,
                     t1: float | None) -> list[float]:
     if t0 is None or t1 is None:
@@ -173,7 +94,7 @@ def memory_figures(mem: list[tuple[float, float]], phase_list: list[dict[str, An
         return {k: None for k in ("start", "end", "peak", "peak_at_s", "after_cooldown",
                                   "growth", "retained")}
     t_first = mem[0][0]
-    by_kind = {k: [p for p in phase_list if p.get("kind") == k] for k in phases_mod.KINDS}
+    by_kind = {k: [p for p in phase_list if p.get("kind") == k] for k in PHASE_KINDS}
     start = None
     if by_kind["baseline"]:
         b = by_kind["baseline"][0]
@@ -244,7 +165,7 @@ def process_figures(variant_dir: Path, phase_list: list[dict[str, Any]],
                     sampler: dict[str, Any] | None) -> dict[str, Any] | None:
     """start / end / peak / growth of each per-process metric summed over the server's
     processes (processes.csv), by the same definitions as mprof's MEM; None without samples."""
-    tot = sampler_mod.totals(sampler_mod.read_samples(variant_dir / "processes.csv"))
+    tot = samples.totals(samples.process_rows(variant_dir / "processes.csv"))
     if not tot:
         return None
     out: dict[str, Any] = {}
@@ -345,7 +266,7 @@ def service_figures(variant_dir: Path, ph: dict[str, Any],
         return None  # version-1 files: no services recorded
     per = replica_mprofs(variant_dir, ph)
     plist = ph.get("phases", [])
-    rows = sampler_mod.read_samples(variant_dir / "processes.csv")
+    rows = samples.process_rows(variant_dir / "processes.csv")
     out: dict[str, Any] = {}
     names = sorted({d.get("service", k) for k, d in services.items()})
     for name in names:
@@ -402,15 +323,6 @@ def profile_of(variant_dir: Path) -> dict[str, Any] | None:
     return profile if isinstance(profile, dict) else None
 
 
-def profile_cycles(profile: dict[str, Any] | None) -> int | None:
-    """How many times the profile runs its sweep (a profile from before `cycles` ran it once);
-    None when the profile is not known."""
-    if profile is None:
-        return None
-    cycles = profile.get("cycles", 1)
-    return cycles if isinstance(cycles, int) and not isinstance(cycles, bool) else None
-
-
 def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Per step: where the time went, by the servers' own timing lines, and Locust's failures
     by kind."""
@@ -430,7 +342,7 @@ def summarize_variant(variant_dir: Path,
                       points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """summary.json content for one variant folder. `points`: its breakdown.series, if the
     caller has read them already (the report draws them too)."""
-    ph = phases_mod.load(variant_dir / "phases.json")
+    ph = readers.phases_json(variant_dir)
     mp = variant_mprof(variant_dir, ph)
     plist = ph.get("phases", [])
     steps = step_figures(variant_dir, mp.mem, plist)
@@ -552,7 +464,7 @@ def failure_kinds(stats_prefix: Path) -> dict[str, int]:
             kind = http.group(0) if http else error.split("(", 1)[0].strip()[:60]
             if kind == "HTTP 0":
                 kind = "HTTP 0 (no response: connection refused, reset or timed out)"
-            out[kind] = out.get(kind, 0) + (_num(row.get("Occurrences"), int) or 0)
+            out[kind] = out.get(kind, 0) + (number(row.get("Occurrences"), int) or 0)
     return out
 
 

@@ -23,9 +23,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from infbench.analysis import stability
+from infbench.analysis import loadgen, stability
 from infbench.config import DEFAULT_WINDOW_S, auto_window
-from infbench.measure import loadgen
 
 # Open-loop: an achieved send rate below this share of the offered one is said out loud.
 SEND_RATE_SHORTFALL = 0.95

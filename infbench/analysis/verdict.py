@@ -73,18 +73,14 @@ from __future__ import annotations
 import bisect
 import collections
 import itertools
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
-from infbench.measure import outside
+from infbench.results import samples
+from infbench.results.samples import read_probes
+from infbench.results.schemas import MIN_CYCLES, NO_CYCLES, NO_VERDICT, runs_once
 
-MIN_CYCLES = 3
-NO_VERDICT = "no verdict"
-NO_CYCLES = (f"this profile has no cycles (it runs its sweep once); a leak, allocator "
-             f"retention or plateau verdict compares at least {MIN_CYCLES} (a profile with "
-             "cycles = N, e.g. PROFILE=cycles)")
 NOISE_MB = 8.0
 NOISE_FRACTION = 0.01
 PY_NOISE_FRACTION = 0.01
@@ -182,16 +178,6 @@ def no_verdict(cycles: int) -> dict[str, Any]:
     """What a profile without cycles gets instead of a verdict."""
     return {"verdict": NO_VERDICT, "reason": NO_CYCLES, "cycles": cycles,
             "thresholds": THRESHOLDS, "headline": NO_VERDICT}
-
-
-def runs_once(profile_cycles: int | None, counted: int, ran_steps: bool) -> bool:
-    """Whether the variant ran a profile without cycles: as its profile says (`cycles` 1), or,
-    the profile unknown, no cycle counted while steps ran (phases.json numbered cycles only for
-    a cycled profile until every step carried one). One cycle and no profile could be a cycled
-    run cut short: not said to run once."""
-    if profile_cycles is not None:
-        return profile_cycles == 1
-    return counted == 0 and ran_steps
 
 
 def no_cycles(rows: list[dict[str, Any]]) -> bool:
@@ -478,27 +464,6 @@ def _python_growth(cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
 # From the files of a variant folder to the per-cycle figures `decide` takes.
 
 
-def read_probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """probes-<pid>.jsonl files: samples by pid (in time order) and trim events."""
-    samples: dict[int, list[dict[str, Any]]] = {}
-    trims: list[dict[str, Any]] = []
-    for path in sorted(variant_dir.rglob("probes-*.jsonl")):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line of a killed server
-            if not isinstance(row, dict) or "t" not in row:
-                continue
-            if row.get("event"):
-                trims.append(row)
-            else:
-                samples.setdefault(int(row.get("pid", 0)), []).append(row)
-    for rows in samples.values():
-        rows.sort(key=lambda r: r["t"])
-    return samples, trims
-
-
 def probe_totals(samples: dict[int, list[dict[str, Any]]], t: float) -> dict[str, float | None]:
     """Each process's last probe sample at or before t, summed over processes."""
     # Rows are in time order (read_probes sorts them): bisect, since the breakdown asks once
@@ -626,29 +591,29 @@ def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
                mem: list[tuple[float, float]], steps: list[dict[str, Any]],
                profile_cycles: int | None = None) -> dict[str, Any]:
     """The verdict of one variant folder, with the cycle figures it was decided from."""
-    samples, events = read_probes(variant_dir)
-    rows = outside.read(variant_dir)
-    cycles = cycle_figures(phase_list, mem, steps, samples, rows, events)
+    by_pid, events = read_probes(variant_dir)
+    rows = samples.outside_rows(variant_dir)
+    cycles = cycle_figures(phase_list, mem, steps, by_pid, rows, events)
     trims = [e for e in events if e.get("event") == "trim"]
     trims += [r for r in rows if r.get("event") == "trim" and "error" not in r]
     freed = sum(float(t.get("freed_mb") or 0) for t in trims) if trims else None
     read = [r for r in rows if "error" not in r]
-    python = True if samples else (any(r.get("python") for r in read) if read else None)
+    python = True if by_pid else (any(r.get("python") for r in read) if read else None)
     once = runs_once(profile_cycles, len(cycles), bool(steps))
     out = decide(cycles, freed, python, 1 if once else profile_cycles)
     out["per_cycle"] = cycles
-    vias = sorted({str(r.get("via")) for rows_ in samples.values() for r in rows_[:1]
+    vias = sorted({str(r.get("via")) for rows_ in by_pid.values() for r in rows_[:1]
                    if r.get("via")})
-    out["probes"] = {"processes": len(samples),
-                     "allocators": sorted({r.get("allocator", "?") for rows in samples.values()
+    out["probes"] = {"processes": len(by_pid),
+                     "allocators": sorted({r.get("allocator", "?") for rows in by_pid.values()
                                            for r in rows}),
                      "injected": "hook" in vias, "started_by": vias,
                      "tracemalloc": "from start-up" if any(
-                         "tracemalloc_mb" in rows_[0] for rows_ in samples.values())
+                         "tracemalloc_mb" in rows_[0] for rows_ in by_pid.values())
                      else "after warm-up" if any("tracemalloc_mb" in rows_[-1]
-                                                 for rows_ in samples.values()) else None,
+                                                 for rows_ in by_pid.values()) else None,
                      "census": census_pause(events),
-                     "trims": [t for t in trims if t.get("via") != "gdb"]} if samples else None
+                     "trims": [t for t in trims if t.get("via") != "gdb"]} if by_pid else None
     if rows:
         pauses = [float(r["pause_s"]) for r in read if r.get("pause_s") is not None]
         out["outside"] = {

@@ -28,7 +28,7 @@ from infbench.measure import assets
 from infbench.modes.sweep import Plan, run_study
 from infbench.paths import ROOT
 from infbench.report import compare, html, markdown, thresholds
-from infbench.results import files, readers
+from infbench.results import files, readers, schemas
 from infbench.results.files import WriteError, check_writable
 
 EXIT_FAILED = 1
@@ -314,7 +314,8 @@ def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
 
 
 def cmd_profile(exp: config.Experiments, args: argparse.Namespace) -> int:
-    """Each variant's entry service profiled request by request (infbench/modes/request_profile.py)."""
+    """Each variant's entry service profiled request by request
+    (infbench/modes/request_profile.py)."""
     from infbench.modes import request_profile
 
     variants = [exp.variant(n) for n in args.variants]
@@ -356,11 +357,11 @@ def cmd_diagnose(exp: config.Experiments, args: argparse.Namespace) -> int:
     if args.probes:
         variants = [v.with_probes() for v in variants]
     default = exp.study(args.study).profile if args.study else exp.study_profile
-    name = args.profile or (default if exp.profile(default).cycles >= verdict.MIN_CYCLES
+    name = args.profile or (default if exp.profile(default).cycles >= schemas.MIN_CYCLES
                             else "cycles")
     profile = exp.profile(name)
-    if profile.cycles < verdict.MIN_CYCLES:
-        raise config.ConfigError(f"diagnose needs a profile of at least {verdict.MIN_CYCLES} "
+    if profile.cycles < schemas.MIN_CYCLES:
+        raise config.ConfigError(f"diagnose needs a profile of at least {schemas.MIN_CYCLES} "
                                  f"cycles; {name!r} has {profile.cycles}")
     for v in variants:
         v.check_profile(profile)

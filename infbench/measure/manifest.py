@@ -15,9 +15,7 @@ from typing import Any
 import psutil
 
 from infbench.paths import ROOT
-
-# Version of manifest.json. 1: first version.
-MANIFEST_SCHEMA = 1
+from infbench.results.schemas import MANIFEST_SCHEMA
 
 
 def machine() -> dict[str, Any]:

@@ -215,18 +215,6 @@ def append(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def read(variant_dir: Path) -> list[dict[str, Any]]:
-    """Every outside.jsonl row under a variant folder (each replica's), in time order."""
-    rows: list[dict[str, Any]] = []
-    for path in sorted(variant_dir.rglob(FILE)):
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                row = json.loads(line)
-                if isinstance(row, dict) and "t" in row and "pid" in row:
-                    rows.append(row)
-    return sorted(rows, key=lambda r: r["t"])
-
-
 class OutsideWatch:
     """The run's use of the above: at the end of each rest, glibc's totals in every server
     process the probes do not cover; at the end, malloc_trim(0) in those processes."""

@@ -7,19 +7,14 @@ of everything up to the moment it stopped.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from infbench.results.files import write_json
+from infbench.results.schemas import PHASE_KINDS, PHASES_SCHEMA
 
-# Version of phases.json. 1: first version. 2: "services" (start / healthy / stop per service
-# replica), "events" (faults and notes on the run's clock), a status per step ("complete",
-# "degraded", "failed") and the variant status "degraded". Version 1 files read unchanged.
-PHASES_SCHEMA = 2
-READS = (1, 2)
-KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim", "census")
+KINDS = PHASE_KINDS
 # Events that are faults: they mark the phase they fall in `degraded` and keep the variant
 # from `complete`. Other kinds are notes (shown, not held against the run).
 FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",
@@ -122,12 +117,3 @@ def describe(phase: dict[str, Any]) -> str:
         return f"{kind} {phase['index']} (batch {phase.get('batch', '?')})"
     return str(kind)
 
-
-def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    if data.get("schema") not in READS:
-        raise ValueError(f"{path}: phases schema {data.get('schema')!r}, "
-                         f"this infbench reads {', '.join(map(str, READS))}")
-    data.setdefault("services", {})  # version 1: one server, no events
-    data.setdefault("events", [])
-    return data

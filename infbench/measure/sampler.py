@@ -30,7 +30,6 @@ MiB throughout, as mprof reports.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import time
 from collections.abc import Callable
@@ -40,9 +39,9 @@ from typing import Any
 import psutil
 
 from infbench.measure.base import CsvSampler
+from infbench.results.samples import PROCESS_COLUMNS
 
-COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb",
-           "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica"]
+COLUMNS = PROCESS_COLUMNS
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FLUSH_EVERY_S = 1.0
 LIST_EVERY_S = 1.0
@@ -159,36 +158,3 @@ def _row(now: float, pid: int, name: str, fig: dict[str, float | None],
             f"{fig.get('cpu_s') or 0:.2f}", owner[0], owner[1]]
 
 
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    """The rows of a processes.csv, typed; a missing file or a torn last line is skipped."""
-    rows: list[dict[str, Any]] = []
-    if not path.exists():
-        return rows
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            try:
-                row: dict[str, Any] = {"time": float(raw["time"]), "pid": int(raw["pid"]),
-                                       "name": raw["name"], "threads": int(raw["threads"]),
-                                       # Older files have no cpu/service/replica columns.
-                                       "cpu_s": float(raw.get("cpu_s") or 0.0),
-                                       "service": raw.get("service") or "server",
-                                       "replica": int(raw.get("replica") or 0)}
-                row.update({k: float(raw[k]) if raw[k] != "" else None
-                            for k in COLUMNS[4:11]})
-            except (KeyError, TypeError, ValueError):
-                continue
-            rows.append(row)
-    return rows
-
-
-def totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per sample time: the figures summed over processes, plus the process count. A figure
-    some process lacks at that time (PSS between rollup reads) is None in the total."""
-    by_time: dict[float, dict[str, Any]] = {}
-    for row in rows:
-        t = by_time.setdefault(row["time"], {"time": row["time"], "processes": 0,
-                                             **{k: 0.0 for k in COLUMNS[4:13]}})
-        t["processes"] += 1
-        for k in COLUMNS[4:13]:
-            t[k] = None if t[k] is None or row[k] is None else t[k] + row[k]
-    return [by_time[t] for t in sorted(by_time)]

@@ -28,9 +28,8 @@ from infbench.analysis import summary, trust
 from infbench.config import Step
 from infbench.modes.sweep import VariantRun
 from infbench.results import files
+from infbench.results.schemas import CAPACITY_SCHEMA
 
-# Version of capacity.json. 1: first version.
-CAPACITY_SCHEMA = 1
 MAX_FAILURES = 0.01
 SERVED_SHARE = 0.90
 WINDOW_REQUESTS = 20

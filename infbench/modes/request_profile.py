@@ -54,10 +54,8 @@ from infbench.launch.topology import Topology
 from infbench.measure import keepalive
 from infbench.modes.sweep import LoadError, VariantRun
 from infbench.results import files
+from infbench.results.schemas import PROFILE_SCHEMA
 
-# Version of profile.json. 1: first version. 2: per pass `requests_measured` and
-# `timing_lines_measured`; the off pass's `keepalive` check.
-PROFILE_SCHEMA = 2
 PASSES = ("off", "pyinstrument", "yappi")
 DEFAULT_REQUESTS = 20
 DEFAULT_WARMUP = 3

@@ -38,10 +38,8 @@ from infbench.measure.redis import RedisSampler
 from infbench.measure.sampler import ProcessSampler
 from infbench.results import files
 from infbench.results.files import WriteError, write_json
+from infbench.results.schemas import RUN_SCHEMA
 
-# Version of run.json. 1: first version. 2: statuses "partial"/"degraded", "harness" (pid and
-# start time, so a run left "running" by a dead harness is told apart), "events" per variant.
-RUN_SCHEMA = 2
 STARTUP_ESTIMATE_S = 20.0
 TRIM_WAIT_S = 3.0
 TRIM_REQUEST = "trim.request"  # servers/probes.py watches for this file (one contract)

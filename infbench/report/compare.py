@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from infbench.analysis import summary, verdict
-from infbench.results import readers
+from infbench.results import readers, samples
 from infbench.results.files import write_json, write_text
+from infbench.results.schemas import COMPARE_SCHEMA
 
-# Version of compare-<A>-vs-<B>.json. 1: first version.
-COMPARE_SCHEMA = 1
 MIN_EFFECT = 0.05
 ALPHA = 0.05
 WINDOW_S = 5.0
@@ -188,10 +187,10 @@ def read_side(run_dir: Path) -> dict[str, Any]:
         mem = summary.variant_mprof(vd, ph).mem
         steps = {}
         for st in s["steps"]:
-            hist = readers.locust_history(vd / f"step{st['index']}-b{st['batch']}"
+            hist = samples.locust_history(vd / f"step{st['index']}-b{st['batch']}"
                                           "_stats_history.csv")
-            samples, width = windows(hist)
-            steps[(st["index"], st["batch"])] = {"summary": st, "windows": samples,
+            cut, width = windows(hist)
+            steps[(st["index"], st["batch"])] = {"summary": st, "windows": cut,
                                                  "window_s": width}
         variants[s["variant"]] = {
             "summary": s, "steps": steps,

@@ -15,9 +15,8 @@ from typing import Any
 import psutil
 
 from infbench.analysis import breakdown, summary, verdict
-from infbench.measure import sampler
 from infbench.report import html, plots
-from infbench.results import readers
+from infbench.results import readers, samples, schemas
 from infbench.results.files import WriteError, write_json
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
@@ -95,7 +94,7 @@ def harness_alive(who: Any) -> bool:
 
 def damaged_summary(vd: Path, why: str) -> dict[str, Any]:
     """A variant whose files cannot be read: named, not a crash of the whole report."""
-    return {"schema": summary.SUMMARY_SCHEMA, "variant": vd.name, "status": "damaged",
+    return {"schema": schemas.SUMMARY_SCHEMA, "variant": vd.name, "status": "damaged",
             "stopped_in": None, "error": why, "memory_mb": summary.memory_figures([], []),
             "processes_mb": None, "verdict": {"verdict": "inconclusive", "reason": why,
                                               "cycles": 0},
@@ -126,7 +125,7 @@ def build(run_dir: Path) -> dict[str, Any]:
         stop_at = summary.stop_began(ph)
         mp = summary.variant_mprof(vd, ph, running=True)
         cgroup = summary.while_running(  # docker runs only
-            summary.parse_cgroup_csv(vd / summary.CGROUP_FILE), stop_at)
+            samples.parse_cgroup_csv(vd / samples.CGROUP_FILE), stop_at)
         per_service: tuple[tuple[str, plots.Series, str], ...] = ()
         if s.get("services") and list(s["services"]) != ["server"]:
             per = summary.replica_mprofs(vd, ph, running=True)
@@ -208,7 +207,7 @@ def sampler_lines(variant_dir: Path,
                   stop_at: float | None = None) -> tuple[tuple[str, plots.Series, str], ...]:
     """PSS and anonymous memory summed over the server's processes (processes.csv), while
     they ran (summary.while_running)."""
-    tot = sampler.totals(sampler.read_samples(variant_dir / "processes.csv"))
+    tot = samples.totals(samples.process_rows(variant_dir / "processes.csv"))
     pss = summary.while_running([(t["time"], t["pss_mb"]) for t in tot
                                   if t["pss_mb"] is not None], stop_at)
     anon = summary.while_running([(t["time"], t["anon_mb"]) for t in tot], stop_at)
@@ -407,7 +406,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             said = v.get("headline") or verdict.headline(v)
             out.append(f"  {r['variant']:<{width}}  {said}{grew}")
     elif verdict.no_cycles(rows):
-        out += ["", f"{verdict.NO_VERDICT}: {verdict.NO_CYCLES}"]
+        out += ["", f"{schemas.NO_VERDICT}: {schemas.NO_CYCLES}"]
     warnings = probe_warnings(rows)
     if warnings:
         out += ["", *[f"WARNING {w}" for w in warnings]]
@@ -651,7 +650,7 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                   *([*notes, ""] if notes else []),
                   "Memory is compared at the end of each cycle's rest, with the first cycle "
                   "as warm-up; a verdict needs at least "
-                  f"{verdict.MIN_CYCLES} cycles (a profile with `cycles`, e.g. "
+                  f"{schemas.MIN_CYCLES} cycles (a profile with `cycles`, e.g. "
                   "`PROFILE=cycles`). What the allocator holds is read by the server probes "
                   "(`probes = true`, injected into any Python server) or from outside by a "
                   "debugger (any glibc process); the Python heap in bytes (tracemalloc, on "

@@ -2,9 +2,8 @@
 
 A run is read long after it was written (`make report`, `compare`, `check` on a run from last
 month or another machine), so a reader never guesses: a JSON file with an older `schema` is
-migrated here, one function per version step (the steps are the version comments beside each
-writer's constant: RUN_SCHEMA in run.py, PHASES_SCHEMA in phases.py, SUMMARY_SCHEMA in
-summary.py, MANIFEST_SCHEMA in manifest.py), so the code above sees one current shape; a
+migrated here, one function per version step (the steps are the version comments in
+infbench/results/schemas.py), so the code above sees one current shape; a
 file from a newer infbench is refused in one line naming the file and its version, rather
 than misread. Migrated dicts carry `migrated_from` (the version on disk).
 
@@ -18,15 +17,13 @@ check the columns they need:
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infbench.analysis import summary, verdict
-from infbench.measure import manifest, phases, sampler
-from infbench.modes.sweep import RUN_SCHEMA
+from infbench.results import schemas
+from infbench.results.schemas import RUN_SCHEMA
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -100,7 +97,7 @@ def _phases_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
 def phases_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "phases.json"
     data = versioned(path, load_json(path, "phases.json"), "phases.json",
-                     phases.PHASES_SCHEMA, {1: _phases_1_to_2})
+                     schemas.PHASES_SCHEMA, {1: _phases_1_to_2})
     if not isinstance(data.get("phases"), list):
         raise ReadError(f"{path}: phases.json has no list of phases")
     return data
@@ -131,23 +128,25 @@ def _summary_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
 def _summary_3_to_4(d: dict[str, Any]) -> dict[str, Any]:
     # 4 says "no verdict" where the profile runs its sweep once; 1-3 called that
     # "inconclusive" ("0 complete cycle(s) ... need at least 3"). Which runs those are is the
-    # writer's own rule (verdict.runs_once): the profile (3 keeps it, from the manifest), else
+    # writer's own rule (schemas.runs_once): the profile (3 keeps it, from the manifest), else
     # no cycle counted while steps ran.
     v = d.get("verdict")
     if not isinstance(v, dict) or v.get("verdict") != "inconclusive":
         return d
     profile = d.get("profile")
     counted = int(v.get("cycles") or 0)
-    if verdict.runs_once(summary.profile_cycles(profile) if isinstance(profile, dict) else None,
+    if schemas.runs_once(schemas.profile_cycles(profile) if isinstance(profile, dict) else None,
                          counted, bool(d.get("steps"))):
-        d["verdict"] = {**v, **verdict.no_verdict(counted)}
+        # The thresholds stay the file's own: "no verdict" applied none.
+        d["verdict"] = {**v, "verdict": schemas.NO_VERDICT, "reason": schemas.NO_CYCLES,
+                        "cycles": counted, "headline": schemas.NO_VERDICT}
     return d
 
 
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
-                     summary.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
+                     schemas.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
                                                3: _summary_3_to_4})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
@@ -160,89 +159,7 @@ def summary_json(variant_dir: Path) -> dict[str, Any]:
 def manifest_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "manifest.json"
     return versioned(path, load_json(path, "manifest.json"), "manifest.json",
-                     manifest.MANIFEST_SCHEMA, {})
-
-
-# -- sample files -----------------------------------------------------------------------------
-PROCESS_COLUMNS = sampler.COLUMNS[:12]  # version 1; version 2 added cpu_s, service, replica
-
-
-def _header(path: Path) -> list[str]:
-    try:
-        with path.open(newline="") as f:
-            return next(csv.reader(f), [])
-    except OSError as e:
-        raise ReadError(f"{path}: cannot read: {e.strerror or type(e).__name__}") from None
-
-
-def _need_columns(path: Path, need: list[str] | tuple[str, ...], what: str) -> None:
-    header = _header(path)
-    missing = [c for c in need if c not in header]
-    if missing:
-        raise ReadError(f"{path}: not a {what} (no column {missing[0]!r})")
-
-
-def processes_csv(variant_dir: Path) -> list[dict[str, Any]]:
-    """processes.csv rows, typed ([] when the sampler did not run)."""
-    path = variant_dir / "processes.csv"
-    if not path.exists():
-        return []
-    _need_columns(path, PROCESS_COLUMNS, "processes.csv")
-    return sampler.read_samples(path)
-
-
-def probes(variant_dir: Path) -> tuple[dict[int, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """probes-<pid>.jsonl of every process (in the variant's folder and its replicas'):
-    samples by pid in time order, and the trim events."""
-    return verdict.read_probes(variant_dir)
-
-
-def mprofile(path: Path) -> summary.Mprof:
-    """memory-profiler's mprofile.dat (an empty Mprof when the file is missing)."""
-    return summary.parse_mprof(path)
-
-
-def locust_stats(path: Path) -> dict[str, Any] | None:
-    """The Aggregated row of a *_stats.csv as numbers; None when the file is missing."""
-    if path.exists():
-        _need_columns(path, ("Name", "Request Count", "Requests/s", "50%", "95%"),
-                      "Locust stats file")
-    return summary.locust_aggregate(path)
-
-
-HISTORY_COLUMNS = ("Timestamp", "Name", "User Count", "Requests/s", "50%", "95%",
-                   "Total Request Count", "Total Failure Count")
-
-
-def locust_history(path: Path) -> list[dict[str, Any]]:
-    """The Aggregated rows of a *_stats_history.csv, one a second, typed: t, users, rps (Locust's
-    current rate), p50_ms and p95_ms (its current percentiles; None while it has none), and the
-    cumulative requests and failures. [] when the file is missing."""
-    if not path.exists():
-        return []
-    _need_columns(path, HISTORY_COLUMNS, "Locust stats history file")
-
-    def num(value: str | None) -> float | None:
-        if value in (None, "", "N/A"):
-            return None
-        try:
-            return float(value)
-        except ValueError:
-            return None
-
-    rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            if raw.get("Name") != "Aggregated":
-                continue
-            t, total = num(raw.get("Timestamp")), num(raw.get("Total Request Count"))
-            if t is None or total is None:
-                continue  # a torn last line
-            rows.append({"t": t, "users": num(raw.get("User Count")),
-                         "rps": num(raw.get("Requests/s")), "p50_ms": num(raw.get("50%")),
-                         "p95_ms": num(raw.get("95%")), "requests": int(total),
-                         "failures": int(num(raw.get("Total Failure Count")) or 0)})
-    return sorted(rows, key=lambda r: r["t"])
+                     schemas.MANIFEST_SCHEMA, {})
 
 
 def variant_dirs(run_dir: Path, info: dict[str, Any]) -> list[Path]:

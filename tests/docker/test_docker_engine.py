@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from infbench.analysis import summary
 from infbench.launch.docker import container as dk
 from infbench.launch.docker import engine as dke
 from infbench.paths import ROOT
+from infbench.results import samples
 
 # -- a real engine ---------------------------------------------------------------------------
 EXTRA = """
@@ -77,8 +77,8 @@ def test_docker_smoke_run(docker_run: tuple[Path, subprocess.CompletedProcess[st
 
     s = json.loads((d / "summary.json").read_text())
     ph = json.loads((d / "phases.json").read_text())
-    mp = summary.parse_mprof(d / "mprofile.dat")
-    cg = summary.parse_cgroup_csv(d / "cgroup_memory.csv")
+    mp = samples.parse_mprof(d / "mprofile.dat")
+    cg = samples.parse_cgroup_csv(d / "cgroup_memory.csv")
     assert s["status"] == "complete" and len(mp.mem) > 50 and len(cg) > 50
     assert mp.cmdline.startswith(f"{dk.CONTAINER_PYTHON} -m uvicorn")  # mprof ran inside
     # One clock: phases, mprof and the cgroup samples all span the run.
@@ -141,8 +141,8 @@ def test_docker_sigterm_mid_step_leaves_no_container(
     assert our_containers(run_dir.name) == []
     ph = json.loads((run_dir / "starlette-uvicorn" / "phases.json").read_text())
     assert ph["status"] == "interrupted"
-    assert summary.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat").mem
-    assert summary.parse_cgroup_csv(run_dir / "starlette-uvicorn" / "cgroup_memory.csv")
+    assert samples.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat").mem
+    assert samples.parse_cgroup_csv(run_dir / "starlette-uvicorn" / "cgroup_memory.csv")
 
 
 @pytest.mark.docker

@@ -15,6 +15,7 @@ import redis
 from infbench.measure import loadgen
 from infbench.measure import redis as redis_mon
 from infbench.paths import HOST
+from infbench.results import samples
 from tests.fixtures.helpers import free_port, redis_argv, spawn, stop_group, wait_redis
 
 
@@ -35,7 +36,7 @@ def test_loadgen_sampler_ends_with_its_group_after_one_last_sample(tmp_path: Pat
     alive.clear()  # the Locust group is gone: the thread ends by itself, no stop() needed
     s._thread.join(timeout=5.0)
     assert not s._thread.is_alive()
-    rows = loadgen.read_samples(path)[os.getpid()]
+    rows = samples.loadgen_rows(path)[os.getpid()]
     assert len(rows) == s.samples  # every sample is on disk (flushed), the last one too
     assert [r[0] for r in rows] == sorted(r[0] for r in rows)
     assert rows[-1][1] >= rows[0][1] > 0  # CPU seconds only grow

@@ -28,11 +28,12 @@ from typing import Any
 
 import pytest
 
-from infbench.analysis import trust
+from infbench.analysis import loadgen, trust
 from infbench.analysis.stability import RequestRow, read_requests
 from infbench.config import Profile, Step
 from infbench.launch import proc
-from infbench.measure import assets, load, loadgen
+from infbench.measure import assets, load
+from infbench.measure import loadgen as measure_loadgen
 from infbench.paths import ROOT
 from tests.fixtures.synth import TINY_MODEL
 
@@ -200,7 +201,7 @@ def run_step(host: str, out: Path, squeeze: bool) -> dict[str, Any]:
             hog = subprocess.Popen([sys.executable, "-c", "while True: pass"],
                                    start_new_session=True)
             os.sched_setaffinity(hog.pid, {core})
-            for pid in loadgen.group_pids(step.group.pid):
+            for pid in measure_loadgen.group_pids(step.group.pid):
                 os.sched_setaffinity(pid, {core})
                 os.setpriority(os.PRIO_PROCESS, pid, 19)
             # Locust leads its own session, so with autogroups nice alone weighs it only

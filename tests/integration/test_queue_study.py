@@ -21,6 +21,7 @@ import pytest
 from infbench.analysis import summary
 from infbench.measure import redis as redis_mon
 from infbench.paths import ROOT
+from infbench.results import samples
 from tests.fixtures.helpers import left_running, the_run
 
 pytestmark = pytest.mark.requires("redis-server")
@@ -95,18 +96,18 @@ def test_per_service_figures_come_from_the_raw_files(smoke: tuple[Path, Any]) ->
     assert services["model"]["replicas"] == 2 and services["redis"]["replicas"] == 1
     # The model service's memory is its two replicas' MEM summed.
     ph = json.loads((d / "phases.json").read_text())
-    m0 = summary.parse_mprof(d / "model-0" / "mprofile.dat")
-    m1 = summary.parse_mprof(d / "model-1" / "mprofile.dat")
+    m0 = samples.parse_mprof(d / "model-0" / "mprofile.dat")
+    m1 = samples.parse_mprof(d / "model-1" / "mprofile.dat")
     summed = summary.sum_series([m0.mem, m1.mem])
     assert services["model"]["memory_mb"] == summary.memory_figures(summed, ph["phases"])
     assert services["model"]["memory_mb"]["start"] > services["api"]["memory_mb"]["start"]
     # The sampler saw every replica's processes, labelled.
-    rows = summary.sampler_mod.read_samples(d / "processes.csv")
+    rows = samples.process_rows(d / "processes.csv")
     assert {(r["service"], r["replica"]) for r in rows} >= {
         ("redis", 0), ("model", 0), ("model", 1), ("api", 0)}
     # Redis was sampled over its own protocol; the queue was read.
-    samples = redis_mon.read_samples(d / "redis-0" / "redis_stats.csv")
-    assert len(samples) >= 3 and all("queue_length" in x for x in samples)
+    stats = redis_mon.read_samples(d / "redis-0" / "redis_stats.csv")
+    assert len(stats) >= 3 and all("queue_length" in x for x in stats)
     # The time split per step came from the API's timing lines.
     (split,) = s["split"]
     timings = summary.read_timings(d)

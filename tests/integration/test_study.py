@@ -15,9 +15,8 @@ from typing import Any
 import psutil
 import pytest
 
-from infbench.analysis import summary
-from infbench.measure import sampler
 from infbench.paths import ROOT
+from infbench.results import samples
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +104,7 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
     d = run_dir / variant
     s = json.loads((d / "summary.json").read_text())
     ph = json.loads((d / "phases.json").read_text())
-    mp = summary.parse_mprof(d / "mprofile.dat")
+    mp = samples.parse_mprof(d / "mprofile.dat")
     assert s["status"] == "complete" and ph["status"] == "complete"
     assert len(mp.mem) > 50 and mp.bad_lines == 0
 
@@ -128,7 +127,7 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
 
     # Requests: Locust's CSV and the locustfile's own counters agree.
     for step in s["steps"]:
-        agg = summary.locust_aggregate(d / f"step{step['index']}-b{step['batch']}_stats.csv")
+        agg = samples.locust_aggregate(d / f"step{step['index']}-b{step['batch']}_stats.csv")
         counts = json.loads((d / f"step{step['index']}-b{step['batch']}_counts.json").read_text())
         assert agg is not None and step["requests"] == agg["requests"] > 0
         assert step["failures"] == agg["failures"] == 0
@@ -139,7 +138,7 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
 
 def test_gunicorn_workers_are_counted(study: tuple[Path, Any]) -> None:
     run_dir, _ = study
-    mp = summary.parse_mprof(run_dir / "starlette-gunicorn" / "mprofile.dat")
+    mp = samples.parse_mprof(run_dir / "starlette-gunicorn" / "mprofile.dat")
     assert len(mp.children) >= 2  # two workers, recorded separately as CHLD lines
     # MEM includes the children: it is larger than any single worker.
     worker_peak = max(m for series in mp.children.values() for _, m in series)
@@ -151,7 +150,7 @@ def test_sampler_agrees_with_mprof(study: tuple[Path, Any], variant: str) -> Non
     d = study[0] / variant
     s = json.loads((d / "summary.json").read_text())
     p = s["processes_mb"]
-    rows = sampler.read_samples(d / "processes.csv")
+    rows = samples.process_rows(d / "processes.csv")
     # Two independent measurements of the same processes: the sampler's RSS sum and mprof's MEM
     # at the idle baseline agree closely (they sample a few ms apart).
     assert p["rss"]["start"] == pytest.approx(s["memory_mb"]["start"], rel=0.03)
@@ -232,7 +231,7 @@ def test_ctrl_c_mid_step_stops_everything_and_keeps_the_data(tmp_path: Path) -> 
     assert ph["status"] == "interrupted" and ph["stopped_in"] == "step 1 (batch 1)"
     assert ph["phases"][-1]["cut_short"] is True
     # What was measured is kept, and the report can be rebuilt from it.
-    mp = summary.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat")
+    mp = samples.parse_mprof(run_dir / "starlette-uvicorn" / "mprofile.dat")
     assert mp.mem and mp.mem[-1][0] >= ph["phases"][-1]["start"]
     res = subprocess.run(infbench(run_dir.parent, "report", run_dir.name), cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -13,6 +13,7 @@ import pytest
 
 from infbench.analysis import summary
 from infbench.paths import ROOT
+from infbench.results import samples
 from tests.fixtures.helpers import the_run
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def check_users_agree_with_the_server(run_dir: Path, res: Any, variants: tuple[s
         assert timings and {t["protocol"] for t in timings} == {protocol}
         for step in (1, 2):
             batch = 1 if step == 1 else 4
-            stats = summary.locust_aggregate(d / f"step{step}-b{batch}_stats.csv")
+            stats = samples.locust_aggregate(d / f"step{step}-b{batch}_stats.csv")
             assert stats is not None and stats["requests"] > 0 and stats["failures"] == 0
             served = [t for t in timings if t.get("batch") == batch and t.get("ok")]
             assert len(served) == stats["requests"], (v, step)

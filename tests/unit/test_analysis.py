@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench.analysis import summary
+from infbench.results import samples
 from tests.fixtures.synth import T0, make_variant, write_mprof
 
 
@@ -12,7 +13,7 @@ def test_parse_mprof_reads_mem_and_children_and_skips_a_torn_last_line(tmp_path:
     write_mprof(p, [(T0 + 1, 10.0), (T0, 5.0)], {0: [(T0, 2.0)], 1: [(T0, 3.0)]})
     with p.open("a") as f:
         f.write("MEM 12.5")  # a crash mid-write leaves half a line
-    mp = summary.parse_mprof(p)
+    mp = samples.parse_mprof(p)
     assert mp.mem == [(T0, 5.0), (T0 + 1, 10.0)]  # sorted by time
     assert set(mp.children) == {"0", "1"}
     assert mp.bad_lines == 1
@@ -20,7 +21,7 @@ def test_parse_mprof_reads_mem_and_children_and_skips_a_torn_last_line(tmp_path:
 
 
 def test_parse_mprof_missing_file_is_empty(tmp_path: Path) -> None:
-    assert summary.parse_mprof(tmp_path / "nope.dat").mem == []
+    assert samples.parse_mprof(tmp_path / "nope.dat").mem == []
 
 
 def test_memory_figures_follow_the_definitions(tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_locust_na_values_are_none(tmp_path: Path) -> None:
     p = tmp_path / "x_stats.csv"
     p.write_text("Type,Name,Request Count,Failure Count,Requests/s,50%,95%\n"
                  ",Aggregated,0,0,0.0,N/A,N/A\n")
-    agg = summary.locust_aggregate(p)
+    agg = samples.locust_aggregate(p)
     assert agg is not None
     assert agg["requests"] == 0 and agg["p50_ms"] is None and agg["p95_ms"] is None
 

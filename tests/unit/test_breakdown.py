@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from infbench.analysis import breakdown
-from infbench.measure import sampler
 from infbench.report import markdown
+from infbench.results import samples
 from tests.fixtures.synth import T0, make_run
 
 # Two processes. Before t=42 (the cooldown) process A has 50 MB anonymous, of which malloc has
@@ -28,7 +28,7 @@ def figures_at(proc: dict[str, Any], t: float) -> tuple[float, float, float]:
 def write_sampler(d: Path) -> None:
     with (d / "processes.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(sampler.COLUMNS)
+        w.writerow(samples.PROCESS_COLUMNS)
         for i in range(0, 105):  # every 0.5 s for 52 s
             t = i / 2
             for p in (A, B):

@@ -27,8 +27,8 @@ from infbench.launch.docker import engine as dke
 from infbench.launch.docker import image as dki
 from infbench.launch.native import native_env
 from infbench.paths import ROOT
-from infbench.analysis import summary
 from infbench.report import markdown
+from infbench.results import samples
 from tests.fixtures import synth
 
 UVICORN = one_service("starlette-uvicorn", server="uvicorn", app="starlette")
@@ -324,7 +324,7 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
     with (run_dir / "summary.csv").open() as f:
         row = next(csv.DictReader(f))
     assert row["cgroup_peak_mb"] == "250.0" and row["peak_mb"] == "200.0"
-    assert summary.parse_cgroup_csv(run_dir / "v1" / "missing.csv") == []
+    assert samples.parse_cgroup_csv(run_dir / "v1" / "missing.csv") == []
 
 
 def test_native_summaries_have_no_cgroup_section(tmp_path: Path) -> None:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from infbench.analysis import verdict
 from infbench.paths import ROOT
 from infbench.report import markdown
-from infbench.results import readers
+from infbench.results import readers, schemas
 
 
 @pytest.mark.parametrize("ref", ["reference", "reference-cycles"])
@@ -35,5 +34,5 @@ def test_the_reference_runs_rebuild_to_the_same_figures(tmp_path: Path, ref: str
             [{k: s[k] for k in keys} for s in old["steps"]]
         assert new["verdict"]["verdict"] == old["verdict"]["verdict"]
         assert json.loads(committed.read_text())["verdict"]["verdict"] == (
-            "inconclusive" if new["verdict"]["verdict"] == verdict.NO_VERDICT
+            "inconclusive" if new["verdict"]["verdict"] == schemas.NO_VERDICT
             else new["verdict"]["verdict"])  # what the reference files themselves say

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from infbench.measure import loadgen, sampler
 from infbench.report import markdown
+from infbench.results import samples
 from tests.fixtures.synth import T0, make_run
 
 # (index, batch, start, end) of synth.make_variant's steps, seconds after T0.
@@ -43,7 +43,7 @@ def add_cpu_samples(vd: Path) -> None:
     ph["services"] = {"server": {"service": "server", "replica": 0}}
     (vd / "phases.json").write_text(json.dumps(ph))
     with (vd / "processes.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, sampler.COLUMNS)
+        w = csv.DictWriter(f, samples.PROCESS_COLUMNS)
         w.writeheader()
         for t in _grid(0.0, 52.0):
             w.writerow({"time": f"{T0 + t:.3f}", "pid": 100, "ppid": 1, "name": "python",
@@ -54,7 +54,7 @@ def add_cpu_samples(vd: Path) -> None:
     for index, batch, start, end in STEPS:
         with (vd / f"step{index}-b{batch}_loadgen.csv").open("w", newline="") as f:
             out = csv.writer(f)
-            out.writerow(loadgen.COLUMNS)
+            out.writerow(samples.LOADGEN_COLUMNS)
             for t in _grid(start, end):
                 for k, pid in enumerate(LOCUST_PIDS):
                     rates = {i: LOCUST_CORES[i][k] for i in LOCUST_CORES}

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 
 from infbench.analysis import summary
-from infbench.measure import manifest, phases
 from infbench.modes.sweep import RUN_SCHEMA
 from infbench.report import compare, markdown
-from infbench.results import readers
+from infbench.results import readers, samples, schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = ROOT / "results" / "reference"
@@ -45,7 +44,7 @@ def test_run_json_1_is_migrated() -> None:
 
 def test_summary_json_1_is_migrated() -> None:
     s = readers.summary_json(VARIANT)
-    assert s["schema"] == summary.SUMMARY_SCHEMA == 4 and s["migrated_from"] == 1
+    assert s["schema"] == schemas.SUMMARY_SCHEMA == 4 and s["migrated_from"] == 1
     assert all(st["stable"] is None and st["open_loop"] is False for st in s["steps"])
     assert s["services"] is None and s["split"] is None and s["events"] == []
     assert s["faults"] == 0
@@ -85,7 +84,7 @@ def test_summary_json_3_single_sweeps_say_no_verdict(tmp_path: Path, profile: An
 
 def test_phases_json_1_is_migrated_and_analysed_as_before() -> None:
     ph = readers.phases_json(VARIANT)
-    assert ph["schema"] == phases.PHASES_SCHEMA == 2 and ph["migrated_from"] == 1
+    assert ph["schema"] == schemas.PHASES_SCHEMA == 2 and ph["migrated_from"] == 1
     assert ph["services"] == {} and ph["events"] == []
     steps = [p for p in ph["phases"] if p["kind"] == "step"]
     assert len(steps) == 4 and all(p["status"] == "complete" for p in steps)
@@ -98,20 +97,20 @@ def test_phases_json_1_is_migrated_and_analysed_as_before() -> None:
 
 def test_manifest_and_sample_files() -> None:
     m = readers.manifest_json(VARIANT)
-    assert m["schema"] == manifest.MANIFEST_SCHEMA == 1 and "migrated_from" not in m
-    rows = readers.processes_csv(VARIANT)  # version 1 columns: no cpu_s / service / replica
+    assert m["schema"] == schemas.MANIFEST_SCHEMA == 1 and "migrated_from" not in m
+    rows = samples.processes_csv(VARIANT)  # version 1 columns: no cpu_s / service / replica
     assert rows and rows[0]["cpu_s"] == 0.0 and rows[0]["service"] == "server"
     assert rows[0]["pss_mb"] is None and rows[0]["rss_mb"] > 300
-    hist = readers.locust_history(VARIANT / "step1-b10_stats_history.csv")
+    hist = samples.locust_history(VARIANT / "step1-b10_stats_history.csv")
     assert hist[0]["requests"] == 0 and hist[0]["p50_ms"] is None
     assert hist[-1]["requests"] > 0
     assert all(a["t"] <= b["t"] for a, b in itertools.pairwise(hist))
-    assert readers.locust_stats(VARIANT / "step1-b10_stats.csv")["rps"] == pytest.approx(15.74,
+    assert samples.locust_stats(VARIANT / "step1-b10_stats.csv")["rps"] == pytest.approx(15.74,
                                                                                         abs=0.01)
-    mp = readers.mprofile(VARIANT / "mprofile.dat")
+    mp = samples.parse_mprof(VARIANT / "mprofile.dat")
     assert len(mp.mem) > 1000 and mp.bad_lines == 0
-    samples, trims = readers.probes(REF_CYCLES / "starlette-uvicorn")
-    assert samples and trims and all(r["t"] for rows in samples.values() for r in rows)
+    by_pid, trims = samples.read_probes(REF_CYCLES / "starlette-uvicorn")
+    assert by_pid and trims and all(r["t"] for rows in by_pid.values() for r in rows)
 
 
 def _future(tmp_path: Path, name: str, version: int = 99) -> Path:
@@ -153,7 +152,7 @@ def test_bad_versions_and_damage_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "x_stats_history.csv"
     bad.write_text("time,value\n1,2\n")
     with pytest.raises(readers.ReadError, match="not a Locust stats history file"):
-        readers.locust_history(bad)
+        samples.locust_history(bad)
     cmp_file = tmp_path / "compare-a-vs-b.json"
     cmp_file.write_text(json.dumps({"schema": compare.COMPARE_SCHEMA + 1, "variants": []}))
     with pytest.raises(readers.ReadError, match="comparison schema 2 is newer"):

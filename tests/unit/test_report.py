@@ -10,6 +10,7 @@ from PIL import Image
 
 from infbench.analysis import summary
 from infbench.report import markdown, plots
+from infbench.results import samples, schemas
 from tests.fixtures import synth
 from tests.fixtures.synth import make_run
 
@@ -29,7 +30,7 @@ def test_report_writes_summaries_tables_and_plots(tmp_path: Path) -> None:
     assert [r["variant"] for r in out["variants"]] == ["v1", "v2"]
     for v in ("v1", "v2"):
         s = json.loads((run_dir / v / "summary.json").read_text())
-        assert s["schema"] == summary.SUMMARY_SCHEMA and s["memory_mb"]["growth"] == 100.0
+        assert s["schema"] == schemas.SUMMARY_SCHEMA and s["memory_mb"]["growth"] == 100.0
         w, h = _valid_png(run_dir / v / "memory.png")
         assert 600 <= w <= 2000 and 300 <= h <= 1200
     _valid_png(run_dir / "memory_overlay.png")
@@ -65,7 +66,7 @@ STOP = synth.T0 + 52  # the synthetic run's cooldown ends at 52 s: the harness s
 def _shutdown_tail(vd: Path, children: bool = False) -> None:
     """What mprof writes after the cooldown: the server shutting down, then 0 MB once it is
     gone (seen in every reference run); with children, their series falling to 0 too."""
-    mp = summary.parse_mprof(vd / "mprofile.dat")
+    mp = samples.parse_mprof(vd / "mprofile.dat")
     tail = [(STOP + 0.1, 170.0), (STOP + 0.2, 90.0), (STOP + 0.3, 0.0), (STOP + 0.4, 0.0)]
     kids = None
     if children:
@@ -79,11 +80,11 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     seen: dict[str, list[Any]] = {"overlay": [], "variant": []}
     real_overlay, real_variant = plots.overlay_plot, plots.variant_plot
 
-    def overlay(series: list[tuple[str, summary.Mprof]], *a: Any, **kw: Any) -> Path:
+    def overlay(series: list[tuple[str, samples.Mprof]], *a: Any, **kw: Any) -> Path:
         seen["overlay"].append(series)
         return real_overlay(series, *a, **kw)
 
-    def variant(mp: summary.Mprof, *a: Any, **kw: Any) -> Path:
+    def variant(mp: samples.Mprof, *a: Any, **kw: Any) -> Path:
         seen["variant"].append((mp, kw.get("extra", ())))
         return real_variant(mp, *a, **kw)
 
@@ -119,7 +120,7 @@ def test_memory_lines_end_at_the_last_sample_of_the_running_server(
     assert v1.mem[-1] == (STOP, 180.0)
     assert {k: c[-1] for k, c in v1.children.items()} == {"1": (STOP, 90.0), "2": (STOP, 90.0)}
     # The raw file and the figures keep every sample: only the drawing ends at the stop.
-    raw = summary.parse_mprof(run_dir / "v1" / "mprofile.dat")
+    raw = samples.parse_mprof(run_dir / "v1" / "mprofile.dat")
     assert raw.mem[-1] == (STOP + 0.4, 0.0)
     row = next(r for r in out["variants"] if r["variant"] == "v1")
     assert row["samples"]["last"] == STOP + 0.4 and row["samples"]["mem"] == len(raw.mem)
@@ -136,7 +137,7 @@ def test_a_server_that_died_ends_at_its_last_sample_and_replicas_each_at_theirs(
     ph["services"] = {"api-0": {"service": "api"}, "redis-0": {"service": "redis"}}
     ph["events"] = [{"t": synth.T0 + 25.1, "kind": "process_exited", "fault": True}]
     (vd / "phases.json").write_text(json.dumps(ph))
-    full = summary.parse_mprof(vd / "mprofile.dat").mem
+    full = samples.parse_mprof(vd / "mprofile.dat").mem
     for label, series in (("api-0", [x for x in full if x[0] < synth.T0 + 25]
                            + [(synth.T0 + 25.05, 0.0)]),
                           ("redis-0", [(t, 10.0) for t, _ in full]

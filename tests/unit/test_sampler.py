@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from infbench.measure import sampler
+from infbench.results import samples
 
 ROLLUP = """55d11e198000-7fff9095e000 ---p 00000000 00:00 0                          [rollup]
 Rss:              204800 kB
@@ -62,7 +63,7 @@ def test_sampler_on_a_live_process_and_totals(tmp_path: Path) -> None:
     while s.samples < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
     s.stop()
-    rows = sampler.read_samples(path)
+    rows = samples.process_rows(path)
     assert s.samples >= 4 and len(rows) == 2 * s.samples
     assert {r["pid"] for r in rows} == {os.getpid()}
     rolled = [r for r in rows if r["pss_mb"] is not None]
@@ -73,7 +74,7 @@ def test_sampler_on_a_live_process_and_totals(tmp_path: Path) -> None:
         assert r["anon_mb"] <= r["rss_mb"] and r["threads"] >= 2  # the sampler thread too
     assert rows[-1]["anon_mb"] >= 64 * 0.9
     assert abs(rows[-1]["rss_mb"] - me.memory_info().rss / 2**20) < 32
-    tot = sampler.totals(rows)
+    tot = samples.totals(rows)
     assert len(tot) == s.samples and all(t["processes"] == 2 for t in tot)
     assert tot[-1]["rss_mb"] == pytest.approx(2 * rows[-1]["rss_mb"], abs=0.02)
     # A total has PSS only where every process had it at that time.
@@ -84,13 +85,13 @@ def test_sampler_on_a_live_process_and_totals(tmp_path: Path) -> None:
 
 def test_read_samples_skips_torn_lines(tmp_path: Path) -> None:
     path = tmp_path / "processes.csv"
-    head = ",".join(sampler.COLUMNS)
+    head = ",".join(samples.PROCESS_COLUMNS)
     path.write_text(f"{head}\n1.5,10,1,python,100,50,40,30,60,0,0,3\n"
                     f"1.6,10,1,python,101,,,31,60,0,0,3\n2.5,10,1,pyth")
-    rows = sampler.read_samples(path)
+    rows = samples.process_rows(path)
     assert len(rows) == 2 and rows[0]["pss_mb"] == 50.0 and rows[0]["threads"] == 3
     assert rows[1]["pss_mb"] is None and rows[1]["rss_mb"] == 101.0
-    assert sampler.read_samples(tmp_path / "missing.csv") == []
+    assert samples.process_rows(tmp_path / "missing.csv") == []
 
 
 def test_sampler_survives_processes_that_vanish(tmp_path: Path) -> None:
@@ -102,4 +103,4 @@ def test_sampler_survives_processes_that_vanish(tmp_path: Path) -> None:
     while s.samples < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     s.stop()
-    assert s.samples >= 2 and sampler.read_samples(tmp_path / "p.csv") == []
+    assert s.samples >= 2 and samples.process_rows(tmp_path / "p.csv") == []

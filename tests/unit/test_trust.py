@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from infbench.analysis import stability, summary, trust
+from infbench.analysis import loadgen, stability, summary, trust
 from infbench.analysis.stability import RequestRow, Window
-from infbench.measure import loadgen
 from infbench.report import markdown
+from infbench.results import samples
 from tests.fixtures.synth import T0, make_variant
 
 
@@ -89,7 +89,7 @@ def test_memory_is_flat_only_when_the_fit_moves_less_than_the_noise() -> None:
 def write_loadgen(path: Path, cpu_share: float, wait_share: float, seconds: int = 20) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(loadgen.COLUMNS)
+        w.writerow(samples.LOADGEN_COLUMNS)
         for k in range(seconds * 2 + 1):
             t = k / 2
             w.writerow([f"{T0 + t:.3f}", 42, f"{1.0 + cpu_share * t:.3f}",
@@ -116,7 +116,7 @@ def test_a_short_burst_of_generator_cpu_is_caught_by_the_window(tmp_path: Path) 
     p = tmp_path / "g.csv"
     with p.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(loadgen.COLUMNS)
+        w.writerow(samples.LOADGEN_COLUMNS)
         cpu = 0.0
         for k in range(61):
             t = k / 2

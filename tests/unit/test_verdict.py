@@ -11,6 +11,7 @@ import pytest
 
 from infbench.analysis import verdict
 from infbench.report import markdown
+from infbench.results import schemas
 from tests.fixtures import synth
 
 
@@ -251,7 +252,7 @@ def test_too_few_cycles(rss: list[float], profile_cycles: int | None) -> None:
 def test_a_profile_without_cycles_has_no_verdict(rss: list[float]) -> None:
     # Not "inconclusive": nothing was there to judge, which is not a failed diagnosis.
     v = verdict.decide(cycles(rss), profile_cycles=1)
-    assert v["verdict"] == v["headline"] == verdict.NO_VERDICT == "no verdict"
+    assert v["verdict"] == v["headline"] == schemas.NO_VERDICT == "no verdict"
     assert v["reason"].startswith("this profile has no cycles (it runs its sweep once)")
     assert "need at least" not in v["reason"] and v["cycles"] == len(rss)
 
@@ -265,7 +266,7 @@ def test_a_profile_without_cycles_has_no_verdict(rss: list[float]) -> None:
 ])
 def test_which_runs_ran_once(profile_cycles: int | None, counted: int, steps: bool,
                              once: bool) -> None:
-    assert verdict.runs_once(profile_cycles, counted, steps) is once
+    assert schemas.runs_once(profile_cycles, counted, steps) is once
 
 
 def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
@@ -286,7 +287,7 @@ def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
     assert html.count("this profile has no cycles (it runs its sweep once)") == 2
     assert "inconclusive" not in html and "need at least" not in html
     lines = markdown.verdict_lines(summary)
-    assert lines == ["", "no verdict: " + verdict.NO_CYCLES]
+    assert lines == ["", "no verdict: " + schemas.NO_CYCLES]
     # A cycled profile cut short keeps its "inconclusive" (too few cycles measured).
     for name in ("v1", "v2"):
         (run_dir / name / "manifest.json").write_text(json.dumps(
