@@ -17,26 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from infbench.config.schedule import ARRIVALS
+from infbench.config.servers import APP_MODULES, PLACEHOLDER, SERVER_KINDS
 
-# What a service runs (infbench/launch/argv.py turns each into a command line):
-#   uvicorn | gunicorn | hypercorn   one of our apps (`app`) on that server
-#   module                           `{python} -m <module> <args>` (a worker, the TF-Serving server)
-#   redis                            Debian's redis-server, bound to loopback on the harness's port
-#   command                          any command of yours (`command`, with placeholders)
-SERVERS = ("uvicorn", "gunicorn", "hypercorn", "module", "redis", "command")
-APP_SERVERS = ("uvicorn", "gunicorn", "hypercorn")  # the servers that run an `app`
-# Our apps: name -> (import path, interface). WSGI apps run on Gunicorn's sync workers only.
-APP_MODULES: dict[str, tuple[str, str]] = {
-    "starlette": ("servers.app_starlette:app", "asgi"),
-    "fastapi": ("servers.app_fastapi:app", "asgi"),
-    "batching": ("servers.app_batching:app", "asgi"),
-    "queue-fastapi": ("servers.queue_api_fastapi:app", "asgi"),
-    "queue-flask": ("servers.queue_api_flask:app", "wsgi"),
-    "scoring-fastapi": ("servers.scoring_fastapi:app", "asgi"),
-    "scoring-flask": ("servers.scoring_flask:app", "wsgi"),
-    "model-api-fastapi": ("servers.model_api_fastapi:app", "asgi"),
-    "model-api-flask": ("servers.model_api_flask:app", "wsgi"),
-}
+# What a service runs, and our apps: one registration each (infbench/config/servers.py).
+SERVERS = tuple(SERVER_KINDS)
 APPS = tuple(APP_MODULES)
 # Our apps that take a fixed number of items per request, whatever the profile's `batch` says
 # (a step of 3 would fail every request): the most a request carries, and what it is. The image
@@ -53,8 +37,6 @@ APP_MAX_BATCH: dict[str, tuple[int, str]] = {
 # Our servers' cap on images per request (servers/settings.py); the launch contract sets it.
 MAX_IMAGES_ENV = "INFBENCH_MAX_IMAGES"
 HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
-# The placeholders a service's command, args and env may use (see Service).
-PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_.-]*)\}")
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
 # How the load can carry a batch of sample images (see Request).
@@ -279,7 +261,7 @@ class Service:
         limits = []
         if self.max_batch:
             limits.append((self.max_batch, f"declares max_batch = {self.max_batch}"))
-        if self.server in APP_SERVERS and self.app in APP_MAX_BATCH:
+        if SERVER_KINDS[self.server].runs_app and self.app in APP_MAX_BATCH:
             n, what = APP_MAX_BATCH[self.app]
             limits.append((n, f"runs app {self.app!r}, which takes {what}"))
         if self.env.get(MAX_IMAGES_ENV):
@@ -290,7 +272,7 @@ class Service:
     @property
     def uses_python(self) -> bool:
         """Started with the harness's (or the image's) Python, so the probes can run in it."""
-        return self.server in ("uvicorn", "gunicorn", "hypercorn", "module") or (
+        return SERVER_KINDS[self.server].our_python or (
             self.server == "command" and bool(self.command) and self.command[0] == "{python}")
 
 
@@ -607,6 +589,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     values = _fields(where, table, SERVICE_SPEC, required=("server",))
     server = values["server"]
     _one_of(where, "server", server, SERVERS)
+    kind = SERVER_KINDS[server]
     if not NAME.match(name):
         raise ConfigError(f"{where}: a service name is lower-case letters, digits, '-' and '_', "
                           f"starting with a letter; got {name!r}")
@@ -628,7 +611,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
                           f"{cap!r}")
     _positive(where, "max_batch", values.get("max_batch", 1))
     app_cap = APP_MAX_BATCH.get(values.get("app", "starlette"))
-    if server in APP_SERVERS and app_cap and values.get("max_batch", 0) > app_cap[0]:
+    if kind.runs_app and app_cap and values.get("max_batch", 0) > app_cap[0]:
         raise ConfigError(f"{where}.max_batch: app {values.get('app')!r} takes {app_cap[1]} "
                           f"(max_batch {app_cap[0]} at most), got {values['max_batch']}")
     for key in ("command", "args", "depends_on", "ports", "health_command"):
@@ -645,7 +628,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     if "module" in values and server != "module":
         raise ConfigError(f"{where}.module: only used with server = 'module'")
     app = values.get("app", "starlette")
-    if server in ("uvicorn", "hypercorn") and APP_MODULES[app][1] == "wsgi":
+    if kind.runs_app and not kind.runs_wsgi and APP_MODULES[app][1] == "wsgi":
         raise ConfigError(f"{where}.app: {app!r} is a WSGI app; run it with server = 'gunicorn'")
     ports = values.get("ports", ("port",))
     if not ports:
@@ -655,7 +638,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
             raise ConfigError(f"{where}.ports: {p!r} is not a port name (letters, digits, _)")
     if len(set(ports)) != len(ports):
         raise ConfigError(f"{where}.ports: a port name is given twice")
-    health = values.get("health", "redis" if server == "redis" else
+    health = values.get("health", kind.health if kind.health != "http" else
                         "none" if values.get("once") else "http")
     _one_of(where, "health", health, HEALTH_KINDS)
     values["health"] = health
@@ -664,14 +647,14 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     path = values.get("health_path", "/health")
     if not path.startswith("/"):
         raise ConfigError(f"{where}.health_path: must start with '/', got {path!r}")
-    if server == "redis":
+    if kind.store:
         for key in ("probes", "tracemalloc", "trim_each_request"):
             if values.get(key):
                 raise ConfigError(f"{where}.{key}: not for Redis (a C program): probes run in "
                                   "Python servers")
         values["gets_model"] = False
     if values.get("once"):
-        if server in ("redis", "uvicorn", "gunicorn", "hypercorn"):
+        if not kind.can_be_task:
             raise ConfigError(f"{where}.once: a setup task is a module or a command that "
                               "exits, not a server")
         if values["health"] != "none":
@@ -738,7 +721,7 @@ def check_topology(where: str, v: Variant) -> None:
         raise ConfigError(f"{where}.services.{v.entry}.replicas: the entry service takes the "
                           "load on one port, so it has one replica (scale its `workers`, or "
                           "the services behind it)")
-    if entry.server == "redis" or entry.health not in ("http", "none", "tcp", "command"):
+    if SERVER_KINDS[entry.server].store or entry.health not in ("http", "none", "tcp", "command"):
         raise ConfigError(f"{where}.entry: {v.entry!r} is not an HTTP service the load can target")
     for s in v.services:
         sw = f"{where}.services.{s.name}" if not v.single or s.name != "server" else where

@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from infbench.config import Profile, Variant
+from infbench.config.servers import SERVER_KINDS
 from infbench.launch import proc
 from infbench.paths import ROOT
 from infbench.results.files import write_json
 
 SECONDS_PER_FIGURE = 3.0
 TIMEOUT_S = 900.0
-OUR_SERVERS = ("uvicorn", "gunicorn", "hypercorn")
 
 
 def call_style(v: Variant) -> tuple[str, str]:
     """The call style the variant's server uses, and where that came from."""
     svc = v.entry_service
-    if svc.server in OUR_SERVERS:
+    if SERVER_KINDS[svc.server].runs_app:
         return svc.call, f"service {svc.name!r} (INFBENCH_CALL)"
     return "predict_on_batch", "not one of our servers: Keras' fastest call, as a bound"
 
