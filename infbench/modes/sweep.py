@@ -29,13 +29,18 @@ from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict,
 from infbench.launch import LaunchError, get_launcher, proc
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
 from infbench.launch.topology import Topology
-from infbench.measure import assets, census, keepalive, manifest, model_alone, probecheck
+from infbench.measure import (
+    assets,
+    census,
+    keepalive,
+    manifest,
+    model_alone,
+    monitors,
+    probecheck,
+)
 from infbench.measure.load import StepLoad, check_outputs, start_step
-from infbench.measure.outside import OutsideWatch
 from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
-from infbench.measure.redis import RedisSampler
-from infbench.measure.sampler import ProcessSampler
 from infbench.results import files
 from infbench.results.files import WriteError, write_json
 from infbench.results.schemas import RUN_SCHEMA
@@ -203,10 +208,8 @@ class VariantRun:
         self.log = PhaseLog(out_dir / "phases.json", variant.name)
         self.topology: Topology | None = None
         self.load: StepLoad | None = None
-        self.sampler: ProcessSampler | None = None
+        self.monitors: list[monitors.Monitor] = []
         self.watch: ProcessWatch | None = None
-        self.redis: list[RedisSampler] = []
-        self.outside: OutsideWatch | None = None
         self.t0 = time.monotonic()
 
     # -- the loop ------------------------------------------------------------------------
@@ -242,13 +245,9 @@ class VariantRun:
     def _cleanup(self) -> None:
         if self.load is not None:
             self.load.group.stop(grace=2.0)
-        for r in self.redis:
-            r.stop()
-        if self.sampler is not None:
-            self.sampler.stop()
-            self.log.data["sampler"] = {"file": "processes.csv", "samples": self.sampler.samples,
-                                        "interval_s": self.sampler.interval,
-                                        "cpu_s": round(self.sampler.cpu_s, 3)}
+        for m in reversed(self.monitors):
+            m.stop()
+        if self.monitors:
             with contextlib.suppress(WriteError):
                 self.log.save()
         if self.topology is not None:
@@ -274,8 +273,9 @@ class VariantRun:
             model_path=self.model_path, sample_interval=p.sample_interval,
             run_id=self.out.parent.name, max_images=max(MAX_IMAGES_DEFAULT, batch),
             max_body_bytes=body_limit(self.images, batch), mark=self._mark)
-        self.sampler = ProcessSampler(self.topology.processes, self.out / "processes.csv",
-                                      p.sample_interval).start()
+        ctx = monitors.Context(variant=self.v, profile=p, topology=self.topology,
+                               log=self.log, out=self.out, queue_keys=queue_keys(self.v))
+        self.monitors += monitors.start("launch", ctx)
         started = time.monotonic()
         self.topology.start(
             on_tick=lambda label: self._tick(label, time.monotonic() - started, None))
@@ -286,17 +286,10 @@ class VariantRun:
         self.log.mark("healthy")
         self.log.data["health"] = self.topology.healthy.get(self.topology.entry.spec.label)
         self.watch = ProcessWatch(self.topology, self.log)
-        keys = queue_keys(self.v)
-        for r in self.topology.replicas:
-            if r.spec.service.server == "redis":
-                self.redis.append(RedisSampler(
-                    r.spec.port, r.spec.out_dir / "redis_stats.csv", keys,
-                    note=lambda kind, detail: self.log.event(kind, detail)).start())
+        self.monitors += monitors.start("healthy", ctx)
         self._hold("baseline", p.baseline, "baseline")
         self._check_probes()
         self._check_keepalive()
-        if p.cycles > 1 and os.environ.get("INFBENCH_OUTSIDE", "1") != "0":
-            self.outside = OutsideWatch(self.topology, self.log)  # the verdict's rests
         self._load()
         self._hold("cooldown", p.cooldown, "cooldown")
         self._trim()
@@ -318,8 +311,8 @@ class VariantRun:
                 if c == 1:
                     self._sites_base()
                 self._hold("rest", p.rest, f"rest {c}/{p.cycles}", cycle=c)
-                if self.outside is not None:
-                    self.outside.rest(c)
+                for m in self.monitors:
+                    m.rest(c)
                 self._census(c)
 
     # -- pieces --------------------------------------------------------------------------
@@ -379,7 +372,7 @@ class VariantRun:
         for r in probed:
             self._request(r.spec.out_dir / TRIM_REQUEST)
         # The processes without a probe, from outside (a debugger): the last step of the run.
-        gdb = self.outside.trim() if self.outside is not None else []
+        gdb = [row for m in self.monitors for row in m.trim()]
         if probed or gdb:
             self._hold("trim", TRIM_WAIT_S, "malloc_trim(0)")
         if probed and self.profile.cycles > 1:

@@ -1,0 +1,125 @@
+"""What watches a variant's services while it runs, behind one protocol: a run holds a list.
+
+A monitor is made at one of two moments, by a factory registered for it:
+
+    launch    before the services start, so that it sees them from their first second
+              (the /proc sampler)
+    healthy   once every service answers its health check (Redis's own figures; glibc's
+              view from outside, in cycled profiles)
+
+and the run loop calls the same hooks on every monitor in its list: `rest(cycle)` at the end
+of each rest between cycles, `trim()` at the end (after the cooldown), and `stop()` on every
+exit path, before the services stop. A hook a monitor does not need is a no-op. Adding a
+monitor is its class and one registered factory here; the run loop does not change.
+
+(The restart watch, infbench/measure/procwatch.py, is the run loop's fault check, polled with
+its health checks; it is not a measurement and is not in this list.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infbench.config import Profile, Variant
+from infbench.measure.outside import OutsideWatch
+from infbench.measure.phases import PhaseLog
+from infbench.measure.redis import RedisSampler
+from infbench.measure.sampler import ProcessSampler
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a monitor may be made from."""
+
+    variant: Variant
+    profile: Profile
+    topology: Any  # infbench.launch.topology.Topology
+    log: PhaseLog
+    out: Path
+    queue_keys: list[str]
+
+
+class Monitor:
+    def rest(self, cycle: int) -> None:
+        """At the end of each rest between cycles."""
+
+    def trim(self) -> list[dict[str, Any]]:
+        """At the end, after the cooldown: what it asked the processes to give back."""
+        return []
+
+    def stop(self) -> None:
+        """On every exit path, before the services stop; records what it measured."""
+
+
+Factory = Callable[[Context], list[Monitor]]
+FACTORIES: dict[str, list[Factory]] = {"launch": [], "healthy": []}
+
+
+def register(moment: str) -> Callable[[Factory], Factory]:
+    def add(factory: Factory) -> Factory:
+        FACTORIES[moment].append(factory)
+        return factory
+    return add
+
+
+def start(moment: str, ctx: Context) -> list[Monitor]:
+    return [m for factory in FACTORIES[moment] for m in factory(ctx)]
+
+
+class _Processes(Monitor):
+    def __init__(self, ctx: Context) -> None:
+        self.log = ctx.log
+        self.sampler = ProcessSampler(ctx.topology.processes, ctx.out / "processes.csv",
+                                      ctx.profile.sample_interval).start()
+
+    def stop(self) -> None:
+        s = self.sampler
+        s.stop()
+        self.log.data["sampler"] = {"file": "processes.csv", "samples": s.samples,
+                                    "interval_s": s.interval, "cpu_s": round(s.cpu_s, 3)}
+
+
+class _Redis(Monitor):
+    def __init__(self, ctx: Context, port: int, out: Path) -> None:
+        self.sampler = RedisSampler(port, out, ctx.queue_keys,
+                                    note=lambda kind, detail: ctx.log.event(kind, detail)).start()
+
+    def stop(self) -> None:
+        self.sampler.stop()
+
+
+class _Outside(Monitor):
+    def __init__(self, ctx: Context) -> None:
+        self.watch = OutsideWatch(ctx.topology, ctx.log)
+
+    def rest(self, cycle: int) -> None:
+        self.watch.rest(cycle)
+
+    def trim(self) -> list[dict[str, Any]]:
+        return self.watch.trim()
+
+
+@register("launch")
+def processes(ctx: Context) -> list[Monitor]:
+    """Every process of every service, from /proc: processes.csv."""
+    return [_Processes(ctx)]
+
+
+@register("healthy")
+def redis(ctx: Context) -> list[Monitor]:
+    """Each Redis replica's own figures (INFO, the queue lengths): redis_stats.csv."""
+    return [_Redis(ctx, r.spec.port, r.spec.out_dir / "redis_stats.csv")
+            for r in ctx.topology.replicas if r.spec.service.server == "redis"]
+
+
+@register("healthy")
+def outside(ctx: Context) -> list[Monitor]:
+    """glibc's totals read through gdb at each rest of a cycled profile (INFBENCH_OUTSIDE=0:
+    off): outside.jsonl."""
+    if ctx.profile.cycles > 1 and os.environ.get("INFBENCH_OUTSIDE", "1") != "0":
+        return [_Outside(ctx)]
+    return []
