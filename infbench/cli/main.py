@@ -27,8 +27,8 @@ from infbench.launch import LaunchError, get_launcher, proc
 from infbench.measure import assets
 from infbench.modes.sweep import Plan, run_study
 from infbench.paths import ROOT
-from infbench.report import compare, html, markdown, thresholds
-from infbench.results import files, readers, schemas
+from infbench.report import build, compare, html, markdown, tables, thresholds
+from infbench.results import files, readers, schemas, store
 from infbench.results.files import WriteError, check_writable
 
 EXIT_FAILED = 1
@@ -239,11 +239,11 @@ def cmd_run(exp: config.Experiments, args: argparse.Namespace) -> int:
                 model_override=args.model, runtime=args.runtime, results=Path(args.results),
                 run_id=args.run_id)
     outcome = run_study(plan)
-    summary = markdown.build(outcome.run_dir)
-    print("\n".join(markdown.memory_table(summary["variants"])))
+    summary = build.build(outcome.run_dir)
+    print("\n".join(markdown.lines(tables.memory_table(summary["variants"]))))
     if any("cgroup_memory_mb" in r for r in summary["variants"]):
         print("\ncontainer cgroup memory (as `docker stats` shows it):")
-        print("\n".join(markdown.cgroup_table(summary["variants"])))
+        print("\n".join(markdown.lines(tables.cgroup_table(summary["variants"]))))
     print("\n".join(markdown.verdict_lines(summary)))
     print(f"\nresults: {outcome.run_dir}/report.html, summary.md (plots: memory_overlay.png, "
           f"<variant>/memory.png)")
@@ -293,7 +293,7 @@ def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
     plan = Plan(experiments=exp, variants=[v], profile=profile, model_override=args.model,
                 runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
     outcome = run_study(plan, variant_run=capacity.runner(search))
-    markdown.build(outcome.run_dir)
+    build.build(outcome.run_dir)
     doc = outcome.run_dir / v.name / "capacity.json"
     try:
         a = json.loads(doc.read_text())["answer"]
@@ -307,7 +307,7 @@ def cmd_capacity(exp: config.Experiments, args: argparse.Namespace) -> int:
     elif a:
         print(f"no rate of {v.name} met p95 <= {args.p95_ms:g} ms ({a.get('bounded_by')})")
     print(f"results: {outcome.run_dir / v.name}/capacity.json, capacity.png")
-    markdown.print_faults(markdown.build(outcome.run_dir))
+    markdown.print_faults(build.build(outcome.run_dir))
     if outcome.status == "interrupted":
         return _interrupt_code()
     return 0 if outcome.status == "complete" else EXIT_PARTIAL
@@ -371,7 +371,7 @@ def cmd_diagnose(exp: config.Experiments, args: argparse.Namespace) -> int:
     outcome = run_study(Plan(experiments=exp, variants=paired, profile=profile,
                              model_override=args.model, runtime=args.runtime,
                              results=Path(args.results), run_id=args.run_id))
-    summary = markdown.build(outcome.run_dir)
+    summary = build.build(outcome.run_dir)
     print("\n".join(markdown.verdict_lines(summary)))
     found = {r["variant"]: r.get("verdict") or {} for r in summary["variants"]}
     print("\nunder glibc, then with jemalloc preloaded:")
@@ -385,9 +385,9 @@ def cmd_diagnose(exp: config.Experiments, args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = markdown.resolve_run(Path(args.results), args.run)
-    summary = markdown.build(run_dir)
-    print("\n".join(markdown.memory_table(summary["variants"])))
+    run_dir = store.resolve_run(Path(args.results), args.run)
+    summary = build.build(run_dir)
+    print("\n".join(markdown.lines(tables.memory_table(summary["variants"]))))
     print("\n".join(markdown.verdict_lines(summary)))
     print(f"\nrebuilt {run_dir}/report.html, summary.md, summary.csv and plots "
           f"(run status: {summary['run'].get('status')})")
@@ -400,7 +400,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     results = Path(args.results)
-    a_dir, b_dir = markdown.resolve_run(results, args.a), markdown.resolve_run(results, args.b)
+    a_dir, b_dir = store.resolve_run(results, args.a), store.resolve_run(results, args.b)
     result = compare.compare_runs(a_dir, b_dir, force=args.force)
     out = Path(args.out) if args.out else b_dir
     if args.out:
@@ -415,7 +415,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    run_dir = markdown.resolve_run(Path(args.results), args.run)
+    run_dir = store.resolve_run(Path(args.results), args.run)
     source = Path(args.thresholds or args.experiments)
     rules = thresholds.load(source, table_required=not args.thresholds)
     outcomes = thresholds.check(run_dir, rules)
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "profile":
             return cmd_profile(exp, args)
         return cmd_run(exp, args)
-    except (config.ConfigError, markdown.ReportError, assets.AssetError, LaunchError,
+    except (config.ConfigError, store.ReportError, assets.AssetError, LaunchError,
             WriteError, compare.CompareError, thresholds.ThresholdError,
             readers.ReadError) as e:
         print(f"infbench: error: {e}", file=sys.stderr)

@@ -1,1 +1,2 @@
-"""The report of a run or two: tables, Markdown, HTML, plots, compare, thresholds."""
+"""The report of a run or two: the tables (as data), Markdown, HTML, plots, the build of a run's
+report, compare, thresholds."""

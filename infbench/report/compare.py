@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench.analysis import summary, verdict
-from infbench.results import readers, samples
+from infbench.results import readers, samples, store
 from infbench.results.files import write_json, write_text
 from infbench.results.schemas import COMPARE_SCHEMA
 
@@ -179,7 +179,7 @@ def read_side(run_dir: Path) -> dict[str, Any]:
     """A run's figures and the samples behind them, through the readers."""
     info = readers.run_json(run_dir)
     variants: dict[str, Any] = {}
-    for vd in readers.variant_dirs(run_dir, info):
+    for vd in store.variant_dirs(run_dir, info):
         if not (vd / "summary.json").exists():
             continue
         s = readers.summary_json(vd)

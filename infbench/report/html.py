@@ -23,8 +23,9 @@ from typing import Any
 from urllib.parse import quote
 
 from infbench.analysis import summary
-from infbench.report import compare
-from infbench.results import readers
+from infbench.report import compare, tables
+from infbench.report.tables import Table
+from infbench.results import readers, store
 from infbench.results.files import write_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -95,27 +96,12 @@ def table(columns: list[str], rows: list[list[Any]], cls: str = "") -> str:
             f"<tbody>{''.join(body)}</tbody></table>")
 
 
-def md_table(lines: list[str]) -> str:
-    """A markdown table of report.py (`| a | b |`, `| --- | ---: |`, rows) as HTML: the same
-    table in both reports, built once. Cells are escaped, `**x**` becomes bold; a row that does
-    not split into the header's cells is shown as text rather than misaligned."""
-    if len(lines) < 3:
-        return ""
-
-    def cells(line: str) -> list[str]:
-        return line.strip()[2:-2].split(" | ")
-
-    head, align = cells(lines[0]), cells(lines[1])
-    if len(head) != len(align):
-        return f"<pre>{e(chr(10).join(lines))}</pre>"
-    columns = [(">" if a.endswith(":") else "") + h for h, a in zip(head, align, strict=True)]
-    rows: list[list[Any]] = []
-    for line in lines[2:]:
-        row = cells(line)
-        if len(row) != len(head):
-            return f"<pre>{e(chr(10).join(lines))}</pre>"
-        rows.append([Raw(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(c))) for c in row])
-    return table(columns, rows)
+def table_of(t: Table) -> str:
+    """One of the report's tables (report/tables.py) as HTML, the same rows as summary.md's:
+    cells escaped, `**x**` in bold. No rows: ''."""
+    return table(list(t.columns),
+                 [[Raw(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(c))) for c in row]
+                  for row in t.rows])
 
 
 def badge(status: Any) -> Raw:
@@ -279,35 +265,25 @@ def comparison_section(run_dir: Path, rows: list[dict[str, Any]]) -> str:
         out += ["<h3>Memory of the container (cgroup, as docker stats shows it)</h3>",
                 table(["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)",
                        ">peak (MB)", ">after cooldown (MB)"], cg)]
-    for title, lines, caption in study_tables(rows):
-        out += [f"<h3>{e(title)}</h3>", md_table(lines),
+    for t, caption in study_tables(rows):
+        out += [f"<h3>{e(t.title)}</h3>", table_of(t),
                 f'<p class="note">{e(caption)}</p>' if caption else ""]
     out.append(image(run_dir / "memory_overlay.png", "memory of every variant over time"))
     return "\n".join(out)
 
 
-def study_tables(rows: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
+def study_tables(rows: list[dict[str, Any]]) -> list[tuple[Table, str]]:
     """The cross-variant tables summary.md has for studies (breaking point, ranking by
-    images/s, each variant against the first), when the run has them: (title, markdown
-    lines, caption)."""
-    from infbench.report import markdown  # markdown imports this module; the tables are its own
-
-    out = []
-    bound = float((rows[0].get("profile") or {}).get("p95_bound_ms") or 0) if rows else 0.0
-    broke = markdown.breaking_table(rows, bound)
-    if broke:
-        out.append((f"Breaking point (p95 ≤ {bound:g} ms, failures ≤ 1%)", broke,
-                    "The highest requests/s among the steps before the first that broke, and "
-                    "the users at which it broke."))
-    ranking = markdown.ranking_table(rows)
-    if ranking:
-        out.append(("Ranking by images/s at each batch size", ranking, ""))
-    versus = markdown.versus_table(rows)
-    if versus:
-        out.append((f"Against {rows[0]['variant']} (per step)", versus,
-                    "Change from the first variant of this run; one run each: read "
-                    "differences under ~15% as noise (make compare tests them across runs)."))
-    return out
+    images/s, each variant against the first), when the run has them, each with the page's
+    own (shorter) caption."""
+    found = [(tables.breaking_table(rows, tables.p95_bound(rows)),
+              "The highest requests/s among the steps before the first that broke, and the "
+              "users at which it broke."),
+             (tables.ranking_table(rows), ""),
+             (tables.versus_table(rows),
+              "Change from the first variant of this run; one run each: read differences "
+              "under ~15% as noise (make compare tests them across runs).")]
+    return [(t, caption) for t, caption in found if t.rows]
 
 
 def comparisons_section(results: list[dict[str, Any]], errors: list[str]) -> str:
@@ -487,6 +463,6 @@ def rebuild(run_dir: Path) -> Path:
     """report.html from the files already there (summary.json per variant), without redoing
     the analysis or the plots (used after `compare` adds a comparison)."""
     info = readers.run_json(run_dir)
-    rows = [readers.summary_json(vd) for vd in readers.variant_dirs(run_dir, info)
+    rows = [readers.summary_json(vd) for vd in store.variant_dirs(run_dir, info)
             if (vd / "summary.json").exists()]
     return write(run_dir, info, rows)

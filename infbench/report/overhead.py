@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from infbench.cli.main import results_default
-from infbench.report import markdown
+from infbench.report import tables
+from infbench.results import store
 
 
 def _load(run_dir: Path) -> list[tuple[bool, dict[str, Any]]]:
     out = []
-    for vd in markdown.variant_dirs(run_dir):
+    for vd in store.variant_dirs(run_dir):
         manifest = json.loads((vd / "manifest.json").read_text())
         summary = json.loads((vd / "summary.json").read_text())
         variant = manifest["config"]["variant"]
@@ -64,10 +65,10 @@ def table(run_dir: Path) -> list[str]:
             each += [f"{s['variant']} {st['rps']}" for s in rows for st in s["steps"]
                      if st["index"] == i]
         batch = next(st["batch"] for s in sides[False] for st in s["steps"] if st["index"] == i)
-        lines.append(f"| {i} | {batch} | {markdown.fmt(fig[False]['rps'], 2)} | "
-                     f"{markdown.fmt(fig[True]['rps'], 2)} | "
+        lines.append(f"| {i} | {batch} | {tables.fmt(fig[False]['rps'], 2)} | "
+                     f"{tables.fmt(fig[True]['rps'], 2)} | "
                      f"{_ratio(fig[True]['rps'], fig[False]['rps'])} | "
-                     f"{markdown.fmt(fig[False]['p50'])} | {markdown.fmt(fig[True]['p50'])} | "
+                     f"{tables.fmt(fig[False]['p50'])} | {tables.fmt(fig[True]['p50'])} | "
                      f"{_ratio(fig[True]['p50'], fig[False]['p50'])} | {'; '.join(each)} |")
     cpu = [f"{s['variant']} {s['processes_mb'].get('sampler_cpu_s')} s"
            for _, s in variants if s.get("processes_mb")]
@@ -77,7 +78,7 @@ def table(run_dir: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    run_dir = markdown.resolve_run(Path(results_default()), args[0] if args else "latest")
+    run_dir = store.resolve_run(Path(results_default()), args[0] if args else "latest")
     print("\n".join(table(run_dir)))
     return 0
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infbench.results import readers
+from infbench.results import readers, store
 
 EXIT_FAILED_THRESHOLD = 4
 
@@ -240,7 +240,7 @@ def check(run_dir: Path, rules: list[Rule]) -> list[Outcome]:
     "no data"."""
     info = readers.run_json(run_dir)
     summaries = {}
-    for vd in readers.variant_dirs(run_dir, info):
+    for vd in store.variant_dirs(run_dir, info):
         if not (vd / "summary.json").exists():
             raise readers.ReadError(f"{vd / 'summary.json'}: no such file (make report "
                                     f"RUN={run_dir.name} writes it)")

@@ -9,8 +9,11 @@ the CLI prints as one line.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,12 @@ def describe(e: OSError) -> str:
     return e.strerror or type(e).__name__
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write so a reader (or a crash) never sees half a file."""
+def write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write so a reader (or a crash) never sees half a file. `newline` is open()'s: None
+    writes "\n" as the platform's line end, "" writes the text as it is."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", newline=newline) as f:
             f.write(text)
         os.replace(tmp, path)
     except OSError as e:
@@ -38,6 +42,14 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
+    """A CSV file (the csv module's dialect: "\r\n" line ends, quoted where needed), written
+    whole like the others."""
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    write_text(path, buf.getvalue(), newline="")
 
 
 def mkdir(path: Path) -> None:

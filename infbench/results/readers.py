@@ -161,10 +161,3 @@ def manifest_json(variant_dir: Path) -> dict[str, Any]:
     return versioned(path, load_json(path, "manifest.json"), "manifest.json",
                      schemas.MANIFEST_SCHEMA, {})
 
-
-def variant_dirs(run_dir: Path, info: dict[str, Any]) -> list[Path]:
-    """The run's variant folders, in the run's order (those with a phases.json)."""
-    order = [run_dir / v for v in info.get("variants", [])
-             if (run_dir / v / "phases.json").exists()]
-    extra = sorted(p.parent for p in run_dir.glob("*/phases.json") if p.parent not in order)
-    return order + extra

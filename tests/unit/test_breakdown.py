@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infbench.analysis import breakdown
-from infbench.report import markdown
+from infbench.report import build
 from infbench.results import samples
 from tests.fixtures.synth import T0, make_run
 
@@ -107,7 +107,7 @@ def test_malloc_counting_more_than_is_resident_is_a_negative_remainder(tmp_path:
 
 
 def test_report_draws_the_stack_and_tables_the_growth(run_dir: Path) -> None:
-    markdown.build(run_dir)
+    build.build(run_dir)
     for name in ("probed", "unprobed", "jemalloc"):
         assert (run_dir / name / "memory_parts.png").stat().st_size > 10_000
     md = (run_dir / "summary.md").read_text()
@@ -129,7 +129,7 @@ def test_probe_overhead_compares_the_two_sides(tmp_path: Path) -> None:
         (run / name / "manifest.json").write_text(
             json.dumps({"config": {"variant": {"name": name,
                                                  "probes": name.startswith("probed")}}}))
-    markdown.build(run)
+    build.build(run)
     # Same synthetic steps on both sides: every ratio is exactly 1.
     lines = overhead.table(run)
     rows = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |")]

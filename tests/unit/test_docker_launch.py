@@ -27,7 +27,7 @@ from infbench.launch.docker import engine as dke
 from infbench.launch.docker import image as dki
 from infbench.launch.native import native_env
 from infbench.paths import ROOT
-from infbench.report import markdown
+from infbench.report import build
 from infbench.results import samples
 from tests.fixtures import synth
 
@@ -312,7 +312,7 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
             t = i / 10
             mb = 120.0 if t < 10 else 250.0 if t <= 42 else 210.0
             w.writerow([f"{synth.T0 + t:.4f}", f"{mb:.3f}", "", "", "cgroup-v1"])
-    built = markdown.build(run_dir)
+    built = build.build(run_dir)
     s = built["variants"][0]
     assert s["cgroup_memory_mb"]["start"] == 120.0 and s["cgroup_memory_mb"]["peak"] == 250.0
     assert s["cgroup_memory_mb"]["after_cooldown"] == 210.0
@@ -329,7 +329,7 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
 
 def test_native_summaries_have_no_cgroup_section(tmp_path: Path) -> None:
     run_dir = synth.make_run(tmp_path, ("v1",))
-    s = markdown.build(run_dir)["variants"][0]
+    s = build.build(run_dir)["variants"][0]
     assert "cgroup_memory_mb" not in s
     assert "cgroup" not in (run_dir / "summary.md").read_text()
     with (run_dir / "summary.csv").open() as f:

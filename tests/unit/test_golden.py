@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from infbench.paths import ROOT
-from infbench.report import markdown
+from infbench.report import build
 from infbench.results import readers, schemas
 
 
@@ -22,7 +22,7 @@ def test_the_reference_runs_rebuild_to_the_same_figures(tmp_path: Path, ref: str
     src = ROOT / "results" / ref
     dst = tmp_path / ref
     shutil.copytree(src, dst)
-    markdown.build(dst)
+    build.build(dst)
     for committed in src.glob("*/summary.json"):
         old = readers.summary_json(committed.parent)
         new = json.loads((dst / committed.parent.name / "summary.json").read_text())

@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 import pytest
 from PIL import Image
 
-from infbench.report import html, markdown, plots
+from infbench.report import build, html, plots
+from infbench.report.tables import Table
 from tests.fixtures.runfixtures import make_run
 from tests.fixtures.synth import T0, phase
 
@@ -94,7 +95,7 @@ def built_run(tmp_path: Path) -> Path:
                        "detail": "<b>pid 42</b> exited", "phase": "step 1 (batch 2)"}])
     ph_path.write_text(json.dumps(ph))
     (run / "v1" / "step1-b2.html").write_text("<html>Locust</html>")
-    markdown.build(run)
+    build.build(run)
     return run
 
 
@@ -120,17 +121,17 @@ def test_report_page_sections_escaping_and_links(tmp_path: Path) -> None:
     assert not any(h.startswith("/") for h in o.hrefs)
     for header in ("after API start (MB)", "req/s", "p95 (ms)", "Locust", "verdict"):
         assert header in o.headers
-    # summary.md's cross-variant tables, the same in the page (built by markdown.py once).
+    # summary.md's cross-variant tables, the same in the page (built once, report/tables.py).
     assert "Against v1 (per step)" in o.headings and "req/s change" in o.headers
     assert "Ranking by images/s at each batch size" in o.headings
 
 
-def test_markdown_tables_convert_escaped_and_aligned() -> None:
-    got = html.md_table(["| name | n |", "| --- | ---: |", "| **a<b** | 1 |"])
+def test_report_tables_render_escaped_and_aligned() -> None:
+    got = html.table_of(Table("t", ("name", ">n"), (("**a<b**", "1"), ("x | y", "2"))))
     assert got == ("<table><thead><tr><th>name</th><th class=num>n</th></tr></thead><tbody>"
-                   "<tr><td><b>a&lt;b</b></td><td class=num>1</td></tr></tbody></table>")
-    # A cell with the separator in it would shift the columns: shown as text instead.
-    assert html.md_table(["| a |", "| --- |", "| x | y |"]).startswith("<pre>")
+                   "<tr><td><b>a&lt;b</b></td><td class=num>1</td></tr>"
+                   "<tr><td>x | y</td><td class=num>2</td></tr></tbody></table>")
+    assert html.table_of(Table("t", ("a",), ())) == ""
 
 
 def test_services_split_and_comparison_render(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_compare_adds_a_section_to_b_report(tmp_path: Path) -> None:
     results = tmp_path / "results"
     a = make_run(results, "20260101-000000", seed=1)
     b = make_run(results, "20260102-000000", seed=2, rps=3.5, extra_mb=100)
-    markdown.build(b)
+    build.build(b)
     assert "Compared with other runs" not in (b / "report.html").read_text()
     done = subprocess.run([sys.executable, "-m", "infbench", "--results", str(results),
                            "compare", a.name, b.name], cwd=ROOT, capture_output=True,
@@ -188,7 +189,7 @@ def test_compare_adds_a_section_to_b_report(tmp_path: Path) -> None:
     assert '<span class="sig">worse (p = ' in page
     assert f"compare-{a.name}-vs-{b.name}.md" in o.hrefs
     # ... and it stays when the report is rebuilt from the run's files.
-    markdown.build(b)
+    build.build(b)
     assert "Compared with other runs" in (b / "report.html").read_text()
     # A comparison file from a newer infbench is named in the page, not a crash.
     (b / "compare-x-vs-y.json").write_text(json.dumps({"schema": 99, "variants": []}))

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from infbench.report import markdown
+from infbench.report import build, markdown, tables
 from infbench.results import samples
 from tests.fixtures.synth import T0, make_run
 
@@ -62,13 +62,13 @@ def add_cpu_samples(vd: Path) -> None:
 
 
 def pct(cores: float) -> str:
-    return markdown.fmt(100 * cores)
+    return tables.fmt(100 * cores)
 
 
 def test_loadgen_cpu_beside_the_server_cpu(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, ("v1",))
     add_cpu_samples(run_dir / "v1")
-    out = markdown.build(run_dir)
+    out = build.build(run_dir)
 
     steps = out["variants"][0]["steps"]
     for st in steps:
@@ -83,7 +83,7 @@ def test_loadgen_cpu_beside_the_server_cpu(tmp_path: Path) -> None:
     # The server's CPU is over the step and its drain (analysis.service_figures): read it back.
     server_steps = out["variants"][0]["services"]["server"]["steps"]
     assert all(0 < st["cpu_pct"] < 100 * SERVER_CORES[st["index"]] + 1 for st in server_steps)
-    server = " / ".join(markdown.fmt(st["cpu_pct"]) for st in server_steps)
+    server = " / ".join(tables.fmt(st["cpu_pct"]) for st in server_steps)
     gen = " / ".join(pct(sum(LOCUST_CORES[i])) for i, *_ in STEPS)
     row = next(line for line in md.splitlines() if line.startswith("| v1 | server |"))
     assert f"| {server} | {gen} |" in row, row
@@ -105,11 +105,11 @@ def test_without_loadgen_samples_the_column_says_so(tmp_path: Path) -> None:
     add_cpu_samples(run_dir / "v1")
     for index, batch, *_ in STEPS:
         (run_dir / "v1" / f"step{index}-b{batch}_loadgen.csv").unlink()
-    out = markdown.build(run_dir)
+    out = build.build(run_dir)
     md = (run_dir / "summary.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| v1 | server |"))
     server_steps = out["variants"][0]["services"]["server"]["steps"]
-    server = " / ".join(markdown.fmt(st["cpu_pct"]) for st in server_steps)
+    server = " / ".join(tables.fmt(st["cpu_pct"]) for st in server_steps)
     assert f"| {server} | {' / '.join('-' for _ in STEPS)} |" in row, row
     with (run_dir / "summary.csv").open() as f:
         line = next(csv.DictReader(f))
@@ -123,16 +123,14 @@ def test_split_table_has_the_loadgen_cpu_column() -> None:
     row = {"variant": "q", "steps": [step], "services": None,
            "split": [{"index": 1, "failures_by_kind": {},
                       "split": {"total_ms": 10.0, "model_ms": 6.0, "api_overhead_ms": 4.0}}]}
-    head, _, line = markdown.split_table([row], 2)
+    head, _, line = markdown.lines(tables.split_table([row], 2))
     assert head.rstrip(" |").endswith("load gen CPU (%)")
-    assert line.rstrip(" |").endswith(markdown.fmt(42.5))
+    assert line.rstrip(" |").endswith(tables.fmt(42.5))
     old = dict(step, loadgen={"cpu_pct": 30.0})  # a summary written before total_cpu_pct
-    assert markdown.loadgen_cpu(old) == 30.0
+    assert tables.loadgen_cpu(old) == 30.0
 
 
 def test_the_ranking_carries_the_split_and_both_cpus() -> None:
-    from infbench.report import markdown
-
     def row(name: str, ips: float, model: float, cpu: float) -> dict[str, Any]:
         return {"variant": name,
                 "steps": [{"index": i, "batch": b, "images_per_s": ips * b, "p50_ms": 10,
@@ -142,7 +140,8 @@ def test_the_ranking_carries_the_split_and_both_cpus() -> None:
                           for i in (1, 2)],
                 "services": {"tfs": {"steps": [{"index": i, "cpu_pct": cpu} for i in (1, 2)]}}}
 
-    table = markdown.ranking_table([row("slow", 100.0, 2.0, 90.0), row("fast", 200.0, 6.0, 150.0)])
+    table = markdown.lines(tables.ranking_table([row("slow", 100.0, 2.0, 90.0),
+                                                row("fast", 200.0, 6.0, 150.0)]))
     assert "model share" in table[0] and "load gen CPU (%)" in table[0]
     assert "busiest service CPU (%)" in table[0]
     first = [c.strip() for c in table[2].split("|")[1:-1]]

@@ -15,8 +15,8 @@ import pytest
 
 from infbench.analysis import summary
 from infbench.modes.sweep import RUN_SCHEMA
-from infbench.report import compare, markdown
-from infbench.results import readers, samples, schemas
+from infbench.report import compare
+from infbench.results import readers, samples, schemas, store
 
 ROOT = Path(__file__).resolve().parents[2]
 REF = ROOT / "results" / "reference"
@@ -39,7 +39,7 @@ def test_run_json_1_is_migrated() -> None:
     assert info["harness"] is None and info["error"] is None and info["current"] is None
     assert info["run_id"] == "20261123-093943-seed-d0d560" and info["status"] == "complete"
     assert len(info["variants"]) == 6
-    assert markdown.harness_alive(info["harness"])  # unknown writer: not taken for dead
+    assert store.harness_alive(info["harness"])  # unknown writer: not taken for dead
 
 
 def test_summary_json_1_is_migrated() -> None:

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from infbench.analysis import summary
-from infbench.report import markdown, plots
-from infbench.results import samples, schemas
+from infbench.report import build, plots
+from infbench.results import samples, schemas, store
 from tests.fixtures import synth
 from tests.fixtures.synth import make_run
 
@@ -26,7 +26,7 @@ def _valid_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
 
 def test_report_writes_summaries_tables_and_plots(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    out = markdown.build(run_dir)
+    out = build.build(run_dir)
     assert [r["variant"] for r in out["variants"]] == ["v1", "v2"]
     for v in ("v1", "v2"):
         s = json.loads((run_dir / v / "summary.json").read_text())
@@ -46,17 +46,17 @@ def test_report_writes_summaries_tables_and_plots(tmp_path: Path) -> None:
 
 def test_report_is_rebuilt_identically(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    markdown.build(run_dir)
+    build.build(run_dir)
     first = (run_dir / "summary.csv").read_text()
-    markdown.build(run_dir)
+    build.build(run_dir)
     assert (run_dir / "summary.csv").read_text() == first
 
 
 def test_resolve_run_errors_name_recent_runs(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path)
-    assert markdown.resolve_run(tmp_path, run_dir.name) == run_dir
-    with pytest.raises(markdown.ReportError, match=r"no run 'nope'.*recent: " + run_dir.name):
-        markdown.resolve_run(tmp_path, "nope")
+    assert store.resolve_run(tmp_path, run_dir.name) == run_dir
+    with pytest.raises(store.ReportError, match=r"no run 'nope'.*recent: " + run_dir.name):
+        store.resolve_run(tmp_path, "nope")
 
 
 # -- memory plots end where their server stopped running --------------------------------------
@@ -76,7 +76,7 @@ def _shutdown_tail(vd: Path, children: bool = False) -> None:
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
-    """The series each plot is drawn from, as markdown.build hands them over."""
+    """The series each plot is drawn from, as build.build hands them over."""
     seen: dict[str, list[Any]] = {"overlay": [], "variant": []}
     real_overlay, real_variant = plots.overlay_plot, plots.variant_plot
 
@@ -111,7 +111,7 @@ def test_memory_lines_end_at_the_last_sample_of_the_running_server(
     _shutdown_tail(run_dir / "v1", children=True)
     _shutdown_tail(run_dir / "v2")
     seen = _spy(monkeypatch)
-    out = markdown.build(run_dir)
+    out = build.build(run_dir)
     (overlay,) = seen["overlay"]
     for name, mp in overlay:  # memory_overlay.png
         assert mp.mem[-1] == (STOP, 180.0), name  # the cooldown's last sample, not 0 MB
@@ -148,7 +148,7 @@ def test_a_server_that_died_ends_at_its_last_sample_and_replicas_each_at_theirs(
     assert per["api-0"].mem[-1][0] < synth.T0 + 25 and per["api-0"].mem[-1][1] > 0
     assert per["redis-0"].mem[-1] == (STOP, 10.0)
     seen = _spy(monkeypatch)
-    markdown.build(run_dir)
+    build.build(run_dir)
     (overlay,) = seen["overlay"]
     ((_, summed),) = overlay
     assert summed.mem[-1][0] <= STOP and summed.mem[-1][1] == 10.0  # redis alone, not 0

@@ -13,7 +13,7 @@ import pytest
 
 from infbench.analysis import loadgen, stability, summary, trust
 from infbench.analysis.stability import RequestRow, Window
-from infbench.report import markdown
+from infbench.report import markdown, tables
 from infbench.results import samples
 from tests.fixtures.synth import T0, make_variant
 
@@ -168,7 +168,7 @@ def test_the_summary_and_the_step_table_say_stable_or_not(tmp_path: Path) -> Non
     assert one["memory_flat"] is False  # the synthetic memory climbs 5 MB/s in every step
     assert one["efficiency"]["efficiency"] == 0.5  # 4.8 req/s x 2 images / 19.2
     assert two["stable"] is False and any("not stable" in n for n in two["notes"])
-    table = "\n".join(markdown.steps_table([s]))
+    table = "\n".join(markdown.lines(tables.steps_table([s])))
     assert "| stable | memory flat |" in table and "| yes | **no** |" in table
 
 

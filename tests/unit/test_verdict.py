@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from infbench.analysis import verdict
-from infbench.report import markdown
+from infbench.report import build, markdown
 from infbench.results import schemas
 from tests.fixtures import synth
 
@@ -275,7 +275,7 @@ def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
     for name in ("v1", "v2"):
         (run_dir / name / "manifest.json").write_text(json.dumps(
             {"schema": 1, "config": {"profile": {"name": "smoke", "cycles": 1}}}))
-    summary = markdown.build(run_dir)
+    summary = build.build(run_dir)
     for name in ("v1", "v2"):
         v = json.loads((run_dir / name / "summary.json").read_text())["verdict"]
         assert v["verdict"] == "no verdict" and "this profile has no cycles" in v["reason"]
@@ -292,7 +292,7 @@ def test_a_single_sweep_says_no_verdict_everywhere(tmp_path: Path) -> None:
     for name in ("v1", "v2"):
         (run_dir / name / "manifest.json").write_text(json.dumps(
             {"schema": 1, "config": {"profile": {"name": "cycles", "cycles": 4}}}))
-    summary = markdown.build(run_dir)
+    summary = build.build(run_dir)
     assert {r["verdict"]["verdict"] for r in summary["variants"]} == {"inconclusive"}
     assert "No verdict: this profile has no cycles" not in (run_dir / "summary.md").read_text()
     assert markdown.verdict_lines(summary) == []

@@ -1,0 +1,360 @@
+"""The tables of a run's report, built once as data: summary.md (report/markdown.py), the
+console and report.html (report/html.py) each render the same `Table`.
+
+A column named with a leading '>' holds figures (right-aligned). Cells are plain text, already
+formatted; `**x**` marks emphasis, which each renderer shows its own way (bold in both). A
+table with no rows is left out of a report (its title and caption with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from infbench.analysis import summary, verdict
+from infbench.results import schemas
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    caption: str = ""
+
+
+Rows = list[dict[str, Any]]
+
+
+def table(title: str, columns: list[str], lines: list[list[str]], caption: str = "") -> Table:
+    return Table(title, tuple(columns), tuple(tuple(line) for line in lines), caption)
+
+
+# -- figures as text --------------------------------------------------------------------------
+def fmt(x: Any, nd: int = 0) -> str:
+    """A figure for a table: "-" for none, thousands separated, `nd` decimals for floats."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+,.0f}"
+
+
+def pct_change(new: float | None, old: float | None) -> str:
+    if new is None or old in (None, 0):
+        return "-"
+    assert old is not None
+    return f"{100.0 * (new - old) / old:+.0f}%"
+
+
+def loadgen_cpu(step: dict[str, Any]) -> float | None:
+    """Locust's CPU over the step's load, all its processes, % of one core (a summary from
+    before `total_cpu_pct` gives its busiest process's, the same figure for one process)."""
+    g = step.get("loadgen") or {}
+    return g.get("total_cpu_pct", g.get("cpu_pct"))
+
+
+def step_server_figures(row: dict[str, Any], index: int
+                        ) -> tuple[float | None, float | None, float | None]:
+    """(server median ms, model median ms, the busiest service's CPU % of a core) of a step,
+    from the servers' timing lines and processes.csv; None where a run has no such figure."""
+    sp = next((x for x in row.get("split") or [] if x.get("index") == index), None)
+    split = (sp or {}).get("split") or {}
+    server, model = split.get("total_ms"), split.get("model_ms")
+    cpus = [st["cpu_pct"] for sv in (row.get("services") or {}).values()
+            for st in sv.get("steps", []) if st.get("index") == index
+            and st.get("cpu_pct") is not None]
+    return server, model, max(cpus) if cpus else None
+
+
+def _busy(step: dict[str, Any]) -> str:
+    if step.get("server_busy_after_s") is not None:
+        return f"{step['server_busy_after_s']:.1f}"
+    return "whole pause" if step.get("pause_s") else "-"
+
+
+def _load_of(step: dict[str, Any]) -> str:
+    """Who sent the load: users (closed loop) or a rate (open loop, `arrival`)."""
+    ol = step.get("open_loop")
+    if ol:
+        return f"{ol['rate']:g}/s {ol.get('arrival') or ''}".strip()
+    return f"{fmt(step.get('users'))} users"
+
+
+def _yes_no(x: Any) -> str:
+    return "-" if x is None else "yes" if x else "**no**"
+
+
+def _gen(step: dict[str, Any]) -> str:
+    g = step.get("loadgen")
+    if not g:
+        return "-"
+    return f"{g['peak_demand_pct']:.0f}" + (" **limited**" if g.get("limited") else "")
+
+
+def _eff(step: dict[str, Any]) -> str:
+    e = step.get("efficiency") or {}
+    return fmt(e.get("efficiency"), 2)
+
+
+# -- the tables -------------------------------------------------------------------------------
+def memory_table(rows: Rows) -> Table:
+    lines = []
+    for r in rows:
+        m, t = r["memory_mb"], r["totals"]
+        lines.append([r["variant"], fmt(m["start"]), fmt(m["end"]), signed(m["growth"]),
+                      fmt(m["peak"]), fmt(m["after_cooldown"]), fmt(t["requests"]),
+                      fmt(t["failures"]), fmt(t["cut_off"]), str(r["status"])])
+    return table("Memory (server + children, mprof)",
+                 ["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)",
+                  ">peak (MB)", ">after cooldown (MB)", ">requests", ">failures", ">cut off",
+                  "status"], lines)
+
+
+def cgroup_table(rows: Rows) -> Table:
+    """Docker runs: the container's cgroup memory (`docker stats`) beside mprof's figures."""
+    lines = []
+    for r in rows:
+        c = r.get("cgroup_memory_mb")
+        if not c:
+            continue
+        mp = r["memory_mb"].get("peak")
+        diff = c["peak"] - mp if c.get("peak") is not None and mp is not None else None
+        lines.append([r["variant"], fmt(c["start"]), fmt(c["end"]), signed(c["growth"]),
+                      fmt(c["peak"]), fmt(c["after_cooldown"]), signed(diff)])
+    return table(
+        "Memory of the container (cgroup, as `docker stats` shows it)",
+        ["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)", ">peak (MB)",
+         ">after cooldown (MB)", ">peak - mprof peak (MB)"], lines,
+        "The container's memory cgroup: usage minus inactive file cache, sampled at "
+        "mprof's interval. It counts each page once, with kernel memory; file pages "
+        "(the libraries' code) count only if this container read them first, so it "
+        "can sit far below mprof's RSS sum (which counts them in every process) and "
+        "still grow by the same amount. Source: `<variant>/cgroup_memory.csv`.")
+
+
+def processes_table(rows: Rows) -> Table:
+    """Where the memory is: the sampler's figures, start -> end, summed over processes."""
+    lines = []
+    for r in rows:
+        p = r.get("processes_mb")
+        if not p:
+            continue
+        spans = [f"{fmt(p[k]['start'])} → {fmt(p[k]['end'])} ({signed(p[k]['growth'])})"
+                 for k in ("rss", "pss", "uss", "anon", "file")]
+        lines.append([r["variant"], str(p["processes_max"]), *spans, str(p["threads_max"])])
+    return table(
+        "Where the memory is (per-process sampler, after API start → after test)",
+        ["variant", ">processes", "RSS sum (MB)", "PSS (MB)", "USS (MB)", "anonymous (MB)",
+         "file-backed (MB)", ">threads (max)"], lines,
+        "RSS summed over processes counts shared pages (libraries, a forked "
+        "master's pages) once per process, as mprof's MEM does; PSS counts them "
+        "once. Anonymous memory is the heap, allocator arenas, thread stacks and "
+        "tensors: where growth under load lives. Source: `<variant>/processes.csv`.")
+
+
+def growth_parts_table(rows: Rows) -> Table:
+    """Where the growth went: each part of RSS, end of baseline -> end of cooldown."""
+    lines = []
+    for r in rows:
+        b = r.get("breakdown_mb") or {}
+        a, s, g = b.get("after_cooldown"), b.get("start"), b.get("growth")
+        if not (b.get("probed") and a and s and g):
+            continue
+        lines.append([r["variant"], f"{fmt(s['rss_mb'])} → {fmt(a['rss_mb'])}",
+                      signed(g["rss_mb"]), signed(g["malloc_in_use_mb"]),
+                      signed(g["malloc_free_mb"]), signed(g["other_anon_mb"]),
+                      signed(g["file_mb"]), signed(g["python_traced_mb"]),
+                      fmt(a["named_pct"])])
+    return table(
+        "Where the growth went (probed variants, end of baseline → end of cooldown, MB)",
+        ["variant", "RSS (MB)", ">growth", ">malloc in use", ">malloc free (kept)",
+         ">other anonymous", ">file-backed", ">Python heap (traced)",
+         ">named at end (% of RSS)"], lines,
+        "malloc in use and free are glibc's own figures (mallinfo2, all processes); "
+        "other anonymous is the anonymous RSS malloc does not account for (Python's "
+        "small-object arenas, thread stacks, TensorFlow's own mappings); the four "
+        "parts add up to RSS. Plots: `<variant>/memory_parts.png`.")
+
+
+def verdict_table(rows: Rows) -> Table:
+    """Leak / allocator retention / plateau per variant, with the figures that decided it,
+    ranked by growth after warm-up (least first)."""
+    judged = [r for r in rows if (r.get("verdict") or {}).get("cycles", 0) >= 2]
+
+    def growth(r: dict[str, Any]) -> float:
+        g = r["verdict"].get("growth_after_warmup_mb")
+        return float("inf") if g is None else float(g)
+
+    lines = []
+    for r in sorted(judged, key=growth):
+        v = r["verdict"]
+        per = " → ".join(fmt(x) for x in v.get("post_rest_mb") or []) or "-"
+        said = v.get("headline") or verdict.headline(v)
+        loaded = ", ".join((v.get("probes") or {}).get("allocators") or ["-"])
+        lines.append([r["variant"], loaded, f"**{v['verdict']}**{said[len(v['verdict']):]}", per,
+                      signed(v.get("growth_after_warmup_mb")),
+                      signed(v.get("growth_per_cycle_mb")),
+                      fmt(v.get("growth_per_1000_requests_mb"), 2),
+                      fmt(v.get("trim_freed_mb")), v.get("reason", "")])
+    return table(
+        "Leak, allocator retention or plateau",
+        ["variant", "malloc (loaded)", "verdict", "post-rest MB per cycle",
+         ">growth after warm-up (MB)", ">growth / cycle (MB)", ">per 1,000 requests (MB)",
+         ">malloc_trim gave back (MB)", "why"], lines,
+        "Memory is compared at the end of each cycle's rest, with the first cycle "
+        "as warm-up; a verdict needs at least "
+        f"{schemas.MIN_CYCLES} cycles (a profile with `cycles`, e.g. "
+        "`PROFILE=cycles`). What the allocator holds is read by the server probes "
+        "(`probes = true`, injected into any Python server) or from outside by a "
+        "debugger (any glibc process); the Python heap in bytes (tracemalloc, on "
+        "with the probes) tells a leak of Python objects from a native one. The "
+        "rules and thresholds are in `summary.json` and the README.")
+
+
+def steps_table(rows: Rows) -> Table:
+    lines = []
+    for r in rows:
+        for s in r["steps"]:
+            lines.append([r["variant"], str(s["index"]), str(s["batch"]), _load_of(s),
+                          fmt(s["requests"]), fmt(s["failures"]), fmt(s["cut_off"]),
+                          fmt(s["rps"], 2), fmt(s["images_per_s"], 1), fmt(s["p50_ms"]),
+                          fmt(s["p95_ms"]), _yes_no(s.get("stable")),
+                          _yes_no(s.get("memory_flat")), _gen(s), _eff(s),
+                          fmt(s["mem_end_mb"]), _busy(s)])
+    return table(
+        "Load per step (Locust)",
+        ["variant", ">step", ">img/req", "load", ">requests", ">failures", ">cut off",
+         ">req/s", ">img/s", ">p50 (ms)", ">p95 (ms)", "stable", "memory flat",
+         ">load gen (% core)", ">efficiency", ">MB at end", ">server busy after (s)"], lines,
+        "stable: the last windows' throughput and p50 agreed (see Definitions); load "
+        "gen: the busiest 5 s of Locust's CPU + run-queue wait, **limited** from 90%; "
+        "efficiency: served images/s over the model's own (model_alone.json). "
+        "An open-loop load (`N/s`) measures latency from each request's intended send "
+        "time.")
+
+
+def split_table(rows: Rows, cores: int) -> Table:
+    lines = []
+    for r in rows:
+        steps = {s["index"]: s for s in r.get("steps", [])}
+        for sp in r.get("split") or []:
+            st = steps.get(sp["index"], {})
+            split = sp.get("split") or {}
+            parts = ", ".join(f"{k.removesuffix('_ms').replace('_', ' ')} {fmt(v)}"
+                              for k, v in split.items() if k.endswith("_ms") and k != "total_ms"
+                              and v is not None)
+            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(sp["failures_by_kind"].items()))
+            lines.append([r["variant"], str(sp["index"]), fmt(st.get("users")),
+                          fmt(st.get("rps"), 2), fmt(st.get("p50_ms")), fmt(st.get("p95_ms")),
+                          kinds or "0", fmt(split.get("total_ms")), parts or "-",
+                          fmt(split.get("mean_batch"), 1),
+                          summary.bottleneck(split, r.get("services"), sp["index"], cores),
+                          fmt(loadgen_cpu(st))])
+    return table(
+        "Where the time goes, and the bottleneck (per step)",
+        ["variant", ">step", ">users", ">req/s", ">p50 (ms)", ">p95 (ms)", "failures by kind",
+         ">server median (ms)", "of it (median ms)", ">jobs per model call", "bottleneck",
+         ">load gen CPU (%)"], lines,
+        "Medians over the requests each step received, from the servers' own timing "
+        "lines (`<service>-<i>/timings-<pid>.jsonl`): for the queue, wait = dequeued "
+        "- enqueued, model = model done - model start, API = the rest of the API's "
+        "time. Failures by kind from Locust's `*_failures.csv`. The sentence names the "
+        "largest part, with the busiest service's CPU; load gen CPU: Locust's, all "
+        "its processes over the step's load, % of one core.")
+
+
+def p95_bound(rows: Rows) -> float:
+    """The study's latency bound for the breaking point (the profile's `p95_bound_ms`)."""
+    return float((rows[0].get("profile") or {}).get("p95_bound_ms") or 0) if rows else 0.0
+
+
+def breaking_table(rows: Rows, bound: float) -> Table:
+    lines = []
+    for r in rows:
+        b = summary.breaking_point(r.get("steps", []), bound)
+        if b:
+            lines.append([r["variant"], fmt(b["sustainable_rps"], 2), fmt(b["at_users"]),
+                          fmt(b["broke_at_users"]), b["why"]])
+    return table(
+        f"Breaking point (p95 ≤ {bound:g} ms, failures ≤ 1%)",
+        ["variant", ">sustainable req/s", ">at users", ">broke at users", "why"], lines,
+        "The highest requests/s among the steps before the first that broke, "
+        "and the users at which it broke (per-step figures from Locust).")
+
+
+def ranking_table(rows: Rows) -> Table:
+    """Variants ranked by images/s at each batch size (studies that sweep the batch)."""
+    by_batch: dict[int, list[tuple[float, str, dict[str, Any]]]] = {}
+    for r in rows:
+        for s in r.get("steps", []):
+            if s.get("images_per_s") is not None:
+                by_batch.setdefault(s["batch"], []).append((s["images_per_s"], r["variant"], s))
+    lines = []
+    if len(rows) >= 2 and len(by_batch) >= 2:
+        by_name = {r["variant"]: r for r in rows}
+        for batch in sorted(by_batch):
+            ranked = sorted(by_batch[batch], key=lambda x: -x[0])
+            for rank, (ips, name, s) in enumerate(ranked, 1):
+                server, model, cpu = step_server_figures(by_name[name], s["index"])
+                share = f"{100.0 * model / server:.0f}%" if model is not None and server \
+                    else "-"
+                lines.append([str(batch), str(rank), name, fmt(ips, 1), fmt(s.get("p50_ms")),
+                              fmt(s.get("p95_ms")), fmt(s.get("failures")), fmt(server),
+                              fmt(model), share, fmt(cpu), fmt(loadgen_cpu(s))])
+    return table(
+        "Ranking by images/s at each batch size",
+        [">img/req", ">rank", "variant", ">img/s", ">p50 (ms)", ">p95 (ms)", ">failures",
+         ">server median (ms)", ">model (ms)", ">model share", ">busiest service CPU (%)",
+         ">load gen CPU (%)"], lines)
+
+
+def versus_table(rows: Rows) -> Table:
+    """Each variant against the first, step by step."""
+    lines = []
+    base = {s["index"]: s for s in rows[0].get("steps", [])} if rows else {}
+    for r in rows[1:]:
+        for s in r.get("steps", []):
+            b = base.get(s["index"])
+            if not b:
+                continue
+            lines.append([r["variant"], str(s["index"]), fmt(s.get("users")),
+                          f"{fmt(b.get('rps'), 2)} → {fmt(s.get('rps'), 2)}",
+                          pct_change(s.get("rps"), b.get("rps")),
+                          f"{fmt(b.get('p50_ms'))} → {fmt(s.get('p50_ms'))}",
+                          pct_change(s.get("p50_ms"), b.get("p50_ms")),
+                          pct_change(s.get("p95_ms"), b.get("p95_ms"))])
+    return table(
+        f"Against {rows[0]['variant'] if rows else '-'} (per step)",
+        ["variant", ">step", ">users", "req/s", ">req/s change", "p50 (ms)", ">p50 change",
+         ">p95 change"], lines,
+        "Change in throughput and latency from the first variant of the run, step "
+        "by step: a positive req/s change and a negative latency change are "
+        "improvements. One run each: read differences under ~15% as noise.")
+
+
+def services_table(rows: Rows) -> Table:
+    lines = []
+    for r in rows:
+        steps = {st["index"]: st for st in r.get("steps", [])}
+        for name, sv in (r.get("services") or {}).items():
+            m = sv["memory_mb"]
+            cpu = " / ".join(fmt(st["cpu_pct"]) for st in sv["steps"]) or "-"
+            gen = " / ".join(fmt(loadgen_cpu(steps.get(st["index"], {})))
+                             for st in sv["steps"]) or "-"
+            rss = " / ".join(fmt(st["rss_mb"]) for st in sv["steps"]) or "-"
+            lines.append([r["variant"], name, str(sv["replicas"]), fmt(m["start"]),
+                          fmt(m["end"]), signed(m["growth"]), fmt(m["peak"]), cpu, gen, rss])
+    return table(
+        "Per service (memory by mprof, replicas summed; CPU % of one core and RSS at the end "
+        "of each step, from processes.csv)",
+        ["variant", "service", ">replicas", ">start (MB)", ">after test (MB)", ">growth (MB)",
+         ">peak (MB)", "CPU % per step", "load gen CPU % per step", "RSS MB per step"], lines,
+        "load gen CPU: Locust's own over each step's load, all its processes, % of "
+        "one core (`step*_loadgen.csv`), beside the service's: both share the "
+        "machine's cores. The Load table's load gen column is its busiest 5 s of "
+        "CPU + run-queue wait, the figure that flags **limited**.")
