@@ -78,7 +78,7 @@ run_study: venv system-run
 # then requests/s and p50 latency as ratios.
 bench-probes: venv system-run
 	$(PY) -m infbench run --study probe-overhead $(opts)
-	$(PY) -m infbench.report.overhead latest
+	$(PY) -m infbench overhead latest
 run_%: venv system-run
 	$(PY) -m infbench run $* $(opts)
 # The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled

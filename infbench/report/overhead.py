@@ -1,6 +1,6 @@
 """What the probes cost: requests/s and p50 latency with and without them, from one run.
 
-    python -m infbench.report.overhead [RUN]      (make bench-probes runs the study, then this)
+    python -m infbench overhead [RUN]      (make bench-probes runs the study, then this)
 
 The run's variants are split by their manifest's `probes` flag; each step's figures are
 averaged within each side and compared as probes / without. The sampler runs in both, so
@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-from infbench.cli.main import results_default
 from infbench.report import tables
 from infbench.results import store
 
@@ -75,13 +73,3 @@ def table(run_dir: Path) -> list[str]:
     lines += ["", f"sampler CPU time (both sides): {', '.join(cpu)}"]
     return lines
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    run_dir = store.resolve_run(Path(results_default()), args[0] if args else "latest")
-    print("\n".join(table(run_dir)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infbench.analysis import breakdown
+from infbench.paths import ROOT
 from infbench.report import build
 from infbench.results import samples
 from tests.fixtures.synth import T0, make_run
@@ -141,3 +144,26 @@ def test_probe_overhead_compares_the_two_sides(tmp_path: Path) -> None:
             json.dumps({"config": {"variant": {"probes": False}}}))
     with pytest.raises(SystemExit, match="needs variants with and without probes"):
         overhead.table(run)
+
+
+
+def test_probe_overhead_through_the_cli(tmp_path: Path) -> None:
+    """`infbench overhead [RUN]` (make bench-probes): the run resolved like `report` does (an
+    id under --results, default latest), the table printed; a run without both sides exits 1."""
+    run = make_run(tmp_path, ("plain", "probed"))
+    for name in ("plain", "probed"):
+        (run / name / "manifest.json").write_text(
+            json.dumps({"config": {"variant": {"name": name, "probes": name == "probed"}}}))
+    build.build(run)
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "infbench", *argv], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    res = cli("--results", str(run.parent), "overhead", run.name)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"run {run.name}: 1 variant(s) without probes (plain), 1 with "
+                                 "(probed)")
+    assert "| 1 |" in res.stdout and "sampler CPU time" in res.stdout
+    res = cli("--results", str(tmp_path / "none"), "overhead")
+    assert res.returncode == 1 and res.stderr.startswith("infbench: error:"), res.stderr

@@ -28,7 +28,10 @@ CODE_FILES = ("makefile",)
 # Read only by the tests and benchmarks: a doc may name them, configuration.md need not.
 TEST_DIRS = ("tests", "benchmarks")
 VAR = re.compile(r"INFBENCH_[A-Z0-9_]+")
-CLI_ENV = re.compile(r"""_env\(\s*["']([A-Z0-9_]+)["']""")  # main.py: _env("RUN_ID") and so on
+# The command line's files (infbench/cli/*.py: args.py and one module per command) name their
+# variables without the prefix: env("RUN_ID"), env_flag("PROBES") and so on.
+CLI_DIR = ROOT / "infbench" / "cli"
+CLI_ENV = re.compile(r"""\benv(?:_flag)?\(\s*["']([A-Z0-9_]+)["']""")
 
 FENCE = re.compile(r"^(```|~~~)")
 SPAN = re.compile(r"(`+)(.+?)\1", re.DOTALL)
@@ -38,7 +41,7 @@ MAKE = re.compile(r"(?:^|[\s(`;&|])make\s+([^\n#;&|`)]*)")
 TARGET = re.compile(r"^[A-Za-z0-9_.%<>…*-]+$")
 INFBENCH_CALL = re.compile(
     r"(?:python3?\s+-m\s+infbench|(?:^|[\s/(])infbench)\s+"
-    r"(?:--\S+\s+\S+\s+)*(list|build|run|diagnose|capacity|profile|report|compare|check)\b")
+    r"(?:--\S+\s+\S+\s+)*(list|build|run|diagnose|capacity|profile|report|compare|check|overhead)\b")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 # Flags of other tools that a paragraph beside an infbench command may name in their own code
 # span: Locust's distributed mode, mprof's and pytest's options, Uvicorn's worker count.
@@ -272,7 +275,7 @@ def read_vars(dirs: tuple[str, ...], files: tuple[str, ...] = ()) -> set[str]:
     for p in sources:
         text = p.read_text(errors="replace")
         found.update(VAR.findall(text))
-        if p.name == "main.py":
+        if p.parent == CLI_DIR:
             found.update(f"INFBENCH_{n}" for n in CLI_ENV.findall(text))
     return found
 
@@ -327,4 +330,21 @@ def test_the_checks_themselves() -> None:
     assert repo_path("servers/model.py: the model") == "servers/model.py"
     assert repo_path("build/images/") is None
     assert exists("servers/scoring_*.py") and not exists("servers/no_such_file.py")
-    assert "INFBENCH_RUN_ID" in read_vars(("infbench",))
+    # Named only through env(...) in infbench/cli/args.py, never spelled out.
+    assert {"INFBENCH_RUN_ID", "INFBENCH_RUN"} <= read_vars(("infbench",))
+    assert CLI_ENV.findall('env("RUN_ID") env_flag("PROBES") os.environ.get("X") '
+                           'get_env("Y")') == ["RUN_ID", "PROBES"]
+
+
+def test_every_cli_variable_is_read_where_the_parser_is_built() -> None:
+    """Each env("...") of the command line is read by a module the parser is built from: a
+    command module that main.py no longer registers would otherwise keep its variables
+    'documented' here while the parser has no option for them."""
+    registered = {Path(str(getattr(c, "__file__", ""))).name for c in main.COMMANDS}
+    registered |= {"args.py", "main.py"}
+    reading = {p.name for p in CLI_DIR.glob("*.py") if CLI_ENV.search(p.read_text())}
+    assert reading, "no env(...) call found in infbench/cli/: the scan reads nothing"
+    assert reading <= registered, f"not registered in main.COMMANDS: {reading - registered}"
+    assert {c.NAME for c in main.COMMANDS} == set(
+        next(a for a in main.parser()._actions
+             if isinstance(a, argparse._SubParsersAction)).choices)
