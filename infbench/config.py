@@ -27,15 +27,15 @@ SERVERS = ("uvicorn", "gunicorn", "hypercorn", "module", "redis", "command")
 APP_SERVERS = ("uvicorn", "gunicorn", "hypercorn")  # the servers that run an `app`
 # Our apps: name -> (import path, interface). WSGI apps run on Gunicorn's sync workers only.
 APP_MODULES: dict[str, tuple[str, str]] = {
-    "starlette": ("servers.app_starlette:app", "asgi"),
-    "fastapi": ("servers.app_fastapi:app", "asgi"),
-    "batching": ("servers.app_batching:app", "asgi"),
-    "queue-fastapi": ("servers.queue_api_fastapi:app", "asgi"),
-    "queue-flask": ("servers.queue_api_flask:app", "wsgi"),
-    "scoring-fastapi": ("servers.scoring_fastapi:app", "asgi"),
-    "scoring-flask": ("servers.scoring_flask:app", "wsgi"),
-    "model-api-fastapi": ("servers.model_api_fastapi:app", "asgi"),
-    "model-api-flask": ("servers.model_api_flask:app", "wsgi"),
+    "starlette": ("servers.image.app_starlette:app", "asgi"),
+    "fastapi": ("servers.image.app_fastapi:app", "asgi"),
+    "batching": ("servers.image.app_batching:app", "asgi"),
+    "queue-fastapi": ("servers.queue.api_fastapi:app", "asgi"),
+    "queue-flask": ("servers.queue.api_flask:app", "wsgi"),
+    "scoring-fastapi": ("servers.scoring.scoring_fastapi:app", "asgi"),
+    "scoring-flask": ("servers.scoring.scoring_flask:app", "wsgi"),
+    "model-api-fastapi": ("servers.scoring.model_api_fastapi:app", "asgi"),
+    "model-api-flask": ("servers.scoring.model_api_flask:app", "wsgi"),
 }
 APPS = tuple(APP_MODULES)
 # Our apps that take a fixed number of items per request, whatever the profile's `batch` says
@@ -50,7 +50,7 @@ APP_MAX_BATCH: dict[str, tuple[int, str]] = {
     "model-api-fastapi": (1, "one feature vector per request"),
     "model-api-flask": (1, "one feature vector per request"),
 }
-# Our servers' cap on images per request (servers/settings.py); the launch contract sets it.
+# Our servers' cap on images per request (servers/shared/settings.py); the launch contract sets it.
 MAX_IMAGES_ENV = "INFBENCH_MAX_IMAGES"
 HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
 # The placeholders a service's command, args and env may use (see Service).
@@ -641,7 +641,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
         raise ConfigError(f"{where}.command: only used with server = 'command'")
     if server == "module" and not values.get("module"):
         raise ConfigError(f"{where}.module: server = 'module' needs a module, e.g. "
-                          "'servers.queue_worker'")
+                          "'servers.queue.worker'")
     if "module" in values and server != "module":
         raise ConfigError(f"{where}.module: only used with server = 'module'")
     app = values.get("app", "starlette")

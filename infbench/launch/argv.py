@@ -54,7 +54,7 @@ def server_argv(service: Service, values: Mapping[str, str], python: str = sys.e
                     "--limit-request-field_size", str(GUNICORN_LIMIT), *args, app]
         return [python, "-m", "hypercorn", "-b", f"{HOST}:{port}", "-w", w,
                 "--graceful-timeout", str(int(GRACE_S)),
-                "-c", "python:servers.settings.HypercornLimits", *args, app]
+                "-c", "python:servers.shared.settings.HypercornLimits", *args, app]
     if s.server == "module":
         return [python, "-m", s.module, *(args or ["--port", port])]
     if s.server == "redis":

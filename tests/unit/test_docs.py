@@ -324,7 +324,7 @@ def test_the_checks_themselves() -> None:
     assert {"--p95-ms", "--force", "--thresholds", "--run-id"} <= cli_flags()
     sample = Doc(Path("x.md"), "", "Run `python -m infbench compare A B` (`--out DIR`).", ())
     assert [f for _, f in flags_beside_infbench(sample)] == ["--out"]
-    assert repo_path("servers/model.py: the model") == "servers/model.py"
+    assert repo_path("servers/shared/model.py: the model") == "servers/shared/model.py"
     assert repo_path("build/images/") is None
-    assert exists("servers/scoring_*.py") and not exists("servers/no_such_file.py")
+    assert exists("servers/scoring/scoring_*.py") and not exists("servers/no_such_file.py")
     assert "INFBENCH_RUN_ID" in read_vars(("infbench",))

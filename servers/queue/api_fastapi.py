@@ -1,7 +1,7 @@
 """The queue study's API on FastAPI (async, redis.asyncio): images onto Redis, results back.
 
-Run: python -m uvicorn servers.queue_api_fastapi:app --host 127.0.0.1 --port 8000
-Settings: INFBENCH_REDIS_URL and the rest in servers.queue_common (keys, encodings, limits).
+Run: python -m uvicorn servers.queue.api_fastapi:app --host 127.0.0.1 --port 8000
+Settings: INFBENCH_REDIS_URL and the rest in servers.queue.common (keys, encodings, limits).
 
     GET  /          a small HTML page with an upload form
     GET  /health    200 {"status": "ok", "pid", "redis": true, "queue_length", ...}
@@ -12,10 +12,10 @@ Settings: INFBENCH_REDIS_URL and the rest in servers.queue_common (keys, encodin
                     200 {"id", "stored": true}; 404 for an id we never answered
 
 Errors are {"error": "<one line>"}: 400 bad form or feedback (and a file the worker cannot
-decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES (servers.bodylimit,
-which also drains a body still coming before any answer), 415 wrong content type, 503 Redis
-unavailable (or this process's connection pool exhausted: the message names
-INFBENCH_REDIS_MAX_CONNECTIONS), 504 no result within INFBENCH_JOB_TIMEOUT.
+decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES
+(servers.shared.bodylimit, which also drains a body still coming before any answer), 415 wrong
+content type, 503 Redis unavailable (or this process's connection pool exhausted: the message
+names INFBENCH_REDIS_MAX_CONNECTIONS), 504 no result within INFBENCH_JOB_TIMEOUT.
 
 How a request waits for its result: BLPOP on its own result list (P:result:<id>), with the
 time left of INFBENCH_JOB_TIMEOUT as the timeout. No polling: Redis wakes us the moment the
@@ -49,9 +49,7 @@ from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from servers import nodelay
-from servers.bodylimit import BodyLimitMiddleware
-from servers.queue_common import (
+from servers.queue.common import (
     FEEDBACK_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
@@ -79,9 +77,11 @@ from servers.queue_common import (
     too_many_files,
     unknown_prediction,
 )
+from servers.shared import nodelay
+from servers.shared.bodylimit import BodyLimitMiddleware
 
-PROGRAM = "servers.queue_api_fastapi"
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+PROGRAM = "servers.queue.api_fastapi"
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 settings = settings_or_exit("api", PROGRAM)
 keys = settings.keys
 timings = TimingLog(settings.timing_dir)

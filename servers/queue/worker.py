@@ -1,8 +1,8 @@
 """A model worker of the queue study: pops batches of jobs from Redis, predicts, pushes results.
 
-Run: python -m servers.queue_worker --port 9100   (the port of its health server on 127.0.0.1)
+Run: python -m servers.queue.worker --port 9100   (the port of its health server on 127.0.0.1)
 Settings: INFBENCH_REDIS_URL, INFBENCH_MODEL_PATH, INFBENCH_QUEUE_BATCH and the rest in
-servers.queue_common, which also describes the Redis keys and the job and result encodings.
+servers.queue.common, which also describes the Redis keys and the job and result encodings.
 
 The loop: `BLMPOP 1 1 P:queue LEFT COUNT batch` takes up to `batch` jobs atomically (what is
 there, without waiting to fill the batch: the batch grows with the backlog). Each job's image
@@ -42,8 +42,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from servers.model import BadImage, decode_image, load_model, predict
-from servers.queue_common import (
+from servers.queue.common import (
     DELIVER_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
@@ -53,8 +52,9 @@ from servers.queue_common import (
     encode_result,
     settings_or_exit,
 )
+from servers.shared.model import BadImage, decode_image, load_model, predict
 
-PROGRAM = "servers.queue_worker"
+PROGRAM = "servers.queue.worker"
 # BLMPOP's wait: how long a SIGTERM may go unnoticed while the queue is empty.
 POP_TIMEOUT_S = 1.0
 BACKOFF_FIRST_S = 0.5

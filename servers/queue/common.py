@@ -76,7 +76,7 @@ from typing import Any
 from redis.connection import parse_url
 from redis.exceptions import MaxConnectionsError
 
-from servers.settings import (
+from servers.shared.settings import (
     CALL_STYLES,
     DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,

@@ -4,7 +4,7 @@ Keras (and so TensorFlow) is imported lazily inside the functions that need it, 
 `preprocess`, `BadImage` and the CLI's argument checks stay cheap to import (tests, harness).
 
 CLI:
-    python -m servers.model build --arch mobilenet_v2 --input-size 96 --classes 1000 \
+    python -m servers.shared.model build --arch mobilenet_v2 --input-size 96 --classes 1000 \
         --seed 0 --alpha 0.35 --out build/models/small.keras
 """
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from servers.settings import CALL_STYLES
+from servers.shared.settings import CALL_STYLES
 
 if TYPE_CHECKING:
     import keras
@@ -340,7 +340,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr and exit status 1."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(1, f"servers.model: error: {message}\n")
+        self.exit(1, f"servers.shared.model: error: {message}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -364,7 +364,8 @@ def _positive_float(text: str) -> float:
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="python -m servers.model", description="Build the benchmark model.")
+    parser = _Parser(prog="python -m servers.shared.model",
+                     description="Build the benchmark model.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     b = sub.add_parser("build", help="build a model from a seed and save it")
     b.add_argument("--arch", required=True, choices=ARCHS)
@@ -382,18 +383,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
     if out.suffix not in MODEL_SUFFIXES:
-        print(f"servers.model: error: --out must end in .keras or .h5, got {out}",
+        print(f"servers.shared.model: error: --out must end in .keras or .h5, got {out}",
               file=sys.stderr)
         return 1
     if args.arch == "mobilenet_v2" and args.input_size < 32:
-        print("servers.model: error: mobilenet_v2 needs --input-size >= 32", file=sys.stderr)
+        print("servers.shared.model: error: mobilenet_v2 needs --input-size >= 32", file=sys.stderr)
         return 1
     try:
         model = build_model(args.arch, args.input_size, args.classes, args.seed, args.alpha)
         save_atomically(model, out)
     except Exception as exc:
         msg = str(exc).strip().splitlines()
-        print(f"servers.model: error: {msg[0] if msg else type(exc).__name__}", file=sys.stderr)
+        print(f"servers.shared.model: error: {msg[0] if msg else type(exc).__name__}",
+              file=sys.stderr)
         return 1
     alpha = f"alpha {args.alpha}, " if args.arch == "mobilenet_v2" else ""
     print(f"built {args.arch} ({alpha}{args.input_size}x{args.input_size}, {args.classes} "

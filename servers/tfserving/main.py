@@ -20,12 +20,12 @@ REST (Starlette on Uvicorn, on the event loop; the work runs in anyio's worker t
          {"inputs": [...]}     columnar format -> 200 {"outputs": [[p0, p1, ...], ...]}
       An instance (row) or the input (columnar, batch first) is a float tensor as nested number
       lists, (size, size, channels) per instance, fed to the model as it is; or {"b64": "..."},
-      a JPEG/PNG that servers.model decodes, resizes and scales. {"<input name>": value} is
+      a JPEG/PNG that servers.shared.model decodes, resizes and scales. {"<input name>": value} is
       accepted too; optional "signature_name" must be "serving_default".
       Errors {"error": "<one line>"}: 400 malformed JSON, wrong shape or dtype, bad image or
       base64, both or neither of instances/inputs, unknown signature; 404 unknown model,
       version or path; 413 body over INFBENCH_MAX_BODY_BYTES or more than INFBENCH_MAX_IMAGES
-      instances. The body limit is servers.bodylimit's, as on every infbench server: a body
+      instances. The body limit is servers.shared.bodylimit's, as on every infbench server: a body
       still coming is drained before any answer.
 gRPC (grpcio's thread pool, same model behind a lock):
     tensorflow.serving.PredictionService/Predict: one input, DT_FLOAT (tensor_content or
@@ -39,9 +39,9 @@ gRPC (grpcio's thread pool, same model behind a lock):
 
 Environment: INFBENCH_MODEL_PATH (required), INFBENCH_CALL (default predict_on_batch here),
 INFBENCH_MAX_BODY_BYTES, INFBENCH_MAX_IMAGES, INFBENCH_INPUT_SIZE, INFBENCH_PAD_BATCH,
-INFBENCH_THREAD_LIMIT (REST worker threads) as in servers.settings; INFBENCH_GRPC_THREADS
+INFBENCH_THREAD_LIMIT (REST worker threads) as in servers.shared.settings; INFBENCH_GRPC_THREADS
 (gRPC worker threads, default 8); INFBENCH_TIMING_DIR (the per-request time split, below);
-INFBENCH_PROBE_DIR (servers.probes).
+INFBENCH_PROBE_DIR (servers.shared.probes).
 
 The time split (always measured, written only when INFBENCH_TIMING_DIR is set): one JSON line
 per predict request, any status, appended to <dir>/timings-<pid>.jsonl (buffered, flushed
@@ -96,10 +96,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers import probes
-from servers.bodylimit import BodyLimitMiddleware, BodyTooLarge
-from servers.model import BadImage, LoadedModel, decode_image, forward, load_model
-from servers.settings import CALL_STYLES, Settings, SettingsError, load_settings
+from servers.shared import probes
+from servers.shared.bodylimit import BodyLimitMiddleware, BodyTooLarge
+from servers.shared.model import BadImage, LoadedModel, decode_image, forward, load_model
+from servers.shared.settings import CALL_STYLES, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2

@@ -8,7 +8,7 @@ messages, settings, the model APIs' scoring, the timing record and the worker-co
 Framework modules (flask, fastapi, keras) are imported only inside the functions that need
 them, so each build imports only its own framework.
 
-Redis layout (written by servers.seed_features):
+Redis layout (written by servers.scoring.seed_features):
     features:<id>             the entity's vector, packed little-endian float32 (a string value)
     infbench:features:meta    a hash: entities, dim, seed, dtype, prefix, written_at
 A packed blob rather than a hash of fields because the scoring API always needs the whole
@@ -31,7 +31,7 @@ message naming the variable):
     INFBENCH_TIMING_FLUSH_S    how often the timing lines are written (default 1; also at exit)
     INFBENCH_MAX_BODY_BYTES    request body limit (default 64 KiB)
     INFBENCH_PROFILER          pyinstrument | yappi: profile each POST /score into
-    INFBENCH_PROFILE_DIR       this folder (servers/profiling.py; off by default)
+    INFBENCH_PROFILE_DIR       this folder (servers/shared/profiling.py; off by default)
   model APIs
     INFBENCH_MODEL_API_KIND    sleep (default) | model
     INFBENCH_MODEL_NAME        the name in answers (default "model")
@@ -62,7 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from servers.settings import (
+from servers.shared.settings import (
     CALL_STYLES,
     DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,
@@ -428,7 +428,7 @@ class Scorer:
         """Model kind: load and warm the model (seconds; before the server says it is ready)."""
         if self.settings.kind != "model":
             return
-        from servers.model import load_model
+        from servers.shared.model import load_model
 
         assert self.settings.model_path is not None  # settings checked it
         self._model = load_model(self.settings.model_path)
@@ -448,7 +448,7 @@ class Scorer:
             return linear_score(features, self.weights)
         if self._model is None:
             raise RuntimeError("model not loaded")
-        from servers.model import forward  # loaded already, by load()
+        from servers.shared.model import forward  # loaded already, by load()
 
         image = features_image(features, self.input_size)
         return class_score(forward(self._model, image, self.settings.call), self.settings.name)

@@ -1,10 +1,10 @@
 """The queue study's API on Flask (sync, redis-py): the same contract as queue_api_fastapi.
 
-Run: python -m gunicorn -w 1 -k sync -b 127.0.0.1:8000 servers.queue_api_flask:app
+Run: python -m gunicorn -w 1 -k sync -b 127.0.0.1:8000 servers.queue.api_flask:app
  (or -k gthread --threads N). Settings: INFBENCH_REDIS_URL and the rest in
-servers.queue_common (keys, encodings, limits). The endpoints, errors, the BLPOP wait on a
+servers.queue.common (keys, encodings, limits). The endpoints, errors, the BLPOP wait on a
 per-job result list and the cleanup after a 504 are those described in
-servers.queue_api_fastapi; only the framework idiom differs.
+servers.queue.api_fastapi; only the framework idiom differs.
 
 With `-k sync` each Gunicorn worker serves one request at a time and holds it through the
 BLPOP, so Gunicorn's --timeout (default 30 s) must exceed INFBENCH_JOB_TIMEOUT, or Gunicorn
@@ -24,8 +24,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
-from servers.bodylimit import BodyLimitWSGI, too_large_message
-from servers.queue_common import (
+from servers.queue.common import (
     FEEDBACK_LUA,
     GUNICORN_APP_LOAD_ERROR,
     HEALTH_SOCKET_TIMEOUT_S,
@@ -53,8 +52,9 @@ from servers.queue_common import (
     settings_or_exit,
     unknown_prediction,
 )
+from servers.shared.bodylimit import BodyLimitWSGI, too_large_message
 
-PROGRAM = "servers.queue_api_flask"
+PROGRAM = "servers.queue.api_flask"
 # Exit 4 on a bad setting, so that Gunicorn stops ("App failed to load", its own exit status 4)
 # instead of booting a new worker every second forever.
 settings = settings_or_exit("api", PROGRAM, GUNICORN_APP_LOAD_ERROR)
@@ -84,7 +84,7 @@ app.config.update(
     MAX_FORM_PARTS=16,
 )
 # A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
-# still coming is drained first (servers.bodylimit).
+# still coming is drained first (servers.shared.bodylimit).
 app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 
 

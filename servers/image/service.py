@@ -22,7 +22,7 @@ Only a genuine server fault is a 500.
 
 The body limit, and the draining of a refused body before any answer (so that a client which
 sends its whole body before reading gets the answer rather than a connection reset), are
-servers.bodylimit's, shared with every other server.
+servers.shared.bodylimit's, shared with every other server.
 """
 
 from __future__ import annotations
@@ -47,10 +47,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servers import probes
-from servers.bodylimit import BodyLimitMiddleware
-from servers.model import BadImage, LoadedModel, image_pixels, load_model, predict, preprocess
-from servers.settings import MAX_HEADER_BYTES, Settings
+from servers.shared import probes
+from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.model import (
+    BadImage,
+    LoadedModel,
+    image_pixels,
+    load_model,
+    predict,
+    preprocess,
+)
+from servers.shared.settings import MAX_HEADER_BYTES, Settings
 
 FIELD = "images"
 PREDICT_PATH = "/predict"
@@ -167,7 +174,7 @@ class PixelBudget:
 
     - over `per_request` summed over its images: 413 (it could never be served);
     - a request decodes its images one at a time and frees each before the next
-      (servers.model.decode_image), so at any moment it holds at most its largest image: that
+      (servers.shared.model.decode_image), so at any moment it holds at most its largest image: that
       is its share of `in_flight`, taken before the first decode and given back after the last.
       Waiting for room blocks a worker thread (sync endpoint) or awaits without blocking the
       event loop (async endpoint, where only the loop itself could free the room); no room
@@ -250,7 +257,7 @@ class PixelBudget:
                 loop.call_soon_threadsafe(event.set)
 
     def preprocess(self, images: list[bytes], size: int) -> np.ndarray:
-        """servers.model.preprocess within the budget; blocking, for a worker thread."""
+        """servers.shared.model.preprocess within the budget; blocking, for a worker thread."""
         need = self.share(images)
         self.acquire(need)
         try:
@@ -259,7 +266,7 @@ class PixelBudget:
             self.release(need)
 
     async def preprocess_async(self, images: list[bytes], size: int) -> np.ndarray:
-        """servers.model.preprocess within the budget, decoding ON the event loop."""
+        """servers.shared.model.preprocess within the budget, decoding ON the event loop."""
         need = self.share(images)
         await self.acquire_async(need)
         try:

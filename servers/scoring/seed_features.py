@@ -1,12 +1,12 @@
 """Fill the feature store: N entities' vectors, deterministic from a seed, into Redis.
 
-    python -m servers.seed_features --redis-url redis://127.0.0.1:6379/0 \
+    python -m servers.scoring.seed_features --redis-url redis://127.0.0.1:6379/0 \
         --entities 1000 --dim 16 --seed 0
 
-Entity i (0..N-1) gets row i of scoring_common.feature_matrix(N, dim, seed) under
+Entity i (0..N-1) gets row i of servers.scoring.common.feature_matrix(N, dim, seed) under
 `features:<i>` as packed little-endian float32, and `infbench:features:meta` records what was
-written (the layout and why: scoring_common's docstring). Existing keys are overwritten; keys
-of a previous, larger seeding are left alone (the harness starts an empty Redis).
+written (the layout and why: servers.scoring.common's docstring). Existing keys are
+overwritten; keys of a previous, larger seeding are left alone (the harness starts an empty Redis).
 
 Prints one line (what, where, how long) and exits 0; any error is one line on stderr and exit 1.
 """
@@ -20,7 +20,7 @@ from typing import NoReturn
 
 import redis
 
-from servers.scoring_common import (
+from servers.scoring.common import (
     FEATURE_DTYPE,
     FEATURES_PREFIX,
     META_KEY,
