@@ -39,9 +39,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from servers.image.service import HeaderLimitsMiddleware, PixelBudget, exception_handlers
+from servers.image.service import PixelBudget, exception_handlers
 from servers.shared import probes
 from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.headerlimit import HeaderLimitsMiddleware
 from servers.shared.model import LoadedModel, load_model, predict
 from servers.shared.settings import load_settings
 

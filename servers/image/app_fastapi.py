@@ -18,11 +18,11 @@ from servers.image.service import (
     MAX_FIELDS,
     PREDICT_PATH,
     Service,
-    error_response,
     exception_handlers,
     middleware,
 )
 from servers.shared import nodelay
+from servers.shared.errors import error_response
 from servers.shared.settings import load_settings
 
 nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py

@@ -53,7 +53,6 @@ from servers.queue.common import (
     FEEDBACK_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
-    ApiError,
     Job,
     TimingLog,
     abandon_job,
@@ -65,7 +64,6 @@ from servers.queue.common import (
     check_parts,
     decode_result,
     encode_job,
-    error_body,
     feedback_value,
     index_html,
     new_job_id,
@@ -79,6 +77,7 @@ from servers.queue.common import (
 )
 from servers.shared import nodelay
 from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.errors import ApiError, error_response
 
 PROGRAM = "servers.queue.api_fastapi"
 nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
@@ -201,24 +200,24 @@ async def feedback(request: Request) -> JSONResponse:
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.message), exc.status)
+    return error_response(exc.status, exc.message)
 
 
 async def on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse(error_body(str(exc.detail)), exc.status_code, headers=exc.headers)
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def on_validation(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(f"invalid request: {exc}"), 400)
+    return error_response(400, f"invalid request: {exc}")
 
 
 async def on_redis(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(redis_unavailable(exc, settings.redis_max_connections)), 503)
+    return error_response(503, redis_unavailable(exc, settings.redis_max_connections))
 
 
 async def on_fault(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), 500)
+    return error_response(500, f"internal error: {type(exc).__name__}")
 
 
 app = FastAPI(

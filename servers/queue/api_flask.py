@@ -29,7 +29,6 @@ from servers.queue.common import (
     GUNICORN_APP_LOAD_ERROR,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
-    ApiError,
     Job,
     TimingLog,
     abandon_job,
@@ -41,7 +40,6 @@ from servers.queue.common import (
     check_parts,
     decode_result,
     encode_job,
-    error_body,
     feedback_value,
     index_html,
     new_job_id,
@@ -53,6 +51,7 @@ from servers.queue.common import (
     unknown_prediction,
 )
 from servers.shared.bodylimit import BodyLimitWSGI, too_large_message
+from servers.shared.errors import ApiError, error_body
 
 PROGRAM = "servers.queue.api_flask"
 # Exit 4 on a bad setting, so that Gunicorn stops ("App failed to load", its own exit status 4)

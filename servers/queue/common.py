@@ -76,6 +76,7 @@ from typing import Any
 from redis.connection import parse_url
 from redis.exceptions import MaxConnectionsError
 
+from servers.shared.errors import ApiError, error_body
 from servers.shared.settings import (
     CALL_STYLES,
     DEFAULT_REDIS_MAX_CONNECTIONS,
@@ -326,20 +327,6 @@ def blocking_timeout(settings: QueueSettings, t_enqueued: float) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Requests and answers
-
-
-class ApiError(Exception):
-    """A request the API refuses, with the status and one-line message the client sees."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_body(message: str) -> dict[str, Any]:
-    text = message.strip()
-    return {"error": text.splitlines()[0] if text else "error"}
 
 
 def check_content_type(content_type: str | None) -> None:

@@ -52,6 +52,7 @@ from servers.queue.common import (
     encode_result,
     settings_or_exit,
 )
+from servers.shared.errors import reason
 from servers.shared.model import BadImage, decode_image, load_model, predict
 
 PROGRAM = "servers.queue.worker"
@@ -300,8 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker.load()
     except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        print(f"{PROGRAM}: error: cannot load the model: {msg[0] if msg else type(exc).__name__}",
+        print(f"{PROGRAM}: error: cannot load the model: {reason(exc)}",
               file=sys.stderr, flush=True)
         server.shutdown()
         return 1

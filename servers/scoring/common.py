@@ -62,6 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from servers.shared.errors import ApiError, error_body, error_response, one_line
 from servers.shared.settings import (
     CALL_STYLES,
     DEFAULT_REDIS_MAX_CONNECTIONS,
@@ -104,21 +105,6 @@ MSG_NO_ENTITY = "missing field 'entity_id'"
 MSG_ENTITY_TYPE = (f"entity_id must be an integer ({INT64_MIN}..{INT64_MAX}) or a string of "
                    f"1-{ENTITY_ID_MAX_CHARS} characters")
 MSG_NO_FEATURES = "missing field 'features'"
-
-
-class ApiError(Exception):
-    """A request answered with `status` and {"error": message}: bad input or a failed upstream."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_body(message: str) -> dict[str, str]:
-    """{"error": "<first line>"}: the house error shape, never a traceback."""
-    lines = message.strip().splitlines()
-    return {"error": lines[0] if lines else "error"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,8 +504,7 @@ def root_reason(exc: BaseException) -> str:
         stack.extend(x for x in nested if isinstance(x, BaseException))
     if reason:
         return reason
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return one_line(str(exc), type(exc).__name__)
 
 
 def pool_exhausted(limit: int) -> ApiError:
@@ -712,7 +697,7 @@ def install_fastapi_errors(app: Any, on_error: Callable[[Any, int], None] | None
     def answer(request: Any, status: int, message: str) -> JSONResponse:
         if on_error is not None:
             on_error(request, status)
-        return JSONResponse(error_body(message), status_code=status)
+        return error_response(status, message)
 
     async def on_api(request: Any, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)

@@ -25,7 +25,6 @@ import anyio.to_thread
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, Strict
 
-from servers.image.service import HeaderLimitsMiddleware
 from servers.scoring.common import (
     HEALTH_PATH,
     PREDICT_PATH,
@@ -36,6 +35,7 @@ from servers.scoring.common import (
 )
 from servers.shared import nodelay
 from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.headerlimit import HeaderLimitsMiddleware
 
 nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 settings = load_model_api_settings()

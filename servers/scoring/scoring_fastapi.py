@@ -33,16 +33,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servers.image.service import HeaderLimitsMiddleware
 from servers.scoring.common import (
     ENTITY_ID_MAX_CHARS,
     HEALTH_PATH,
     INT64_MAX,
     INT64_MIN,
     SCORE_PATH,
-    ApiError,
     ScoreTiming,
-    error_body,
     feature_key,
     install_fastapi_errors,
     load_scoring_settings,
@@ -58,6 +55,8 @@ from servers.scoring.common import (
 )
 from servers.shared import nodelay
 from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.errors import ApiError, error_response
+from servers.shared.headerlimit import HeaderLimitsMiddleware
 from servers.shared.profiling import ProfileASGI, load_profile_settings
 
 nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
@@ -221,7 +220,7 @@ async def score(body: ScoreRequest, request: Request) -> JSONResponse:
                 raise result
     except ApiError as exc:
         record(settings, timing, exc.status)
-        return JSONResponse(error_body(exc.message), status_code=exc.status)
+        return error_response(exc.status, exc.message)
     (a, _, _), (b, _, _) = results
     fields = record(settings, timing, 200)
     return JSONResponse(score_answer(entity_id, a, b, fields))

@@ -30,10 +30,8 @@ from flask import Flask, Response, jsonify, request
 from servers.scoring.common import (
     HEALTH_PATH,
     SCORE_PATH,
-    ApiError,
     ScoreTiming,
     check_entity_id,
-    error_body,
     feature_key,
     install_flask_errors,
     load_scoring_settings,
@@ -47,6 +45,7 @@ from servers.scoring.common import (
     upstream_timeout,
 )
 from servers.shared.bodylimit import BodyLimitWSGI
+from servers.shared.errors import ApiError, error_body
 from servers.shared.profiling import ProfileWSGI, load_profile_settings
 
 settings = load_scoring_settings()

@@ -29,6 +29,7 @@ from servers.scoring.common import (
     feature_matrix,
     safe_url,
 )
+from servers.shared.errors import reason
 
 PROG = "seed_features"
 CONNECT_TIMEOUT_S = 5.0
@@ -88,12 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client.ping()
     except redis.RedisError as exc:
-        print(f"{PROG}: error: cannot reach Redis at {url}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: cannot reach Redis at {url}: {reason(exc)}", file=sys.stderr)
         return 1
     try:
         seed(client, args.entities, args.dim, args.seed)
     except redis.RedisError as exc:
-        print(f"{PROG}: error: writing to Redis at {url} failed: {_one_line(exc)}",
+        print(f"{PROG}: error: writing to Redis at {url} failed: {reason(exc)}",
               file=sys.stderr)
         return 1
     finally:
@@ -103,11 +104,6 @@ def main(argv: list[str] | None = None) -> int:
           f"seed {args.seed}) as {feature_key(0)}..{last} + {META_KEY} in {url} "
           f"in {time.perf_counter() - started:.2f} s", flush=True)
     return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from servers.shared.errors import reason
 from servers.shared.settings import CALL_STYLES
 
 if TYPE_CHECKING:
@@ -231,8 +232,8 @@ def _bad(index: int, exc: Exception) -> BadImage:
         return exc
     if isinstance(exc, UnidentifiedImageError):
         return BadImage(index, "not a recognised image format")
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return BadImage(index, reason)
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return BadImage(index, why)
 
 
 def image_pixels(data: bytes, index: int) -> int:
@@ -393,9 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(args.arch, args.input_size, args.classes, args.seed, args.alpha)
         save_atomically(model, out)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        print(f"servers.shared.model: error: {msg[0] if msg else type(exc).__name__}",
-              file=sys.stderr)
+        print(f"servers.shared.model: error: {reason(exc)}", file=sys.stderr)
         return 1
     alpha = f"alpha {args.alpha}, " if args.arch == "mobilenet_v2" else ""
     print(f"built {args.arch} ({alpha}{args.input_size}x{args.input_size}, {args.classes} "

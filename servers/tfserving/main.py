@@ -98,6 +98,7 @@ from starlette.routing import Route
 
 from servers.shared import probes
 from servers.shared.bodylimit import BodyLimitMiddleware, BodyTooLarge
+from servers.shared.errors import ApiError, error_response, one_line, reason
 from servers.shared.model import BadImage, LoadedModel, decode_image, forward, load_model
 from servers.shared.settings import CALL_STYLES, Settings, SettingsError, load_settings
 
@@ -122,14 +123,12 @@ _MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18})
 # Errors: one exception, two protocols
 
 
-class InputError(Exception):
+class InputError(ApiError):
     """A request refused, with its REST status and its gRPC code name (one place maps both)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(status, message)
         self.code = code
-        self.message = message
 
 
 def bad(message: str) -> InputError:
@@ -146,15 +145,6 @@ def too_large(message: str) -> InputError:
 
 def unavailable(message: str) -> InputError:
     return InputError(503, "UNAVAILABLE", message)
-
-
-def _one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else "error"
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": _one_line(message)}, status_code=status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,10 +451,10 @@ class RestApi:
 
     async def _on_http(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail))
 
     async def _on_fault(self, request: Request, exc: Exception) -> Response:
-        return _error(500, f"internal error: {type(exc).__name__}")
+        return error_response(500, f"internal error: {type(exc).__name__}")
 
     async def health(self, request: Request) -> JSONResponse:
         return JSONResponse(self.core.health())
@@ -472,20 +462,20 @@ class RestApi:
     async def models(self, request: Request) -> Response:
         match = _MODEL_PATH.fullmatch(request.path_params["rest"])
         if match is None:
-            return _error(404, f"no such endpoint: {request.method} {request.url.path}")
+            return error_response(404, f"no such endpoint: {request.method} {request.url.path}")
         name, verb = match["name"], match["verb"]
         version = int(match["version"]) if match["version"] else None
         if request.method == "POST" and verb == "predict":
             return await self.predict(request, name, version)
         if verb is not None or request.method != "GET":
             if verb in ("classify", "regress"):
-                return _error(400, f"this model serves :predict only, not :{verb}")
-            return _error(404, f"no such endpoint: {request.method} {request.url.path}")
+                return error_response(400, f"this model serves :predict only, not :{verb}")
+            return error_response(404, f"no such endpoint: {request.method} {request.url.path}")
         try:
             servable = self.core.servable_or_unavailable()
             servable.check(name, version)
         except InputError as exc:
-            return _error(exc.status, exc.message)
+            return error_response(exc.status, exc.message)
         return JSONResponse(servable.status_json())
 
     @staticmethod
@@ -511,10 +501,11 @@ class RestApi:
                 self._predict_sync, servable, body, rec, time.perf_counter())
         except InputError as exc:
             log.finish(rec, exc.status)
-            return _error(exc.status, exc.message)
+            return error_response(exc.status, exc.message)
         except Exception as exc:
             log.finish(rec, 500)
-            return _error(500, f"internal error: {type(exc).__name__}: {_one_line(str(exc))}")
+            return error_response(500, f"internal error: {type(exc).__name__}: "
+                                       f"{one_line(str(exc))}")
         log.finish(rec, 200)
         return Response(content, media_type="application/json")
 
@@ -529,7 +520,7 @@ class RestApi:
             except RecursionError:
                 raise bad("malformed JSON: nested too deeply") from None
             except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
-                raise bad(f"malformed JSON: {_one_line(str(exc))}") from None
+                raise bad(f"malformed JSON: {one_line(str(exc))}") from None
             layout, values = rest_values(doc, servable)
             del doc
         finally:
@@ -696,7 +687,7 @@ def bind_grpc(core: Core) -> tuple[grpc.Server, int]:
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise OSError(f"cannot bind gRPC to {address}: {_one_line(str(exc))}") from None
+        raise OSError(f"cannot bind gRPC to {address}: {one_line(str(exc))}") from None
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}")
     return server, port
@@ -753,7 +744,7 @@ def serve_grpc(core: Core, server: grpc.Server) -> None:
             except Exception as exc:
                 log.finish(rec, "INTERNAL")
                 context.abort(grpc.StatusCode.INTERNAL,
-                              f"internal error: {type(exc).__name__}: {_one_line(str(exc))}")
+                              f"internal error: {type(exc).__name__}: {one_line(str(exc))}")
             return response  # the record is finished by PredictTimer's serialiser
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
@@ -955,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         core.load()
     except Exception as exc:
         print(f"{PROG}: error: cannot load {opts.settings.model_path}: "
-              f"{_one_line(str(exc)) if str(exc).strip() else type(exc).__name__}",
+              f"{reason(exc)}",
               file=sys.stderr, flush=True)
         core.shutdown()
         sock.close()

@@ -37,7 +37,8 @@ import pytest
 from PIL import Image
 
 from infbench.paths import HOST, ROOT
-from servers.image.service import RETRY_AFTER_S, ApiError, PixelBudget
+from servers.image.service import RETRY_AFTER_S, PixelBudget
+from servers.shared.errors import ApiError
 from servers.shared.model import MAX_PIXELS, BadImage
 from servers.shared.settings import (
     DEFAULT_MAX_INFLIGHT_PIXELS,

@@ -30,7 +30,6 @@ from infbench.paths import HOST, ROOT
 from servers.scoring.common import (
     DEFAULT_MAX_FEATURES,
     META_KEY,
-    ApiError,
     check_entity_id,
     decode_features,
     encode_features,
@@ -45,6 +44,7 @@ from servers.scoring.common import (
     usable_cores,
     workers,
 )
+from servers.shared.errors import ApiError
 from servers.shared.settings import SettingsError
 from tests.fixtures import helpers
 from tests.fixtures.helpers import child_env, free_port, in_group, redis_argv, wait_redis
