@@ -54,7 +54,6 @@ from servers.queue.common import (
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
     Job,
-    TimingLog,
     abandon_job,
     answer,
     api_health,
@@ -78,12 +77,13 @@ from servers.queue.common import (
 from servers.shared import nodelay
 from servers.shared.bodylimit import BodyLimitMiddleware
 from servers.shared.errors import ApiError, error_response
+from servers.shared.timings import TimingsWriter
 
 PROGRAM = "servers.queue.api_fastapi"
 nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 settings = settings_or_exit("api", PROGRAM)
 keys = settings.keys
-timings = TimingLog(settings.timing_dir)
+timings = TimingsWriter(settings.timing_dir)
 # Text fields a /predict form may carry besides the file; a few is plenty.
 MAX_FIELDS = 8
 
@@ -181,7 +181,7 @@ async def predict(request: Request) -> JSONResponse:
         if result.get("status") == 200:  # remembered for /feedback before the client has it
             await r.set(keys.pred(job_id), prediction_value(result), ex=settings.feedback_ttl)
     status, body, record = answer(job_id, result, t_received, t_enqueued)
-    timings.record(record)
+    timings.append(record)
     return JSONResponse(body, status)
 
 

@@ -30,7 +30,6 @@ from servers.queue.common import (
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
     Job,
-    TimingLog,
     abandon_job,
     answer,
     api_health,
@@ -52,13 +51,14 @@ from servers.queue.common import (
 )
 from servers.shared.bodylimit import BodyLimitWSGI, too_large_message
 from servers.shared.errors import ApiError, error_body
+from servers.shared.timings import TimingsWriter
 
 PROGRAM = "servers.queue.api_flask"
 # Exit 4 on a bad setting, so that Gunicorn stops ("App failed to load", its own exit status 4)
 # instead of booting a new worker every second forever.
 settings = settings_or_exit("api", PROGRAM, GUNICORN_APP_LOAD_ERROR)
 keys = settings.keys
-timings = TimingLog(settings.timing_dir)
+timings = TimingsWriter(settings.timing_dir)
 
 
 def _client(socket_timeout: float) -> redis.Redis:
@@ -141,7 +141,7 @@ def predict() -> Response:
         if result.get("status") == 200:  # remembered for /feedback before the client has it
             store.set(keys.pred(job_id), prediction_value(result), ex=settings.feedback_ttl)
     status, body, record = answer(job_id, result, t_received, t_enqueued)
-    timings.record(record)
+    timings.append(record)
     return _json(body, status)
 
 

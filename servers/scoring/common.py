@@ -28,6 +28,7 @@ message naming the variable):
     INFBENCH_REDIS_MAX_CONNECTIONS  async build: feature-store connections per process (default
                                1000); when all are in use, a /score is a 503 naming the pool
     INFBENCH_TIMING_DIR        write one JSON line per /score to <dir>/timings-<pid>.jsonl
+                               (servers.shared.timings)
     INFBENCH_TIMING_FLUSH_S    how often the timing lines are written (default 1; also at exit)
     INFBENCH_MAX_BODY_BYTES    request body limit (default 64 KiB)
     INFBENCH_PROFILER          pyinstrument | yappi: profile each POST /score into
@@ -45,12 +46,10 @@ message naming the variable):
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
 import random
-import sys
 import threading
 import time
 import zlib
@@ -75,6 +74,7 @@ from servers.shared.settings import (
     env_redis_max_connections,
     redis_pool_exhausted,
 )
+from servers.shared.timings import TimingsWriter
 
 FEATURES_PREFIX = "features:"
 META_KEY = "infbench:features:meta"
@@ -554,74 +554,19 @@ class ScoreTiming:
         }
 
 
-class TimingLog:
-    """One process's /score timings, appended to <dir>/timings-<pid>.jsonl.
-
-    The request path only appends a tuple under a lock; a daemon thread serialises and writes
-    every `flush_s`, and close() (at exit, and at the app's shutdown) writes the rest. A write
-    error is reported once on stderr and the lines are dropped: timings must never fail a
-    request.
-    """
-
-    def __init__(self, directory: Path, flush_s: float) -> None:
-        self.pid = os.getpid()
-        self.path = directory / f"timings-{self.pid}.jsonl"
-        self.flush_s = flush_s
-        self._pending: list[tuple[float, int, dict[str, float | None]]] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._broken = False
-        self._thread = threading.Thread(target=self._run, name="infbench-timings", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def append(self, status: int, fields: dict[str, float | None]) -> None:
-        with self._lock:
-            self._pending.append((time.time(), status, fields))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self.flush()
-
-    def flush(self) -> None:
-        with self._write_lock:
-            with self._lock:
-                pending, self._pending = self._pending, []
-            if not pending or self._broken:
-                return
-            text = "".join(json.dumps({"t": round(t, 6), "status": status, **fields},
-                                      separators=(",", ":")) + "\n"
-                           for t, status, fields in pending)
-            try:
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(text)
-            except OSError as exc:
-                self._broken = True
-                print(f"infbench: timings to {self.path} stopped: {exc}", file=sys.stderr,
-                      flush=True)
-
-    def close(self) -> None:
-        if os.getpid() != self.pid:  # an inherited copy in a forked child: not ours
-            return
-        self._stop.set()
-        self.flush()
+_log: TimingsWriter | None = None
+_log_lock = threading.Lock()
 
 
-_logs: dict[int, TimingLog] = {}
-_logs_lock = threading.Lock()
-
-
-def timing_log(settings: ScoringSettings) -> TimingLog | None:
-    """This process's TimingLog (created on first use, so each forked worker gets its own)."""
+def timing_log(settings: ScoringSettings) -> TimingsWriter | None:
+    """This process's timing writer, made on first use (None without INFBENCH_TIMING_DIR)."""
+    global _log
     if settings.timing_dir is None:
         return None
-    pid = os.getpid()
-    with _logs_lock:
-        log = _logs.get(pid)
-        if log is None:
-            log = _logs[pid] = TimingLog(settings.timing_dir, settings.timing_flush_s)
-    return log
+    with _log_lock:
+        if _log is None:
+            _log = TimingsWriter(settings.timing_dir, settings.timing_flush_s)
+        return _log
 
 
 def record(settings: ScoringSettings, timing: ScoreTiming, status: int) -> dict[str, Any]:
@@ -629,7 +574,7 @@ def record(settings: ScoringSettings, timing: ScoreTiming, status: int) -> dict[
     fields = timing.finish()
     log = timing_log(settings)
     if log is not None:
-        log.append(status, fields)
+        log.append({"t": round(time.time(), 6), "status": status, **fields})
     return fields
 
 

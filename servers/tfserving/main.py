@@ -44,8 +44,9 @@ INFBENCH_THREAD_LIMIT (REST worker threads) as in servers.shared.settings; INFBE
 INFBENCH_PROBE_DIR (servers.shared.probes).
 
 The time split (always measured, written only when INFBENCH_TIMING_DIR is set): one JSON line
-per predict request, any status, appended to <dir>/timings-<pid>.jsonl (buffered, flushed
-about once a second and at shutdown):
+per predict request, any status, appended to <dir>/timings-<pid>.jsonl by servers.shared.timings
+(buffered, flushed about once a second and at shutdown; the folder and the file are made at
+start-up, and a server that cannot make them does not start):
     {"t": unix time the request reached the handler, "protocol": "rest" | "grpc",
      "format": "row" | "row-b64" | "columnar" | "columnar-b64" (REST),
                "tensor_content" | "float_val" | "string_val" (gRPC), null if never parsed,
@@ -67,7 +68,6 @@ that do not deserialise (grpcio answers those INTERNAL itself).
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import binascii
 import contextvars
@@ -101,6 +101,7 @@ from servers.shared.bodylimit import BodyLimitMiddleware, BodyTooLarge
 from servers.shared.errors import ApiError, error_response, one_line, reason
 from servers.shared.model import BadImage, LoadedModel, decode_image, forward, load_model
 from servers.shared.settings import CALL_STYLES, Settings, SettingsError, load_settings
+from servers.shared.timings import TimingsWriter
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
@@ -113,7 +114,6 @@ DEFAULT_CALL = "predict_on_batch"
 DEFAULT_GRPC_THREADS = 8
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
-FLUSH_SECONDS = 1.0
 # /v1/models/<name>[/versions/<n>][:verb]; TF-Serving's version labels are not served.
 _MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
                          r"(?::(?P<verb>[A-Za-z]+))?")
@@ -174,42 +174,20 @@ class Timing:
     total: float = 0.0
     done: bool = False
 
-    def line(self) -> str:
-        return json.dumps({
+    def record(self) -> dict[str, Any]:
+        return {
             "t": round(self.t, 6), "protocol": self.protocol, "format": self.format,
             "batch": self.batch, "status": self.status, "ok": self.status in (200, "OK"),
             "receive_ms": _ms(self.receive), "parse_ms": _ms(self.parse),
             "decode_ms": _ms(self.decode), "queue_ms": _ms(self.queue),
             "model_ms": _ms(self.model), "serialize_ms": _ms(self.serialize),
             "total_ms": _ms(self.total),
-        })
+        }
 
 
-class TimingLog:
-    """Buffered JSON lines: a request only appends to a list; a thread writes once a second.
-
-    Without a folder it keeps nothing, so the measuring stays on and costs a few clock reads.
-    """
-
-    def __init__(self, folder: Path | None, interval: float = FLUSH_SECONDS) -> None:
-        self.path = folder / f"timings-{os.getpid()}.jsonl" if folder is not None else None
-        self.interval = interval
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._file: Any = None
-        self._failed = False
-
-    def start(self) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._thread = threading.Thread(target=self._run, name="tfserving-timings", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
+class TimingLog(TimingsWriter):
+    """The predict requests' lines (servers.shared.timings); without a folder it keeps
+    nothing, so the measuring stays on and costs a few clock reads."""
 
     def finish(self, rec: Timing, status: int | str) -> None:
         """Close a request's record (once) and queue its line."""
@@ -218,40 +196,8 @@ class TimingLog:
         rec.done = True
         rec.status = status
         rec.total = time.perf_counter() - rec.t0
-        if self._file is None:
-            return
-        line = rec.line()
-        with self._lock:
-            self._lines.append(line)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-        if not lines or self._file is None:
-            return
-        with self._write_lock:
-            try:
-                self._file.write("".join(f"{line}\n" for line in lines))
-                self._file.flush()
-            except (OSError, ValueError) as exc:  # a full disk must not stop the serving
-                if not self._failed:
-                    self._failed = True
-                    print(f"{PROG}: cannot write {self.path}: {exc}; timings are being lost",
-                          file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self.flush()
-        with self._write_lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+        if self.folder is not None:
+            self.append(rec.record())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -930,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         sock = _rest_socket(opts.host, opts.rest_port)
         core.rest_port = int(sock.getsockname()[1])
         core.grpc_server, core.grpc_port = bind_grpc(core)
-        core.timings.start()
+        core.timings.create()
     except OSError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         if sock is not None:
