@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -52,6 +52,7 @@ from servers.queue.common import (
     encode_result,
     settings_or_exit,
 )
+from servers.shared.cli import Parser
 from servers.shared.errors import reason
 from servers.shared.model import BadImage, decode_image, load_model, predict
 
@@ -260,13 +261,6 @@ def health_server(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{PROGRAM}: error: {message}\n")
-
-
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -278,7 +272,8 @@ def _port(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=f"python -m {PROGRAM}", description="A model worker of the queue study.")
+    parser = Parser(prog=f"python -m {PROGRAM}", program=PROGRAM,
+                    description="A model worker of the queue study.")
     parser.add_argument("--port", required=True, type=_port, help="health server port")
     parser.add_argument("--host", default="127.0.0.1", help="health server address")
     args = parser.parse_args(argv)

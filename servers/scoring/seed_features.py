@@ -13,10 +13,8 @@ Prints one line (what, where, how long) and exits 0; any error is one line on st
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from typing import NoReturn
 
 import redis
 
@@ -29,6 +27,7 @@ from servers.scoring.common import (
     feature_matrix,
     safe_url,
 )
+from servers.shared.cli import Parser, positive_int
 from servers.shared.errors import reason
 
 PROG = "seed_features"
@@ -36,29 +35,12 @@ CONNECT_TIMEOUT_S = 5.0
 BATCH = 1000  # SETs per pipeline round trip
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{PROG}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _parser() -> _Parser:
-    p = _Parser(prog=f"python -m servers.{PROG}",
-                description="Write deterministic feature vectors into Redis.")
+def _parser() -> Parser:
+    p = Parser(prog=f"python -m servers.scoring.{PROG}", program=PROG,
+               description="Write deterministic feature vectors into Redis.")
     p.add_argument("--redis-url", required=True, help="redis://host:port/db")
-    p.add_argument("--entities", type=_positive_int, default=1000)
-    p.add_argument("--dim", type=_positive_int, default=16)
+    p.add_argument("--entities", type=positive_int, default=1000)
+    p.add_argument("--dim", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     return p
 

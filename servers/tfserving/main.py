@@ -98,6 +98,7 @@ from starlette.routing import Route
 
 from servers.shared import probes
 from servers.shared.bodylimit import BodyLimitMiddleware, BodyTooLarge
+from servers.shared.cli import Parser
 from servers.shared.errors import ApiError, error_response, one_line, reason
 from servers.shared.model import BadImage, LoadedModel, decode_image, forward, load_model
 from servers.shared.settings import CALL_STYLES, Settings, SettingsError, load_settings
@@ -789,13 +790,6 @@ class Core:
         }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{PROG}: error: {message}\n")
-
-
 def _port(text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}")
@@ -808,10 +802,10 @@ def _version(text: str) -> int:
     return int(text)
 
 
-def _parser() -> _Parser:
-    p = _Parser(prog=f"python -m {PROG}",
-                description="A TensorFlow-Serving-compatible REST + gRPC server for one model "
-                            "(INFBENCH_MODEL_PATH).")
+def _parser() -> Parser:
+    p = Parser(prog=f"python -m {PROG}", program=PROG,
+               description="A TensorFlow-Serving-compatible REST + gRPC server for one model "
+                           "(INFBENCH_MODEL_PATH).")
     p.add_argument("--rest-port", required=True, type=_port, help="REST port (0: any free)")
     p.add_argument("--grpc-port", required=True, type=_port, help="gRPC port (0: any free)")
     p.add_argument("--model-name", default="default", help="the name clients ask for")
