@@ -2,7 +2,7 @@
 
 The queue APIs, the scoring API and the TF-Serving-compatible server write one line per request
 (each study's docstring lists its fields: servers.queue.common, servers.scoring.common,
-servers.tfserving.main); the harness reads every `timings-*.jsonl` of a service's folder
+servers.tfserving); the harness reads every `timings-*.jsonl` of a service's folder
 (infbench/analysis.py, infbench/profiling.py). A line is the record as given, serialised with
 json.dumps(record, separators=(",", ":")), and ends with a newline.
 

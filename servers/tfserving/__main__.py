@@ -1,4 +1,4 @@
-"""`python -m servers.tfserving ...`: the server's entry point (servers.tfserving.main)."""
+"""`python -m servers.tfserving ...`: servers.tfserving.main.main."""
 
 import sys
 
