@@ -198,6 +198,6 @@ app = Starlette(
         Route(PREDICT_PATH, predict_endpoint, methods=["POST"]),
     ],
     middleware=middleware(service),
-    exception_handlers=exception_handlers(service),
+    exception_handlers=exception_handlers(service.settings.max_images),
     lifespan=lifespan,
 )
