@@ -22,7 +22,8 @@ Only a genuine server fault is a 500.
 
 The body limit, and the draining of a refused body before any answer (so that a client which
 sends its whole body before reading gets the answer rather than a connection reset), are
-servers.shared.bodylimit's, shared with every other server.
+servers.shared.bodylimit's, shared with every other server; so are the 414 / 431 head limits
+(servers.shared.headerlimit) and the error type and body (servers.shared.errors).
 """
 
 from __future__ import annotations
