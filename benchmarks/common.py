@@ -2,7 +2,7 @@
 
 Servers (all on 127.0.0.1, a free port, ended by process group on every exit path):
   sleep   tests/fixtures/sleep_app.py: one request at a time, `sleep_ms` each (0: a null endpoint)
-  model   servers/app_starlette.py on Uvicorn with a model preset (the starlette-uvicorn
+  model   servers/image/app_starlette.py on Uvicorn with a model preset (the starlette-uvicorn
           variant), `call` as INFBENCH_CALL
 """
 
@@ -71,7 +71,7 @@ def server(kind: str, *, sleep_ms: float = 0.0, model: str = "small",
         app = "tests.fixtures.sleep_app:app"
         env["INFBENCH_SLEEP_MS"] = f"{sleep_ms:g}"
     elif kind == "model":
-        app = "servers.app_starlette:app"
+        app = "servers.image.app_starlette:app"
         exp = config.load(ROOT / "experiments.toml")
         env["INFBENCH_MODEL_PATH"] = str(assets.ensure_model(exp.model(model), log=False))
         env["INFBENCH_CALL"] = call

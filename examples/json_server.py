@@ -8,12 +8,12 @@ It answers the TensorFlow-Serving REST style of request instead of multipart upl
                                    400 {"error": ...} for anything else
 
 It keeps infbench's limits, read from the same variables as the other servers
-(servers/settings.py): a body over INFBENCH_MAX_BODY_BYTES is a 413, images decoding to more than
-INFBENCH_MAX_REQUEST_PIXELS in all a 413, no room in INFBENCH_MAX_INFLIGHT_PIXELS (pixels decoded
-at once over all requests) within a short wait a 503 with Retry-After, an oversized request
-target or header block a 414 / 431; every refusal is JSON {"error": ...}.
+(servers/shared/settings.py): a body over INFBENCH_MAX_BODY_BYTES is a 413, images decoding to
+more than INFBENCH_MAX_REQUEST_PIXELS in all a 413, no room in INFBENCH_MAX_INFLIGHT_PIXELS
+(pixels decoded at once over all requests) within a short wait a 503 with Retry-After, an
+oversized request target or header block a 414 / 431; every refusal is JSON {"error": ...}.
 
-The model and its preprocessing are infbench's (servers/model.py), so only the transport
+The model and its preprocessing are infbench's (servers/shared/model.py), so only the transport
 differs; the model file comes from INFBENCH_MODEL_PATH, which the harness sets for every
 variant (or set it yourself). experiments.toml runs it as the variant `example-json`:
 
@@ -39,11 +39,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from servers import probes
-from servers.bodylimit import BodyLimitMiddleware
-from servers.common import HeaderLimitsMiddleware, PixelBudget, exception_handlers
-from servers.model import LoadedModel, load_model, predict
-from servers.settings import load_settings
+from servers.image.service import PixelBudget, exception_handlers
+from servers.shared import probes
+from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.headerlimit import HeaderLimitsMiddleware
+from servers.shared.model import LoadedModel, load_model, predict
+from servers.shared.settings import load_settings
 
 MAX_INSTANCES = 256
 settings = load_settings()

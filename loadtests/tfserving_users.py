@@ -24,7 +24,7 @@ differ only in the transport and the encoding of the same sample images:
                         which this file imports for them and for what every infbench load does
                         (the counts file, with "kind" added, and the final CSVs)
 
-Float tensors are the images after servers.model's preprocessing (what the server would feed
+Float tensors are the images after servers.shared.model's preprocessing (what the server would feed
 the model), rounded to 6 decimals in JSON; gRPC sends the exact float32 bytes.
 
 Bodies are built once per process: the load generator shares the machine with the server, so
@@ -114,7 +114,7 @@ def _jpegs() -> list[bytes]:
 
 def _tensor(jpegs: list[bytes]) -> Any:
     """The batch as the server's preprocessing makes it: (BATCH, size, size, channels) float32."""
-    from servers.model import preprocess
+    from servers.shared.model import preprocess
 
     size = _int_env("INFBENCH_IMAGE_SIZE", 0, lowest=0)
     if size < 1:

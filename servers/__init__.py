@@ -1,1 +1,2 @@
-"""The inference servers under test: one model module, one shared request layer, thin apps."""
+"""The inference servers under test, one package per study over one shared part: shared/ (the
+model, settings, limits, errors, timings, probes), image/, queue/, scoring/ and tfserving/."""

@@ -35,8 +35,8 @@ The rules, in order (thresholds are module constants and are written into summar
                  climb, not yet flat.
 4. still growing after warm-up (last and mean change above the noise, no cycle falling by
    more than it, the last STEADY_CYCLES cycles all growing); then, from the server probes
-   (servers/probes.py, injected into any Python server) and glibc's totals read from outside
-   (infbench/measure/outside.py, any process):
+   (servers/shared/probes.py, injected into any Python server) and glibc's totals read from
+   outside (infbench/measure/outside.py, any process):
    leak (python objects)
                  the Python heap in bytes grew by at least EXPLAINS of the RSS growth: the
                  probes' heap census at each rest (gc-reachable objects, by sys.getsizeof),

@@ -85,7 +85,7 @@ def add_probes(sp: argparse.ArgumentParser, help: str | None) -> None:
 
 def add_run(sp: argparse.ArgumentParser) -> None:
     """The one run a command reads: a run id, 'latest' or a path (INFBENCH_RUN, else latest);
-    `markdown.resolve_run` finds it."""
+    `store.resolve_run` finds it."""
     sp.add_argument("run", nargs="?", default=env("RUN", "latest"), help=RUN_HELP)
 
 

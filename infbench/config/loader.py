@@ -253,7 +253,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
         raise ConfigError(f"{where}.command: only used with server = 'command'")
     if server == "module" and not values.get("module"):
         raise ConfigError(f"{where}.module: server = 'module' needs a module, e.g. "
-                          "'servers.queue_worker'")
+                          "'servers.queue.worker'")
     if "module" in values and server != "module":
         raise ConfigError(f"{where}.module: only used with server = 'module'")
     app = values.get("app", "starlette")

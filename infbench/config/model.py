@@ -28,7 +28,8 @@ APP_MAX_BATCH: dict[str, tuple[int, str]] = {
     "model-api-fastapi": (1, "one feature vector per request"),
     "model-api-flask": (1, "one feature vector per request"),
 }
-# Our servers' cap on images per request (servers/settings.py); the launch contract sets it.
+# Our servers' cap on images per request (servers/shared/settings.py); the launch contract
+# sets it.
 MAX_IMAGES_ENV = "INFBENCH_MAX_IMAGES"
 HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
 ENDPOINTS = ("sync", "async")

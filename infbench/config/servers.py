@@ -31,17 +31,17 @@ REDIS_BINARY = "redis-server"
 
 # Our apps: name -> (import path, interface). WSGI apps run on Gunicorn's sync workers only.
 APP_MODULES: dict[str, tuple[str, str]] = {
-    "starlette": ("servers.app_starlette:app", "asgi"),
-    "fastapi": ("servers.app_fastapi:app", "asgi"),
-    "batching": ("servers.app_batching:app", "asgi"),
-    "queue-fastapi": ("servers.queue_api_fastapi:app", "asgi"),
-    "queue-flask": ("servers.queue_api_flask:app", "wsgi"),
-    "scoring-fastapi": ("servers.scoring_fastapi:app", "asgi"),
-    "scoring-flask": ("servers.scoring_flask:app", "wsgi"),
-    "model-api-fastapi": ("servers.model_api_fastapi:app", "asgi"),
-    "model-api-flask": ("servers.model_api_flask:app", "wsgi"),
+    "starlette": ("servers.image.app_starlette:app", "asgi"),
+    "fastapi": ("servers.image.app_fastapi:app", "asgi"),
+    "batching": ("servers.image.app_batching:app", "asgi"),
+    "queue-fastapi": ("servers.queue.api_fastapi:app", "asgi"),
+    "queue-flask": ("servers.queue.api_flask:app", "wsgi"),
+    "scoring-fastapi": ("servers.scoring.scoring_fastapi:app", "asgi"),
+    "scoring-flask": ("servers.scoring.scoring_flask:app", "wsgi"),
+    "model-api-fastapi": ("servers.scoring.model_api_fastapi:app", "asgi"),
+    "model-api-flask": ("servers.scoring.model_api_flask:app", "wsgi"),
 }
-HYPERCORN_LIMITS = "python:servers.settings.HypercornLimits"
+HYPERCORN_LIMITS = "python:servers.shared.settings.HypercornLimits"
 
 # The placeholders a service's command, args and env may use (see config.Service).
 PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_.-]*)\}")

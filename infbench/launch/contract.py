@@ -108,7 +108,7 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
         env["LD_PRELOAD"] = ALLOCATORS[s.allocator]
     if s.trim_each_request:
         env["INFBENCH_TRIM_EACH"] = "1"
-    if s.probes:  # servers/probes.py: one JSON line a second per process, in its folder
+    if s.probes:  # servers/shared/probes.py: one JSON line a second per process, in its folder
         env["INFBENCH_PROBE_DIR"] = where.out
         # Every Python process of the service starts them, its code untouched: a
         # sitecustomize first on the path.

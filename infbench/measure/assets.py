@@ -1,7 +1,7 @@
 """Things a run needs before any server starts: the model file and the sample images.
 
 Both are made locally and cached under build/: the model from a fixed seed by
-`python -m servers.model build` (TensorFlow is imported in that child, never in the harness),
+`python -m servers.shared.model build` (TensorFlow is imported in that child, never in the harness),
 the images from matplotlib's bundled photograph. Nothing is downloaded.
 """
 
@@ -70,7 +70,7 @@ def _build_model(model: Model, path: Path, log: bool) -> Path:
     if log:
         print(f"building model {model.name!r} ({model.description or model.arch}) ...",
               flush=True)
-    argv = [sys.executable, "-m", "servers.model", "build", "--arch", model.arch,
+    argv = [sys.executable, "-m", "servers.shared.model", "build", "--arch", model.arch,
             "--input-size", str(model.input_size), "--classes", str(model.classes),
             "--seed", str(model.seed), "--alpha", str(model.alpha), "--out", str(path)]
     res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
@@ -95,7 +95,7 @@ CHECK_TIMEOUT_S = 300.0
 
 def check_model_file(model: Model) -> None:
     """A model file of the user's, checked before any server starts: it exists, is not empty,
-    and loads with the very code the servers use (servers.model.load_model, in a child: the
+    and loads with the very code the servers use (servers.shared.model.load_model, in a child: the
     harness never imports TensorFlow). A 0-byte or garbage file is one line here, not a server
     that fails at start-up with Keras's misleading "file not found"."""
     path = Path(model.path)
@@ -104,7 +104,7 @@ def check_model_file(model: Model) -> None:
         raise AssetError(f"{where}: no such file or folder")
     if path.is_file() and path.stat().st_size == 0:
         raise AssetError(f"{where}: the file is empty")
-    code = ("import sys\nfrom servers.model import load_model\n"
+    code = ("import sys\nfrom servers.shared.model import load_model\n"
             "m = load_model(sys.argv[1])\nprint(m.kind, m.input_size)")
     try:
         res = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT,

@@ -1,5 +1,5 @@
 """The heap census at each rest: ask the probed processes to count the Python heap's bytes
-(servers/probes.py, `census-<cycle>.request`) and wait until each has answered.
+(servers/shared/probes.py, `census-<cycle>.request`) and wait until each has answered.
 
 After the rest, not during it: the verdict reads memory over the rest's last seconds, and the
 census allocates while it walks (a list of the tracked objects, a set of ids). The load waits
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REQUEST = "census-{cycle}.request"  # the contract with servers/probes.py
+REQUEST = "census-{cycle}.request"  # the contract with servers/shared/probes.py
 WAIT_S = 60.0  # a TensorFlow server's census takes seconds; a hung one is not waited for
 ALIVE_S = 3.0  # a probe file written this recently is a live process's (one line a second)
 POLL_S = 0.2

@@ -3,7 +3,7 @@
 A server that writes a response's head and body as two sends with Nagle's algorithm on makes
 every request after the first on a keep-alive connection wait for the client's delayed ACK:
 ~40 ms on Linux, whatever the server does. Uvicorn with `--workers N` hands its workers a
-listener that asyncio does not set TCP_NODELAY on (uvicorn#3149; servers/nodelay.py). Locust
+listener that asyncio does not set TCP_NODELAY on (uvicorn#3149; servers/shared/nodelay.py). Locust
 keeps its connections alive, so the load measures that stall in every request, and nothing
 else in a run would say why.
 

@@ -1,7 +1,7 @@
 """The model alone, measured before the load: the reference for serving efficiency.
 
 The harness never imports TensorFlow, so the measurement runs in a child process
-(`python -m servers.model_alone`, in its own process group like every child) with the
+(`python -m servers.image.model_alone`, in its own process group like every child) with the
 variant's model file and call style and the profile's batch sizes, before the variant's
 services start (the machine is quiet then). It writes `<variant>/model_alone.json`, which the
 analysis turns into each step's serving efficiency (infbench/analysis/trust.py).
@@ -38,7 +38,7 @@ def call_style(v: Variant) -> tuple[str, str]:
 
 def argv(model_path: Path, images: Path, batches: list[int], call: str, out: Path,
          seconds: float = SECONDS_PER_FIGURE) -> list[str]:
-    return [sys.executable, "-m", "servers.model_alone", "--model", str(model_path),
+    return [sys.executable, "-m", "servers.image.model_alone", "--model", str(model_path),
             "--images", str(images), "--batches", ",".join(map(str, batches)), "--call", call,
             "--seconds", f"{seconds:g}", "--out", str(out)]
 

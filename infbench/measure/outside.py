@@ -1,6 +1,6 @@
 """glibc's view of any server process, read from outside: no probe, no line of its code.
 
-The probes (servers/probes.py) read mallinfo2() from inside a Python server. A server they
+The probes (servers/shared/probes.py) read mallinfo2() from inside a Python server. A server they
 cannot reach (a C++ server, a Python server started with -S or -I, or where they failed to
 start) still has glibc's malloc, and glibc answers anyone who asks from inside the process: a
 debugger attaches (ptrace), calls glibc in the stopped process, and detaches.

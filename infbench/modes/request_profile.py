@@ -7,9 +7,9 @@ from this process to the variant's entry service, in three passes, each on a fre
 started and stopped by the harness's own machinery (infbench/launch/topology.py inside a VariantRun,
 so every exit path stops everything):
 
-  off           no profiler: the timing lines (servers/scoring_common.py) give the table,
+  off           no profiler: the timing lines (servers/scoring/common.py) give the table,
                 exact and unperturbed, and the client's own clock the client-observed total
-  pyinstrument  the server profiles each request (servers/profiling.py: one HTML and one
+  pyinstrument  the server profiles each request (servers/shared/profiling.py: one HTML and one
                 session per request) and the client's requests are profiled as well
   yappi         the same with yappi (wall clock, coroutine-aware): a .pstat and a text table
                 per request, merged into one .pstat and one table for the N requests
@@ -61,7 +61,7 @@ DEFAULT_REQUESTS = 20
 DEFAULT_WARMUP = 3
 PROFILE_WAIT_S = 30.0  # the most we wait for the server's profile of one request
 SERVER_DIR = "profiles"  # under the entry replica's folder: INFBENCH_PROFILE_DIR
-# The scoring APIs' functions the profilers are read for (servers/scoring_*.py).
+# The scoring APIs' functions the profilers are read for (servers/scoring/scoring_*.py).
 SCORING_FILES = ("scoring_flask.py", "scoring_fastapi.py")
 CONCURRENT, SEQUENTIAL = 0.5, 0.1  # overlap share of the shorter call
 # (row key, label) of the "where the time goes" table.

@@ -47,7 +47,7 @@ from infbench.results.schemas import RUN_SCHEMA
 
 STARTUP_ESTIMATE_S = 20.0
 TRIM_WAIT_S = 3.0
-TRIM_REQUEST = "trim.request"  # servers/probes.py watches for this file (one contract)
+TRIM_REQUEST = "trim.request"  # servers/shared/probes.py watches for this file (one contract)
 SITES_BASE_REQUEST = "sites-base.request"  # and these: an unjudged census, tracemalloc reset,
 SITES_REQUEST = "sites.request"  # and its live traces by site at the end
 SITES_WAIT_S = 15.0

@@ -3,7 +3,7 @@
 With the probes on, the harness puts this folder first on the service's PYTHONPATH
 (infbench/launch/contract.py), so every Python process of the service imports this module at
 start-up (site.py does, before the server's own code), and each starts the probe thread of
-servers/probes.py: the user's server, its Gunicorn workers (a forked child restarts the
+servers/shared/probes.py: the user's server, its Gunicorn workers (a forked child restarts the
 thread), a worker spawned by Uvicorn. Our own servers also call start_from_env(); one thread a
 process all the same.
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROBES = HERE.parent / "probes.py"
+PROBES = HERE.parent / "shared" / "probes.py"
 MODULE = "_infbench_probes"
 # Python processes of the tree that are not the server.
 NOT_SERVERS = ("mprof", "multiprocessing.resource_tracker", "multiprocessing.forkserver")
@@ -57,7 +57,7 @@ def start() -> None:
     if spec is None or spec.loader is None:
         return
     # Loaded from its file under a name of its own: the server may have a `servers` package
-    # of its own, which an `import servers.probes` here would shadow.
+    # of its own, which an `import servers.shared.probes` here would shadow.
     module = sys.modules.get(MODULE) or importlib.util.module_from_spec(spec)
     if MODULE not in sys.modules:
         sys.modules[MODULE] = module

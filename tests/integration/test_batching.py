@@ -1,4 +1,4 @@
-"""The dynamic-batching app (servers/app_batching.py) on a real Uvicorn with the tiny model:
+"""The dynamic-batching app (servers/image/app_batching.py) on a real Uvicorn with the tiny model:
 the shared contract, and that concurrent requests share model calls without mixing answers."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 "TF_CPP_MIN_LOG_LEVEL": "2"})
     log = tmp_path_factory.mktemp("batching") / "server.log"
     with log.open("wb") as out:
-        p = subprocess.Popen([sys.executable, "-m", "uvicorn", "servers.app_batching:app",
+        p = subprocess.Popen([sys.executable, "-m", "uvicorn", "servers.image.app_batching:app",
                               "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
                              cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                              start_new_session=True)

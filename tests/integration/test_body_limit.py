@@ -1,4 +1,4 @@
-"""A body over the limit is a 413 that the client reads (servers.bodylimit), on every kind of
+"""A body over the limit is a 413 that the client reads (servers.shared.bodylimit), on every kind of
 server we ship, each started as the harness starts it (infbench.launch.argv):
 
     the image app on Uvicorn and on Hypercorn, the queue API (FastAPI on Uvicorn, with Redis and
@@ -39,7 +39,7 @@ from infbench.config import Service
 from infbench.launch.argv import server_argv
 from infbench.measure import assets
 from infbench.paths import HOST, ROOT
-from servers.bodylimit import DRAIN_S
+from servers.shared.bodylimit import DRAIN_S
 from tests.fixtures.helpers import (
     free_port,
     quiet_env,
@@ -141,7 +141,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             servers[name] = Running(target, port, procs[-1], log)
             waits.append((name, procs[-1], f"http://{HOST}:{port}/health", log))
         port = free_port()
-        worker = Service("worker", "module", module="servers.queue_worker")
+        worker = Service("worker", "module", module="servers.queue.worker")
         procs.append(spawn(server_argv(worker, {"port": str(port)}),
                            quiet_env(INFBENCH_MODEL_PATH=str(model), **queue),
                            folder / "worker.log"))

@@ -1,7 +1,7 @@
 """The shipped servers against an adversarial tester's faults, on real servers and real sockets.
 
 1. Decoded-pixel budget: a flood of small PNGs that each decode to 39 MP must not take the
-   server's memory with it (servers.common.PixelBudget), in either endpoint mode and in the
+   server's memory with it (servers.image.service.PixelBudget), in either endpoint mode and in the
    worked example (examples/json_server.py).
 2. A body over the limit: a client that sends its whole body before reading (http.client)
    must read the 413, by Content-Length and chunked, and so must a refused content type.
@@ -37,9 +37,10 @@ import pytest
 from PIL import Image
 
 from infbench.paths import HOST, ROOT
-from servers.common import RETRY_AFTER_S, ApiError, PixelBudget
-from servers.model import MAX_PIXELS, BadImage
-from servers.settings import (
+from servers.image.service import RETRY_AFTER_S, PixelBudget
+from servers.shared.errors import ApiError
+from servers.shared.model import MAX_PIXELS, BadImage
+from servers.shared.settings import (
     DEFAULT_MAX_INFLIGHT_PIXELS,
     DEFAULT_MAX_REQUEST_PIXELS,
     MAX_HEADER_BYTES,
@@ -51,11 +52,11 @@ from tests.fixtures.helpers import free_port, quiet_env, running
 INPUT_SIZE = 32
 START_TIMEOUT_S = 120.0
 BODY_LIMIT = 8_000_000  # big enough that a refused body overflows the sockets' buffers
-# What the harness's launcher adds to each server's command line (see servers/settings.py).
+# What the harness's launcher adds to each server's command line (see servers/shared/settings.py).
 HEADER_FLAGS = {
     "uvicorn": ["--http", "h11", "--h11-max-incomplete-event-size", str(MAX_HEADER_BYTES)],
     "gunicorn": ["-k", "uvicorn_worker.UvicornH11Worker"],
-    "hypercorn": ["-c", "python:servers.settings.HypercornLimits"],
+    "hypercorn": ["-c", "python:servers.shared.settings.HypercornLimits"],
 }
 # The flood: 16 concurrent requests of one 6500x6000 grayscale PNG (39 MP, under the 40 MP
 # per-image cap, ~50 KB), three rounds. Measured with this test on a 2-core box: before the
@@ -180,7 +181,7 @@ def server_argv(kind: str, app: str, port: int) -> list[str]:
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny test model, built through the CLI as the harness builds models."""
     out = tmp_path_factory.mktemp("model") / "tiny.keras"
-    argv = [sys.executable, "-m", "servers.model", "build", "--arch", "tiny_cnn",
+    argv = [sys.executable, "-m", "servers.shared.model", "build", "--arch", "tiny_cnn",
             "--input-size", str(INPUT_SIZE), "--classes", "10", "--seed", "0",
             "--out", str(out)]
     res = subprocess.run(argv, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
@@ -194,7 +195,7 @@ def server(request: pytest.FixtureRequest, model_path: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The Starlette app (sync endpoint) under each server we ship, as the harness runs it."""
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path), INFBENCH_MAX_BODY_BYTES=str(BODY_LIMIT))
-    yield from serve(request.param, "servers.app_starlette:app", env,
+    yield from serve(request.param, "servers.image.app_starlette:app", env,
                      tmp_path_factory.mktemp(f"server-{request.param}"))
 
 
@@ -202,7 +203,8 @@ def server(request: pytest.FixtureRequest, model_path: Path,
 def flood_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Starlette + Uvicorn, sync endpoint, anyio's 40 threads, every limit at its default."""
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path))
-    yield from serve("uvicorn", "servers.app_starlette:app", env, tmp_path_factory.mktemp("flood"))
+    yield from serve("uvicorn", "servers.image.app_starlette:app", env,
+                     tmp_path_factory.mktemp("flood"))
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,8 @@ def async_server(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """FastAPI, async endpoint (the model runs on the event loop), small pixel budgets."""
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path), INFBENCH_ENDPOINT="async",
                     **SMALL_BUDGET)
-    yield from serve("uvicorn", "servers.app_fastapi:app", env, tmp_path_factory.mktemp("async"))
+    yield from serve("uvicorn", "servers.image.app_fastapi:app", env,
+                     tmp_path_factory.mktemp("async"))
 
 
 @pytest.fixture(scope="module")
@@ -468,7 +471,7 @@ def test_body_over_the_limit_is_a_413_the_client_reads(server: Server, chunked: 
 
 @pytest.mark.integration
 def test_body_far_over_the_limit_is_drained_too(server: Server) -> None:
-    """The drain is bounded in time, not in bytes (servers.bodylimit): a body of twice the
+    """The drain is bounded in time, not in bytes (servers.shared.bodylimit): a body of twice the
     limit is read to its end too, and the connection stays good. A client that never stops is
     tests/integration/test_body_limit.py's."""
     body, headers = big_multipart(2 * BODY_LIMIT + 1_000_000, chunked=False)

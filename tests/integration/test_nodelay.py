@@ -1,4 +1,4 @@
-"""servers/nodelay.py: TCP_NODELAY on connections accepted from a listener bound with proto 0
+"""servers/shared/nodelay.py: TCP_NODELAY on connections accepted from a listener bound with proto 0
 (what Uvicorn's --workers supervisor, Gunicorn and Hypercorn hand their workers)."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from infbench.paths import HOST
-from servers import nodelay
-from servers.settings import SettingsError
+from servers.shared import nodelay
+from servers.shared.settings import SettingsError
 from tests.fixtures.helpers import child_env, free_port, running
 
 CHECK = r"""
 import asyncio, socket, sys
-from servers import nodelay
+from servers.shared import nodelay
 
 if sys.argv[1] == "1":
     nodelay.apply()
@@ -104,7 +104,7 @@ def test_uvicorn_with_two_workers_stalls_and_the_fix_removes_it(tmp_path: Path) 
         port = free_port()
         env = child_env(INFBENCH_MODEL_API_KIND="sleep", INFBENCH_MODEL_SLEEP_MS="1-2",
                         INFBENCH_TCP_NODELAY=fix)
-        argv = [sys.executable, "-m", "uvicorn", "servers.model_api_fastapi:app", "--host",
+        argv = [sys.executable, "-m", "uvicorn", "servers.scoring.model_api_fastapi:app", "--host",
                 HOST, "--port", str(port), "--workers", "2", "--no-access-log"]
         url = f"http://{HOST}:{port}"
         with running(argv, env, tmp_path / f"api-{fix}.log", f"{url}/health", timeout=60):

@@ -35,7 +35,7 @@ import redis
 from infbench import config
 from infbench.measure import assets
 from infbench.paths import HOST, ROOT
-from servers.queue_common import (
+from servers.queue.common import (
     DELIVER_LUA,
     Job,
     Keys,
@@ -132,18 +132,18 @@ def wait_healthy(proc: Proc, path: str = "/health") -> dict[str, Any]:
 
 def api_argv(kind: str, port: int) -> list[str]:
     if kind == "fastapi":
-        return [sys.executable, "-m", "uvicorn", "servers.queue_api_fastapi:app", "--host", HOST,
+        return [sys.executable, "-m", "uvicorn", "servers.queue.api_fastapi:app", "--host", HOST,
                 "--port", str(port), "--no-access-log"]
     if kind == "flask":
         return [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync", "-b",
-                f"{HOST}:{port}", "servers.queue_api_flask:app"]
+                f"{HOST}:{port}", "servers.queue.api_flask:app"]
     assert kind == "flask-gthread"
     return [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "8",
-            "-b", f"{HOST}:{port}", "servers.queue_api_flask:app"]
+            "-b", f"{HOST}:{port}", "servers.queue.api_flask:app"]
 
 
 def worker_argv(port: int) -> list[str]:
-    return [sys.executable, "-m", "servers.queue_worker", "--port", str(port)]
+    return [sys.executable, "-m", "servers.queue.worker", "--port", str(port)]
 
 
 @dataclass

@@ -24,8 +24,9 @@ import pytest
 import redis
 
 from infbench.paths import HOST, ROOT
-from servers import queue_common, scoring_common
-from servers.settings import (
+from servers.queue import common as queue_common
+from servers.scoring import common as scoring_common
+from servers.shared.settings import (
     DEFAULT_REDIS_MAX_CONNECTIONS,
     REDIS_MAX_CONNECTIONS_VAR,
     SettingsError,
@@ -165,8 +166,8 @@ def queue_predict(client: httpx.Client) -> httpx.Response:
                                                       "image/jpeg"))])
 
 
-QUEUE_APIS = {"fastapi": ("queue_api_fastapi", uvicorn),
-              "flask-gthread": ("queue_api_flask", gunicorn_gthread)}
+QUEUE_APIS = {"fastapi": ("queue.api_fastapi", uvicorn),
+              "flask-gthread": ("queue.api_flask", gunicorn_gthread)}
 
 
 @pytest.mark.parametrize("api", QUEUE_APIS)
@@ -200,7 +201,7 @@ def test_scoring_async_pool(stack: Stack) -> None:
     """The async scoring API's feature-store pool: 2 → 503s naming it while Redis is paused;
     the default → every request waits out the pause and scores."""
     seeded = subprocess.run(
-        [sys.executable, "-m", "servers.seed_features", "--redis-url", stack.redis_url,
+        [sys.executable, "-m", "servers.scoring.seed_features", "--redis-url", stack.redis_url,
          "--entities", "10", "--dim", "8", "--seed", "1"],
         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
     assert seeded.returncode == 0, seeded.stderr
@@ -209,7 +210,7 @@ def test_scoring_async_pool(stack: Stack) -> None:
         port = free_port()
         env = quiet_env(INFBENCH_MODEL_API_KIND="sleep", INFBENCH_MODEL_NAME=name,
                         INFBENCH_MODEL_SLEEP_MS="1-2")
-        models.append(stack.start(name, uvicorn("model_api_fastapi", port), env, port))
+        models.append(stack.start(name, uvicorn("scoring.model_api_fastapi", port), env, port))
     scorers = {}
     for pool in (str(SMALL_POOL), ""):
         port = free_port()
@@ -217,7 +218,7 @@ def test_scoring_async_pool(stack: Stack) -> None:
                         INFBENCH_MODEL_B_URL=models[1].url,
                         **({REDIS_MAX_CONNECTIONS_VAR: pool} if pool else {}))
         scorers[pool] = stack.start(f"scoring-pool{pool or 'default'}",
-                                    uvicorn("scoring_fastapi", port), env, port)
+                                    uvicorn("scoring.scoring_fastapi", port), env, port)
     for service in [*models, *scorers.values()]:
         stack.healthy(service)
 

@@ -27,10 +27,9 @@ import pytest
 import redis
 
 from infbench.paths import HOST, ROOT
-from servers.scoring_common import (
+from servers.scoring.common import (
     DEFAULT_MAX_FEATURES,
     META_KEY,
-    ApiError,
     check_entity_id,
     decode_features,
     encode_features,
@@ -45,7 +44,8 @@ from servers.scoring_common import (
     usable_cores,
     workers,
 )
-from servers.settings import SettingsError
+from servers.shared.errors import ApiError
+from servers.shared.settings import SettingsError
 from tests.fixtures import helpers
 from tests.fixtures.helpers import child_env, free_port, in_group, redis_argv, wait_redis
 
@@ -185,7 +185,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_redis(redis_proc.proc, port, redis_proc.log, START_TIMEOUT_S)
 
         seeded = subprocess.run(
-            [sys.executable, "-m", "servers.seed_features", "--redis-url", redis_url,
+            [sys.executable, "-m", "servers.scoring.seed_features", "--redis-url", redis_url,
              "--entities", str(ENTITIES), "--dim", str(DIM), "--seed", str(SEED)],
             cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
         assert seeded.returncode == 0, seeded.stderr
@@ -327,7 +327,7 @@ def test_seed_layout_and_output(stack: Stack) -> None:
 @pytest.mark.integration
 def test_seed_one_line_error_when_redis_is_down() -> None:
     port = free_port()  # nothing listens there
-    res = subprocess.run([sys.executable, "-m", "servers.seed_features", "--redis-url",
+    res = subprocess.run([sys.executable, "-m", "servers.scoring.seed_features", "--redis-url",
                           f"redis://{HOST}:{port}/0", "--entities", "5"],
                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
@@ -343,8 +343,8 @@ def test_scoring_api_refuses_a_bad_setting(build: str) -> None:
     env = child_env(INFBENCH_FEATURES_URL="redis://127.0.0.1:1/0",
                     INFBENCH_MODEL_A_URL="http://127.0.0.1:2", INFBENCH_MODEL_B_URL="http://x:3",
                     INFBENCH_UPSTREAM_TIMEOUT="soon")
-    res = subprocess.run([sys.executable, "-c", f"import servers.scoring_{build}"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-c", f"import servers.scoring.scoring_{build}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "INFBENCH_UPSTREAM_TIMEOUT" in res.stderr.strip().splitlines()[-1]
 

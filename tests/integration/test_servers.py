@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from infbench.paths import HOST, ROOT
-from servers.model import BadImage, build_model, load_model, predict, preprocess
-from servers.settings import SettingsError, load_settings
+from servers.shared.model import BadImage, build_model, load_model, predict, preprocess
+from servers.shared.settings import SettingsError, load_settings
 from tests.fixtures.helpers import free_port, multipart, quiet_env, running
 
 INPUT_SIZE = 32
@@ -49,7 +49,7 @@ def image_files(images: list[bytes]) -> list[tuple[str, tuple[str, bytes, str]]]
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny test model, built through the CLI exactly as the harness builds models."""
     out = tmp_path_factory.mktemp("model") / "tiny.keras"
-    argv = [sys.executable, "-m", "servers.model", "build", "--arch", "tiny_cnn",
+    argv = [sys.executable, "-m", "servers.shared.model", "build", "--arch", "tiny_cnn",
             "--input-size", str(INPUT_SIZE), "--classes", str(CLASSES), "--seed", "0",
             "--out", str(out)]
     res = subprocess.run(argv, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
@@ -104,7 +104,7 @@ def server(request: pytest.FixtureRequest, model_path: Path,
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path), INFBENCH_MAX_IMAGES=str(MAX_IMAGES),
                     INFBENCH_MAX_BODY_BYTES=str(MAX_BODY_BYTES), **extra)
     log = tmp_path_factory.mktemp(f"server-{request.param}") / "server.log"
-    argv = [sys.executable, "-m", "uvicorn", f"servers.app_{app}:app", "--host", HOST,
+    argv = [sys.executable, "-m", "uvicorn", f"servers.image.app_{app}:app", "--host", HOST,
             "--port", str(port), "--no-access-log"]
     url = f"http://{HOST}:{port}"
     with running(argv, env, log, f"{url}/health", START_TIMEOUT_S, grace=10.0) as proc:
@@ -180,7 +180,7 @@ def test_build_model_unknown_arch() -> None:
 
 
 def test_build_cli_bad_args_one_line_exit_1(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "servers.model", "build", "--arch", "tiny_cnn",
+    argv = [sys.executable, "-m", "servers.shared.model", "build", "--arch", "tiny_cnn",
             "--input-size", "0", "--classes", "10", "--seed", "0", "--out", str(tmp_path / "m")]
     res = subprocess.run(argv, cwd=ROOT, env=quiet_env(), capture_output=True, text=True,
                          timeout=60)
@@ -206,7 +206,7 @@ def test_settings_errors_name_the_variable(model_path: Path) -> None:
 
 def test_app_refuses_to_start_on_bad_setting(model_path: Path) -> None:
     env = quiet_env(INFBENCH_MODEL_PATH=str(model_path), INFBENCH_ENDPOINT="bogus")
-    res = subprocess.run([sys.executable, "-c", "import servers.app_starlette"], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-c", "import servers.image.app_starlette"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "INFBENCH_ENDPOINT" in res.stderr.strip().splitlines()[-1]

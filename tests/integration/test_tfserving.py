@@ -142,8 +142,8 @@ def tf() -> Any:
 
 @pytest.fixture(scope="module")
 def model_files(tf: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Both models built from seed 0 through servers.model, as the harness builds them."""
-    from servers.model import build_model, save_atomically
+    """Both models built from seed 0 through servers.shared.model, as the harness builds them."""
+    from servers.shared.model import build_model, save_atomically
 
     out = tmp_path_factory.mktemp("models")
     paths = {}
@@ -188,7 +188,7 @@ def server(request: pytest.FixtureRequest, servers: dict[str, Server]) -> Server
 @pytest.fixture(scope="module")
 def reference(model_files: dict[str, Path]) -> dict[str, Any]:
     """The same models in this process, for checking what the servers answer."""
-    from servers.model import load_model
+    from servers.shared.model import load_model
 
     return {name: load_model(str(path)) for name, path in model_files.items()}
 
@@ -199,13 +199,13 @@ def images() -> list[bytes]:
 
 
 def expected(reference: dict[str, Any], server: Server, batch: np.ndarray) -> np.ndarray:
-    from servers.model import forward
+    from servers.shared.model import forward
 
     return forward(reference[server.name], batch, "predict_on_batch")
 
 
 def pixels(server: Server, images: list[bytes]) -> np.ndarray:
-    from servers.model import preprocess
+    from servers.shared.model import preprocess
 
     return preprocess(images, server.size, server.channels)
 
@@ -246,12 +246,12 @@ def assert_still_serving(server: Server, tf: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# servers.model: 1-channel models
+# servers.shared.model: 1-channel models
 
 
 def test_one_channel_model_loads_and_three_channel_still_does(
         model_files: dict[str, Path], images: list[bytes]) -> None:
-    from servers.model import ARCHS, load_model, preprocess
+    from servers.shared.model import ARCHS, load_model, preprocess
 
     assert "mnist_cnn" in ARCHS
     mnist_model = load_model(str(model_files["mnist"]))
@@ -661,7 +661,7 @@ def test_rest_socket_gets_tcp_nodelay_from_asyncio() -> None:
     each connection, or every response waits on Nagle and delayed ACKs (~40 ms a request)."""
     import asyncio
 
-    from servers.tfserving import _rest_socket
+    from servers.tfserving.main import _rest_socket
 
     async def accept_one() -> int:
         got: asyncio.Future[int] = asyncio.get_running_loop().create_future()

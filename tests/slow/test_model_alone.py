@@ -27,7 +27,7 @@ def test_the_call_style_is_the_servers_own_or_said_to_be_a_bound() -> None:
 
 def test_the_child_gets_the_profiles_batches(tmp_path: Path) -> None:
     argv = model_alone.argv(tmp_path / "m.keras", tmp_path, [1, 10], "call", tmp_path / "o.json")
-    assert argv[1:3] == ["-m", "servers.model_alone"]
+    assert argv[1:3] == ["-m", "servers.image.model_alone"]
     assert argv[argv.index("--batches") + 1] == "1,10" and argv[argv.index("--call") + 1] == "call"
 
 

@@ -21,8 +21,8 @@ from infbench.modes import request_profile
 from infbench.modes.sweep import LoadError
 from infbench.paths import ROOT
 from infbench.results.files import WriteError
-from servers.profiling import ProfileSettings, RequestProfiler, load_profile_settings
-from servers.settings import SettingsError
+from servers.shared.profiling import ProfileSettings, RequestProfiler, load_profile_settings
+from servers.shared.settings import SettingsError
 from tests.fixtures.helpers import left_running, the_run
 from tests.fixtures.system import require
 
@@ -31,7 +31,7 @@ from tests.fixtures.system import require
 
 
 def line(t: float, a: float, b: float, models: float, status: int = 200) -> dict[str, Any]:
-    """A scoring API timing line (servers/scoring_common.ScoreTiming.finish's fields)."""
+    """A scoring API timing line (servers.scoring.common.ScoreTiming.finish's fields)."""
     total = 1.0 + models + 0.5
     return {"t": t, "status": status, "features_ms": 1.0, "model_a_ms": a, "model_b_ms": b,
             "models_ms": models, "total_ms": total, "framework_ms": 0.5,

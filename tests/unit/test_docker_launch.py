@@ -158,7 +158,7 @@ def test_container_and_image_names_are_valid_docker_names(tmp_path: Path) -> Non
 
 # -- image tags ------------------------------------------------------------------------------
 FILES = {"Dockerfile": b"FROM x\n", "requirements-server.txt": b"numpy==2.4.6\n",
-         "servers/app_starlette.py": b"app = 1\n"}
+         "servers/image/app_starlette.py": b"app = 1\n"}
 
 
 def tag_hash(files: dict[str, bytes] = FILES, base: str = "infbench-base:bookworm",
@@ -174,7 +174,7 @@ def test_image_hash_is_12_hex_and_stable() -> None:
 
 def test_image_hash_changes_with_files_and_base() -> None:
     h = tag_hash()
-    assert tag_hash(files={**FILES, "servers/app_starlette.py": b"app = 2\n"}) != h
+    assert tag_hash(files={**FILES, "servers/image/app_starlette.py": b"app = 2\n"}) != h
     assert tag_hash(files={**FILES, "servers/new.py": b""}) != h
     assert tag_hash(files={**FILES, "requirements-server.txt": b"numpy==2.4.5\n"}) != h
     assert tag_hash(base="python:3.11-slim") != h
@@ -187,7 +187,7 @@ def test_the_context_is_the_dockerfile_the_pins_and_servers_only() -> None:
     assert files["Dockerfile"] == dki.DOCKERFILE.read_bytes()
     others = {k for k in files if k not in ("Dockerfile", "requirements-server.txt")}
     assert others and all(k.startswith("servers/") and "__pycache__" not in k for k in others)
-    assert "servers/app_starlette.py" in others
+    assert "servers/image/app_starlette.py" in others
 
 
 def test_server_requirements_are_the_closure_pinned_by_the_lock() -> None:

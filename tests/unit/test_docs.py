@@ -327,9 +327,9 @@ def test_the_checks_themselves() -> None:
     assert {"--p95-ms", "--force", "--thresholds", "--run-id"} <= cli_flags()
     sample = Doc(Path("x.md"), "", "Run `python -m infbench compare A B` (`--out DIR`).", ())
     assert [f for _, f in flags_beside_infbench(sample)] == ["--out"]
-    assert repo_path("servers/model.py: the model") == "servers/model.py"
+    assert repo_path("servers/shared/model.py: the model") == "servers/shared/model.py"
     assert repo_path("build/images/") is None
-    assert exists("servers/scoring_*.py") and not exists("servers/no_such_file.py")
+    assert exists("servers/scoring/scoring_*.py") and not exists("servers/no_such_file.py")
     # Named only through env(...) in infbench/cli/args.py, never spelled out.
     assert {"INFBENCH_RUN_ID", "INFBENCH_RUN"} <= read_vars(("infbench",))
     assert CLI_ENV.findall('env("RUN_ID") env_flag("PROBES") os.environ.get("X") '

@@ -99,7 +99,7 @@ def test_a_process_that_never_asked_gets_the_probe(tmp_path: Path) -> None:
 
 
 def test_once_a_process_even_when_the_server_also_starts_it(tmp_path: Path) -> None:
-    out = run("import threading; from servers import probes; p = probes.start_from_env(); "
+    out = run("import threading; from servers.shared import probes; p = probes.start_from_env(); "
               "print(sum(t.name == 'infbench-probe' for t in threading.enumerate()), p.via)",
               tmp_path)
     assert out.split() == ["1", "hook"]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from infbench.paths import ROOT
-from servers import probes
+from servers.shared import probes
 
 MAPS = """\
 55d0c0000000-55d0c0021000 r--p 00000000 08:01 131 /usr/bin/python3.11
@@ -90,8 +90,9 @@ def test_tracemalloc_mode(value: str, mode: tuple[str, int]) -> None:
 def in_a_child(code: str) -> list[float]:
     """The census in a fresh interpreter of its own: in the test process, other threads (a test
     runner's, xdist's) make and free objects between two censuses."""
-    res = subprocess.run([sys.executable, "-c", "import gc, sys\nfrom servers import probes\n"
-                          + code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c",
+                          "import gc, sys\nfrom servers.shared import probes\n" + code],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return [float(x) for x in res.stdout.split()]
 

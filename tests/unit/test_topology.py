@@ -34,7 +34,7 @@ server = "redis"
 
 [variants.q.services.model]
 server = "module"
-module = "servers.queue_worker"
+module = "servers.queue.worker"
 replicas = 2
 depends_on = ["redis"]
 env = { INFBENCH_QUEUE_BATCH = "1" }
@@ -79,7 +79,7 @@ def test_nested_service_tables_inherit_one_by_one(tmp_path: Path) -> None:
     v = load(tmp_path, QUEUE).variant("q-batch")
     model = v.service("model")
     assert model.replicas == 4 and model.env == {"INFBENCH_QUEUE_BATCH": "10"}
-    assert model.depends_on == ("redis",) and model.module == "servers.queue_worker"
+    assert model.depends_on == ("redis",) and model.module == "servers.queue.worker"
     assert v.service("api").app == "queue-fastapi" and v.entry == "api"
 
 
@@ -183,7 +183,7 @@ def test_placeholders_and_dependencies_reach_the_replica(tmp_path: Path) -> None
     assert env["INFBENCH_SERVICE"] == "api" and env["INFBENCH_TIMING_DIR"] == "/o"
     worker = spec_of(v, "model", tmp_path, replica=1, peers=redis_values, env=redis_env)
     assert server_argv(worker.service, worker.values(where), "/py") == [
-        "/py", "-m", "servers.queue_worker", "--port", "40000"]
+        "/py", "-m", "servers.queue.worker", "--port", "40000"]
     redis = spec_of(v, "redis", tmp_path)
     argv = server_argv(redis.service, redis.values(where), "/py", "/o")
     assert argv[0] == "redis-server" and argv[argv.index("--bind") + 1] == "127.0.0.1"

@@ -52,7 +52,7 @@ def apply() -> bool:
 
 def apply_from_env(env: Mapping[str, str] | None = None) -> bool:
     """apply() when INFBENCH_TCP_NODELAY is 1/true/yes; a bad value is a SettingsError."""
-    from servers.settings import SettingsError
+    from servers.shared.settings import SettingsError
 
     raw = (os.environ if env is None else env).get(ENV, "").strip().lower()
     if raw in ("", "0", "false", "no"):

@@ -1,6 +1,6 @@
 """The model alone, no HTTP: what serving could reach at best on this machine.
 
-    python -m servers.model_alone --model PATH --images DIR --batches 1,10,40 \
+    python -m servers.image.model_alone --model PATH --images DIR --batches 1,10,40 \
         [--call predict] [--seconds 5] [--out model_alone.json]
 
 Run by the harness in a child process (it never imports TensorFlow itself), with the server's
@@ -9,8 +9,8 @@ settings: the same model file, the same call style (INFBENCH_CALL's predict | pr
 another on one thread, after a warm-up call:
 
   model_images_per_s         the model call only, on a batch decoded once
-  decode_model_images_per_s  decode + resize + scale each JPEG (Pillow, servers.model) and then
-                             the model call: all a server's own work minus HTTP and parsing
+  decode_model_images_per_s  decode + resize + scale each JPEG (Pillow, servers.shared.model)
+                             and then the model call: all a server's own work minus HTTP and parsing
 
 A step's serving efficiency is its served images/s over decode_model_images_per_s at its batch.
 """
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from servers.model import forward, load_model, preprocess
-from servers.settings import CALL_STYLES
+from servers.shared.model import forward, load_model, preprocess
+from servers.shared.settings import CALL_STYLES
 
 # Version of model_alone.json. 1: first version.
 SCHEMA = 1

@@ -1,6 +1,6 @@
-"""The Starlette app: plain Routes over the shared service in servers.common.
+"""The Starlette app: plain Routes over the shared service in servers.image.service.
 
-Run: python -m uvicorn servers.app_starlette:app --host 127.0.0.1 --port 8000
+Run: python -m uvicorn servers.image.app_starlette:app --host 127.0.0.1 --port 8000
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from servers import nodelay
-from servers.common import (
+from servers.image.service import (
     HEALTH_PATH,
     PREDICT_PATH,
     Service,
@@ -22,9 +21,10 @@ from servers.common import (
     form_uploads,
     middleware,
 )
-from servers.settings import load_settings
+from servers.shared import nodelay
+from servers.shared.settings import load_settings
 
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 service = Service(load_settings())
 
 

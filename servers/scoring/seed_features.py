@@ -1,26 +1,24 @@
 """Fill the feature store: N entities' vectors, deterministic from a seed, into Redis.
 
-    python -m servers.seed_features --redis-url redis://127.0.0.1:6379/0 \
+    python -m servers.scoring.seed_features --redis-url redis://127.0.0.1:6379/0 \
         --entities 1000 --dim 16 --seed 0
 
-Entity i (0..N-1) gets row i of scoring_common.feature_matrix(N, dim, seed) under
+Entity i (0..N-1) gets row i of servers.scoring.common.feature_matrix(N, dim, seed) under
 `features:<i>` as packed little-endian float32, and `infbench:features:meta` records what was
-written (the layout and why: scoring_common's docstring). Existing keys are overwritten; keys
-of a previous, larger seeding are left alone (the harness starts an empty Redis).
+written (the layout and why: servers.scoring.common's docstring). Existing keys are
+overwritten; keys of a previous, larger seeding are left alone (the harness starts an empty Redis).
 
 Prints one line (what, where, how long) and exits 0; any error is one line on stderr and exit 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from typing import NoReturn
 
 import redis
 
-from servers.scoring_common import (
+from servers.scoring.common import (
     FEATURE_DTYPE,
     FEATURES_PREFIX,
     META_KEY,
@@ -29,35 +27,20 @@ from servers.scoring_common import (
     feature_matrix,
     safe_url,
 )
+from servers.shared.cli import Parser, positive_int
+from servers.shared.errors import reason
 
 PROG = "seed_features"
 CONNECT_TIMEOUT_S = 5.0
 BATCH = 1000  # SETs per pipeline round trip
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{PROG}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _parser() -> _Parser:
-    p = _Parser(prog=f"python -m servers.{PROG}",
-                description="Write deterministic feature vectors into Redis.")
+def _parser() -> Parser:
+    p = Parser(prog=f"python -m servers.scoring.{PROG}", program=PROG,
+               description="Write deterministic feature vectors into Redis.")
     p.add_argument("--redis-url", required=True, help="redis://host:port/db")
-    p.add_argument("--entities", type=_positive_int, default=1000)
-    p.add_argument("--dim", type=_positive_int, default=16)
+    p.add_argument("--entities", type=positive_int, default=1000)
+    p.add_argument("--dim", type=positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -88,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client.ping()
     except redis.RedisError as exc:
-        print(f"{PROG}: error: cannot reach Redis at {url}: {_one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: cannot reach Redis at {url}: {reason(exc)}", file=sys.stderr)
         return 1
     try:
         seed(client, args.entities, args.dim, args.seed)
     except redis.RedisError as exc:
-        print(f"{PROG}: error: writing to Redis at {url} failed: {_one_line(exc)}",
+        print(f"{PROG}: error: writing to Redis at {url} failed: {reason(exc)}",
               file=sys.stderr)
         return 1
     finally:
@@ -103,11 +86,6 @@ def main(argv: list[str] | None = None) -> int:
           f"seed {args.seed}) as {feature_key(0)}..{last} + {META_KEY} in {url} "
           f"in {time.perf_counter() - started:.2f} s", flush=True)
     return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

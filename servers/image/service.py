@@ -22,7 +22,8 @@ Only a genuine server fault is a 500.
 
 The body limit, and the draining of a refused body before any answer (so that a client which
 sends its whole body before reading gets the answer rather than a connection reset), are
-servers.bodylimit's, shared with every other server.
+servers.shared.bodylimit's, shared with every other server; so are the 414 / 431 head limits
+(servers.shared.headerlimit) and the error type and body (servers.shared.errors).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,10 +48,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servers import probes
-from servers.bodylimit import BodyLimitMiddleware
-from servers.model import BadImage, LoadedModel, image_pixels, load_model, predict, preprocess
-from servers.settings import MAX_HEADER_BYTES, Settings
+from servers.shared import probes
+from servers.shared.bodylimit import BodyLimitMiddleware, header
+from servers.shared.errors import ApiError, error_response
+from servers.shared.headerlimit import HeaderLimitsMiddleware
+from servers.shared.model import (
+    BadImage,
+    LoadedModel,
+    image_pixels,
+    load_model,
+    predict,
+    preprocess,
+)
+from servers.shared.settings import Settings
 
 FIELD = "images"
 PREDICT_PATH = "/predict"
@@ -65,65 +75,6 @@ RETRY_AFTER_S = 2
 # is freed, so the next big decodes come from the arenas and stay resident after they are freed.
 # Well above the harness's images (at most ~0.45 MP), so the benchmark's workload never trims.
 TRIM_AFTER_PIXELS = 4_000_000
-
-
-class ApiError(Exception):
-    """A request the server refuses, with the status and one-line message the client sees."""
-
-    def __init__(self, status: int, message: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None,
-                   **extra: Any) -> JSONResponse:
-    first_line = message.strip().splitlines()[0] if message.strip() else "error"
-    return JSONResponse({"error": first_line, **extra}, status_code=status, headers=headers)
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def header_problem(scope: Scope, limit: int) -> tuple[int, str] | None:
-    """414 or 431 for a request target or header block over `limit` bytes, else None.
-
-    The servers' HTTP parsers (h11) cap a request head only while it is incomplete: one that
-    arrives whole in a single read gets through them, so the app checks again.
-    """
-    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
-    if target > limit:
-        return 414, f"request target over {limit} bytes"
-    head = target + sum(len(k) + len(v) + 4 for k, v in scope.get("headers", []))
-    if head > limit:
-        return 431, f"request headers over {limit} bytes"
-    return None
-
-
-class HeaderLimitsMiddleware:
-    """A request target or header block over `max_header_bytes`: a JSON 414 / 431.
-
-    Add it inside BodyLimitMiddleware, which drains the body before the answer goes out.
-    """
-
-    def __init__(self, app: ASGIApp, max_header_bytes: int = MAX_HEADER_BYTES) -> None:
-        self.app = app
-        self.max_header_bytes = max_header_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        problem = None
-        if scope["type"] == "http":
-            problem = header_problem(scope, self.max_header_bytes)
-        if problem is None:
-            await self.app(scope, receive, send)
-            return
-        await error_response(*problem)(scope, receive, send)
 
 
 class PredictGateMiddleware:
@@ -142,7 +93,7 @@ class PredictGateMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "POST":
-            ctype = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+            ctype = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
             if ctype != "multipart/form-data":
                 # The body is drained before this goes out (BodyLimitMiddleware is outside).
                 response = error_response(415, f"unsupported content type {ctype or 'none'!r}: "
@@ -167,7 +118,7 @@ class PixelBudget:
 
     - over `per_request` summed over its images: 413 (it could never be served);
     - a request decodes its images one at a time and frees each before the next
-      (servers.model.decode_image), so at any moment it holds at most its largest image: that
+      (servers.shared.model.decode_image), so at any moment it holds at most its largest image: that
       is its share of `in_flight`, taken before the first decode and given back after the last.
       Waiting for room blocks a worker thread (sync endpoint) or awaits without blocking the
       event loop (async endpoint, where only the loop itself could free the room); no room
@@ -250,7 +201,7 @@ class PixelBudget:
                 loop.call_soon_threadsafe(event.set)
 
     def preprocess(self, images: list[bytes], size: int) -> np.ndarray:
-        """servers.model.preprocess within the budget; blocking, for a worker thread."""
+        """servers.shared.model.preprocess within the budget; blocking, for a worker thread."""
         need = self.share(images)
         self.acquire(need)
         try:
@@ -259,7 +210,7 @@ class PixelBudget:
             self.release(need)
 
     async def preprocess_async(self, images: list[bytes], size: int) -> np.ndarray:
-        """servers.model.preprocess within the budget, decoding ON the event loop."""
+        """servers.shared.model.preprocess within the budget, decoding ON the event loop."""
         need = self.share(images)
         await self.acquire_async(need)
         try:

@@ -1,10 +1,10 @@
 """The queue study's API on Flask (sync, redis-py): the same contract as queue_api_fastapi.
 
-Run: python -m gunicorn -w 1 -k sync -b 127.0.0.1:8000 servers.queue_api_flask:app
+Run: python -m gunicorn -w 1 -k sync -b 127.0.0.1:8000 servers.queue.api_flask:app
  (or -k gthread --threads N). Settings: INFBENCH_REDIS_URL and the rest in
-servers.queue_common (keys, encodings, limits). The endpoints, errors, the BLPOP wait on a
+servers.queue.common (keys, encodings, limits). The endpoints, errors, the BLPOP wait on a
 per-job result list and the cleanup after a 504 are those described in
-servers.queue_api_fastapi; only the framework idiom differs.
+servers.queue.api_fastapi; only the framework idiom differs.
 
 With `-k sync` each Gunicorn worker serves one request at a time and holds it through the
 BLPOP, so Gunicorn's --timeout (default 30 s) must exceed INFBENCH_JOB_TIMEOUT, or Gunicorn
@@ -24,15 +24,12 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
-from servers.bodylimit import BodyLimitWSGI, too_large_message
-from servers.queue_common import (
+from servers.queue.common import (
     FEEDBACK_LUA,
     GUNICORN_APP_LOAD_ERROR,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
-    ApiError,
     Job,
-    TimingLog,
     abandon_job,
     answer,
     api_health,
@@ -42,7 +39,6 @@ from servers.queue_common import (
     check_parts,
     decode_result,
     encode_job,
-    error_body,
     feedback_value,
     index_html,
     new_job_id,
@@ -53,13 +49,16 @@ from servers.queue_common import (
     settings_or_exit,
     unknown_prediction,
 )
+from servers.shared.bodylimit import BodyLimitWSGI, too_large_message
+from servers.shared.errors import ApiError, error_body
+from servers.shared.timings import TimingsWriter
 
-PROGRAM = "servers.queue_api_flask"
+PROGRAM = "servers.queue.api_flask"
 # Exit 4 on a bad setting, so that Gunicorn stops ("App failed to load", its own exit status 4)
 # instead of booting a new worker every second forever.
 settings = settings_or_exit("api", PROGRAM, GUNICORN_APP_LOAD_ERROR)
 keys = settings.keys
-timings = TimingLog(settings.timing_dir)
+timings = TimingsWriter(settings.timing_dir)
 
 
 def _client(socket_timeout: float) -> redis.Redis:
@@ -84,7 +83,7 @@ app.config.update(
     MAX_FORM_PARTS=16,
 )
 # A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
-# still coming is drained first (servers.bodylimit).
+# still coming is drained first (servers.shared.bodylimit).
 app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 
 
@@ -142,7 +141,7 @@ def predict() -> Response:
         if result.get("status") == 200:  # remembered for /feedback before the client has it
             store.set(keys.pred(job_id), prediction_value(result), ex=settings.feedback_ttl)
     status, body, record = answer(job_id, result, t_received, t_enqueued)
-    timings.record(record)
+    timings.append(record)
     return _json(body, status)
 
 

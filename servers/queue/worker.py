@@ -1,8 +1,8 @@
 """A model worker of the queue study: pops batches of jobs from Redis, predicts, pushes results.
 
-Run: python -m servers.queue_worker --port 9100   (the port of its health server on 127.0.0.1)
+Run: python -m servers.queue.worker --port 9100   (the port of its health server on 127.0.0.1)
 Settings: INFBENCH_REDIS_URL, INFBENCH_MODEL_PATH, INFBENCH_QUEUE_BATCH and the rest in
-servers.queue_common, which also describes the Redis keys and the job and result encodings.
+servers.queue.common, which also describes the Redis keys and the job and result encodings.
 
 The loop: `BLMPOP 1 1 P:queue LEFT COUNT batch` takes up to `batch` jobs atomically (what is
 there, without waiting to fill the batch: the batch grows with the backlog). Each job's image
@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -42,8 +42,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from servers.model import BadImage, decode_image, load_model, predict
-from servers.queue_common import (
+from servers.queue.common import (
     DELIVER_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
@@ -53,8 +52,11 @@ from servers.queue_common import (
     encode_result,
     settings_or_exit,
 )
+from servers.shared.cli import Parser
+from servers.shared.errors import reason
+from servers.shared.model import BadImage, decode_image, load_model, predict
 
-PROGRAM = "servers.queue_worker"
+PROGRAM = "servers.queue.worker"
 # BLMPOP's wait: how long a SIGTERM may go unnoticed while the queue is empty.
 POP_TIMEOUT_S = 1.0
 BACKOFF_FIRST_S = 0.5
@@ -259,13 +261,6 @@ def health_server(worker: Worker, host: str, port: int) -> ThreadingHTTPServer:
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"{PROGRAM}: error: {message}\n")
-
-
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -277,7 +272,8 @@ def _port(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog=f"python -m {PROGRAM}", description="A model worker of the queue study.")
+    parser = Parser(prog=f"python -m {PROGRAM}", program=PROGRAM,
+                    description="A model worker of the queue study.")
     parser.add_argument("--port", required=True, type=_port, help="health server port")
     parser.add_argument("--host", default="127.0.0.1", help="health server address")
     args = parser.parse_args(argv)
@@ -300,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         worker.load()
     except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        print(f"{PROGRAM}: error: cannot load the model: {msg[0] if msg else type(exc).__name__}",
+        print(f"{PROGRAM}: error: cannot load the model: {reason(exc)}",
               file=sys.stderr, flush=True)
         server.shutdown()
         return 1

@@ -10,9 +10,9 @@
 
 Per request: GET the features with redis.asyncio, then POST them to model_a AND model_b
 concurrently (asyncio.gather) over one httpx.AsyncClient per process, made in the lifespan.
-Configured by the INFBENCH_* variables in scoring_common's docstring.
+Configured by the INFBENCH_* variables in servers.scoring.common's docstring.
 
-Run: python -m uvicorn servers.scoring_fastapi:app --host 127.0.0.1 --port PORT \
+Run: python -m uvicorn servers.scoring.scoring_fastapi:app --host 127.0.0.1 --port PORT \
          --workers W --no-access-log
 """
 
@@ -33,19 +33,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from servers import nodelay
-from servers.bodylimit import BodyLimitMiddleware
-from servers.common import HeaderLimitsMiddleware
-from servers.profiling import ProfileASGI, load_profile_settings
-from servers.scoring_common import (
+from servers.scoring.common import (
     ENTITY_ID_MAX_CHARS,
     HEALTH_PATH,
     INT64_MAX,
     INT64_MIN,
     SCORE_PATH,
-    ApiError,
     ScoreTiming,
-    error_body,
     feature_key,
     install_fastapi_errors,
     load_scoring_settings,
@@ -59,13 +53,18 @@ from servers.scoring_common import (
     upstream_failed,
     upstream_timeout,
 )
+from servers.shared import nodelay
+from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.errors import ApiError, error_response
+from servers.shared.headerlimit import HeaderLimitsMiddleware
+from servers.shared.profiling import ProfileASGI, load_profile_settings
 
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 settings = load_scoring_settings()
 profile_settings = load_profile_settings()  # None unless INFBENCH_PROFILER is set
 T0_KEY = "infbench_t0"
 
-# The same rule as scoring_common.check_entity_id (the Flask build), as pydantic types.
+# The same rule as servers.scoring.common.check_entity_id (the Flask build), as pydantic types.
 EntityId = (Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
             | Annotated[StrictStr, Field(min_length=1, max_length=ENTITY_ID_MAX_CHARS)])
 
@@ -221,7 +220,7 @@ async def score(body: ScoreRequest, request: Request) -> JSONResponse:
                 raise result
     except ApiError as exc:
         record(settings, timing, exc.status)
-        return JSONResponse(error_body(exc.message), status_code=exc.status)
+        return error_response(exc.status, exc.message)
     (a, _, _), (b, _, _) = results
     fields = record(settings, timing, 200)
     return JSONResponse(score_answer(entity_id, a, b, fields))

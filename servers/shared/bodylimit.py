@@ -86,7 +86,7 @@ def error_messages(status: int, message: str) -> tuple[Message, Message]:
     return start, {"type": "http.response.body", "body": body}
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return str(value.decode("latin-1"))
@@ -103,10 +103,10 @@ class _Exchange:
         self.limit = limit
         self.drain_s = drain_s
         self.received = 0
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         # HTTP/1.1: a request has a body only if it says so (RFC 9112 6.3).
         self.ended = (length is None or length.strip() == "0") and \
-            _header(scope, b"transfer-encoding") is None
+            header(scope, b"transfer-encoding") is None
         self.gone = False
         self.started = False
         self._deadline: float | None = None
@@ -166,7 +166,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = _header(scope, b"content-length")
+        length = header(scope, b"content-length")
         if length is not None and not length.strip().isdigit():
             # Where the body ends is unknown, so there is nothing to drain: answer and close.
             start, body = error_messages(400, f"bad Content-Length {length!r}")

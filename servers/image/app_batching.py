@@ -1,6 +1,6 @@
 """A Starlette app with in-process dynamic batching: many requests, one model call.
 
-Same contract as the other apps (servers/common.py): GET /health, POST /predict with one
+Same contract as the other apps (servers/image/service.py): GET /health, POST /predict with one
 multipart file part per image in `images`, the same answers and the same 4xx errors.
 
 What differs is how the work runs:
@@ -15,7 +15,7 @@ What differs is how the work runs:
              While the model runs, the next batch gathers, so the model is never left idle
              waiting for the loop. A request bigger than the batch cap runs alone, never split.
 
-Environment (beside the shared INFBENCH_* of servers/settings.py):
+Environment (beside the shared INFBENCH_* of servers/shared/settings.py):
   INFBENCH_BATCH_WAIT_MS      how long a batch may wait for more requests (default 5; 0: take
                               only what is already queued)
   INFBENCH_BATCH_MAX_IMAGES   images per model call at most (default 64)
@@ -44,8 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers import nodelay
-from servers.common import (
+from servers.image.service import (
     HEALTH_PATH,
     PREDICT_PATH,
     Service,
@@ -53,8 +52,9 @@ from servers.common import (
     form_uploads,
     middleware,
 )
-from servers.model import forward, preprocess
-from servers.settings import SettingsError, load_settings
+from servers.shared import nodelay
+from servers.shared.model import forward, preprocess
+from servers.shared.settings import SettingsError, load_settings
 
 
 def _env_number(name: str, default: float, minimum: float) -> float:
@@ -149,7 +149,7 @@ class Batcher:
                 "queued": self.queue.qsize()}
 
 
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 service = Service(load_settings())
 _batcher = Batcher(service, _env_number("INFBENCH_BATCH_WAIT_MS", 5.0, 0.0) / 1000,
                    int(_env_number("INFBENCH_BATCH_MAX_IMAGES", 64, 1)))
@@ -198,6 +198,6 @@ app = Starlette(
         Route(PREDICT_PATH, predict_endpoint, methods=["POST"]),
     ],
     middleware=middleware(service),
-    exception_handlers=exception_handlers(service),
+    exception_handlers=exception_handlers(service.settings.max_images),
     lifespan=lifespan,
 )

@@ -7,9 +7,9 @@
 
 The sleep kind awaits asyncio.sleep, so one worker overlaps many requests; the model kind runs
 the Keras model in anyio's worker threads (what FastAPI does for a `def` endpoint), never on
-the event loop. Configured by the INFBENCH_MODEL_* variables (scoring_common's docstring).
+the event loop. Configured by the INFBENCH_MODEL_* variables (servers.scoring.common's docstring).
 
-Run: python -m uvicorn servers.model_api_fastapi:app --host 127.0.0.1 --port PORT \
+Run: python -m uvicorn servers.scoring.model_api_fastapi:app --host 127.0.0.1 --port PORT \
          --workers W --no-access-log
 """
 
@@ -25,10 +25,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from pydantic import BaseModel, Field, Strict
 
-from servers import nodelay
-from servers.bodylimit import BodyLimitMiddleware
-from servers.common import HeaderLimitsMiddleware
-from servers.scoring_common import (
+from servers.scoring.common import (
     HEALTH_PATH,
     PREDICT_PATH,
     Scorer,
@@ -36,12 +33,15 @@ from servers.scoring_common import (
     load_model_api_settings,
     prediction,
 )
+from servers.shared import nodelay
+from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.headerlimit import HeaderLimitsMiddleware
 
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 settings = load_model_api_settings()
 scorer = Scorer(settings)
 
-# The same rule as scoring_common.check_features (the Flask build), as pydantic types.
+# The same rule as servers.scoring.common.check_features (the Flask build), as pydantic types.
 Feature = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 

@@ -1,7 +1,7 @@
 """The queue study's API on FastAPI (async, redis.asyncio): images onto Redis, results back.
 
-Run: python -m uvicorn servers.queue_api_fastapi:app --host 127.0.0.1 --port 8000
-Settings: INFBENCH_REDIS_URL and the rest in servers.queue_common (keys, encodings, limits).
+Run: python -m uvicorn servers.queue.api_fastapi:app --host 127.0.0.1 --port 8000
+Settings: INFBENCH_REDIS_URL and the rest in servers.queue.common (keys, encodings, limits).
 
     GET  /          a small HTML page with an upload form
     GET  /health    200 {"status": "ok", "pid", "redis": true, "queue_length", ...}
@@ -12,10 +12,10 @@ Settings: INFBENCH_REDIS_URL and the rest in servers.queue_common (keys, encodin
                     200 {"id", "stored": true}; 404 for an id we never answered
 
 Errors are {"error": "<one line>"}: 400 bad form or feedback (and a file the worker cannot
-decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES (servers.bodylimit,
-which also drains a body still coming before any answer), 415 wrong content type, 503 Redis
-unavailable (or this process's connection pool exhausted: the message names
-INFBENCH_REDIS_MAX_CONNECTIONS), 504 no result within INFBENCH_JOB_TIMEOUT.
+decode), 404/405 unknown path/method, 413 body over INFBENCH_MAX_BODY_BYTES
+(servers.shared.bodylimit, which also drains a body still coming before any answer), 415 wrong
+content type, 503 Redis unavailable (or this process's connection pool exhausted: the message
+names INFBENCH_REDIS_MAX_CONNECTIONS), 504 no result within INFBENCH_JOB_TIMEOUT.
 
 How a request waits for its result: BLPOP on its own result list (P:result:<id>), with the
 time left of INFBENCH_JOB_TIMEOUT as the timeout. No polling: Redis wakes us the moment the
@@ -49,15 +49,11 @@ from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from servers import nodelay
-from servers.bodylimit import BodyLimitMiddleware
-from servers.queue_common import (
+from servers.queue.common import (
     FEEDBACK_LUA,
     HEALTH_SOCKET_TIMEOUT_S,
     SOCKET_SLACK_S,
-    ApiError,
     Job,
-    TimingLog,
     abandon_job,
     answer,
     api_health,
@@ -67,7 +63,6 @@ from servers.queue_common import (
     check_parts,
     decode_result,
     encode_job,
-    error_body,
     feedback_value,
     index_html,
     new_job_id,
@@ -79,12 +74,16 @@ from servers.queue_common import (
     too_many_files,
     unknown_prediction,
 )
+from servers.shared import nodelay
+from servers.shared.bodylimit import BodyLimitMiddleware
+from servers.shared.errors import ApiError, error_response
+from servers.shared.timings import TimingsWriter
 
-PROGRAM = "servers.queue_api_fastapi"
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+PROGRAM = "servers.queue.api_fastapi"
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 settings = settings_or_exit("api", PROGRAM)
 keys = settings.keys
-timings = TimingLog(settings.timing_dir)
+timings = TimingsWriter(settings.timing_dir)
 # Text fields a /predict form may carry besides the file; a few is plenty.
 MAX_FIELDS = 8
 
@@ -182,7 +181,7 @@ async def predict(request: Request) -> JSONResponse:
         if result.get("status") == 200:  # remembered for /feedback before the client has it
             await r.set(keys.pred(job_id), prediction_value(result), ex=settings.feedback_ttl)
     status, body, record = answer(job_id, result, t_received, t_enqueued)
-    timings.record(record)
+    timings.append(record)
     return JSONResponse(body, status)
 
 
@@ -201,24 +200,24 @@ async def feedback(request: Request) -> JSONResponse:
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.message), exc.status)
+    return error_response(exc.status, exc.message)
 
 
 async def on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return JSONResponse(error_body(str(exc.detail)), exc.status_code, headers=exc.headers)
+    return error_response(exc.status_code, str(exc.detail), exc.headers)
 
 
 async def on_validation(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(f"invalid request: {exc}"), 400)
+    return error_response(400, f"invalid request: {exc}")
 
 
 async def on_redis(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(redis_unavailable(exc, settings.redis_max_connections)), 503)
+    return error_response(503, redis_unavailable(exc, settings.redis_max_connections))
 
 
 async def on_fault(request: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(f"internal error: {type(exc).__name__}"), 500)
+    return error_response(500, f"internal error: {type(exc).__name__}")
 
 
 app = FastAPI(

@@ -1,6 +1,6 @@
-"""The FastAPI app: the idiomatic `list[UploadFile]` endpoint over servers.common.
+"""The FastAPI app: the idiomatic `list[UploadFile]` endpoint over servers.image.service.
 
-Run: python -m uvicorn servers.app_fastapi:app --host 127.0.0.1 --port 8000
+Run: python -m uvicorn servers.image.app_fastapi:app --host 127.0.0.1 --port 8000
 """
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from servers import nodelay
-from servers.common import (
+from servers.image.service import (
     FIELD,
     HEALTH_PATH,
     MAX_FIELDS,
     PREDICT_PATH,
     Service,
-    error_response,
     exception_handlers,
     middleware,
 )
-from servers.settings import load_settings
+from servers.shared import nodelay
+from servers.shared.errors import error_response
+from servers.shared.settings import load_settings
 
-nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/nodelay.py
+nodelay.apply_from_env()  # INFBENCH_TCP_NODELAY=1: see servers/shared/nodelay.py
 service = Service(load_settings())
 
 Images = Annotated[list[UploadFile], File(description="one part per image")]

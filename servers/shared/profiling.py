@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from servers.settings import SettingsError, env_choice, env_dir
+from servers.shared.settings import SettingsError, env_choice, env_dir
 
 PROFILERS = ("pyinstrument", "yappi")
 DEFAULT_PATH = "/score"

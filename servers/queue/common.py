@@ -36,7 +36,8 @@ reached the queue (answered 200, a worker's 400/500, or 504) to <dir>/timings-<p
 {"id", "t_received", "t_enqueued", "t_dequeued", "t_model_start", "t_model_done",
 "t_responded", "status", "batch_size", "worker_pid"}, Unix times (the worker's are null for a
 504, the model's for a bad image). Requests refused before the queue (bad form, 413, 415) are
-not written: they have no queue or model time to split, and Locust counts them.
+not written: they have no queue or model time to split, and Locust counts them. The file is
+servers.shared.timings' (buffered, written about once a second and at exit; its failure rule).
 
 Settings come from the environment, read once at start; a bad value stops the process with a
 one-line message that names the variable:
@@ -59,13 +60,11 @@ one-line message that names the variable:
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
 import re
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -76,7 +75,8 @@ from typing import Any
 from redis.connection import parse_url
 from redis.exceptions import MaxConnectionsError
 
-from servers.settings import (
+from servers.shared.errors import ApiError, error_body
+from servers.shared.settings import (
     CALL_STYLES,
     DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,
@@ -108,7 +108,6 @@ MAX_ID_CHARS = 128
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:{}-]{1,64}")
 TIMING_FIELDS = ("t_received", "t_enqueued", "t_dequeued", "t_model_start", "t_model_done",
                  "t_responded", "status", "batch_size", "worker_pid")
-TIMING_FLUSH_S = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,20 +327,6 @@ def blocking_timeout(settings: QueueSettings, t_enqueued: float) -> float:
 # Requests and answers
 
 
-class ApiError(Exception):
-    """A request the API refuses, with the status and one-line message the client sees."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_body(message: str) -> dict[str, Any]:
-    text = message.strip()
-    return {"error": text.splitlines()[0] if text else "error"}
-
-
 def check_content_type(content_type: str | None) -> None:
     ctype = (content_type or "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
@@ -471,70 +456,6 @@ def answer(job_id: str, result: Mapping[str, Any] | None, t_received: float,
         )
         body["timing"] = timing
     return status, body, record
-
-
-# ---------------------------------------------------------------------------------------------
-# Timings file
-
-
-class TimingLog:
-    """Appends one JSON line per finished /predict to <dir>/timings-<pid>.jsonl.
-
-    Lines are buffered in memory and written by a daemon thread about once a second, and at
-    exit, so a request pays for a dict append only. Re-opens itself after a fork (a pre-loaded
-    Gunicorn app), so each process writes its own file.
-    """
-
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
-        self._lock = threading.Lock()
-        self._lines: list[str] = []
-        self._pid = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if folder is not None:
-            atexit.register(self.close)
-
-    @property
-    def path(self) -> Path | None:
-        return None if self.folder is None else self.folder / f"timings-{os.getpid()}.jsonl"
-
-    def record(self, entry: Mapping[str, Any]) -> None:
-        if self.folder is None:
-            return
-        line = json.dumps(entry, separators=(",", ":"))
-        with self._lock:
-            if self._pid != os.getpid():
-                self._start()
-            self._lines.append(line)
-
-    def _start(self) -> None:
-        """(Re)start the flusher in this process; called with the lock held."""
-        self._pid = os.getpid()
-        self._lines = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="timing-log", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(TIMING_FLUSH_S):
-            self.flush()
-
-    def flush(self) -> None:
-        path = self.path
-        if path is None:
-            return
-        with self._lock:
-            if self._pid != os.getpid():
-                return
-            lines, self._lines = self._lines, []
-        if lines:
-            with path.open("a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-
-    def close(self) -> None:
-        self._stop.set()
-        self.flush()
 
 
 # ---------------------------------------------------------------------------------------------

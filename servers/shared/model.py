@@ -4,7 +4,7 @@ Keras (and so TensorFlow) is imported lazily inside the functions that need it, 
 `preprocess`, `BadImage` and the CLI's argument checks stay cheap to import (tests, harness).
 
 CLI:
-    python -m servers.model build --arch mobilenet_v2 --input-size 96 --classes 1000 \
+    python -m servers.shared.model build --arch mobilenet_v2 --input-size 96 --classes 1000 \
         --seed 0 --alpha 0.35 --out build/models/small.keras
 """
 
@@ -18,16 +18,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from servers.settings import CALL_STYLES
+from servers.shared.cli import Parser, positive_int
+from servers.shared.errors import reason
+from servers.shared.settings import CALL_STYLES
 
 if TYPE_CHECKING:
     import keras
 
+PROG = "servers.shared.model"
 ARCHS = ("tiny_cnn", "mobilenet_v2", "mnist_cnn")
 # Colour channels of each architecture's input; images are converted to match (1: grayscale).
 ARCH_CHANNELS = {"tiny_cnn": 3, "mobilenet_v2": 3, "mnist_cnn": 1}
@@ -231,8 +234,8 @@ def _bad(index: int, exc: Exception) -> BadImage:
         return exc
     if isinstance(exc, UnidentifiedImageError):
         return BadImage(index, "not a recognised image format")
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return BadImage(index, reason)
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return BadImage(index, why)
 
 
 def image_pixels(data: bytes, index: int) -> int:
@@ -336,23 +339,6 @@ def forward(model: Any, batch: np.ndarray, style: str = "predict",
 # CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit status 1."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"servers.model: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -363,13 +349,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _parser() -> _Parser:
-    parser = _Parser(prog="python -m servers.model", description="Build the benchmark model.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    b = sub.add_parser("build", help="build a model from a seed and save it")
+def _parser() -> Parser:
+    parser = Parser(prog=f"python -m {PROG}", program=PROG,
+                    description="Build the benchmark model.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    b = sub.add_parser("build", program=PROG, help="build a model from a seed and save it")
     b.add_argument("--arch", required=True, choices=ARCHS)
-    b.add_argument("--input-size", required=True, type=_positive_int)
-    b.add_argument("--classes", required=True, type=_positive_int)
+    b.add_argument("--input-size", required=True, type=positive_int)
+    b.add_argument("--classes", required=True, type=positive_int)
     b.add_argument("--seed", required=True, type=int)
     b.add_argument("--alpha", type=_positive_float, default=1.0,
                    help="MobileNetV2 width multiplier (ignored by the other archs)")
@@ -382,18 +369,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out: Path = args.out
     if out.suffix not in MODEL_SUFFIXES:
-        print(f"servers.model: error: --out must end in .keras or .h5, got {out}",
+        print(f"{PROG}: error: --out must end in .keras or .h5, got {out}",
               file=sys.stderr)
         return 1
     if args.arch == "mobilenet_v2" and args.input_size < 32:
-        print("servers.model: error: mobilenet_v2 needs --input-size >= 32", file=sys.stderr)
+        print("servers.shared.model: error: mobilenet_v2 needs --input-size >= 32", file=sys.stderr)
         return 1
     try:
         model = build_model(args.arch, args.input_size, args.classes, args.seed, args.alpha)
         save_atomically(model, out)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()
-        print(f"servers.model: error: {msg[0] if msg else type(exc).__name__}", file=sys.stderr)
+        print(f"{PROG}: error: {reason(exc)}", file=sys.stderr)
         return 1
     alpha = f"alpha {args.alpha}, " if args.arch == "mobilenet_v2" else ""
     print(f"built {args.arch} ({alpha}{args.input_size}x{args.input_size}, {args.classes} "

@@ -8,7 +8,7 @@ messages, settings, the model APIs' scoring, the timing record and the worker-co
 Framework modules (flask, fastapi, keras) are imported only inside the functions that need
 them, so each build imports only its own framework.
 
-Redis layout (written by servers.seed_features):
+Redis layout (written by servers.scoring.seed_features):
     features:<id>             the entity's vector, packed little-endian float32 (a string value)
     infbench:features:meta    a hash: entities, dim, seed, dtype, prefix, written_at
 A packed blob rather than a hash of fields because the scoring API always needs the whole
@@ -28,10 +28,11 @@ message naming the variable):
     INFBENCH_REDIS_MAX_CONNECTIONS  async build: feature-store connections per process (default
                                1000); when all are in use, a /score is a 503 naming the pool
     INFBENCH_TIMING_DIR        write one JSON line per /score to <dir>/timings-<pid>.jsonl
+                               (servers.shared.timings)
     INFBENCH_TIMING_FLUSH_S    how often the timing lines are written (default 1; also at exit)
     INFBENCH_MAX_BODY_BYTES    request body limit (default 64 KiB)
     INFBENCH_PROFILER          pyinstrument | yappi: profile each POST /score into
-    INFBENCH_PROFILE_DIR       this folder (servers/profiling.py; off by default)
+    INFBENCH_PROFILE_DIR       this folder (servers/shared/profiling.py; off by default)
   model APIs
     INFBENCH_MODEL_API_KIND    sleep (default) | model
     INFBENCH_MODEL_NAME        the name in answers (default "model")
@@ -45,12 +46,10 @@ message naming the variable):
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import os
 import random
-import sys
 import threading
 import time
 import zlib
@@ -62,7 +61,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from servers.settings import (
+from servers.shared.errors import ApiError, error_body, error_response, one_line
+from servers.shared.settings import (
     CALL_STYLES,
     DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,
@@ -74,6 +74,7 @@ from servers.settings import (
     env_redis_max_connections,
     redis_pool_exhausted,
 )
+from servers.shared.timings import TimingsWriter
 
 FEATURES_PREFIX = "features:"
 META_KEY = "infbench:features:meta"
@@ -104,21 +105,6 @@ MSG_NO_ENTITY = "missing field 'entity_id'"
 MSG_ENTITY_TYPE = (f"entity_id must be an integer ({INT64_MIN}..{INT64_MAX}) or a string of "
                    f"1-{ENTITY_ID_MAX_CHARS} characters")
 MSG_NO_FEATURES = "missing field 'features'"
-
-
-class ApiError(Exception):
-    """A request answered with `status` and {"error": message}: bad input or a failed upstream."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def error_body(message: str) -> dict[str, str]:
-    """{"error": "<first line>"}: the house error shape, never a traceback."""
-    lines = message.strip().splitlines()
-    return {"error": lines[0] if lines else "error"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +414,7 @@ class Scorer:
         """Model kind: load and warm the model (seconds; before the server says it is ready)."""
         if self.settings.kind != "model":
             return
-        from servers.model import load_model
+        from servers.shared.model import load_model
 
         assert self.settings.model_path is not None  # settings checked it
         self._model = load_model(self.settings.model_path)
@@ -448,7 +434,7 @@ class Scorer:
             return linear_score(features, self.weights)
         if self._model is None:
             raise RuntimeError("model not loaded")
-        from servers.model import forward  # loaded already, by load()
+        from servers.shared.model import forward  # loaded already, by load()
 
         image = features_image(features, self.input_size)
         return class_score(forward(self._model, image, self.settings.call), self.settings.name)
@@ -518,8 +504,7 @@ def root_reason(exc: BaseException) -> str:
         stack.extend(x for x in nested if isinstance(x, BaseException))
     if reason:
         return reason
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return one_line(str(exc), type(exc).__name__)
 
 
 def pool_exhausted(limit: int) -> ApiError:
@@ -569,74 +554,19 @@ class ScoreTiming:
         }
 
 
-class TimingLog:
-    """One process's /score timings, appended to <dir>/timings-<pid>.jsonl.
-
-    The request path only appends a tuple under a lock; a daemon thread serialises and writes
-    every `flush_s`, and close() (at exit, and at the app's shutdown) writes the rest. A write
-    error is reported once on stderr and the lines are dropped: timings must never fail a
-    request.
-    """
-
-    def __init__(self, directory: Path, flush_s: float) -> None:
-        self.pid = os.getpid()
-        self.path = directory / f"timings-{self.pid}.jsonl"
-        self.flush_s = flush_s
-        self._pending: list[tuple[float, int, dict[str, float | None]]] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._broken = False
-        self._thread = threading.Thread(target=self._run, name="infbench-timings", daemon=True)
-        self._thread.start()
-        atexit.register(self.close)
-
-    def append(self, status: int, fields: dict[str, float | None]) -> None:
-        with self._lock:
-            self._pending.append((time.time(), status, fields))
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            self.flush()
-
-    def flush(self) -> None:
-        with self._write_lock:
-            with self._lock:
-                pending, self._pending = self._pending, []
-            if not pending or self._broken:
-                return
-            text = "".join(json.dumps({"t": round(t, 6), "status": status, **fields},
-                                      separators=(",", ":")) + "\n"
-                           for t, status, fields in pending)
-            try:
-                with self.path.open("a", encoding="utf-8") as f:
-                    f.write(text)
-            except OSError as exc:
-                self._broken = True
-                print(f"infbench: timings to {self.path} stopped: {exc}", file=sys.stderr,
-                      flush=True)
-
-    def close(self) -> None:
-        if os.getpid() != self.pid:  # an inherited copy in a forked child: not ours
-            return
-        self._stop.set()
-        self.flush()
+_log: TimingsWriter | None = None
+_log_lock = threading.Lock()
 
 
-_logs: dict[int, TimingLog] = {}
-_logs_lock = threading.Lock()
-
-
-def timing_log(settings: ScoringSettings) -> TimingLog | None:
-    """This process's TimingLog (created on first use, so each forked worker gets its own)."""
+def timing_log(settings: ScoringSettings) -> TimingsWriter | None:
+    """This process's timing writer, made on first use (None without INFBENCH_TIMING_DIR)."""
+    global _log
     if settings.timing_dir is None:
         return None
-    pid = os.getpid()
-    with _logs_lock:
-        log = _logs.get(pid)
-        if log is None:
-            log = _logs[pid] = TimingLog(settings.timing_dir, settings.timing_flush_s)
-    return log
+    with _log_lock:
+        if _log is None:
+            _log = TimingsWriter(settings.timing_dir, settings.timing_flush_s)
+        return _log
 
 
 def record(settings: ScoringSettings, timing: ScoreTiming, status: int) -> dict[str, Any]:
@@ -644,7 +574,7 @@ def record(settings: ScoringSettings, timing: ScoreTiming, status: int) -> dict[
     fields = timing.finish()
     log = timing_log(settings)
     if log is not None:
-        log.append(status, fields)
+        log.append({"t": round(time.time(), 6), "status": status, **fields})
     return fields
 
 
@@ -712,7 +642,7 @@ def install_fastapi_errors(app: Any, on_error: Callable[[Any, int], None] | None
     def answer(request: Any, status: int, message: str) -> JSONResponse:
         if on_error is not None:
             on_error(request, status)
-        return JSONResponse(error_body(message), status_code=status)
+        return error_response(status, message)
 
     async def on_api(request: Any, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)

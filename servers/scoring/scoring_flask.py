@@ -10,9 +10,9 @@
 Per request: GET the features from Redis (redis-py), then POST them to model_a, THEN to
 model_b, over one requests.Session per worker process (pooled connections; Gunicorn's sync
 workers themselves close every connection, so the pool only helps towards async upstreams).
-Configured by the INFBENCH_* variables in scoring_common's docstring.
+Configured by the INFBENCH_* variables in servers.scoring.common's docstring.
 
-Run: python -m gunicorn -k sync -w W -b 127.0.0.1:PORT servers.scoring_flask:app
+Run: python -m gunicorn -k sync -w W -b 127.0.0.1:PORT servers.scoring.scoring_flask:app
 """
 
 from __future__ import annotations
@@ -27,15 +27,11 @@ import redis
 import requests
 from flask import Flask, Response, jsonify, request
 
-from servers.bodylimit import BodyLimitWSGI
-from servers.profiling import ProfileWSGI, load_profile_settings
-from servers.scoring_common import (
+from servers.scoring.common import (
     HEALTH_PATH,
     SCORE_PATH,
-    ApiError,
     ScoreTiming,
     check_entity_id,
-    error_body,
     feature_key,
     install_flask_errors,
     load_scoring_settings,
@@ -48,6 +44,9 @@ from servers.scoring_common import (
     upstream_failed,
     upstream_timeout,
 )
+from servers.shared.bodylimit import BodyLimitWSGI
+from servers.shared.errors import ApiError, error_body
+from servers.shared.profiling import ProfileWSGI, load_profile_settings
 
 settings = load_scoring_settings()
 profile_settings = load_profile_settings()  # None unless INFBENCH_PROFILER is set
@@ -100,7 +99,7 @@ def log_error(status: int) -> None:
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 # A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
-# still coming is drained first (servers.bodylimit).
+# still coming is drained first (servers.shared.bodylimit).
 app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 app.wsgi_app = StartClock(app.wsgi_app)  # type: ignore[method-assign]
 if profile_settings is not None:  # outermost: the profile covers the whole request

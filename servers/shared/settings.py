@@ -20,19 +20,19 @@ server at startup with a message naming the variable, never surface later as a 5
                              within a short wait is a 503 with Retry-After
 
 Both pixel counts come from the image headers, before anything is decoded; see
-servers.common.PixelBudget for how a request's share is counted.
+servers.image.service.PixelBudget for how a request's share is counted.
 
 How long a body still coming is drained before an answer is not a variable either:
-servers.bodylimit.DRAIN_S (10 s), on every server.
+servers.shared.bodylimit.DRAIN_S (10 s), on every server.
 
 Request header limits are not variables: MAX_HEADER_BYTES (16 KiB) caps the request target and
-the header block, in the app (servers.common) and in the servers' own parsers. The flags that
+the header block, in the app (servers.image.service) and in the servers' own parsers. The flags that
 set the latter, per server, for whatever starts them (the harness's launcher):
 
     uvicorn    --http h11 --h11-max-incomplete-event-size 16384
     gunicorn   -k uvicorn_worker.UvicornH11Worker   (its --limit-request-* flags do not reach
                an ASGI worker; h11's own default is 16 KiB, and the h11 worker pins h11)
-    hypercorn  -c python:servers.settings.HypercornLimits
+    hypercorn  -c python:servers.shared.settings.HypercornLimits
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ MAX_HEADER_BYTES = 16 * 1024
 
 
 class HypercornLimits:
-    """Hypercorn's header limits: `hypercorn -c python:servers.settings.HypercornLimits ...`.
+    """Hypercorn's header limits: `hypercorn -c python:servers.shared.settings.HypercornLimits ...`.
 
     Hypercorn has no command-line flag for these; its config loader reads the attributes of
     the object named after `python:` (flags given on the command line still take precedence).
@@ -87,8 +87,8 @@ class Settings:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading one variable: the helpers every server's settings use (servers.queue_common and
-# servers.scoring_common too), so that a bad value is refused, and worded, the same everywhere.
+# Reading one variable: the helpers every server's settings use (servers.queue.common and
+# servers.scoring.common too), so that a bad value is refused, and worded, the same everywhere.
 # An unset or blank variable takes the default.
 
 

@@ -5,10 +5,10 @@
                     bad body 400, body too large 413, all as {"error": "<one line>"}
 
 The sleep kind blocks the worker in time.sleep, as a sync worker would on a real remote call;
-the model kind runs the Keras model in the worker (see scoring_common.Scorer). Configured by
-the INFBENCH_MODEL_* variables (scoring_common's docstring).
+the model kind runs the Keras model in the worker (see servers.scoring.common.Scorer). Configured by
+the INFBENCH_MODEL_* variables (servers.scoring.common's docstring).
 
-Run: python -m gunicorn -k sync -w W -b 127.0.0.1:PORT servers.model_api_flask:app
+Run: python -m gunicorn -k sync -w W -b 127.0.0.1:PORT servers.scoring.model_api_flask:app
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import time
 
 from flask import Flask, Response, jsonify, request
 
-from servers.bodylimit import BodyLimitWSGI
-from servers.scoring_common import (
+from servers.scoring.common import (
     HEALTH_PATH,
     PREDICT_PATH,
     Scorer,
@@ -28,6 +27,7 @@ from servers.scoring_common import (
     parse_json_object,
     prediction,
 )
+from servers.shared.bodylimit import BodyLimitWSGI
 
 settings = load_model_api_settings()
 scorer = Scorer(settings)
@@ -38,7 +38,7 @@ scorer.load()
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 # A chunked body over the limit is a 413 too, and whatever the answer, the rest of a body
-# still coming is drained first (servers.bodylimit).
+# still coming is drained first (servers.shared.bodylimit).
 app.wsgi_app = BodyLimitWSGI(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
 install_flask_errors(app)
 

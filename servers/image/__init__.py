@@ -1,0 +1,1 @@
+"""The image study: the Starlette, FastAPI and dynamic-batching apps over one service."""

@@ -1,0 +1,1 @@
+"""The queue study: two HTTP APIs (FastAPI, Flask) and the model worker, over Redis."""

@@ -1,0 +1,1 @@
+"""The scoring study: the scoring APIs (sync and async), the model APIs, the feature seeder."""
