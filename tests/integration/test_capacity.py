@@ -154,7 +154,12 @@ def test_the_capacity_command_writes_its_answer_probes_and_curve(tmp_path: Path)
     run_dir = next(p for p in (tmp_path / "r").iterdir() if p.is_dir() and not p.is_symlink())
     doc = json.loads((run_dir / "sleep10" / "capacity.json").read_text())
     probes = doc["probes"]
-    assert [p["rate"] for p in probes][:2] == [20, 40] and len(probes) <= 3
+    # The search from 20 req/s: double after a pass, halve after a failure. A 10 ms server
+    # passes 20 req/s on a quiet machine; on a busy one (CI's four workers on two cores) the
+    # probe can be judged unstable, and the search must then go down, not up.
+    rates = [p["rate"] for p in probes]
+    assert rates[0] == 20 and len(probes) <= 3
+    assert rates[1] == (40 if probes[0]["pass"] else 10), probes[0]["why"]
     assert all(p["why"] for p in probes) and doc["search"]["p95_ms"] == 2000
     assert doc["answer"]["p95_bound_ms"] == 2000 and "bounded_by" in doc["answer"]
     assert (run_dir / "sleep10" / "capacity.png").stat().st_size > 0

@@ -127,9 +127,9 @@ def server_argv(build: str, module: str, port: int) -> list[str]:
     """The argv the harness uses: Flask on Gunicorn sync workers, FastAPI on Uvicorn."""
     if build == "flask":
         return [sys.executable, "-m", "gunicorn", "-k", "sync", "-w", "1",
-                "-b", f"{HOST}:{port}", f"servers.{module}_flask:app"]
-    return [sys.executable, "-m", "uvicorn", f"servers.{module}_fastapi:app", "--host", HOST,
-            "--port", str(port), "--workers", "1", "--no-access-log"]
+                "-b", f"{HOST}:{port}", f"servers.scoring.{module}_flask:app"]
+    return [sys.executable, "-m", "uvicorn", f"servers.scoring.{module}_fastapi:app",
+            "--host", HOST, "--port", str(port), "--workers", "1", "--no-access-log"]
 
 
 def start_model_api(build: str, name: str, logs: Path, **extra: str) -> Proc:
