@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench.analysis.verdict import probe_totals
-from infbench.results import samples
-from infbench.results.samples import read_probes
+from infbench.results.variant import VariantFiles, files_of
 
 PARTS = ("file_mb", "other_anon_mb", "malloc_in_use_mb", "malloc_free_mb")
 GRID_S = 1.0  # the probes write once a second; finer would only repeat their figures
@@ -37,10 +36,11 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 1)
 
 
-def series(variant_dir: Path) -> list[dict[str, Any]]:
+def series(variant_dir: Path | VariantFiles) -> list[dict[str, Any]]:
     """One point a second: rss, anon, the four parts, and whether malloc's figures were there."""
-    totals = samples.totals(samples.process_rows(variant_dir / "processes.csv"))
-    probes, _ = read_probes(variant_dir)
+    v = files_of(variant_dir)
+    totals = v.process_totals
+    probes, _ = v.probes
     out: list[dict[str, Any]] = []
     last = float("-inf")
     for row in totals:

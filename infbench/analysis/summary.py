@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from infbench.analysis import breakdown, trust, verdict
-from infbench.results import readers, samples
 from infbench.results.samples import (
     Mprof,
     locust_aggregate,
     number,
     parse_cgroup_csv,
-    parse_mprof,
 )
 from infbench.results.schemas import PHASE_KINDS, SUMMARY_SCHEMA, profile_cycles
+from infbench.results.variant import VariantFiles, files_of
 
 COOLDOWN_TAIL_S = 5.0
 
@@ -119,8 +118,9 @@ def memory_figures(mem: list[tuple[float, float]], phase_list: list[dict[str, An
     }
 
 
-def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
+def step_figures(variant_dir: Path | VariantFiles, mem: list[tuple[float, float]],
                  phase_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    folder = files_of(variant_dir).dir
     steps = []
     drains = {p.get("index"): p for p in phase_list if p.get("kind") == "drain"}
     pauses = {p.get("index"): p for p in phase_list if p.get("kind") == "pause"}
@@ -129,7 +129,7 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
             continue
         i, batch = p.get("index"), p.get("batch")
         drain = drains.get(i)
-        stats = locust_aggregate(variant_dir / f"step{i}-b{batch}_stats.csv") or {}
+        stats = locust_aggregate(folder / f"step{i}-b{batch}_stats.csv") or {}
         t_end = (drain or p).get("end")
         vals = samples_between(mem, p.get("start"), t_end)
         steps.append({
@@ -161,11 +161,11 @@ def step_figures(variant_dir: Path, mem: list[tuple[float, float]],
 PROCESS_METRICS = ("rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb", "swap_mb")
 
 
-def process_figures(variant_dir: Path, phase_list: list[dict[str, Any]],
+def process_figures(variant_dir: Path | VariantFiles, phase_list: list[dict[str, Any]],
                     sampler: dict[str, Any] | None) -> dict[str, Any] | None:
     """start / end / peak / growth of each per-process metric summed over the server's
     processes (processes.csv), by the same definitions as mprof's MEM; None without samples."""
-    tot = samples.totals(samples.process_rows(variant_dir / "processes.csv"))
+    tot = files_of(variant_dir).process_totals
     if not tot:
         return None
     out: dict[str, Any] = {}
@@ -232,20 +232,21 @@ def running_mprof(mp: Mprof, stop_at: float | None) -> Mprof:
                  bad_lines=mp.bad_lines)
 
 
-def replica_mprofs(variant_dir: Path, ph: dict[str, Any],
+def replica_mprofs(variant_dir: Path | VariantFiles, ph: dict[str, Any],
                    running: bool = False) -> dict[str, Mprof]:
     """Each service replica's mprofile.dat: the variant's own for a one-service variant.
     running: only what was sampled while each ran (while_running), as the plots draw it; the
     figures are read from every sample."""
+    v = files_of(variant_dir)
     labels = [k for k in ph.get("services", {}) if k != "server"]
-    paths = {label: variant_dir / label / "mprofile.dat" for label in labels} or \
-        {"server": variant_dir / "mprofile.dat"}
+    paths = {label: f"{label}/mprofile.dat" for label in labels} or {"server": "mprofile.dat"}
     stop_at = stop_began(ph)
-    return {label: running_mprof(parse_mprof(path), stop_at) if running else parse_mprof(path)
+    return {label: running_mprof(v.mprof(path), stop_at) if running else v.mprof(path)
             for label, path in paths.items()}
 
 
-def variant_mprof(variant_dir: Path, ph: dict[str, Any], running: bool = False) -> Mprof:
+def variant_mprof(variant_dir: Path | VariantFiles, ph: dict[str, Any],
+                  running: bool = False) -> Mprof:
     """The variant's memory: its server's, or every replica's MEM summed over time (running:
     see replica_mprofs)."""
     per = replica_mprofs(variant_dir, ph, running)
@@ -257,16 +258,17 @@ def variant_mprof(variant_dir: Path, ph: dict[str, Any], running: bool = False) 
     return out
 
 
-def service_figures(variant_dir: Path, ph: dict[str, Any],
+def service_figures(variant_dir: Path | VariantFiles, ph: dict[str, Any],
                     steps: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Per service (a one-service variant's is "server"): memory (mprof, its replicas summed)
     and, per step, CPU (% of one core, from the sampler's cpu_s) and RSS at the step's end."""
     services = ph.get("services", {})
     if not services:
         return None  # version-1 files: no services recorded
-    per = replica_mprofs(variant_dir, ph)
+    v = files_of(variant_dir)
+    per = replica_mprofs(v, ph)
     plist = ph.get("phases", [])
-    rows = samples.process_rows(variant_dir / "processes.csv")
+    rows = v.processes
     out: dict[str, Any] = {}
     names = sorted({d.get("service", k) for k, d in services.items()})
     for name in names:
@@ -313,23 +315,24 @@ def rss_at(rows: list[dict[str, Any]], t: float | None) -> float | None:
     return sum(mb for tt, mb in latest.values() if newest - tt < 2.0)
 
 
-def profile_of(variant_dir: Path) -> dict[str, Any] | None:
+def profile_of(variant_dir: Path | VariantFiles) -> dict[str, Any] | None:
     """The profile the variant ran under, from its manifest (None if there is none)."""
-    try:
-        manifest = json.loads((variant_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
+    manifest = files_of(variant_dir).json("manifest.json")
+    if manifest is None:
         return None
     profile = manifest.get("config", {}).get("profile")
     return profile if isinstance(profile, dict) else None
 
 
-def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+def split_figures(variant_dir: Path | VariantFiles,
+                  steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """Per step: where the time went, by the servers' own timing lines, and Locust's failures
     by kind."""
-    rows = read_timings(variant_dir)
+    folder = files_of(variant_dir).dir
+    rows = read_timings(folder)
     out = []
     for st in steps:
-        prefix = variant_dir / f"step{st['index']}-b{st['batch']}"
+        prefix = folder / f"step{st['index']}-b{st['batch']}"
         split = timing_split(rows, st.get("t_start"), st.get("t_end"))
         kinds = failure_kinds(prefix)
         if split or kinds:
@@ -338,17 +341,18 @@ def split_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[s
     return out or None
 
 
-def summarize_variant(variant_dir: Path,
+def summarize_variant(variant_dir: Path | VariantFiles,
                       points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """summary.json content for one variant folder. `points`: its breakdown.series, if the
     caller has read them already (the report draws them too)."""
-    ph = readers.phases_json(variant_dir)
-    mp = variant_mprof(variant_dir, ph)
+    v = files_of(variant_dir)
+    ph = v.phases
+    mp = variant_mprof(v, ph)
     plist = ph.get("phases", [])
-    steps = step_figures(variant_dir, mp.mem, plist)
-    trust.annotate(variant_dir, steps, plist, mp.mem)
+    steps = step_figures(v, mp.mem, plist)
+    trust.annotate(v, steps, plist, mp.mem)
     pauses = [p for p in plist if p.get("kind") == "pause"]
-    profile = profile_of(variant_dir)
+    profile = profile_of(v)
 
     def total(key: str) -> int | None:
         vals = [s[key] for s in steps if s.get(key) is not None]
@@ -356,25 +360,25 @@ def summarize_variant(variant_dir: Path,
 
     out: dict[str, Any] = {
         "schema": SUMMARY_SCHEMA,
-        "variant": ph.get("variant", variant_dir.name),
+        "variant": ph.get("variant", v.name),
         "status": ph.get("status"),
         "stopped_in": ph.get("stopped_in"),
         "error": (ph.get("error") or "").splitlines()[0] if ph.get("error") else None,
         "memory_mb": memory_figures(mp.mem, plist),
-        "processes_mb": process_figures(variant_dir, plist, ph.get("sampler")),
-        "verdict": verdict.from_files(variant_dir, plist, mp.mem, steps,
+        "processes_mb": process_figures(v, plist, ph.get("sampler")),
+        "verdict": verdict.from_files(v, plist, mp.mem, steps,
                                       profile_cycles(profile)),
         "breakdown_mb": breakdown.figures(
-            breakdown.series(variant_dir) if points is None else points, plist),
-        "services": service_figures(variant_dir, ph, steps),
-        "split": split_figures(variant_dir, steps),
+            breakdown.series(v) if points is None else points, plist),
+        "services": service_figures(v, ph, steps),
+        "split": split_figures(v, steps),
         "profile": profile,
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,
-        "model_alone": trust.model_alone(variant_dir),
+        "model_alone": trust.model_alone(v),
         "pauses_server_busy_s": [p.get("server_busy_s") for p in pauses],
         "samples": {
             "mem": len(mp.mem), "children": len(mp.children), "bad_lines": mp.bad_lines,
@@ -387,7 +391,7 @@ def summarize_variant(variant_dir: Path,
                     "processes": "processes.csv", "probes": "probes-<pid>.jsonl",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }
-    cgroup = parse_cgroup_csv(variant_dir / CGROUP_FILE)
+    cgroup = parse_cgroup_csv(v.dir / CGROUP_FILE)
     if cgroup:  # docker runs: the container's own figure, beside mprof's
         out["cgroup_memory_mb"] = memory_figures(cgroup, plist)
         out["samples"]["cgroup"] = len(cgroup)

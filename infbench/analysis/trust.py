@@ -25,6 +25,7 @@ from typing import Any
 
 from infbench.analysis import loadgen, stability
 from infbench.config import DEFAULT_WINDOW_S, auto_window
+from infbench.results.variant import VariantFiles, files_of
 
 # Open-loop: an achieved send rate below this share of the offered one is said out loud.
 SEND_RATE_SHORTFALL = 0.95
@@ -40,12 +41,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def window_settings(variant_dir: Path, counts: dict[str, Any] | None = None,
+def window_settings(variant_dir: Path | VariantFiles, counts: dict[str, Any] | None = None,
                     index: int | None = None) -> tuple[float, int, float]:
     """The stability window, count and tolerance a step ran with: what its Locust recorded
     (`*_counts.json`; a capacity probe sizes its own), else the profile's (manifest.json),
     else the defaults."""
-    m = _read_json(variant_dir / "manifest.json") or {}
+    m = files_of(variant_dir).json("manifest.json") or {}
     prof = (m.get("config") or {}).get("profile") or {}
     c = counts or {}
 
@@ -111,8 +112,8 @@ def open_loop_notes(ol: dict[str, Any]) -> list[str]:
     return notes
 
 
-def model_alone(variant_dir: Path) -> dict[str, Any] | None:
-    return _read_json(variant_dir / "model_alone.json")
+def model_alone(variant_dir: Path | VariantFiles) -> dict[str, Any] | None:
+    return files_of(variant_dir).json("model_alone.json")
 
 
 def efficiency(images_per_s: float | None, batch: int | None,
@@ -135,17 +136,18 @@ def efficiency(images_per_s: float | None, batch: int | None,
     return out
 
 
-def annotate(variant_dir: Path, steps: list[dict[str, Any]], phase_list: list[dict[str, Any]],
-             mem: list[tuple[float, float]]) -> None:
+def annotate(variant_dir: Path | VariantFiles, steps: list[dict[str, Any]],
+             phase_list: list[dict[str, Any]], mem: list[tuple[float, float]]) -> None:
     """Add the trust figures to each step of analysis.step_figures (in place)."""
+    v = files_of(variant_dir)
     ends = {p.get("index"): p for p in phase_list if p.get("kind") == "step"}
-    alone = model_alone(variant_dir)
+    alone = model_alone(v)
     for st in steps:
         i, batch = st["index"], st["batch"]
-        prefix = variant_dir / f"step{i}-b{batch}"
+        prefix = v.dir / f"step{i}-b{batch}"
         phase = ends.get(i, {})
         counts = _read_json(Path(f"{prefix}_counts.json"))
-        width, count, tol = window_settings(variant_dir, counts, i)
+        width, count, tol = window_settings(v, counts, i)
         t0 = st.get("t_start")
         t_stop = (counts or {}).get("test_stopping") or phase.get("end")
         stab = stability.step_stability(prefix, t0, t_stop, mem, width, count, tol)

@@ -77,9 +77,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from infbench.results import samples
-from infbench.results.samples import read_probes
 from infbench.results.schemas import MIN_CYCLES, NO_CYCLES, NO_VERDICT, runs_once
+from infbench.results.variant import VariantFiles, files_of
 
 NOISE_MB = 8.0
 NOISE_FRACTION = 0.01
@@ -587,12 +586,13 @@ def kept_at(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if mb >= floor]
 
 
-def from_files(variant_dir: Path, phase_list: list[dict[str, Any]],
+def from_files(variant_dir: Path | VariantFiles, phase_list: list[dict[str, Any]],
                mem: list[tuple[float, float]], steps: list[dict[str, Any]],
                profile_cycles: int | None = None) -> dict[str, Any]:
     """The verdict of one variant folder, with the cycle figures it was decided from."""
-    by_pid, events = read_probes(variant_dir)
-    rows = samples.outside_rows(variant_dir)
+    v = files_of(variant_dir)
+    by_pid, events = v.probes
+    rows = v.outside
     cycles = cycle_figures(phase_list, mem, steps, by_pid, rows, events)
     trims = [e for e in events if e.get("event") == "trim"]
     trims += [r for r in rows if r.get("event") == "trim" and "error" not in r]

@@ -15,8 +15,9 @@ from typing import Any
 from infbench.analysis import breakdown, summary
 from infbench.report import html, markdown, plots
 from infbench.report.tables import loadgen_cpu
-from infbench.results import readers, samples, schemas, store
+from infbench.results import samples, schemas, store
 from infbench.results.files import WriteError, write_csv, write_json, write_text
+from infbench.results.variant import VariantFiles, files_of
 
 CSV_MEMORY = ["start", "end", "peak", "after_cooldown", "growth", "retained"]
 CSV_PROCESS = ("pss", "uss", "anon", "file")
@@ -42,9 +43,10 @@ def build(run_dir: Path) -> dict[str, Any]:
     series = []
     for vd in store.variant_dirs(run_dir, info):
         try:
-            points = breakdown.series(vd)
-            s = summary.summarize_variant(vd, points)
-            ph = readers.phases_json(vd)
+            v = VariantFiles(vd)
+            points = breakdown.series(v)
+            s = summary.summarize_variant(v, points)
+            ph = v.phases
         except (OSError, ValueError, KeyError, TypeError) as e:
             s = damaged_summary(vd, f"cannot read {vd.name}'s files: {type(e).__name__}: "
                                 f"{str(e)[:200]}")
@@ -56,12 +58,12 @@ def build(run_dir: Path) -> dict[str, Any]:
         # The plots draw each line while its server ran: not its shutdown, nor mprof's
         # 0 MB after the process is gone (summary.while_running).
         stop_at = summary.stop_began(ph)
-        mp = summary.variant_mprof(vd, ph, running=True)
+        mp = summary.variant_mprof(v, ph, running=True)
         cgroup = summary.while_running(  # docker runs only
             samples.parse_cgroup_csv(vd / samples.CGROUP_FILE), stop_at)
         per_service: tuple[tuple[str, plots.Series, str], ...] = ()
         if s.get("services") and list(s["services"]) != ["server"]:
-            per = summary.replica_mprofs(vd, ph, running=True)
+            per = summary.replica_mprofs(v, ph, running=True)
             per_service = tuple(
                 (f"service {name} (mprof, {sv['replicas']} replica(s))",
                  summary.sum_series([per[lb].mem for lb in sv["labels"] if lb in per]),
@@ -69,7 +71,7 @@ def build(run_dir: Path) -> dict[str, Any]:
                 for n, (name, sv) in enumerate(s["services"].items()))
         plots.variant_plot(mp, ph, s, vd / "memory.png", f"{s['variant']} — memory over time",
                            extra=(("container cgroup (docker stats)", cgroup, "#2a6f97"),
-                                  *sampler_lines(vd, stop_at), *per_service),
+                                  *sampler_lines(v, stop_at), *per_service),
                            mem_label="all services, replicas summed (mprof MEM)"
                            if per_service else "server + children (mprof MEM)")
         if points:
@@ -114,11 +116,11 @@ def parts_note(s: dict[str, Any]) -> str:
             f"{after['named_pct']:.0f}% of RSS{extra}")
 
 
-def sampler_lines(variant_dir: Path,
+def sampler_lines(variant_dir: Path | VariantFiles,
                   stop_at: float | None = None) -> tuple[tuple[str, plots.Series, str], ...]:
     """PSS and anonymous memory summed over the server's processes (processes.csv), while
     they ran (summary.while_running)."""
-    tot = samples.totals(samples.process_rows(variant_dir / "processes.csv"))
+    tot = files_of(variant_dir).process_totals
     pss = summary.while_running([(t["time"], t["pss_mb"]) for t in tot
                                   if t["pss_mb"] is not None], stop_at)
     anon = summary.while_running([(t["time"], t["anon_mb"]) for t in tot], stop_at)

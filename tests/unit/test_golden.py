@@ -1,11 +1,15 @@
 """The committed reference runs, rebuilt by today's report: the same figures they were committed
-with. Files in, files out: no servers, no Redis."""
+with, each artifact read once (infbench/results/variant.py). Files in, files out: no servers, no
+Redis."""
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +26,24 @@ def test_the_reference_runs_rebuild_to_the_same_figures(tmp_path: Path, ref: str
     src = ROOT / "results" / ref
     dst = tmp_path / ref
     shutil.copytree(src, dst)
-    build.build(dst)
+    opened: collections.Counter[str] = collections.Counter()
+    counting = [True]
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        # An audit hook lasts as long as the process: it counts only while this build runs.
+        if counting[0] and event == "open" and isinstance(args[0], str) \
+                and args[0].startswith(str(dst)) and args[1] in (None, "r", "rb"):
+            opened[str(Path(args[0]).relative_to(dst))] += 1
+
+    sys.addaudithook(hook)
+    try:
+        build.build(dst)
+    finally:
+        counting[0] = False
+    once = [f"{p.parent.name}/{name}" for p in src.glob("*/phases.json")
+            for name in ("phases.json", "processes.csv", "mprofile.dat", "manifest.json")]
+    once += [k for k in opened if "/probes-" in k]
+    assert len(once) >= 24 and {k: opened[k] for k in once} == dict.fromkeys(once, 1)
     for committed in src.glob("*/summary.json"):
         old = readers.summary_json(committed.parent)
         new = json.loads((dst / committed.parent.name / "summary.json").read_text())
