@@ -15,7 +15,7 @@
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
 #   make capacity_<variant> P95_MS=<ms>   the highest open-loop rate with p95 under the bound
-#   make profile_<variant> [REQUESTS=N]    where one request's time goes (pyinstrument, yappi)
+#   make trace_<variant> [REQUESTS=N]      where one request's time goes (pyinstrument, yappi)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
@@ -92,16 +92,23 @@ capacity_%: venv system-run
 	@test -n "$(P95_MS)" || { echo "make capacity_$*: give the bound, e.g. P95_MS=500"; exit 2; }
 	$(PY) -m infbench capacity $* --p95-ms $(P95_MS) $(opts)
 
-# Where the time goes, request by request (infbench/modes/request_profile.py): e.g. make profile_scoring-sync;
-# several at once, side by side: make profile VARIANTS="scoring-sync scoring-async".
+# Where the time goes, request by request (infbench/modes/request_profile.py): e.g.
+# make trace_scoring-sync; several at once, side by side: make trace VARIANTS="scoring-sync
+# scoring-async". (`make profile`, `make profile_<variant>`: the old names, with a notice.)
 REQUESTS ?=
 VARIANTS ?= scoring-sync scoring-async
-popts = $(if $(REQUESTS),--requests $(REQUESTS)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
-.PHONY: profile
+topts = $(if $(REQUESTS),--requests $(REQUESTS)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
+.PHONY: trace profile
+trace: venv system-run
+	$(PY) -m infbench trace $(VARIANTS) $(topts)
+trace_%: venv system-run
+	$(PY) -m infbench trace $* $(topts)
 profile: venv system-run
-	$(PY) -m infbench profile $(VARIANTS) $(popts)
+	@echo "make: \`make profile\` is now \`make trace\` (a profile is a load profile, PROFILE=)" >&2
+	$(PY) -m infbench trace $(VARIANTS) $(topts)
 profile_%: venv system-run
-	$(PY) -m infbench profile $* $(popts)
+	@echo "make: \`make profile_$*\` is now \`make trace_$*\` (a profile is a load profile, PROFILE=)" >&2
+	$(PY) -m infbench trace $* $(topts)
 
 report: venv
 	$(PY) -m infbench report $(RUN)

@@ -257,7 +257,7 @@ def _stability() -> None:
         if wins:
             w = wins[-1]
             _counts["windows"].append({"t": w.t1, "rps": round(w.rps, 3), "p50_ms": w.p50_ms})
-        if stability.judge(wins, STABLE_WINDOWS, STABLE_TOLERANCE)["stable"]:
+        if stability.judge_windows(wins, STABLE_WINDOWS, STABLE_TOLERANCE)["stable"]:
             _counts["stable_at"] = now
             _write_counts()
             if env.runner is not None:

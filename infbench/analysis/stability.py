@@ -195,7 +195,7 @@ def windows_from_history(hist: list[dict[str, float]], t0: float, t1: float,
     return out
 
 
-def judge(windows: list[Window], count: int = DEFAULT_WINDOWS,
+def judge_windows(windows: list[Window], count: int = DEFAULT_WINDOWS,
           tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
     """The rule: the last `count` windows' throughput and median within `tolerance`, or within
     their sampling noise where that is wider (see the module's docstring)."""
@@ -308,7 +308,7 @@ def step_stability(prefix: Path, t0: float | None, t1: float | None,
         wins = windows_from_history(read_history(Path(f"{prefix}_stats_history.csv")), t0, t1,
                                     width)
         source = "stats_history.csv (Locust's ~10 s current median)"
-    verdict = judge(wins, count, tolerance)
+    verdict = judge_windows(wins, count, tolerance)
     return {**out, **verdict, "source": source, "last": last,
             "windows": [{k: (round(v, 3) if isinstance(v, float) else v)
                          for k, v in asdict(w).items()} for w in wins],

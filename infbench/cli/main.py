@@ -30,9 +30,9 @@ from infbench.cli import (
     exits,
     listing,
     overhead,
-    profile,
     report,
     run,
+    trace,
 )
 from infbench.cli.args import Subparsers
 from infbench.launch import LaunchError, proc
@@ -52,7 +52,7 @@ class Command(Protocol):
 
 
 # In the order `infbench --help` lists them.
-COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, profile, diagnose, report,
+COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, report,
                                  compare, check, overhead)
 
 
@@ -75,8 +75,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options before the command that take a value (args.add_global).
+GLOBAL_VALUES = ("--experiments", "--results")
+
+
+def renamed(argv: list[str]) -> list[str]:
+    """A command under its old name runs under its new one, after a one-line notice."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in GLOBAL_VALUES else 1
+    if i < len(argv) and argv[i] == trace.OLD_NAME:
+        print(f"infbench: `{trace.OLD_NAME}` is now `{trace.NAME}` (a profile is a load "
+              f"profile, --profile); running `{trace.NAME}`", file=sys.stderr)
+        return [*argv[:i], trace.NAME, *argv[i + 1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    ns = parser().parse_args(argv)
+    ns = parser().parse_args(renamed(sys.argv[1:] if argv is None else list(argv)))
     install_signals()
     command = next(c for c in COMMANDS if ns.cmd == c.NAME)
     try:

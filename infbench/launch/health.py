@@ -107,14 +107,14 @@ def namespace_pids(pids: list[int]) -> set[int]:
 
 
 @dataclass
-class Probe:
+class HealthCheck:
     """The last thing a health check saw, for the message when it never turns healthy."""
 
     last: str = "no answer yet"
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def _http(url: str, probe: Probe) -> dict[str, Any] | None:
+def _http(url: str, probe: HealthCheck) -> dict[str, Any] | None:
     try:
         with loopback.urlopen(url, timeout=2.0) as r:
             body = r.read(65536)
@@ -137,7 +137,7 @@ def _http(url: str, probe: Probe) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {"body": data}
 
 
-def _redis_ping(port: int, probe: Probe) -> dict[str, Any] | None:
+def _redis_ping(port: int, probe: HealthCheck) -> dict[str, Any] | None:
     """PING and INFO over Redis's own protocol (no client library in the harness)."""
     try:
         with socket.create_connection((HOST, port), timeout=2.0) as s:
@@ -162,7 +162,7 @@ def _redis_ping(port: int, probe: Probe) -> dict[str, Any] | None:
             "pid": int(info["process_id"]) if info.get("process_id", "").isdigit() else None}
 
 
-def check_once(replica: Replica, probe: Probe) -> dict[str, Any] | None:
+def check_once(replica: Replica, probe: HealthCheck) -> dict[str, Any] | None:
     s = replica.spec.service
     port = replica.spec.port
     kind = s.health
@@ -198,7 +198,7 @@ def wait_healthy(replica: Replica, timeout: float,
                  on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """Poll until the replica answers from its own process tree, dies, or time runs out."""
     deadline = time.monotonic() + timeout
-    probe = Probe()
+    probe = HealthCheck()
     label = replica.spec.label
     port = replica.spec.port
     while True:

@@ -46,7 +46,7 @@ def measure(url: str, path: str, requests: int = REQUESTS) -> list[float]:
     return times
 
 
-def judge(times: list[float]) -> dict[str, Any]:
+def stall_figures(times: list[float]) -> dict[str, Any]:
     """first_ms, later_median_ms, and `stalled` when the later ones wait for an ACK."""
     if len(times) < 3:
         return {"requests": len(times), "first_ms": times[0] if times else None,
@@ -62,7 +62,7 @@ def judge(times: list[float]) -> dict[str, Any]:
 def check(url: str, path: str) -> dict[str, Any]:
     """measure + judge; an error is reported in the result, never raised."""
     try:
-        return judge(measure(url, path))
+        return stall_figures(measure(url, path))
     except (OSError, http.client.HTTPException) as exc:
         return {"requests": 0, "stalled": False, "error": f"{type(exc).__name__}: {exc}"}
 

@@ -51,7 +51,7 @@ class Search:
 
 
 @dataclass(frozen=True)
-class Probe:
+class RateProbe:
     """One probe's figures: offered and served requests/s, latency, failures, trust."""
 
     rate: float
@@ -66,7 +66,7 @@ class Probe:
     requests: int = 0  # how many the figures come from (0: unknown)
 
 
-def judge(p: Probe, s: Search) -> tuple[bool, str]:
+def probe_passes(p: RateProbe, s: Search) -> tuple[bool, str]:
     """Does this probe pass, and why not."""
     if p.p95_ms is None or p.rps is None:
         return False, "no request finished"
@@ -86,16 +86,16 @@ def judge(p: Probe, s: Search) -> tuple[bool, str]:
     return (not why), "; ".join(why) or "pass"
 
 
-def bracket(probes: list[Probe], s: Search) -> tuple[float | None, float | None]:
+def bracket(probes: list[RateProbe], s: Search) -> tuple[float | None, float | None]:
     """(highest passing rate below the lowest failure, lowest failing rate). A pass above a
     failure (noise) does not move the bracket: the answer stays on the safe side."""
-    bad = [p.rate for p in probes if not judge(p, s)[0]]
+    bad = [p.rate for p in probes if not probe_passes(p, s)[0]]
     hi = min(bad) if bad else None
-    ok = [p.rate for p in probes if judge(p, s)[0] and (hi is None or p.rate < hi)]
+    ok = [p.rate for p in probes if probe_passes(p, s)[0] and (hi is None or p.rate < hi)]
     return (max(ok) if ok else None), hi
 
 
-def next_rate(probes: list[Probe], s: Search) -> float | None:
+def next_rate(probes: list[RateProbe], s: Search) -> float | None:
     """The next rate to probe, or None when the search is done."""
     if not probes:
         return s.start
@@ -113,10 +113,10 @@ def next_rate(probes: list[Probe], s: Search) -> float | None:
     return (lo + hi) / 2
 
 
-def answer(probes: list[Probe], s: Search) -> dict[str, Any]:
+def answer(probes: list[RateProbe], s: Search) -> dict[str, Any]:
     """The highest passing probe below the lowest failure, with what bounded the search."""
     lo, hi = bracket(probes, s)
-    best = next((p for p in probes if p.rate == lo and judge(p, s)[0]), None)
+    best = next((p for p in probes if p.rate == lo and probe_passes(p, s)[0]), None)
     out: dict[str, Any] = {"p95_bound_ms": s.p95_ms, "found": best is not None,
                            "lowest_failing_rate": hi, "probes": len(probes)}
     if best is not None:
@@ -127,7 +127,7 @@ def answer(probes: list[Probe], s: Search) -> dict[str, Any]:
                     "p50_ms": best.p50_ms, "p95_ms": best.p95_ms, "batch": best.batch})
     if hi is not None:
         worst = next(p for p in probes if p.rate == hi)
-        out["bounded_by"] = judge(worst, s)[1]
+        out["bounded_by"] = probe_passes(worst, s)[1]
         out["converged"] = lo is not None and hi / lo - 1 <= s.tolerance
     else:
         out["bounded_by"] = "no probe failed (max_probes reached)"
@@ -135,12 +135,12 @@ def answer(probes: list[Probe], s: Search) -> dict[str, Any]:
     return out
 
 
-def probe_from_step(st: dict[str, Any], rate: float) -> Probe:
-    """A Probe from one step of summary.step_figures + trust.annotate: the figures of its
+def probe_from_step(st: dict[str, Any], rate: float) -> RateProbe:
+    """A RateProbe from one step of summary.step_figures + trust.annotate: the figures of its
     judged (last) windows when the step has a request log, else of the whole step."""
     fig = (st.get("stability") or {}).get("last") or st
     req, fail = fig.get("requests") or 0, fig.get("failures") or 0
-    return Probe(rate=rate, rps=fig.get("rps"), p50_ms=fig.get("p50_ms"),
+    return RateProbe(rate=rate, rps=fig.get("rps"), p50_ms=fig.get("p50_ms"),
                  p95_ms=fig.get("p95_ms"), failure_rate=(fail / req) if req else 0.0,
                  stable=bool(st.get("stable")), limited=bool(st.get("limited_by_loadgen")),
                  batch=int(st.get("batch") or 1), index=int(st.get("index") or 0),
@@ -155,11 +155,11 @@ def probe_window(rate: float, window_s: float, windows: int, s: Search) -> tuple
     return w, max(s.probe_seconds, (windows + 2) * w)
 
 
-def document(probes: list[Probe], s: Search) -> dict[str, Any]:
+def document(probes: list[RateProbe], s: Search) -> dict[str, Any]:
     return {"schema": CAPACITY_SCHEMA, "search": dataclasses.asdict(s),
             "answer": answer(probes, s),
-            "probes": [{**dataclasses.asdict(p), "pass": judge(p, s)[0],
-                        "why": judge(p, s)[1]} for p in probes],
+            "probes": [{**dataclasses.asdict(p), "pass": probe_passes(p, s)[0],
+                        "why": probe_passes(p, s)[1]} for p in probes],
             "definitions": {
                 "pass": f"stable, p95 <= bound, failures <= {s.max_failures:.0%}, served >= "
                         f"{SERVED_SHARE:.0%} of the offered rate, load generator not limited",
@@ -168,7 +168,7 @@ def document(probes: list[Probe], s: Search) -> dict[str, Any]:
                 "latency": "from each request's intended send time"}}
 
 
-def plot(probes: list[Probe], s: Search, out: Path, title: str) -> Path:
+def plot(probes: list[RateProbe], s: Search, out: Path, title: str) -> Path:
     """Latency (p50, p95) against the offered rate, each probe marked pass or fail and
     labelled with what it served."""
     import matplotlib
@@ -187,7 +187,7 @@ def plot(probes: list[Probe], s: Search, out: Path, title: str) -> Path:
         ax.plot([x for x, _, _, _ in pts], [y for _, y, _, _ in pts], "--", color="#55a868",
                 lw=1, alpha=0.8, marker=".", label="p50")
         for x, _, y, p in pts:
-            ok = judge(p, s)[0]
+            ok = probe_passes(p, s)[0]
             ax.plot(x, y, "o" if ok else "x", color="#2a9d8f" if ok else "#d62728", ms=7)
             ax.annotate(f"served {p.rps:.3g}/s", (x, y), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color="#555555")
@@ -219,7 +219,7 @@ def runner(search: Search) -> type[VariantRun]:
         def _load(self) -> None:
             p = base = self.profile
             batch = p.steps[0].batch
-            probes: list[Probe] = []
+            probes: list[RateProbe] = []
             i = 0
             while (rate := next_rate(probes, search)) is not None:
                 i += 1
@@ -232,7 +232,7 @@ def runner(search: Search) -> type[VariantRun]:
                 self._step(i, search.max_probes, spec, 1)
                 self.profile = base
                 probes.append(self._probe(i, rate))
-                ok, why = judge(probes[-1], search)
+                ok, why = probe_passes(probes[-1], search)
                 pr = probes[-1]
                 self.progress.say(
                     f"  probe {i}: {rate:g} req/s offered -> {_f(pr.rps)} served, p95 "
@@ -245,12 +245,12 @@ def runner(search: Search) -> type[VariantRun]:
             plot(probes, search, self.out / "capacity.png",
                  f"{self.v.name}: latency vs throughput, {batch} image(s)/request, open loop")
 
-        def _probe(self, i: int, rate: float) -> Probe:
+        def _probe(self, i: int, rate: float) -> RateProbe:
             plist = self.log.data["phases"]
             steps = [st for st in summary.step_figures(self.out, [], plist)
                      if st["index"] == i]
             if not steps:
-                return Probe(rate=rate, rps=None, p50_ms=None, p95_ms=None, index=i)
+                return RateProbe(rate=rate, rps=None, p50_ms=None, p95_ms=None, index=i)
             trust.annotate(self.out, steps, plist, [])
             return probe_from_step(steps[0], rate)
 

@@ -80,7 +80,7 @@ ROWS = (
 
 
 @dataclass(frozen=True)
-class Settings:
+class PassSettings:
     requests: int = DEFAULT_REQUESTS
     warmup: int = DEFAULT_WARMUP
     seed: int = 0
@@ -486,7 +486,7 @@ LAST_FILE = {"pyinstrument": ".html", "yappi": ".txt"}  # the file a server writ
 SERVER_FILES = {"pyinstrument": (".pyisession", ".html"), "yappi": (".pstat", ".txt")}
 
 
-def runner(settings: Settings) -> type[VariantRun]:
+def runner(settings: PassSettings) -> type[VariantRun]:
     """A VariantRun whose work is the three passes (for run.run_study)."""
 
     class ProfileRun(VariantRun):

@@ -208,7 +208,7 @@ METRICS = (  # name, unit, summary key, sample key, higher is better
 MEMORY = (("after test", "end"), ("after cooldown", "after_cooldown"), ("growth", "growth"))
 
 
-def judge(metric: str, unit: str, a: float | None, b: float | None, sa: list[float],
+def compare_metric(metric: str, unit: str, a: float | None, b: float | None, sa: list[float],
           sb: list[float], min_effect: float, higher_is_better: bool, why_min: str
           ) -> dict[str, Any]:
     """One row: A, B, the change, and whether it is significant, said in words."""
@@ -248,7 +248,7 @@ def compare_variant(va: dict[str, Any], vb: dict[str, Any]) -> list[dict[str, An
         sa, sb = va["steps"][key], vb["steps"][key]
         for metric, unit, skey, wkey, higher in METRICS:
             a, b = sa["summary"].get(skey), sb["summary"].get(skey)
-            row = judge(metric, unit, a, b,
+            row = compare_metric(metric, unit, a, b,
                         [w[wkey] for w in sa["windows"] if w.get(wkey) is not None],
                         [w[wkey] for w in sb["windows"] if w.get(wkey) is not None],
                         MIN_EFFECT * abs(a) if a is not None else 0.0, higher,
@@ -260,7 +260,7 @@ def compare_variant(va: dict[str, Any], vb: dict[str, Any]) -> list[dict[str, An
     for metric, key in MEMORY:
         a, b = ma.get(key), mb.get(key)
         floor = max(NOISE_MB, MIN_EFFECT * abs(a)) if a is not None else NOISE_MB
-        row = judge(f"memory {metric}", "MB", a, b, va["memory"][key], vb["memory"][key],
+        row = compare_metric(f"memory {metric}", "MB", a, b, va["memory"][key], vb["memory"][key],
                     floor, False, f"max({NOISE_MB:g} MB, {MIN_EFFECT:.0%})")
         row.update({"step": None, "batch": None})
         rows.append(row)

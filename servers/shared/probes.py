@@ -251,7 +251,7 @@ def _shares(refs: list[Any], weight: float,
     return total, objects
 
 
-class Probe:
+class MemoryProbe:
     """The sampling thread of one server process."""
 
     def __init__(self, out_dir: Path, interval: float = 1.0, via: str = "server",
@@ -404,7 +404,7 @@ class Probe:
                         print(f"infbench probe {self.pid}: {said}", file=sys.stderr, flush=True)
                 self._stop.wait(max(0.05, self.interval - (time.monotonic() - tick)))
 
-    def start(self) -> Probe:
+    def start(self) -> MemoryProbe:
         t = threading.Thread(target=self.run, name=THREAD_NAME, daemon=True)
         t.infbench_probe = self  # type: ignore[attr-defined]
         t.start()
@@ -414,7 +414,7 @@ class Probe:
         self._stop.set()
 
 
-def running() -> Probe | None:
+def running() -> MemoryProbe | None:
     """The probe of this process, if one runs: by its thread, so that a second copy of this
     module (the hook loads it under another name) finds the first one's."""
     for t in threading.enumerate():
@@ -428,7 +428,7 @@ def running() -> Probe | None:
 _FORK_HOOKED = False
 
 
-def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> Probe | None:
+def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> MemoryProbe | None:
     """Start the probe if INFBENCH_PROBE_DIR names a folder (called in each server process);
     the one already running in this process if there is one."""
     global _FORK_HOOKED
@@ -449,7 +449,7 @@ def start_from_env(env: dict[str, str] | None = None, via: str = "server") -> Pr
         # once a process (a forked child inherits the registration).
         _FORK_HOOKED = True
         os.register_at_fork(after_in_child=lambda: _restart(env, via))
-    return Probe(out, interval, via, tracemalloc=mode).start()
+    return MemoryProbe(out, interval, via, tracemalloc=mode).start()
 
 
 def _restart(env: dict[str, str], via: str) -> None:

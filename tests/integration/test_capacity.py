@@ -12,24 +12,24 @@ import pytest
 from PIL import Image
 
 from infbench.modes import capacity
-from infbench.modes.capacity import Probe, Search
+from infbench.modes.capacity import RateProbe, Search
 from infbench.paths import ROOT
 
 
-def queue_curve(cap: float, base_ms: float, batch: int = 1) -> Callable[[float], Probe]:
+def queue_curve(cap: float, base_ms: float, batch: int = 1) -> Callable[[float], RateProbe]:
     """An M/M/1-like server: p95 = base / (1 - rate/cap); at or over capacity it serves `cap`,
     the queue grows and the step never settles."""
-    def probe(rate: float) -> Probe:
+    def probe(rate: float) -> RateProbe:
         if rate >= cap:
-            return Probe(rate=rate, rps=cap, p50_ms=base_ms * 50, p95_ms=base_ms * 100,
+            return RateProbe(rate=rate, rps=cap, p50_ms=base_ms * 50, p95_ms=base_ms * 100,
                          stable=False, batch=batch)
         p95 = base_ms / (1 - rate / cap)
-        return Probe(rate=rate, rps=rate, p50_ms=p95 / 2, p95_ms=p95, batch=batch)
+        return RateProbe(rate=rate, rps=rate, p50_ms=p95 / 2, p95_ms=p95, batch=batch)
     return probe
 
 
-def search(curve: Callable[[float], Probe], s: Search) -> list[Probe]:
-    probes: list[Probe] = []
+def search(curve: Callable[[float], RateProbe], s: Search) -> list[RateProbe]:
+    probes: list[RateProbe] = []
     while (rate := capacity.next_rate(probes, s)) is not None:
         probes.append(curve(rate))
     return probes
@@ -65,8 +65,8 @@ def test_no_rate_meets_a_bound_below_the_service_time() -> None:
 
 
 def test_failures_over_one_percent_fail_a_probe_however_fast() -> None:
-    def flaky(rate: float) -> Probe:
-        return Probe(rate=rate, rps=rate, p50_ms=5, p95_ms=10,
+    def flaky(rate: float) -> RateProbe:
+        return RateProbe(rate=rate, rps=rate, p50_ms=5, p95_ms=10,
                      failure_rate=0.0 if rate < 20 else 0.05)
     s = Search(p95_ms=100, start=1.0, max_probes=20)
     a = capacity.answer(search(flaky, s), s)
@@ -75,24 +75,24 @@ def test_failures_over_one_percent_fail_a_probe_however_fast() -> None:
 
 
 def test_a_limited_load_generator_bounds_the_search_and_says_so() -> None:
-    def gen_limited(rate: float) -> Probe:
-        return Probe(rate=rate, rps=rate, p50_ms=5, p95_ms=10, limited=rate > 64)
+    def gen_limited(rate: float) -> RateProbe:
+        return RateProbe(rate=rate, rps=rate, p50_ms=5, p95_ms=10, limited=rate > 64)
     s = Search(p95_ms=100, start=2.0)
     a = capacity.answer(search(gen_limited, s), s)
     assert a["found"] and a["bounded_by"] == "limited by the load generator"
 
 
 def test_a_probe_that_served_less_than_offered_fails() -> None:
-    p = Probe(rate=10, rps=8.5, p50_ms=5, p95_ms=10)
-    ok, why = capacity.judge(p, Search(p95_ms=100))
+    p = RateProbe(rate=10, rps=8.5, p50_ms=5, p95_ms=10)
+    ok, why = capacity.probe_passes(p, Search(p95_ms=100))
     assert not ok and why == "served 8.50 of 10.00 req/s"
 
 
 def test_a_lucky_pass_above_a_failure_does_not_raise_the_answer() -> None:
     s = Search(p95_ms=100, start=1.0, tolerance=0.05)
-    probes = [Probe(rate=10, rps=10, p50_ms=20, p95_ms=50),
-              Probe(rate=20, rps=20, p50_ms=90, p95_ms=150),
-              Probe(rate=40, rps=40, p50_ms=20, p95_ms=60)]  # noise: a pass above a fail
+    probes = [RateProbe(rate=10, rps=10, p50_ms=20, p95_ms=50),
+              RateProbe(rate=20, rps=20, p50_ms=90, p95_ms=150),
+              RateProbe(rate=40, rps=40, p50_ms=20, p95_ms=60)]  # noise: a pass above a fail
     assert capacity.bracket(probes, s) == (10, 20)
     assert capacity.next_rate(probes, s) == 15
     assert capacity.answer(probes, s)["rate"] == 10

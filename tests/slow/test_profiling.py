@@ -1,4 +1,4 @@
-"""`infbench profile`: the table math on synthetic timing lines, the servers' opt-in settings,
+"""`infbench trace`: the table math on synthetic timing lines, the servers' opt-in settings,
 and both scoring builds profiled end to end through the CLI (real Redis, real model APIs with
 short sleeps, a few requests), with nothing left running.
 """
@@ -240,7 +240,7 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     exp = tmp / "experiments.toml"
     exp.write_text((ROOT / "experiments.toml").read_text() + SHORT)
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp / "r"),
-                          "--experiments", str(exp), "profile", *BUILDS, "--requests", "3",
+                          "--experiments", str(exp), "trace", *BUILDS, "--requests", "3",
                           "--warmup", "2", "--model", "tiny"],
                          cwd=ROOT, capture_output=True, text=True, timeout=400)
     return the_run(tmp / "r"), res

@@ -81,13 +81,13 @@ def test_judge_says_not_significant_within_noise() -> None:
     rng = random.Random(7)
     a = [100 + rng.gauss(0, 10) for _ in range(8)]
     b = [100 + rng.gauss(0, 10) for _ in range(8)]
-    row = compare.judge("p50", "ms", 100.0, 110.0, a, b, 5.0, False, "5%")
+    row = compare.compare_metric("p50", "ms", 100.0, 110.0, a, b, 5.0, False, "5%")
     assert row["significant"] is False and row["p"] >= compare.ALPHA
     assert row["says"].startswith("not significant (p = ")
-    row = compare.judge("p50", "ms", 100.0, 103.0, a, b, 5.0, False, "5%")
+    row = compare.compare_metric("p50", "ms", 100.0, 103.0, a, b, 5.0, False, "5%")
     assert row["significant"] is False and row["p"] is None  # below the minimum effect
     assert "below the minimum effect" in row["says"]
-    row = compare.judge("p50", "ms", 100.0, 130.0, a[:2], b[:2], 5.0, False, "5%")
+    row = compare.compare_metric("p50", "ms", 100.0, 130.0, a[:2], b[:2], 5.0, False, "5%")
     assert row["significant"] is None and "too few samples" in row["says"]
 
 

@@ -208,3 +208,15 @@ def test_the_stability_window_fits_the_step_unless_the_profile_sets_one() -> Non
     assert auto.window_of(config.Step(batch=1, seconds=1)) == 1.0
     fixed = config.Profile(name="p", steps=(short,), stable_window_s=10.0)
     assert fixed.window_of(short) == 10.0        # what the profile says, even if too long
+
+
+def test_the_old_name_of_trace_runs_trace_with_a_notice(capsys: pytest.CaptureFixture[str]) -> None:
+    from infbench.cli import main
+
+    assert main.renamed(["--results", "r", "profile", "v", "--profile", "p"]) == \
+        ["--results", "r", "trace", "v", "--profile", "p"]
+    assert "`profile` is now `trace`" in capsys.readouterr().err
+    assert main.renamed(["run", "--profile", "profile"]) == ["run", "--profile", "profile"]
+    assert main.renamed(["--experiments=x.toml", "trace", "v"]) == ["--experiments=x.toml",
+                                                                    "trace", "v"]
+    assert capsys.readouterr().err == ""

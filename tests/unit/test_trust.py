@@ -24,7 +24,7 @@ def windows(rps: list[float], p50: list[float], width: float = 5.0) -> list[Wind
 
 
 def test_three_windows_within_ten_percent_are_stable() -> None:
-    v = stability.judge(windows([50, 100, 98, 104], [400, 210, 200, 205]))
+    v = stability.judge_windows(windows([50, 100, 98, 104], [400, 210, 200, 205]))
     assert v["stable"] is True and v["rps_spread"] < 0.1 and v["p50_spread"] < 0.1
 
 
@@ -35,21 +35,21 @@ def test_three_windows_within_ten_percent_are_stable() -> None:
 ])
 def test_a_window_out_of_tolerance_is_not_stable_and_says_which(
         rps: list[float], p50: list[float], moved: str) -> None:
-    v = stability.judge(windows(rps, p50))
+    v = stability.judge_windows(windows(rps, p50))
     assert v["stable"] is False and v["reason"].startswith(moved + " moved")
 
 
 def test_too_few_windows_or_an_empty_one_is_not_stable() -> None:
-    assert stability.judge(windows([100, 100], [5, 5]))["stable"] is False
+    assert stability.judge_windows(windows([100, 100], [5, 5]))["stable"] is False
     empty = [*windows([100, 100], [5, 5]), Window(T0 + 10, T0 + 15, 0, 0, 0.0, None)]
-    assert stability.judge(empty)["reason"] == "a window without finished requests"
+    assert stability.judge_windows(empty)["reason"] == "a window without finished requests"
     # A tolerance of 0.2 accepts what 0.1 does not.
-    assert stability.judge(windows([100, 100, 85], [5, 5, 5]), 3, 0.2)["stable"] is True
+    assert stability.judge_windows(windows([100, 100, 85], [5, 5, 5]), 3, 0.2)["stable"] is True
 
 
 def test_latency_within_the_clock_floor_is_stable() -> None:
     # 2 ms vs 3 ms is 40% apart, but within a millisecond of the mean: resolution, not drift.
-    assert stability.judge(windows([100, 100, 100], [2.0, 2.5, 3.0]))["stable"] is True
+    assert stability.judge_windows(windows([100, 100, 100], [2.0, 2.5, 3.0]))["stable"] is True
 
 
 def test_windows_from_requests_count_completions_and_take_exact_medians() -> None:
@@ -185,17 +185,17 @@ def poisson_rows(rate: float, seconds: float, latency: Callable[[float], float],
 def test_a_few_requests_a_window_are_judged_by_their_noise_not_as_drift() -> None:
     # 4 req/s in 5 s windows: ~20 a window, Poisson counts move +-22% by chance alone.
     steady = poisson_rows(4.0, 30.0, lambda t: 100.0)
-    v = stability.judge(stability.windows_from_requests(steady, T0, T0 + 30, 5.0))
+    v = stability.judge_windows(stability.windows_from_requests(steady, T0, T0 + 30, 5.0))
     assert v["stable"] is True and v["rps_allowance"] > 0.3
     # The same few requests with a queue growing under them: still not stable.
     growing = poisson_rows(4.0, 30.0, lambda t: 100.0 + 40.0 * t)
-    g = stability.judge(stability.windows_from_requests(growing, T0, T0 + 30, 5.0))
+    g = stability.judge_windows(stability.windows_from_requests(growing, T0, T0 + 30, 5.0))
     assert g["stable"] is False and g["reason"].startswith("p50 moved")
 
 
 def test_windows_with_almost_no_requests_cannot_be_judged() -> None:
     sparse = poisson_rows(0.3, 30.0, lambda t: 100.0)
-    v = stability.judge(stability.windows_from_requests(sparse, T0, T0 + 30, 5.0))
+    v = stability.judge_windows(stability.windows_from_requests(sparse, T0, T0 + 30, 5.0))
     assert v["stable"] is False and "too few to judge" in v["reason"]
 
 

@@ -1,5 +1,6 @@
-"""`infbench profile`: each variant's entry service profiled request by request
-(infbench/modes/request_profile.py)."""
+"""`infbench trace`: where one request's time goes, each variant's entry service profiled
+request by request (infbench/modes/request_profile.py). It was `infbench profile`, a word the
+load profiles (`--profile`) already had; `profile` still works, with a one-line notice."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from infbench.modes import request_profile
 from infbench.modes.sweep import Plan, run_study
 from infbench.results.files import check_writable
 
-NAME = "profile"
+NAME = "trace"
+OLD_NAME = "profile"
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -24,7 +26,7 @@ def add_parser(sub: Subparsers) -> None:
                           "profiled per request (pyinstrument, yappi) against its timing lines")
     prof.add_argument("variants", nargs="+", metavar="variant",
                       help="one or more variants (two or more: side by side)")
-    # A string default goes through type=int when the profile command is parsed: a bad
+    # A string default goes through type=int when the trace command is parsed: a bad
     # INFBENCH_REQUESTS is argparse's one-line error there, and no other command reads it.
     prof.add_argument("--requests", type=int, default=env("REQUESTS") or "20",
                       help="measured sequential requests per pass (default 20; env "
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
                                  f"{args.requests} and {args.warmup}")
     base = exp.profile(args.profile)
     profile = dataclasses.replace(base, name="profile", cycles=1, model_alone=False)
-    settings = request_profile.Settings(requests=args.requests, warmup=args.warmup,
+    settings = request_profile.PassSettings(requests=args.requests, warmup=args.warmup,
                                         timeout=base.request_timeout)
     for v in variants:
         m = exp.model_for(v, args.model)
