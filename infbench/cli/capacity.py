@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from infbench import config
+from infbench.analysis.capacity import Search
 from infbench.cli.args import (
     Subparsers,
     add_model,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             raise config.ConfigError(f"capacity {name}: must be > 0, got {value!r}")
     first = base.steps[0]
     batch = args.batch or first.batch
-    search = mode.Search(
+    search = Search(
         p95_ms=args.p95_ms, start=args.start_rate or base.rate or 1.0,
         tolerance=args.tolerance, max_probes=args.max_probes,
         probe_seconds=args.probe_seconds or first.seconds)

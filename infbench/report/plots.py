@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers or in CI
 import matplotlib.pyplot as plt
 
+from infbench.analysis.capacity import RateProbe, Search, answer, probe_passes
 from infbench.results.samples import Mprof
 
 STEP_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
@@ -238,6 +240,45 @@ def split_plot(split: list[dict[str, Any]], steps: list[dict[str, Any]], out: Pa
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def capacity_plot(probes: list[RateProbe], s: Search, out: Path, title: str) -> Path:
+    """Latency (p50, p95) against the offered rate, each probe marked pass or fail and
+    labelled with what it served."""
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
+    # (offered, p50, p95, probe) of the probes that finished requests, by offered rate
+    pts = [(p.rate, p.p50_ms if p.p50_ms is not None else math.nan, p.p95_ms, p)
+           for p in sorted(probes, key=lambda p: p.rate)
+           if p.rps is not None and p.p95_ms is not None]
+    if pts:
+        ax.plot([x for x, _, _, _ in pts], [y for _, _, y, _ in pts], "-", color="#4c72b0",
+                lw=1, alpha=0.6)
+        ax.plot([x for x, _, _, _ in pts], [y for _, y, _, _ in pts], "--", color="#55a868",
+                lw=1, alpha=0.8, marker=".", label="p50")
+        for x, _, y, p in pts:
+            ok = probe_passes(p, s)[0]
+            ax.plot(x, y, "o" if ok else "x", color="#2a9d8f" if ok else "#d62728", ms=7)
+            ax.annotate(f"served {p.rps:.3g}/s", (x, y), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="#555555")
+    ax.axhline(s.p95_ms, color="#d62728", lw=1, ls=":", label=f"p95 bound {s.p95_ms:g} ms")
+    a = answer(probes, s)
+    if a["found"]:
+        ax.axvline(a["rate"], color="#2a9d8f", lw=1, ls=":",
+                   label=f"capacity {a['rate']:.3g} req/s")
+    ax.plot([], [], "o", color="#2a9d8f", label="p95, pass")
+    ax.plot([], [], "x", color="#d62728", label="p95, fail")
+    ax.set_xlabel("offered requests/s (open loop)")
+    ax.set_ylabel("latency from intended send (ms)")
+    ymax = max([s.p95_ms * 2, *(y for _, _, y, _ in pts)])
+    if ymax > 20 * s.p95_ms:
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

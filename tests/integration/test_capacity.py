@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from infbench.modes import capacity
-from infbench.modes.capacity import RateProbe, Search
+from infbench.analysis import capacity
+from infbench.analysis.capacity import RateProbe, Search
 from infbench.paths import ROOT
+from infbench.report import plots
+from infbench.results import schemas
 
 
 def queue_curve(cap: float, base_ms: float, batch: int = 1) -> Callable[[float], RateProbe]:
@@ -110,9 +112,9 @@ def test_the_document_and_the_plot(tmp_path: Path) -> None:
     probes = search(queue_curve(40.0, 50.0), s)
     doc = capacity.document(probes, s)
     json.dumps(doc)  # JSON-able
-    assert doc["schema"] == capacity.CAPACITY_SCHEMA and len(doc["probes"]) == len(probes)
+    assert doc["schema"] == schemas.CAPACITY_SCHEMA and len(doc["probes"]) == len(probes)
     assert {p["pass"] for p in doc["probes"]} == {True, False}
-    png = capacity.plot(probes, s, tmp_path / "capacity.png", "synthetic")
+    png = plots.capacity_plot(probes, s, tmp_path / "capacity.png", "synthetic")
     with Image.open(png) as im:
         assert im.size == (800, 480)
 
