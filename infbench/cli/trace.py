@@ -15,6 +15,7 @@ from infbench.launch import get_launcher
 from infbench.measure import assets
 from infbench.modes import request_profile
 from infbench.modes.sweep import Plan, run_study
+from infbench.report import request_profile as profile_report
 from infbench.results.files import check_writable
 
 NAME = "trace"
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan(experiments=exp, variants=variants, profile=profile, model_override=args.model,
                 runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
     outcome = run_study(plan, variant_run=request_profile.runner(settings))
-    request_profile.report(outcome.run_dir, [v.name for v in variants], print)
+    profile_report.report(outcome.run_dir, [v.name for v in variants], print)
     print(f"\nresults: {outcome.run_dir}/<variant>/profile/ (profile.md, profile.json, "
           f"<pass>/server/*, <pass>/client.*)")
     return of_status(outcome.status)

@@ -9,21 +9,21 @@ else in a run would say why.
 
 The check: one connection, `REQUESTS` GETs of the health path one after another. The first
 is answered at once (a new connection's first segments are ACKed quickly); if the later ones'
-median is `STALL_MS` more than the first's and above `FLOOR_MS`, the run says so (a note, not a
+median is `STALL_MS` more than the first's and above `FLOOR_MS` (infbench/analysis/
+stall.py), the run says so (a note, not a
 fault: it is how the server behaves, and the load measures it).
 """
 
 from __future__ import annotations
 
 import http.client
-import statistics
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from infbench.analysis import stall
+
 REQUESTS = 8
-STALL_MS = 25.0
-FLOOR_MS = 30.0
 TIMEOUT_S = 5.0
 
 
@@ -46,31 +46,11 @@ def measure(url: str, path: str, requests: int = REQUESTS) -> list[float]:
     return times
 
 
-def stall_figures(times: list[float]) -> dict[str, Any]:
-    """first_ms, later_median_ms, and `stalled` when the later ones wait for an ACK."""
-    if len(times) < 3:
-        return {"requests": len(times), "first_ms": times[0] if times else None,
-                "later_median_ms": None, "stalled": False,
-                "why": "fewer than 3 answers on one connection (the server closed it)"
-                if times else "no answer"}
-    first, later = times[0], statistics.median(times[1:])
-    stalled = later >= FLOOR_MS and later - first >= STALL_MS
-    return {"requests": len(times), "first_ms": round(first, 2),
-            "later_median_ms": round(later, 2), "stalled": stalled}
-
-
 def check(url: str, path: str) -> dict[str, Any]:
     """measure + judge; an error is reported in the result, never raised."""
     try:
-        return stall_figures(measure(url, path))
+        return stall.figures(measure(url, path))
     except (OSError, http.client.HTTPException) as exc:
         return {"requests": 0, "stalled": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def message(found: dict[str, Any]) -> str:
-    return (f"keep-alive requests to the health path took a median "
-            f"{found['later_median_ms']:.0f} ms against {found['first_ms']:.0f} ms for the "
-            "first on the connection: the signature of Nagle's algorithm meeting the client's "
-            "delayed ACK (~40 ms added to every request on a kept-alive connection; Uvicorn "
-            "--workers N leaves TCP_NODELAY off: uvicorn#3149; INFBENCH_TCP_NODELAY=1 sets it "
-            "in our servers)")

@@ -20,6 +20,11 @@ from infbench.paths import ROOT
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
 
+class LoadError(Exception):
+    """The load could not be sent (Locust would not start, the client lost the service): the
+    variant fails with this one line; the run goes on with the next."""
+
+
 def step_name(index: int, step: Step) -> str:
     """File prefix of a step's Locust artifacts, e.g. step1-b10."""
     return f"step{index}-b{step.batch}"

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import psutil
 
+from infbench.analysis import stall
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.launch import LaunchError, get_launcher, proc
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
@@ -38,7 +39,7 @@ from infbench.measure import (
     monitors,
     probecheck,
 )
-from infbench.measure.load import StepLoad, check_outputs, start_step
+from infbench.measure.load import LoadError, StepLoad, check_outputs, start_step
 from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
 from infbench.results import files
@@ -55,10 +56,6 @@ MAX_BODY_CAP = 1024 * 1024 * 1024
 
 
 class ServerDied(Exception):
-    pass
-
-
-class LoadError(Exception):
     pass
 
 
@@ -436,7 +433,7 @@ class VariantRun:
                 self.progress.say(f"  NOTE {self.v.name}: keep-alive check of {s.name} could "
                                   f"not run: {found['error']}")
             if found.get("stalled"):
-                line = keepalive.message(found)
+                line = stall.message(found)
                 where = "" if len(self.v.services) == 1 else f"{s.name}: "
                 self.progress.say(f"  NOTE {self.v.name}: {where}{line}")
                 self.log.event("keepalive_stall", where + line)

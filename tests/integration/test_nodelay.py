@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from infbench.analysis import stall
 from infbench.paths import HOST
 from servers.shared import nodelay
 from servers.shared.settings import SettingsError
@@ -81,15 +82,14 @@ def test_a_tcp_listener_made_properly_is_left_to_asyncio() -> None:
 # --- the run's keep-alive check (infbench/measure/keepalive.py) ------------------------------
 
 def test_the_judgement_on_synthetic_times() -> None:
-    from infbench.measure import keepalive
 
-    assert keepalive.stall_figures([2.0, 43.0, 41.5, 44.0, 42.0])["stalled"] is True
-    assert keepalive.stall_figures([2.0, 1.5, 1.2, 1.4])["stalled"] is False
+    assert stall.figures([2.0, 43.0, 41.5, 44.0, 42.0])["stalled"] is True
+    assert stall.figures([2.0, 1.5, 1.2, 1.4])["stalled"] is False
     # Slow, not stalled; then a connection closed each time.
-    assert keepalive.stall_figures([60.0, 62.0, 61.0, 63.0])["stalled"] is False
-    assert keepalive.stall_figures([2.0])["stalled"] is False
-    found = keepalive.stall_figures([2.0, 43.0, 41.5, 44.0])
-    assert "Nagle" in keepalive.message(found) and "43 ms" in keepalive.message(found)
+    assert stall.figures([60.0, 62.0, 61.0, 63.0])["stalled"] is False
+    assert stall.figures([2.0])["stalled"] is False
+    found = stall.figures([2.0, 43.0, 41.5, 44.0])
+    assert "Nagle" in stall.message(found) and "43 ms" in stall.message(found)
 
 
 @pytest.mark.integration

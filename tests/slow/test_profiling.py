@@ -17,10 +17,14 @@ from typing import Any
 
 import pytest
 
-from infbench.modes import request_profile
-from infbench.modes.sweep import LoadError
+from infbench.analysis import request_profile as profile_figures
+from infbench.measure import request_client
+from infbench.measure.load import LoadError
 from infbench.paths import ROOT
+from infbench.report import request_profile as profile_report
+from infbench.results import schemas
 from infbench.results.files import WriteError
+from infbench.results.readers import ReadError
 from servers.shared.profiling import ProfileSettings, RequestProfiler, load_profile_settings
 from servers.shared.settings import SettingsError
 from tests.fixtures.helpers import left_running, the_run
@@ -44,45 +48,45 @@ def client(n: int, warmup: int, ms: float) -> list[dict[str, Any]]:
 
 
 def test_overlap_tells_concurrent_from_sequential() -> None:
-    assert request_profile.overlap(40, 50, 51) == pytest.approx(39 / 40)
-    assert request_profile.overlap(40, 50, 92) == pytest.approx(-2 / 40)
-    assert request_profile.overlap(None, 50, 60) is None
-    assert request_profile.concurrency([0.9, 0.95, 1.0]) == "concurrent"
-    assert request_profile.concurrency([-0.05, 0.0, 0.01]) == "sequential"
-    assert request_profile.concurrency([0.3, 0.3]) == "partly overlapping"
-    assert request_profile.concurrency([None]) == "unknown"
+    assert profile_figures.overlap(40, 50, 51) == pytest.approx(39 / 40)
+    assert profile_figures.overlap(40, 50, 92) == pytest.approx(-2 / 40)
+    assert profile_figures.overlap(None, 50, 60) is None
+    assert profile_figures.concurrency([0.9, 0.95, 1.0]) == "concurrent"
+    assert profile_figures.concurrency([-0.05, 0.0, 0.01]) == "sequential"
+    assert profile_figures.concurrency([0.3, 0.3]) == "partly overlapping"
+    assert profile_figures.concurrency([None]) == "unknown"
 
 
 def test_rows_skip_warmups_and_errors_in_time_order() -> None:
     # Two workers' files, read in any order; a 404 and the warm-up are not measured requests.
     lines = [line(5.0, 40, 45, 46), line(1.0, 99, 99, 99), line(3.0, 41, 44, 86),
              line(2.0, 10, 10, 10, status=404), line(4.0, 42, 46, 88)]
-    rows = request_profile.request_rows(client(3, 1, 100.0), lines, warmup=1)
+    rows = profile_figures.request_rows(client(3, 1, 100.0), lines, warmup=1)
     assert [r["model_a_ms"] for r in rows] == [41, 42, 40]
     assert rows[0]["outside_ms"] == pytest.approx(100.0 - (1.0 + 86 + 0.5))
-    s = request_profile.summarise(rows)
+    s = profile_figures.summarise(rows)
     assert s["requests"] == 3
     assert s["model_a_ms"]["median"] == 41 and s["model_a_ms"]["p95"] == 42
     assert s["model_calls"] == "sequential"  # two of three took a + b
 
 
 def test_the_table_puts_builds_side_by_side_with_the_change() -> None:
-    sync = request_profile.summarise(request_profile.request_rows(
+    sync = profile_figures.summarise(profile_figures.request_rows(
         client(4, 0, 95.0), [line(i, 40, 45, 86) for i in range(4)], 0))
-    async_ = request_profile.summarise(request_profile.request_rows(
+    async_ = profile_figures.summarise(profile_figures.request_rows(
         client(4, 0, 50.0), [line(i, 40, 45, 45.5) for i in range(4)], 0))
     assert sync["model_calls"] == "sequential" and async_["model_calls"] == "concurrent"
-    lines = request_profile.table({"sync": sync, "async": async_})
+    lines = profile_report.table({"sync": sync, "async": async_})
     assert lines[0].startswith("| ms per request | sync median | sync p95 | async median")
     stage = next(x for x in lines if x.startswith("| model stage"))
     assert stage.endswith(f"| {(45.5 - 86) / 86 * 100:+.0f}% |")
-    assert request_profile.change(None, 3.0) == "-" and request_profile.change(0.0, 3.0) == "-"
+    assert profile_figures.change(None, 3.0) == "-" and profile_figures.change(0.0, 3.0) == "-"
 
 
 def test_yappi_view_of_overlap() -> None:
-    assert request_profile.overlap_sum(90.0, 50.0) == pytest.approx(40 / 45)  # concurrent
-    assert (request_profile.overlap_sum(90.0, 93.0) or 0) < 0  # sequential
-    assert request_profile.overlap_sum(0.0, 10.0) is None
+    assert profile_figures.overlap_sum(90.0, 50.0) == pytest.approx(40 / 45)  # concurrent
+    assert (profile_figures.overlap_sum(90.0, 93.0) or 0) < 0  # sequential
+    assert profile_figures.overlap_sum(0.0, 10.0) is None
 
 
 def test_profiling_is_off_unless_asked(tmp_path: Path) -> None:
@@ -100,29 +104,29 @@ def test_profiling_is_off_unless_asked(tmp_path: Path) -> None:
 def test_short_timing_lines_are_counted_and_said() -> None:
     # A worker killed before its flush: 3 measured requests, 2 lines after the warm-up.
     lines = [line(1.0, 9, 9, 9), line(2.0, 40, 45, 86), line(3.0, 41, 44, 86)]
-    c = request_profile.counts(client(3, 1, 100.0), lines, warmup=1)
+    c = profile_figures.counts(client(3, 1, 100.0), lines, warmup=1)
     assert c == {"requests_measured": 3, "timing_lines_measured": 2}
-    assert request_profile.count_note("v", "off", c) is not None
-    assert request_profile.count_note("v", "off", {**c, "timing_lines_measured": 3}) is None
+    assert profile_figures.count_note("v", "off", c) is not None
+    assert profile_figures.count_note("v", "off", {**c, "timing_lines_measured": 3}) is None
     stalled = {"requests": 8, "first_ms": 1.0, "later_median_ms": 41.0, "stalled": True}
     doc = {"passes": {"off": {**c, "keepalive": stalled}}}
-    found = request_profile.notes("v", doc)
+    found = profile_report.notes("v", doc)
     assert len(found) == 2 and "2 timing line(s) for 3" in found[0]
     assert "keep-alive stall" in found[1]
-    assert request_profile.notes("v", {"passes": {"off": {"keepalive": {"stalled": False}}}}) == []
+    assert profile_report.notes("v", {"passes": {"off": {"keepalive": {"stalled": False}}}}) == []
 
 
 def test_damaged_or_unwritable_profile_files_are_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "request-01.pstat"
     bad.write_bytes(b"not a profile")
-    with pytest.raises(LoadError, match=r"request-01\.pstat"):
-        request_profile.read_pstat(bad)
+    with pytest.raises(ReadError, match=r"request-01\.pstat"):
+        profile_figures.read_pstat(bad)
     good = tmp_path / "good.pstat"
     prof = cProfile.Profile()
     prof.runcall(sum, range(10))
     prof.dump_stats(str(good))
     with pytest.raises(WriteError, match=r"all\.pstat"):
-        request_profile.merge_pstats([good], tmp_path / "missing-folder" / "all")
+        profile_figures.merge_pstats([good], tmp_path / "missing-folder" / "all")
 
 
 class OneAnswerServer:
@@ -166,7 +170,7 @@ class OneAnswerServer:
 
 def test_client_retries_once_on_a_closed_connection_then_fails_in_one_line() -> None:
     server = OneAnswerServer()
-    c = request_profile.Client(f"http://127.0.0.1:{server.port}", timeout=5.0)
+    c = request_client.Client(f"http://127.0.0.1:{server.port}", timeout=5.0)
     try:
         first = c.score(1)
         second = c.score(2)  # the server closed the first connection: sent again on a new one
@@ -179,7 +183,7 @@ def test_client_retries_once_on_a_closed_connection_then_fails_in_one_line() -> 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    refused = request_profile.Client(f"http://127.0.0.1:{port}", timeout=5.0)
+    refused = request_client.Client(f"http://127.0.0.1:{port}", timeout=5.0)
     try:
         with pytest.raises(LoadError, match=r"entity 3: ConnectionRefusedError"):
             refused.score(3)
@@ -255,9 +259,9 @@ def test_both_builds_profiled_end_to_end(profiled: tuple[Path, Any]) -> None:
     for build in BUILDS:
         d = run_dir / build / "profile"
         doc = json.loads((d / "profile.json").read_text())
-        assert doc["schema"] == request_profile.PROFILE_SCHEMA
-        assert set(doc["passes"]) == set(request_profile.PASSES)
-        for kind in request_profile.PASSES:
+        assert doc["schema"] == schemas.PROFILE_SCHEMA
+        assert set(doc["passes"]) == set(profile_figures.PASSES)
+        for kind in profile_figures.PASSES:
             assert len(doc["passes"][kind]["rows"]) == 3
             # every request of the pass (warm-ups too) left its timing line
             assert doc["passes"][kind]["timing_lines"] == 5
