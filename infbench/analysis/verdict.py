@@ -16,7 +16,10 @@ The rules, in order (thresholds are module constants and are written into summar
                  Python objects at each rest) grew in every cycle after warm-up by more than
                  its own noise (CENSUS_NOISE_MB, or PY_NOISE_FRACTION of it if larger). The
                  census's noise is far below RSS's, so a slow leak (4 KB a request) that RSS
-                 cannot tell from noise in a few cycles is still seen.
+                 cannot tell from noise in a few cycles is still seen. Likewise malloc's
+                 memory in use (probes or debugger), an exact count too: when it grows in
+                 every cycle by more than IN_USE_NOISE_MB (or NOISE_FRACTION of it), the
+                 climb goes on to rule 4 (a native leak too slow for RSS's noise).
    The trend of post-rest memory over *all* cycles after warm-up is judged, not the last
    step alone: a **steady climb** is every cycle up, a least-squares slope whose 95%
    confidence interval excludes zero, a total above the noise, and a last cycle that grew at
@@ -92,6 +95,9 @@ TOP_SITES = 10
 SITE_FLOOR_MB = 0.1
 STEADY_LAST_FRACTION = 0.5
 CENSUS_NOISE_MB = 0.5  # the heap census at rest, cycle to cycle: a request's buffers, a log line
+# malloc's memory in use at rest, cycle to cycle: the larger of this and NOISE_FRACTION of it
+# (TensorFlow servers here moved by -2.5 to +3.6 MB of ~405 MB from rest to rest).
+IN_USE_NOISE_MB = 1.0
 # Student's t at 97.5% for the slope's 95% interval, by degrees of freedom (points - 2).
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
         10: 2.23, 15: 2.13, 20: 2.09, 30: 2.04}
@@ -101,7 +107,8 @@ THRESHOLDS = {
     "py_noise_fraction": PY_NOISE_FRACTION, "py_noise_blocks": PY_NOISE_BLOCKS,
     "explains": EXPLAINS, "rest_tail_s": REST_TAIL_S, "steady_cycles": STEADY_CYCLES,
     "retained_mb": RETAINED_MB, "census_noise_mb": CENSUS_NOISE_MB,
-    "steady_last_fraction": STEADY_LAST_FRACTION,
+    "steady_last_fraction": STEADY_LAST_FRACTION, "in_use_noise_mb": IN_USE_NOISE_MB,
+    "in_use_noise_fraction": NOISE_FRACTION,
 }
 
 
@@ -155,6 +162,18 @@ def _census_climbs(census: list[float]) -> bool:
     """The heap census (bytes) grew in every cycle after warm-up by more than its noise."""
     d = _deltas(census)
     return bool(d) and all(x > census_floor(census) for x in d)
+
+
+def in_use_floor(in_use: list[float]) -> float:
+    return max(IN_USE_NOISE_MB, NOISE_FRACTION * in_use[0]) if in_use else IN_USE_NOISE_MB
+
+
+def _in_use_climbs(in_use: list[float]) -> bool:
+    """malloc's memory in use grew in every cycle after warm-up by more than its noise: an exact
+    count, like the census, so a native leak too slow for RSS's noise is still seen (seen in CI:
+    64 KiB a request on a starved machine, +6.3 MB in the last cycle, called a plateau)."""
+    d = _deltas(in_use)
+    return bool(d) and all(x > in_use_floor(in_use) for x in d)
 
 
 def headline(v: dict[str, Any]) -> str:
@@ -240,6 +259,7 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     requests = sum(int(c.get("requests") or 0) for c in done[1:])
     growth = rss[-1] - rss[0]
     census = _series(done, "py_census_mb")
+    in_use = _series(done, "malloc_in_use_mb")
     rss_trend = trend(rss)
     steady = _steady(rss_trend, d, growth, noise)
     rss_trend["steady_climb"] = steady
@@ -253,12 +273,14 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         "noise_mb": _r(noise),
         "trim_freed_mb": _r(trim_freed_mb),
         "trend": rss_trend,
-        "detection_limit": _detection_limit(noise, census, requests, len(d)),
+        "detection_limit": _detection_limit(noise, census, in_use, requests, len(d)),
     })
-    # A heap census that climbs in every cycle is a leak at any size above its own noise: it
-    # takes the place of a steady climb of RSS, which a slow leak does not reach in a few cycles.
+    # A heap census (or malloc's memory in use) that climbs in every cycle is a leak at any size
+    # above its own noise: it takes the place of a steady climb of RSS, which a slow leak does
+    # not reach in a few cycles.
     py_climbs = _census_climbs(census)
-    steady = steady or py_climbs
+    exact_climbs = py_climbs or _in_use_climbs(in_use)
+    steady = steady or exact_climbs
     if d[-1] <= noise and not steady:
         out["verdict"] = "plateau"
         how = (f"fell {-d[-1]:.1f} MB" if d[-1] < -noise else
@@ -266,6 +288,8 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         out["reason"] = (f"post-rest memory {how} in the last cycle: it stopped growing "
                          f"(a climb under {noise:.1f} MB over {len(d)} cycles is below what "
                          "RSS can tell" + (
+                             "; neither the heap census nor malloc's memory in use grew in "
+                             "every cycle)" if census and in_use else
                              "; the heap census did not grow in every cycle)" if census else
                              "; the probes' heap census, probes = true, sees smaller ones)"))
         return out
@@ -284,7 +308,7 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
                          f" MB a cycle on average (noise {noise:.1f} MB): run more cycles")
         return out
     moved = f"post-rest memory moved {', '.join(f'{x:+.0f}' for x in d)} MB from cycle to cycle"
-    if min(d) < -noise and not py_climbs:
+    if min(d) < -noise and not exact_climbs:
         # Growth overall, but some cycle gave back more than the noise: that is not the steady
         # climb of a leak, nor yet a plateau.
         out["verdict"] = "inconclusive"
@@ -302,7 +326,6 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
         return out
 
     py = _python_growth(done)
-    in_use = _series(done, "malloc_in_use_mb")
     free = _series(done, "malloc_free_mb")
     out["python_heap"] = py
     if in_use:
@@ -367,17 +390,20 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     return out
 
 
-def _detection_limit(noise: float, census: list[float], requests: int,
+def _detection_limit(noise: float, census: list[float], in_use: list[float], requests: int,
                      cycles: int) -> dict[str, Any]:
     """The smallest growth each source can tell, over this run's cycles after warm-up: RSS
-    needs more than the noise in all; the heap census more than its noise in every cycle."""
+    needs more than the noise in all; the heap census and malloc's memory in use more than
+    their noise in every cycle."""
     out: dict[str, Any] = {"rss_mb": _r(noise), "rss_mb_per_1000_requests":
                            _r(noise / requests * 1000, 3) if requests else None}
-    if census:
-        floor = census_floor(census)
-        out["census_mb_per_cycle"] = _r(floor, 2)
-        out["census_mb_per_1000_requests"] = (_r(floor / (requests / cycles) * 1000, 3)
-                                              if requests and cycles else None)
+    for name, series, floor_of in (("census", census, census_floor),
+                                   ("malloc_in_use", in_use, in_use_floor)):
+        if series:
+            floor = floor_of(series)
+            out[f"{name}_mb_per_cycle"] = _r(floor, 2)
+            out[f"{name}_mb_per_1000_requests"] = (_r(floor / (requests / cycles) * 1000, 3)
+                                                   if requests and cycles else None)
     return out
 
 

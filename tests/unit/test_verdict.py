@@ -482,3 +482,26 @@ def test_noise_around_a_level_is_no_steady_climb() -> None:
     t = verdict.trend([32.0, 34.0, 36.0, 39.0])
     assert t["every_cycle_up"] and t["slope_mb"] - t["ci_mb"] > 0
     assert verdict.trend([1.0, 2.0])["ci_mb"] is None  # two points: no interval
+
+
+# -- malloc's memory in use: an exact count like the census, for native leaks -----------------
+def test_a_slow_native_leak_is_a_leak_by_malloc_in_use() -> None:
+    # Seen in CI: 64 KiB a request on a starved machine, the last cycle +6.3 MB (under the 8 MB
+    # noise), the Python heap flat: it was called a plateau.
+    v = verdict.decide(cycles([81.6, 100.3, 106.6], py_census_mb=[3.1, 3.1, 3.1],
+                              py_census_objects=[30000, 30010, 30005],
+                              malloc_in_use_mb=[56.2, 75.0, 81.3],
+                              malloc_free_mb=[1.0, 1.1, 1.0]))
+    assert v["verdict"] == "leak" and v["where"] == "native allocations", v["reason"]
+    assert v["detection_limit"]["malloc_in_use_mb_per_cycle"] == 1.0
+
+
+def test_malloc_in_use_wobbling_at_rest_is_no_leak() -> None:
+    # The reference TensorFlow servers: in use -2.5, +2.4, +3.6 MB of ~405 MB (a floor of 1%),
+    # and +2.4, +3.6 alone is still under it.
+    v = verdict.decide(cycles([898.6, 900.0, 901.0, 902.0],
+                              malloc_in_use_mb=[405.5, 403.0, 405.4, 409.0]))
+    assert v["verdict"] == "plateau", v["reason"]
+    v = verdict.decide(cycles([898.6, 900.0, 901.0], malloc_in_use_mb=[403.0, 405.4, 409.0]))
+    assert v["verdict"] == "plateau", v["reason"]
+    assert "nor malloc's memory in use grew in every cycle" not in v["reason"]  # no census
