@@ -80,6 +80,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from infbench.analysis import culprit
 from infbench.results.schemas import MIN_CYCLES, NO_CYCLES, NO_VERDICT, runs_once
 from infbench.results.variant import VariantFiles, files_of
 
@@ -158,7 +159,7 @@ def census_floor(census: list[float]) -> float:
     return max(CENSUS_NOISE_MB, PY_NOISE_FRACTION * census[0]) if census else CENSUS_NOISE_MB
 
 
-def _census_climbs(census: list[float]) -> bool:
+def census_climbs(census: list[float]) -> bool:
     """The heap census (bytes) grew in every cycle after warm-up by more than its noise."""
     d = _deltas(census)
     return bool(d) and all(x > census_floor(census) for x in d)
@@ -182,6 +183,9 @@ def headline(v: dict[str, Any]) -> str:
     text = str(v.get("verdict", "inconclusive"))
     if v.get("where"):
         text += f" ({v['where']})"
+    named = culprit.top_line(v.get("culprit")) if v.get("verdict") == "leak" else ""
+    if named:
+        text += f": {named}"
     r = v.get("retention") or {}
     free, trim = r.get("free_mb"), r.get("trim_freed_mb")
     gave = f"malloc_trim gave back {trim:.0f} MB" if trim is not None else ""
@@ -278,7 +282,7 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     # A heap census (or malloc's memory in use) that climbs in every cycle is a leak at any size
     # above its own noise: it takes the place of a steady climb of RSS, which a slow leak does
     # not reach in a few cycles.
-    py_climbs = _census_climbs(census)
+    py_climbs = census_climbs(census)
     exact_climbs = py_climbs or _in_use_climbs(in_use)
     steady = steady or exact_climbs
     if d[-1] <= noise and not steady:
@@ -654,6 +658,12 @@ def from_files(variant_dir: Path | VariantFiles, phase_list: list[dict[str, Any]
             "trims": [r for r in rows if r.get("event") == "trim"]}
     if out["verdict"] == "leak" and out.get("where") != "native allocations":
         out["kept_at"] = kept_at(events)
+    # What leaks, by type and line: for a leak, or wherever the culprit window named lines.
+    found = culprit.of(events)
+    named = found is not None and (out["verdict"] == "leak" or bool(
+        (found.get("window") or {}).get("lines")))
+    out["culprit"] = found if named else None
+    out["headline"] = headline(out)
     return out
 
 

@@ -23,6 +23,7 @@ from infbench.config.model import (
     B64_MARK,
     BODIES,
     CALL_STYLES,
+    CULPRIT_MODES,
     ENDPOINTS,
     HEALTH_KINDS,
     IMAGE_MARKS,
@@ -123,9 +124,10 @@ def _load_profile(name: str, table: Any) -> Profile:
             "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
             "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int,
-            "max_in_flight": int, "model_alone": bool}
+            "max_in_flight": int, "model_alone": bool, "culprit": str}
     values = _fields(where, table, spec, required=("steps",))
     _open_loop_fields(where, values)
+    _one_of(where, "culprit", values.get("culprit", "auto"), CULPRIT_MODES)
     for key in ("feedback_weight",):
         _positive(where, key, values.get(key, 0), allow_zero=True)
     for key in ("predict_weight", "stable_windows"):

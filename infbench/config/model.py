@@ -99,6 +99,9 @@ def auto_window(seconds: float, windows: int) -> float:
     return max(1.0, min(DEFAULT_WINDOW_S, seconds / (windows + 1)))
 
 
+CULPRIT_MODES = ("auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -135,6 +138,9 @@ class Profile:
     max_in_flight: int = 512
     # Measure the model alone (no HTTP) before the load: serving efficiency per step.
     model_alone: bool = False
+    # The culprit window after the judged cycles (infbench/measure/window.py): "auto" when the
+    # heap census climbed in every cycle, "always", "never".
+    culprit: str = "auto"
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users

@@ -22,22 +22,24 @@ ALIVE_S = 3.0  # a probe file written this recently is a live process's (one lin
 POLL_S = 0.2
 
 
-def _answered(path: Path, offset: int, cycle: int) -> bool:
+def _answered(path: Path, offset: int, match: Callable[[dict[str, Any]], bool],
+              needle: str) -> bool:
     with contextlib.suppress(OSError), path.open() as f:
         f.seek(offset)
         for line in f:
-            if '"census"' in line:
+            if needle in line:
                 with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if row.get("event") == "census" and row.get("cycle") == cycle:
+                    if match(json.loads(line)):
                         return True
     return False
 
 
-def ask(dirs: list[Path], cycle: int, check: Callable[[], None],
-        touch: Callable[[Path], None], wait: float = WAIT_S) -> dict[str, Any]:
-    """Request the census in each probe folder and wait for every live probe's answer (or
-    `wait` seconds); `check` is called while waiting (the harness's are-the-servers-alive)."""
+def ask_probes(dirs: list[Path], request: str, event: str, check: Callable[[], None],
+               touch: Callable[[Path], None], wait: float = WAIT_S,
+               match: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    """Create `request` in each probe folder and wait until every live probe (a file written
+    in the last ALIVE_S) has written an `event` line after it (one that `match` accepts), or
+    `wait` seconds; `check` is called while waiting (the harness's are-the-servers-alive)."""
     now = time.time()
     live: dict[Path, int] = {}
     for d in dirs:
@@ -47,12 +49,23 @@ def ask(dirs: list[Path], cycle: int, check: Callable[[], None],
                 if now - st.st_mtime <= ALIVE_S:
                     live[f] = st.st_size
     for d in dirs:
-        touch(d / REQUEST.format(cycle=cycle))
+        touch(d / request)
+
+    def accepts(row: dict[str, Any]) -> bool:
+        return row.get("event") == event and (match is None or match(row))
+
     start = time.monotonic()
     pending = list(live)
     while pending and time.monotonic() - start < wait:
         check()
         time.sleep(POLL_S)
-        pending = [f for f in pending if not _answered(f, live[f], cycle)]
+        pending = [f for f in pending if not _answered(f, live[f], accepts, f'"{event}"')]
     return {"processes": len(live), "unanswered": len(pending),
             "waited_s": round(time.monotonic() - start, 2)}
+
+
+def ask(dirs: list[Path], cycle: int, check: Callable[[], None],
+        touch: Callable[[Path], None], wait: float = WAIT_S) -> dict[str, Any]:
+    """Request the census in each probe folder and wait for every live probe's answer."""
+    return ask_probes(dirs, REQUEST.format(cycle=cycle), "census", check, touch, wait,
+                      match=lambda row: row.get("cycle") == cycle)

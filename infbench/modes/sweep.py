@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from infbench.analysis import stall
+from infbench.analysis import culprit, stall, verdict
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.launch import LaunchError, get_launcher, proc
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
@@ -38,11 +38,12 @@ from infbench.measure import (
     model_alone,
     monitors,
     probecheck,
+    window,
 )
 from infbench.measure.load import LoadError, StepLoad, check_outputs, start_step
 from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
-from infbench.results import files
+from infbench.results import files, samples
 from infbench.results.files import WriteError, write_json
 from infbench.results.schemas import RUN_SCHEMA
 
@@ -290,6 +291,7 @@ class VariantRun:
         self._load()
         self._hold("cooldown", p.cooldown, "cooldown")
         self._trim()
+        self._culprit_window()
 
     def _load(self) -> None:
         """The profile's steps, cycle by cycle, with their pauses and rests. A subclass may
@@ -394,6 +396,45 @@ class VariantRun:
             self._check_server()
             time.sleep(0.5)
 
+    def _culprit_window(self) -> None:
+        """After everything is measured: when the heap census climbed in every cycle (or the
+        profile asks, `culprit`), tracemalloc traces one more step and a rest in each probed
+        process, and what survives is written by line (infbench/measure/window.py)."""
+        assert self.topology is not None
+        p = self.profile
+        # A service that traces already (tracemalloc = true, INFBENCH_TRACEMALLOC in its env)
+        # lists its own sites at the end: the window is for the others.
+        dirs = sorted({r.spec.out_dir for r in self.topology.replicas if r.spec.service.probes
+                       and not r.spec.service.tracemalloc and r.spec.service.env.get(
+                           "INFBENCH_TRACEMALLOC", "0").strip() in ("", "0")})
+        if not dirs or p.cycles < 2:
+            return
+        events = [e for d in dirs for e in samples.read_probes(d)[1]]
+        climbed = verdict.census_climbs(culprit.census_totals_by_cycle(events))
+        if not window.wanted(p, climbed):
+            return
+        spec = window.step_of(p)
+        why = "the heap census climbed in every cycle" if climbed else "culprit = \"always\""
+        self.progress.say(f"  {self.v.name}: {why}: tracing one more step of {spec.seconds:g} s "
+                          f"and a rest of {p.rest:g} s to name the lines (tracemalloc; not "
+                          "judged)")
+        info: dict[str, Any] = {"reason": why, "opened": window.open_(dirs, self._check_server,
+                                                                     self._request)}
+        self.log.data["window"] = info
+        i = len(p.steps) * p.cycles + 1
+        self._step(i, i, spec, None, kind="window")
+        self._hold("window_rest", p.rest, "window rest")
+        info["closed"] = window.close(dirs, self._check_server, self._request)
+        info["step"] = i
+        for what, answer in (("open", info["opened"]), ("close", info["closed"])):
+            if answer["unanswered"]:
+                line = (f"culprit window: {answer['unanswered']} of {answer['processes']} "
+                        f"probed process(es) did not answer the {what} in "
+                        f"{answer['waited_s']:.0f} s")
+                self.progress.say(f"  WARNING {self.v.name}: {line}")
+                self.log.event("window_unanswered", line)
+        self.log.save()
+
     @staticmethod
     def _request(path: Path) -> None:
         try:
@@ -463,7 +504,8 @@ class VariantRun:
             self.log.event("probes_missing", line)
         self.log.save()
 
-    def _step(self, i: int, n: int, spec: Step, cycle: int) -> None:
+    def _step(self, i: int, n: int, spec: Step, cycle: int | None, kind: str = "step") -> None:
+        """One step of load (`kind` "window": the culprit window's, not the sweep's)."""
         assert self.topology is not None
         batch, seconds = spec.batch, spec.seconds
         try:
@@ -473,7 +515,8 @@ class VariantRun:
                                    **self.topology.load_settings())
         except OSError as e:
             raise LoadError(f"cannot start Locust for step {i}: {e.strerror or e}") from None
-        step = self.log.begin("step", index=i, batch=batch, planned=seconds,
+        drain_kind = "drain" if kind == "step" else f"{kind}_drain"
+        step = self.log.begin(kind, index=i, batch=batch, planned=seconds,
                               users=self.profile.users_of(spec), cycle=cycle)
         drain_started = False
         while self.load.group.poll() is None:
@@ -484,7 +527,7 @@ class VariantRun:
             if c.get("test_stopping") and not drain_started:
                 drain_started = True
                 self.log.end(t=c["test_stopping"])
-                self.log.begin("drain", t=c["test_stopping"], index=i, batch=batch,
+                self.log.begin(drain_kind, t=c["test_stopping"], index=i, batch=batch,
                                planned=self.profile.drain_timeout)
             rps = self.load.update_rate()
             if drain_started:
@@ -494,7 +537,8 @@ class VariantRun:
                            rps)
             else:
                 t = time.time() - (c.get("test_start") or self.load.launched)
-                self._tick(f"step {i}/{n} (b{batch})", t, seconds, rps)
+                name = f"step {i}/{n}" if kind == "step" else "culprit window"
+                self._tick(f"{name} (b{batch})", t, seconds, rps)
             time.sleep(0.5)
         code = self.load.group.stop(grace=2.0)
         c = self.load.counts()
@@ -508,7 +552,7 @@ class VariantRun:
         if not drain_started and c.get("test_stopping"):
             # Locust stopped and exited between two polls: the drain still happened.
             self.log.end(t=c["test_stopping"])
-            self.log.begin("drain", t=c["test_stopping"], index=i, batch=batch,
+            self.log.begin(drain_kind, t=c["test_stopping"], index=i, batch=batch,
                            planned=self.profile.drain_timeout)
             drain_started = True
         log_file = self.out / f"step{i}-b{batch}_locust.log"

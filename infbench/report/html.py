@@ -100,7 +100,8 @@ def table_of(t: Table) -> str:
     """One of the report's tables (report/tables.py) as HTML, the same rows as summary.md's:
     cells escaped, `**x**` in bold. No rows: ''."""
     return table(list(t.columns),
-                 [[Raw(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(c))) for c in row]
+                 [[Raw(re.sub(r"`([^`]+)`", r"<code>\1</code>",
+                              re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(c)))) for c in row]
                   for row in t.rows])
 
 
@@ -216,9 +217,13 @@ def verdicts_section(rows: list[dict[str, Any]]) -> str:
         lines.append([r["variant"], badge(r.get("status")),
                       Raw(f"<b>{e(v.get('verdict', '-'))}</b>{e(where)}"), per,
                       signed(v.get("growth_after_warmup_mb")), loaded, v.get("reason", "")])
+    leaks = tables.culprit_table(rows)
+    culprits = (f'<h3 id="what-leaks">{e(leaks.title)}</h3>' + table_of(leaks)
+                + f'<p class="note">{e(leaks.caption)}</p>') if leaks.rows else ""
     return ('<h2 id="verdicts">Verdicts: leak, allocator retention or plateau</h2>'
             + table(["variant", "status", "verdict", "post-rest MB per cycle",
                      ">growth after warm-up (MB)", "malloc (loaded)", "why"], lines)
+            + culprits
             + '<p class="note">A verdict needs a profile with cycles (e.g. <code>PROFILE='
             "cycles</code>) and the server probes (<code>probes = true</code>) to tell a leak "
             "from retention; the rules are in summary.json and the README.</p>")

@@ -164,6 +164,7 @@ def render(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         notes = verdict_notes(rows)
         out += ["", f"## {judged.title}", "", *lines(judged), "",
                 *([*notes, ""] if notes else []), judged.caption]
+        out += section(tables.culprit_table(rows))
     steps = tables.steps_table(rows)
     out += ["", f"## {steps.title}", "", *lines(steps), "", steps.caption]
     trust_notes = trust_lines(rows)

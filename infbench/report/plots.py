@@ -53,6 +53,12 @@ def _shade(ax: Any, phase_list: list[dict[str, Any]], t0: float) -> list[Any]:
                                   fontweight="bold", transform=ax.get_xaxis_transform()))
         elif kind == "drain":
             ax.axvspan(a, b, color="#999999", alpha=0.15, lw=0, hatch="///")
+        elif kind in ("window", "window_drain", "window_rest"):
+            ax.axvspan(a, b, color="#8e44ad", alpha=0.12, lw=0, hatch="..")
+            if kind == "window":
+                labels.append(ax.text((a + b) / 2, LABEL_ROWS[0], "tracemalloc window",
+                                      ha="center", va="top", fontsize=7, color="#8e44ad",
+                                      transform=ax.get_xaxis_transform()))
         elif kind in ("baseline", "rest", "cooldown", "trim"):
             ax.axvspan(a, b, color="#cccccc", alpha=0.25, lw=0)
             labels.append(ax.text((a + b) / 2, LABEL_ROWS[0], kind, ha="center", va="top",

@@ -181,6 +181,39 @@ def growth_parts_table(rows: Rows) -> Table:
         "parts add up to RSS. Plots: `<variant>/memory_parts.png`.")
 
 
+def culprit_table(rows: Rows) -> Table:
+    """What leaks: per variant with a culprit (analysis/culprit.py), the types that grew most
+    (heap census) and the lines that kept what the culprit window traced."""
+    lines = []
+    for r in rows:
+        c = (r.get("verdict") or {}).get("culprit") or {}
+        for t in c.get("types") or []:
+            lines.append([r["variant"], "type", f"`{t['type']}`",
+                          f"{t['mb_per_cycle']:+,.2f}", f"{t['objects_per_cycle']:+,}",
+                          f"{fmt(t['mb'], 1)} MB in {fmt(t['objects'])} objects at the last rest"])
+        win = c.get("window") or {}
+        for line in win.get("lines") or []:
+            via = " → ".join(line.get("stack") or [])
+            at = "" if line["at"] == line["where"] else f"allocated in `{line['at']}`; "
+            lines.append([r["variant"], "line", f"`{line['where']}`", "-", "-",
+                          f"{fmt(line['kept_mb'], 2)} MB in {fmt(line['blocks'])} blocks alive "
+                          f"after the window; {at}called from {via or '-'}"])
+        if win and not win.get("lines"):
+            why = "; ".join(win.get("skipped") or []) or "nothing it traced was still alive"
+            lines.append([r["variant"], "line", "-", "-", "-", f"culprit window: {why}"])
+    return table(
+        "What leaks", ["variant", "by", "what", ">MB / cycle", ">objects / cycle", "detail"],
+        lines,
+        "By type: the heap census at each rest (bytes by sys.getsizeof, summed over processes), "
+        "the growth from the first rest after warm-up to the last. By line: the culprit "
+        "window, after the judged cycles (one more step of load and a rest traced by "
+        "tracemalloc, opened when the census climbed in every cycle, or with `culprit = "
+        "\"always\"`): what was allocated in it and is still alive, by the most recent line of "
+        "the server's own code (frames of the standard library and installed packages folded; "
+        "`allocated in` is the line inside them). Its load is slower than the cycles' "
+        "(tracemalloc), so its MB are a sample, not the rate.")
+
+
 def verdict_table(rows: Rows) -> Table:
     """Leak / allocator retention / plateau per variant, with the figures that decided it,
     ranked by growth after warm-up (least first)."""

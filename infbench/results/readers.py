@@ -94,10 +94,16 @@ def _phases_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _phases_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
+    # 3 added the culprit window's phases and "window"; a version 2 run opened none.
+    d.setdefault("window", None)
+    return d
+
+
 def phases_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "phases.json"
     data = versioned(path, load_json(path, "phases.json"), "phases.json",
-                     schemas.PHASES_SCHEMA, {1: _phases_1_to_2})
+                     schemas.PHASES_SCHEMA, {1: _phases_1_to_2, 2: _phases_2_to_3})
     if not isinstance(data.get("phases"), list):
         raise ReadError(f"{path}: phases.json has no list of phases")
     return data
@@ -143,11 +149,19 @@ def _summary_3_to_4(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_4_to_5(d: dict[str, Any]) -> dict[str, Any]:
+    # 5 added the verdict's "culprit"; a version 4 run named none.
+    v = d.get("verdict")
+    if isinstance(v, dict):
+        d["verdict"] = {"culprit": None, **v}
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
                      schemas.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
-                                               3: _summary_3_to_4})
+                                               3: _summary_3_to_4, 4: _summary_4_to_5})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):

@@ -16,9 +16,11 @@ RUN_SCHEMA = 2
 # phases.json. 1: first version. 2: "services" (start / healthy / stop per service replica),
 # "events" (faults and notes on the run's clock), a status per step ("complete", "degraded",
 # "failed") and the variant status "degraded". Version 1 files read unchanged.
-PHASES_SCHEMA = 2
+# 3: the culprit window's phases ("window", "window_drain", "window_rest") and "window" (its
+# reason and the probes' answers); 1-2 files read unchanged.
+PHASES_SCHEMA = 3
 PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim",
-               "census")
+               "census", "window", "window_drain", "window_rest")
 
 # summary.json. 1: first version. 2: "services" (memory and CPU per service of a topology),
 # "events" and "faults", a status per step, variant status "degraded". 3: per step "stable",
@@ -27,8 +29,10 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # "no verdict" for a profile that runs its sweep once (no cycles), which 1-3 called
 # "inconclusive"; the verdict's "trend" (slope, its 95% interval, every cycle up, steady climb)
 # and "detection_limit" (per source), read as absent from 1-3; a heap census that climbs in
-# every cycle is a leak (1-3 judged RSS's last step).
-SUMMARY_SCHEMA = 4
+# every cycle is a leak (1-3 judged RSS's last step). 5: the verdict's "culprit" (the types that
+# grew, from the census; the culprit window's lines), malloc's memory in use that climbs in
+# every cycle is a steady climb too; 1-4 read with no culprit.
+SUMMARY_SCHEMA = 5
 
 # manifest.json. 1: first version.
 MANIFEST_SCHEMA = 1

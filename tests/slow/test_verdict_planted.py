@@ -1,7 +1,9 @@
-"""Planted behaviour through the whole path: a server that leaks Python objects on purpose, one
-that leaks native memory (malloc without free) and a healthy one, each run as a
-custom-command variant with the probes, three cycles of load.
-Each must get its verdict from the harness, from the files alone."""
+"""Planted behaviour through the whole path: a server that leaks Python objects on purpose (kept
+two calls deep in a helper module, made by json's decoder), one that leaks NumPy arrays, one
+that leaks native memory (malloc without free) and a healthy one, each run as a custom-command
+variant with the probes, three cycles of load. Each must get its verdict from the harness, from
+the files alone, and a leak of Python objects its culprit: the type that grew and the line of
+the server's own code that keeps it (the culprit window, after the judged cycles)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ import pytest
 from infbench.paths import ROOT
 from tests.fixtures.synth import TINY_MODEL
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EXPERIMENTS = """
 [study]
-variants = ["planted-leak", "planted-native", "planted-healthy"]
+variants = ["planted-leak", "planted-numpy", "planted-native", "planted-healthy"]
 profile = "leakcheck"
 model = "tiny"
 
@@ -44,6 +46,12 @@ command = ["{python}", "-m", "uvicorn", "tests.fixtures.planted_app:app", "--hos
 probes = true
 env = { PLANTED_LEAK = "1000" }
 
+[variants.planted-numpy]
+server = "command"
+command = ["{python}", "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", "{host}",
+           "--port", "{port}", "--no-access-log"]
+env = { PLANTED_NUMPY_KB = "64" }
+
 [variants.planted-native]
 server = "command"
 command = ["{python}", "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", "{host}",
@@ -66,7 +74,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exp.write_text(EXPERIMENTS)
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(base / "results"),
                           "--experiments", str(exp), "run", "--probes"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=540)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (run_dir,) = [p for p in (base / "results").iterdir() if p.is_dir() and not p.is_symlink()]
     return run_dir
@@ -76,10 +84,43 @@ def summary(run_dir: Path, variant: str) -> dict[str, Any]:
     return dict(json.loads((run_dir / variant / "summary.json").read_text()))
 
 
+def line_of(path: Path, text: str) -> str:
+    """`tests/fixtures/<file>:<line>` of the line holding `text`."""
+    (n,) = [i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line]
+    return f"tests/fixtures/{path.name}:{n}"
+
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
 def test_leaking_server_is_a_leak_of_python_objects(planted: Path) -> None:
     v = summary(planted, "planted-leak")["verdict"]
     assert v["verdict"] == "leak", v
     assert v["where"] == "python objects"
+    # The culprit: the strings, by type; by line, the helper's call into json (its frames
+    # folded), reached from the helper that keeps them and the app's handler.
+    top = v["culprit"]["types"][0]
+    assert top["type"] == "str" and top["objects_per_cycle"] > 1000, v["culprit"]
+    win = v["culprit"]["window"]
+    assert win["processes"] == win["opened_in"] == 1 and win["frames"] == 32, win
+    line = win["lines"][0]
+    helpers = FIXTURES / "planted_helpers.py"
+    assert line["where"] == line_of(helpers, "return json.loads(text)"), win
+    assert line["at"].startswith("json/decoder.py:") and line["blocks"] > 100, line
+    assert line["stack"][:3] == [line["where"], line_of(helpers, "_journal.append("),
+                                 line_of(FIXTURES / "planted_app.py", "remember(_served")]
+    assert "`str` " in v["headline"] and line["where"] in v["headline"]
+
+
+def test_numpy_arrays_are_named_by_type_and_line(planted: Path) -> None:
+    v = summary(planted, "planted-numpy")["verdict"]
+    assert (v["verdict"], v["where"]) == ("leak", "python objects"), v["reason"]
+    top = v["culprit"]["types"][0]
+    assert top["type"] == "numpy.ndarray" and top["mb_per_cycle"] > 1, v["culprit"]
+    line = v["culprit"]["window"]["lines"][0]
+    assert line["where"] == line_of(FIXTURES / "planted_app.py", "numpy.ones(NUMPY_BYTES"), line
+    assert line["at"].startswith("numpy/") and line["kept_mb"] > 0.5, line
+    assert v["headline"].startswith("leak (python objects): `numpy.ndarray` +")
     assert v["python_heap"]["grows_every_cycle"]
     assert v["growth_per_cycle_mb"] > v["noise_mb"]
     assert [c["cycle"] for c in v["per_cycle"]] == [1, 2, 3]
@@ -93,6 +134,8 @@ def test_native_leak_is_a_leak_of_native_allocations(planted: Path) -> None:
     assert not v["python_heap"]["grows_every_cycle"]
     # 64 KiB a request: malloc's in-use memory explains the growth.
     assert v["malloc_in_use_growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
+    # The census climbed in no cycle: no culprit window was opened.
+    assert v["culprit"] is None or v["culprit"]["window"] is None, v["culprit"]
 
 
 def test_healthy_server_is_a_plateau(planted: Path) -> None:
@@ -102,7 +145,7 @@ def test_healthy_server_is_a_plateau(planted: Path) -> None:
 
 
 def test_probes_and_trim_are_recorded(planted: Path) -> None:
-    for variant in ("planted-leak", "planted-native", "planted-healthy"):
+    for variant in ("planted-leak", "planted-numpy", "planted-native", "planted-healthy"):
         d = planted / variant
         files = list(d.glob("probes-*.jsonl"))
         assert len(files) == 1
@@ -115,7 +158,14 @@ def test_probes_and_trim_are_recorded(planted: Path) -> None:
         assert len(trims) == 1 and trims[0]["rss_after_mb"] <= trims[0]["rss_before_mb"] + 1
         ph = json.loads((d / "phases.json").read_text())
         kinds = [p["kind"] for p in ph["phases"]]
-        assert kinds.count("rest") == 3 and kinds[-1] == "trim"
+        assert kinds.count("rest") == 3 and "trim" in kinds
+        # The culprit window after everything else, only where the census climbed.
+        after = kinds[kinds.index("trim") + 1:]
+        climbed = variant in ("planted-leak", "planted-numpy")
+        assert after == (["window", "window_drain", "window_rest"] if climbed else []), kinds
+        if climbed:
+            assert ph["window"]["opened"]["unanswered"] == ph["window"]["closed"]["unanswered"] \
+                == 0, ph["window"]
         assert (d / "trim.request").exists()
     md = (planted / "summary.md").read_text()
     assert "## Leak, allocator retention or plateau" in md

@@ -127,11 +127,23 @@ def _brief(v: dict[str, Any]) -> str:
     return f"{v.get('headline')}: {v.get('reason')} {v.get('per_cycle')}"
 
 
+APP = ROOT / "tests" / "fixtures" / "untouched_app.py"
+KEPT_LINE = next(f"tests/fixtures/untouched_app.py:{n}" for n, line in enumerate(
+    APP.read_text().splitlines(), 1) if "_kept.append(" in line)
+
+
 @pytest.mark.parametrize("server", SERVERS)
 def test_big_python_objects_are_a_leak_of_python_objects(run: Runs,
                                                          server: str) -> None:
     v = verdict(run, f"pyleak-{server}")
-    assert v["headline"] == "leak (python objects)", _brief(v)
+    assert v["headline"].startswith("leak (python objects): `bytes` +"), _brief(v)
+    # Named: the type that grew (the census, every process summed) and, from the culprit
+    # window after the judged cycles, the line that keeps it, in each worker.
+    assert v["culprit"]["types"][0]["type"] == "bytes", v["culprit"]
+    win = v["culprit"]["window"]
+    processes = 3 if server == "gu" else 1  # Gunicorn: master + 2 workers, each answers
+    assert win["processes"] == win["opened_in"] == processes, win
+    assert win["lines"][0]["where"] == KEPT_LINE and KEPT_LINE in v["headline"], win
     assert v["python_heap"]["measure"] == "census_mb"  # tracemalloc is off unless asked
     assert v["python_heap"]["growth_mb"] >= 0.5 * v["growth_after_warmup_mb"] > 0
     assert all(c["py_census_mb"] > 0 for c in v["per_cycle"])
@@ -140,7 +152,9 @@ def test_big_python_objects_are_a_leak_of_python_objects(run: Runs,
 
 def test_with_tracemalloc_the_leak_is_also_located(run: Runs) -> None:
     v = verdict(run, TRACED)
-    assert v["headline"] == "leak (python objects)", _brief(v)
+    assert v["headline"].startswith("leak (python objects): `bytes` +"), _brief(v)
+    # tracemalloc already ran (`tracemalloc = true`): no culprit window, its sites say where.
+    assert v["culprit"]["window"] is None and v["culprit"]["types"][0]["type"] == "bytes"
     assert v["probes"]["tracemalloc"] == "from start-up"
     # Where it is kept: the line of the app that appends the bytes.
     assert v["kept_at"] and "tests/fixtures/untouched_app.py:" in v["kept_at"][0]["where"], v
@@ -150,7 +164,8 @@ def test_with_tracemalloc_the_leak_is_also_located(run: Runs) -> None:
 def test_a_slow_leak_of_4_kb_a_request_is_a_leak(run: Runs) -> None:
     """Named by the heap census's exact bytes, whatever RSS's noise says of each step."""
     v = verdict(run, SLOW)
-    assert v["headline"] == "leak (python objects)", _brief(v)
+    assert v["headline"].startswith("leak (python objects): `bytes` +"), _brief(v)
+    assert v["culprit"]["window"]["lines"][0]["where"] == KEPT_LINE, v["culprit"]
     census = [c["py_census_mb"] for c in v["per_cycle"]]
     assert all(b > a for a, b in itertools.pairwise(census)), census
     # What the census can tell at this profile, per 1,000 requests, is below this leak's 4 MB.

@@ -60,6 +60,7 @@ def test_minimal_file_fills_defaults(tmp_path: Path) -> None:
     assert p.steps == (config.Step(batch=1, seconds=2.0),) and p.wait == (0.0, 1.0)
     assert p.planned_seconds() == pytest.approx(10 + 2 + 20 + 15 + 30)
     assert (p.cycles, p.rest, a.probes, a.tracemalloc) == (1, 0.0, False, False)
+    assert p.culprit == "auto"
 
 
 def test_cycles_repeat_the_sweep_with_a_rest(tmp_path: Path) -> None:
@@ -87,6 +88,8 @@ def test_cycles_repeat_the_sweep_with_a_rest(tmp_path: Path) -> None:
     (('users = 2', 'users = 2\nrest = -1'), r"profiles\.p\.rest: must be >= 0"),
     (('server = "uvicorn"', 'server = "uvicorn"\nprobes = "yes"'),
      r"variants\.a\.probes: expected bool, got str"),
+    (('users = 2', 'users = 2\nculprit = "sometimes"'),
+     r"profiles\.p\.culprit: 'sometimes' is not one of auto, always, never"),
 ])
 def test_config_errors_are_one_line_and_name_the_key(tmp_path: Path, edit: tuple[str, str],
                                                      message: str) -> None:

@@ -127,3 +127,52 @@ size1, _ = probes.heap_census()
 print(size0, size1, (4 << 20) + sum(map(sys.getsizeof, holders)))
 """)
     assert size1 - size0 == pytest.approx(expected, rel=0.05)
+
+
+def test_heap_census_by_type_adds_up_and_names_the_class() -> None:
+    out = in_a_child("""
+class Session:
+    def __init__(self, i):
+        self.token = bytes([i % 256]) * 4096  # one each (a constant would be shared)
+gc.collect()
+before = {}
+probes.heap_census(by_type=before)
+kept = [Session(i) for i in range(2000)]
+gc.collect()
+after = {}
+size, _ = probes.heap_census(by_type=after)
+rows = {name: (b, n) for name, b, n in probes.top_types(after)}
+grew = rows["bytes"][0] - dict((k, (b, n)) for k, b, n in probes.top_types(before)).get(
+    "bytes", (0, 0))[0]
+print(sum(b for b, _ in after.values()), size, rows["__main__.Session"][1], grew)
+""")
+    summed, size, sessions, grew = out
+    assert summed == pytest.approx(size, rel=0.001)  # the types add up to the census
+    assert sessions == 2000
+    assert grew == pytest.approx(2000 * sys.getsizeof(bytes(4096)), rel=0.05)
+
+
+def test_the_culprit_window_folds_library_frames_to_the_servers_own_line() -> None:
+    # A helper of "the server" (this child's own file) allocates through json: the line named
+    # is the helper's, `at` the decoder's, and a list made by the server itself is its own.
+    out = subprocess.run([sys.executable, "-c", """
+import json, tracemalloc
+from servers.shared import probes
+tracemalloc.start(probes.WINDOW_FRAMES)
+def helper():
+    return json.loads(json.dumps([str(i) * 50 for i in range(3000)]))
+kept = helper()
+mine = [bytearray(1000) for _ in range(500)]
+top = probes.culprit_sites(tracemalloc.take_snapshot())
+print(json.dumps(top))
+"""], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    top = json.loads(out.stdout)
+    where: dict[str, Any] = {}
+    for row in top:  # the largest of each line (json's encoder allocates a crumb there too)
+        where.setdefault(row["where"], row)
+    assert where["<string>:6"]["at"].startswith("json/decoder.py:"), top
+    assert where["<string>:6"]["blocks"] >= 3000
+    assert where["<string>:6"]["stack"] == ["<string>:6", "<string>:7"]
+    assert where["<string>:8"]["at"] == "<string>:8" and where["<string>:8"]["blocks"] >= 500
+    assert probes.short_path(json.__file__) == "json/__init__.py"

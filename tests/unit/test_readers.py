@@ -44,7 +44,7 @@ def test_run_json_1_is_migrated() -> None:
 
 def test_summary_json_1_is_migrated() -> None:
     s = readers.summary_json(VARIANT)
-    assert s["schema"] == schemas.SUMMARY_SCHEMA == 4 and s["migrated_from"] == 1
+    assert s["schema"] == schemas.SUMMARY_SCHEMA == 5 and s["migrated_from"] == 1
     assert all(st["stable"] is None and st["open_loop"] is False for st in s["steps"])
     assert s["services"] is None and s["split"] is None and s["events"] == []
     assert s["faults"] == 0
@@ -84,7 +84,7 @@ def test_summary_json_3_single_sweeps_say_no_verdict(tmp_path: Path, profile: An
 
 def test_phases_json_1_is_migrated_and_analysed_as_before() -> None:
     ph = readers.phases_json(VARIANT)
-    assert ph["schema"] == schemas.PHASES_SCHEMA == 2 and ph["migrated_from"] == 1
+    assert ph["schema"] == schemas.PHASES_SCHEMA == 3 and ph["migrated_from"] == 1
     assert ph["services"] == {} and ph["events"] == []
     steps = [p for p in ph["phases"] if p["kind"] == "step"]
     assert len(steps) == 4 and all(p["status"] == "complete" for p in steps)

@@ -1,0 +1,138 @@
+"""What leaks and where: the culprit of a leak of Python objects, from the probes' files alone.
+
+Two sources, both from servers/shared/probes.py, summed over the processes of a variant (each
+Gunicorn or Uvicorn worker writes its own lines):
+
+- **by type**, from the heap census at each rest (`"types"`: bytes and objects per type, the
+  types over the census's floor): what grew from the first rest after warm-up to the last,
+  per cycle. Free: the census runs anyway. A type under the floor at the first rest counts
+  from zero, so a new type's growth is overstated by at most that floor (64 KiB, 1,000
+  objects).
+- **by line**, from the culprit window (infbench/measure/window.py): tracemalloc traces one
+  more step of load and a rest after everything is measured, and what was allocated in it and
+  is still alive is grouped by the most recent frame of the server's own code (frames of the
+  standard library and installed packages folded). Cheap for the verdict: the window runs
+  once, after the judged cycles, and only when the census climbed (or when asked).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+TOP_TYPES = 5
+TOP_LINES = 5
+TYPE_FLOOR_MB = 0.05  # a type that grew less a cycle is not named
+LINE_FLOOR_MB = 0.05
+
+
+def census_series(events: list[dict[str, Any]]) -> dict[int, dict[int, dict[str, Any]]]:
+    """The census events by cycle (0, the warm-up's start, left out) and pid."""
+    out: dict[int, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
+    for e in events:
+        if e.get("event") == "census" and isinstance(e.get("cycle"), int) and e["cycle"] > 0:
+            out[e["cycle"]][int(e.get("pid") or 0)] = e
+    return dict(sorted(out.items()))
+
+
+def census_totals_by_cycle(events: list[dict[str, Any]]) -> list[float]:
+    """The census's bytes (MB) at each rest, summed over processes, in cycle order."""
+    return [sum(float(e.get("py_bytes_mb") or 0) for e in by_pid.values())
+            for by_pid in census_series(events).values()]
+
+
+def _types_at(by_pid: dict[int, dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    summed: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for e in by_pid.values():
+        for row in e.get("types") or []:
+            if isinstance(row, list) and len(row) == 3:
+                summed[str(row[0])][0] += float(row[1])
+                summed[str(row[0])][1] += float(row[2])
+    return {k: (b, n) for k, (b, n) in summed.items()}
+
+
+def type_growth(events: list[dict[str, Any]], top: int = TOP_TYPES) -> list[dict[str, Any]]:
+    """The types that grew most in bytes from the first rest after warm-up to the last, per
+    cycle, largest first; [] with fewer than two censuses or none by type."""
+    series = list(census_series(events).values())
+    if len(series) < 2 or not any(e.get("types") for e in series[-1].values()):
+        return []
+    first, last = _types_at(series[0]), _types_at(series[-1])
+    cycles = len(series) - 1
+    rows = []
+    for name, (b1, n1) in last.items():
+        b0, n0 = first.get(name, (0.0, 0.0))
+        mb = (b1 - b0) / cycles / 1024 / 1024
+        if mb >= TYPE_FLOOR_MB:
+            rows.append({"type": name, "mb_per_cycle": round(mb, 3),
+                         "objects_per_cycle": round((n1 - n0) / cycles),
+                         "mb": round(b1 / 1024 / 1024, 2), "objects": round(n1)})
+    return sorted(rows, key=lambda r: -r["mb_per_cycle"])[:top]
+
+
+def window(events: list[dict[str, Any]], top: int = TOP_LINES) -> dict[str, Any] | None:
+    """The culprit window's lines, summed by (line, allocating line) over the processes, and
+    what the window cost; None if no window was opened."""
+    starts = [e for e in events if e.get("event") == "window_start"]
+    ends = [e for e in events if e.get("event") == "window"]
+    if not starts and not ends:
+        return None
+    kept: dict[tuple[str, str], list[Any]] = {}
+    for e in ends:
+        for site in e.get("top") or []:
+            key = (str(site.get("where")), str(site.get("at")))
+            entry = kept.setdefault(key, [0.0, 0, site.get("stack") or []])
+            entry[0] += float(site.get("kept_mb") or 0)
+            entry[1] += int(site.get("blocks") or 0)
+    lines = [{"where": w, "at": a, "kept_mb": round(mb, 2), "blocks": n, "stack": stack}
+             for (w, a), (mb, n, stack) in sorted(kept.items(), key=lambda kv: -kv[1][0])
+             if mb >= LINE_FLOOR_MB][:top]
+    skipped = sorted({str(e["skipped"]) for e in starts if e.get("skipped")})
+    return {"processes": len({e.get("pid") for e in ends}),
+            "opened_in": len({e.get("pid") for e in starts if not e.get("skipped")}),
+            "skipped": skipped,
+            "traced_mb": round(sum(float(e.get("traced_mb") or 0) for e in ends), 2),
+            "snapshot_s": max((float(e.get("took_s") or 0) for e in ends), default=None),
+            "frames": max((int(e.get("frames") or 0) for e in ends), default=None),
+            "lines": lines}
+
+
+def _count(n: float) -> str:
+    n = round(n)
+    return f"{n / 1e6:+,.1f}M" if abs(n) >= 1e6 else f"{n / 1e3:+,.1f}k" if abs(n) >= 1e4 \
+        else f"{n:+,}"
+
+
+def type_text(row: dict[str, Any]) -> str:
+    """`str` +780.0k objects, +52.1 MB a cycle"""
+    return (f"`{row['type']}` {_count(row['objects_per_cycle'])} objects, "
+            f"{row['mb_per_cycle']:+,.1f} MB a cycle")
+
+
+def line_text(row: dict[str, Any]) -> str:
+    """`handlers.py:41` 110.0 MB in 2,795 blocks (allocated in json/decoder.py:353)"""
+    via = "" if row["at"] == row["where"] else f" (allocated in {row['at']})"
+    return f"`{row['where']}` {row['kept_mb']:,.1f} MB in {row['blocks']:,} blocks{via}"
+
+
+def of(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """summary.json's verdict `culprit`: {"types", "window"}; None when neither says anything."""
+    types = type_growth(events)
+    win = window(events)
+    if not types and win is None:
+        return None
+    return {"types": types, "window": win}
+
+
+def top_line(culprit: dict[str, Any] | None) -> str:
+    """The top culprit in one line, for the console's verdict: its line, else its type."""
+    if not culprit:
+        return ""
+    lines = (culprit.get("window") or {}).get("lines") or []
+    said = []
+    if culprit.get("types"):
+        t = culprit["types"][0]
+        said.append(f"`{t['type']}` {t['mb_per_cycle']:+,.1f} MB a cycle")
+    if lines:
+        said.append(f"kept at {lines[0]['where']}")
+    return ", ".join(said)
