@@ -6,7 +6,8 @@
 #
 #   run   what a study reaches for: redis-server (the topologies' Redis service), the three
 #         allocators the allocator hypotheses preload, gdb (outside reads of a running server:
-#         malloc_info, malloc_trim), tini (a static init for the outside-read tests).
+#         malloc_info, malloc_trim), tini (a static init for the outside-read tests), heaptrack
+#         (the native stacks of a leak, attached to a running server: measure/native_stacks.py).
 #   test  all of `run`, plus chromium (report.html rendered headless, as a person sees it).
 #
 # check:   prints the missing packages (one a line), exits 0 when none are missing, 1 otherwise.
@@ -19,7 +20,7 @@
 # and the tests' own checks cannot drift.
 set -euo pipefail
 
-RUN_PACKAGES=(redis-server libjemalloc2 libmimalloc2.0 libgoogle-perftools4 gdb tini)
+RUN_PACKAGES=(redis-server libjemalloc2 libmimalloc2.0 libgoogle-perftools4 gdb tini heaptrack)
 TEST_PACKAGES=("${RUN_PACKAGES[@]}" chromium)
 
 action=${1:-install}
@@ -57,8 +58,8 @@ fi
 mapfile -t todo < <(missing)
 ((${#todo[@]} == 0)) && exit 0
 if [[ $(id -u) != 0 ]]; then
-    echo "system-packages: missing ${todo[*]} (Redis, the allocators, gdb, tini, chromium for" \
-         "the studies and tests); install them once with: sudo make system" >&2
+    echo "system-packages: missing ${todo[*]} (Redis, the allocators, gdb, tini, heaptrack," \
+         "chromium for the studies and tests); install them once with: sudo make system" >&2
     exit 0
 fi
 started=$SECONDS
