@@ -115,13 +115,38 @@ def line_text(row: dict[str, Any]) -> str:
     return f"`{row['where']}` {row['kept_mb']:,.1f} MB in {row['blocks']:,} blocks{via}"
 
 
-def of(events: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """summary.json's verdict `culprit`: {"types", "window"}; None when neither says anything."""
+def native(window_info: dict[str, Any] | None, top: int = TOP_LINES) -> dict[str, Any] | None:
+    """The native stacks of what heaptrack's window left alive (phases.json `window`
+    `native`), summed by (function, library) over processes; None if no such window."""
+    found = (window_info or {}).get("native")
+    if not found:
+        return None
+    kept: dict[tuple[str, str], list[Any]] = {}
+    for w in found.get("windows") or []:
+        for row in w.get("top") or []:
+            key = (str(row.get("function")), str(row.get("library")))
+            entry = kept.setdefault(key, [0.0, 0, row.get("stack") or []])
+            entry[0] += float(row.get("bytes_mb") or 0)
+            entry[1] += int(row.get("blocks") or 0)
+    stacks = [{"function": f, "library": lib, "mb": round(mb, 2), "blocks": n, "stack": st}
+              for (f, lib), (mb, n, st) in sorted(kept.items(), key=lambda kv: -kv[1][0])
+              if mb >= LINE_FLOOR_MB][:top]
+    return {"tool": "heaptrack", "processes": len(found.get("windows") or []),
+            "unavailable": found.get("unavailable"), "errors": found.get("errors") or [],
+            "files": sorted({f for w in found.get("windows") or [] for f in w.get("files") or []}),
+            "stacks": stacks}
+
+
+def of(events: list[dict[str, Any]],
+       window_info: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """summary.json's verdict `culprit`: {"types", "window", "native"}; None when none says
+    anything."""
     types = type_growth(events)
     win = window(events)
-    if not types and win is None:
+    stacks = native(window_info)
+    if not types and win is None and stacks is None:
         return None
-    return {"types": types, "window": win}
+    return {"types": types, "window": win, "native": stacks}
 
 
 def top_line(culprit: dict[str, Any] | None) -> str:
@@ -135,4 +160,59 @@ def top_line(culprit: dict[str, Any] | None) -> str:
         said.append(f"`{t['type']}` {t['mb_per_cycle']:+,.1f} MB a cycle")
     if lines:
         said.append(f"kept at {lines[0]['where']}")
+    stacks = (culprit.get("native") or {}).get("stacks") or []
+    if stacks and not said:
+        said.append(f"{stacks[0]['mb']:,.1f} MB alive from {stacks[0]['function']} "
+                    f"({stacks[0]['library']})")
     return ", ".join(said)
+
+
+# -- allocator retention, explained -------------------------------------------------------------
+EXPLAINS = 0.5  # a share of the free memory that makes a fix apply
+STUDY_PREFIX = "alloc-"  # the allocator study's variants (experiments.toml, studies.allocators)
+
+
+def arenas(events: list[dict[str, Any]], trim_freed_mb: float | None = None) -> dict[str, Any] | None:
+    """Which of glibc's arenas hold the free memory at the last rest (the census's `arenas`,
+    summed over processes), the threads beside them, and which fix the allocator study
+    measures would apply; None where no census read them."""
+    series = list(census_series(events).values())
+    last = [e for e in series[-1].values() if e.get("arenas")] if series else []
+    if not last:
+        return None
+    rows = [(int(e.get("pid") or 0), int(a[0]), float(a[1]), float(a[2]))
+            for e in last for a in e["arenas"]]
+    free = sum(r[3] for r in rows)
+    main_free = sum(r[3] for r in rows if r[1] == 0)
+    threads = sum(int(e.get("threads") or 0) for e in last)
+    out: dict[str, Any] = {
+        "processes": len(last), "arenas": len(rows), "threads": threads,
+        "free_mb": round(free, 1), "held_mb": round(sum(r[2] for r in rows), 1),
+        "main_free_mb": round(main_free, 1), "thread_arenas_free_mb": round(free - main_free, 1),
+        "largest": [{"pid": p, "arena": n, "held_mb": round(h, 1), "free_mb": round(f, 1)}
+                    for p, n, h, f in sorted(rows, key=lambda r: -r[3])[:3]],
+    }
+    fixes = []
+    if free > 0 and free - main_free >= EXPLAINS * free:
+        fixes.append(f"an arena cap (MALLOC_ARENA_MAX=2, variant {STUDY_PREFIX}arena2): the "
+                     f"threads' arenas hold {free - main_free:.0f} of the {free:.0f} MB free")
+    if trim_freed_mb is not None and free > 0 and trim_freed_mb >= EXPLAINS * free:
+        fixes.append(f"malloc_trim after requests ({STUDY_PREFIX}trim-each): malloc_trim(0) "
+                     f"gave back {trim_freed_mb:.0f} MB at the end")
+    if free > 0:
+        fixes.append(f"another allocator ({STUDY_PREFIX}jemalloc, {STUDY_PREFIX}mimalloc), "
+                     "which returns freed memory to the system")
+    out["fixes"] = fixes
+    return out
+
+
+def arenas_text(a: dict[str, Any]) -> str:
+    """glibc holds 360 MB free in 9 arenas (34 threads): 40 MB in the main arena, 320 in the
+    threads' (the largest: arena 3 of pid 12, 80 MB free of 120)"""
+    big = a["largest"][0] if a["largest"] else None
+    return (f"glibc holds {a['free_mb']:,.0f} MB free in {a['arenas']} arena(s) "
+            f"({a['threads']} threads in {a['processes']} process(es)): "
+            f"{a['main_free_mb']:,.0f} MB in the main arena(s), "
+            f"{a['thread_arenas_free_mb']:,.0f} in the threads'"
+            + (f" (the largest: arena {big['arena']} of pid {big['pid']}, {big['free_mb']:,.0f} "
+               f"MB free of {big['held_mb']:,.0f})" if big else ""))

@@ -659,10 +659,17 @@ def from_files(variant_dir: Path | VariantFiles, phase_list: list[dict[str, Any]
     if out["verdict"] == "leak" and out.get("where") != "native allocations":
         out["kept_at"] = kept_at(events)
     # What leaks, by type and line: for a leak, or wherever the culprit window named lines.
-    found = culprit.of(events)
+    try:  # the culprit window's native stacks are in phases.json (a ReadError is a ValueError)
+        window_info = v.phases.get("window")
+    except (OSError, ValueError):
+        window_info = None
+    found = culprit.of(events, window_info)
     named = found is not None and (out["verdict"] == "leak" or bool(
-        (found.get("window") or {}).get("lines")))
+        (found.get("window") or {}).get("lines")) or bool((found.get("native") or {}).get(
+            "stacks")))
     out["culprit"] = found if named else None
+    if out["verdict"] == "allocator retention" or out.get("retention"):
+        out["arenas"] = culprit.arenas(events, freed)  # which arenas hold it, what would apply
     out["headline"] = headline(out)
     return out
 

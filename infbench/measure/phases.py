@@ -18,7 +18,8 @@ KINDS = PHASE_KINDS
 # Events that are faults: they mark the phase they fall in `degraded` and keep the variant
 # from `complete`. Other kinds are notes (shown, not held against the run).
 FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",
-          "step_all_failed", "artifact_damaged", "write_failed")
+          "step_all_failed", "artifact_damaged", "write_failed", "window_unanswered",
+          "native_stacks_failed")
 
 
 class PhaseLog:

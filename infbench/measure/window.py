@@ -25,13 +25,6 @@ START_WAIT_S = 10.0
 END_WAIT_S = 120.0  # a snapshot of a few million traces takes a while; a hung one is not waited
 
 
-def wanted(profile: Profile, census_climbed: bool) -> bool:
-    """Whether this run opens the window (a cycled profile; `culprit`, the census's trend)."""
-    if profile.cycles < 2 or profile.culprit == "never":
-        return False
-    return profile.culprit == "always" or census_climbed
-
-
 def step_of(profile: Profile) -> Step:
     """The window's load: the profile's first step, cut to LOAD_S, never until-stable."""
     first = profile.steps[0]

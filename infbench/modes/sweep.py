@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from infbench.analysis import culprit, stall, verdict
+from infbench.analysis import culprit, stall, summary, verdict
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.launch import LaunchError, get_launcher, proc
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
@@ -37,6 +37,7 @@ from infbench.measure import (
     manifest,
     model_alone,
     monitors,
+    native_stacks,
     probecheck,
     window,
 )
@@ -44,6 +45,7 @@ from infbench.measure.load import LoadError, StepLoad, check_outputs, start_step
 from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
 from infbench.results import files, samples
+from infbench.results.variant import VariantFiles
 from infbench.results.files import WriteError, write_json
 from infbench.results.schemas import RUN_SCHEMA
 
@@ -396,44 +398,106 @@ class VariantRun:
             self._check_server()
             time.sleep(0.5)
 
+    def _verdict_so_far(self) -> dict[str, Any]:
+        """The verdict of the cycles run so far, from the files on disk (the report's own
+        rule); {} if it cannot be read yet (said as a note)."""
+        try:
+            vf = VariantFiles(self.out)
+            ph = vf.phases
+            mp = summary.variant_mprof(vf, ph)
+            plist = ph.get("phases", [])
+            return verdict.from_files(vf, plist, mp.mem, summary.step_figures(vf, mp.mem, plist),
+                                      self.profile.cycles)
+        except (OSError, ValueError, KeyError) as e:
+            self.progress.say(f"  NOTE {self.v.name}: no verdict before the culprit window: "
+                              f"{type(e).__name__}: {e}")
+            return {}
+
     def _culprit_window(self) -> None:
-        """After everything is measured: when the heap census climbed in every cycle (or the
-        profile asks, `culprit`), tracemalloc traces one more step and a rest in each probed
-        process, and what survives is written by line (infbench/measure/window.py)."""
+        """After everything is measured, when the run's verdict is a leak (or the profile asks,
+        `culprit`): one more step of load and a rest, traced (infbench/measure/window.py) by
+        tracemalloc in each probed process for a leak of Python objects, by heaptrack attached
+        to each server process for a native one (infbench/measure/native_stacks.py)."""
         assert self.topology is not None
         p = self.profile
+        if p.cycles < 2 or p.culprit == "never":
+            return
         # A service that traces already (tracemalloc = true, INFBENCH_TRACEMALLOC in its env)
-        # lists its own sites at the end: the window is for the others.
+        # lists its own sites at the end: tracemalloc's window is for the others.
         dirs = sorted({r.spec.out_dir for r in self.topology.replicas if r.spec.service.probes
                        and not r.spec.service.tracemalloc and r.spec.service.env.get(
                            "INFBENCH_TRACEMALLOC", "0").strip() in ("", "0")})
-        if not dirs or p.cycles < 2:
-            return
+        so_far = self._verdict_so_far()
         events = [e for d in dirs for e in samples.read_probes(d)[1]]
         climbed = verdict.census_climbs(culprit.census_totals_by_cycle(events))
-        if not window.wanted(p, climbed):
+        where = so_far.get("where") if so_far.get("verdict") == "leak" else None
+        always = p.culprit == "always"
+        python = bool(dirs) and (always or climbed or where == "python objects")
+        native = always or where in ("native allocations", "kind unknown")
+        if not (python or native):
             return
         spec = window.step_of(p)
-        why = "the heap census climbed in every cycle" if climbed else "culprit = \"always\""
+        why = (f"the verdict so far is {verdict.headline(so_far)}" if where else
+               "the heap census climbed in every cycle" if climbed else "culprit = \"always\"")
+        tools = " and ".join(t for t, on in (("tracemalloc", python), ("heaptrack", native)) if on)
         self.progress.say(f"  {self.v.name}: {why}: tracing one more step of {spec.seconds:g} s "
-                          f"and a rest of {p.rest:g} s to name the lines (tracemalloc; not "
+                          f"and a rest of {p.rest:g} s to name the culprit ({tools}; not "
                           "judged)")
-        info: dict[str, Any] = {"reason": why, "opened": window.open_(dirs, self._check_server,
-                                                                     self._request)}
+        info: dict[str, Any] = {"reason": why}
         self.log.data["window"] = info
+        if python:
+            info["opened"] = window.open_(dirs, self._check_server, self._request)
+        stacks = self._native_open(info) if native else []
         i = len(p.steps) * p.cycles + 1
+        info["step"] = i
         self._step(i, i, spec, None, kind="window")
         self._hold("window_rest", p.rest, "window rest")
-        info["closed"] = window.close(dirs, self._check_server, self._request)
-        info["step"] = i
-        for what, answer in (("open", info["opened"]), ("close", info["closed"])):
-            if answer["unanswered"]:
+        if python:
+            info["closed"] = window.close(dirs, self._check_server, self._request)
+        if stacks:
+            self._native_close(stacks, info)
+        for what in ("opened", "closed"):
+            answer = info.get(what)
+            if answer and answer["unanswered"]:
                 line = (f"culprit window: {answer['unanswered']} of {answer['processes']} "
-                        f"probed process(es) did not answer the {what} in "
-                        f"{answer['waited_s']:.0f} s")
+                        f"probed process(es) did not answer in {answer['waited_s']:.0f} s "
+                        f"({what})")
                 self.progress.say(f"  WARNING {self.v.name}: {line}")
                 self.log.event("window_unanswered", line)
         self.log.save()
+
+    def _native_open(self, info: dict[str, Any]) -> list[Any]:
+        """heaptrack attached to each server process, or a note why not."""
+        assert self.topology is not None
+        why_not = native_stacks.available()
+        if why_not:
+            info["native"] = {"unavailable": why_not}
+            self.progress.say(f"  NOTE {self.v.name}: native stacks cannot be read: {why_not}")
+            return []
+        opened = []
+        for r in self.topology.replicas:
+            with contextlib.suppress(psutil.Error):
+                for proc_ in r.processes():
+                    w = native_stacks.Window(proc_.pid, r.spec.out_dir / "native")
+                    try:
+                        (r.spec.out_dir / "native").mkdir(exist_ok=True)
+                        w.start()
+                        opened.append(w)
+                    except (native_stacks.NativeStacksError, OSError) as e:
+                        info.setdefault("native", {}).setdefault("errors", []).append(
+                            f"pid {proc_.pid}: {e}")
+        return opened
+
+    def _native_close(self, opened: list[Any], info: dict[str, Any]) -> None:
+        found = info.setdefault("native", {})
+        for w in opened:
+            try:
+                found.setdefault("windows", []).append(w.stop())
+            except native_stacks.NativeStacksError as e:
+                found.setdefault("errors", []).append(f"pid {w.pid}: {e}")
+        for err in found.get("errors", []):
+            self.progress.say(f"  WARNING {self.v.name}: native stacks: {err}")
+            self.log.event("native_stacks_failed", err)
 
     @staticmethod
     def _request(path: Path) -> None:

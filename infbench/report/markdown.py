@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from infbench.analysis import summary, verdict
+from infbench.analysis import culprit, summary, verdict
 from infbench.report import tables
 from infbench.report.tables import Table, fmt
 from infbench.results import schemas
@@ -83,6 +83,11 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
         said += [w.split(": ", 1)[1] for w in probe_warnings([r])]
         if said:
             out.append(f"- {r['variant']}: " + "; ".join(said))
+        if v.get("arenas"):
+            a = v["arenas"]
+            out.append(f"  - where the free memory is: {culprit.arenas_text(a)}"
+                       + (f"; would apply: {'; '.join(a['fixes'])} (the allocator study, "
+                          "`make run_study STUDY=allocators`, measures each)" if a.get("fixes") else ""))
         for site in v.get("kept_at") or []:
             out.append(f"  - kept at `{site['where']}`: {site['kept_mb']:,.1f} MB in "
                        f"{site['blocks']:,} blocks allocated after warm-up, alive at the end")

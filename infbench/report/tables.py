@@ -198,6 +198,15 @@ def culprit_table(rows: Rows) -> Table:
             lines.append([r["variant"], "line", f"`{line['where']}`", "-", "-",
                           f"{fmt(line['kept_mb'], 2)} MB in {fmt(line['blocks'])} blocks alive "
                           f"after the window; {at}called from {via or '-'}"])
+        nat = c.get("native") or {}
+        for st in nat.get("stacks") or []:
+            lines.append([r["variant"], "native stack", f"`{st['function']}` ({st['library']})",
+                          "-", "-", f"{fmt(st['mb'], 2)} MB in {fmt(st['blocks'])} blocks alive "
+                          f"after the window; {' ← '.join(st.get('stack') or [])}"])
+        if nat.get("unavailable") or nat.get("errors"):
+            lines.append([r["variant"], "native stack", "-", "-", "-",
+                          "heaptrack: " + "; ".join([nat["unavailable"]] if nat.get(
+                              "unavailable") else nat["errors"])])
         if win and not win.get("lines"):
             why = "; ".join(win.get("skipped") or []) or "nothing it traced was still alive"
             lines.append([r["variant"], "line", "-", "-", "-", f"culprit window: {why}"])
