@@ -59,7 +59,7 @@ def type_growth(events: list[dict[str, Any]], top: int = TOP_TYPES) -> list[dict
         return []
     first, last = _types_at(series[0]), _types_at(series[-1])
     cycles = len(series) - 1
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (b1, n1) in last.items():
         b0, n0 = first.get(name, (0.0, 0.0))
         mb = (b1 - b0) / cycles / 1024 / 1024
@@ -172,7 +172,8 @@ EXPLAINS = 0.5  # a share of the free memory that makes a fix apply
 STUDY_PREFIX = "alloc-"  # the allocator study's variants (experiments.toml, studies.allocators)
 
 
-def arenas(events: list[dict[str, Any]], trim_freed_mb: float | None = None) -> dict[str, Any] | None:
+def arenas(events: list[dict[str, Any]],
+           trim_freed_mb: float | None = None) -> dict[str, Any] | None:
     """Which of glibc's arenas hold the free memory at the last rest (the census's `arenas`,
     summed over processes), the threads beside them, and which fix the allocator study
     measures would apply; None where no census read them."""

@@ -45,9 +45,9 @@ from infbench.measure.load import LoadError, StepLoad, check_outputs, start_step
 from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
 from infbench.results import files, samples
-from infbench.results.variant import VariantFiles
 from infbench.results.files import WriteError, write_json
 from infbench.results.schemas import RUN_SCHEMA
+from infbench.results.variant import VariantFiles
 
 STARTUP_ESTIMATE_S = 20.0
 TRIM_WAIT_S = 3.0

@@ -85,9 +85,9 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
             out.append(f"- {r['variant']}: " + "; ".join(said))
         if v.get("arenas"):
             a = v["arenas"]
-            out.append(f"  - where the free memory is: {culprit.arenas_text(a)}"
-                       + (f"; would apply: {'; '.join(a['fixes'])} (the allocator study, "
-                          "`make run_study STUDY=allocators`, measures each)" if a.get("fixes") else ""))
+            fixes = (f"; would apply: {'; '.join(a['fixes'])} (the allocator study, `make "
+                     "run_study STUDY=allocators`, measures each)") if a.get("fixes") else ""
+            out.append(f"  - where the free memory is: {culprit.arenas_text(a)}{fixes}")
         for site in v.get("kept_at") or []:
             out.append(f"  - kept at `{site['where']}`: {site['kept_mb']:,.1f} MB in "
                        f"{site['blocks']:,} blocks allocated after warm-up, alive at the end")

@@ -78,3 +78,35 @@ def test_a_window_that_named_nothing_says_why() -> None:
         "lines": [], "skipped": ["tracemalloc was already running"]}}}
     (row,) = tables.culprit_table([{"variant": "a", "verdict": v}]).rows
     assert row[-1] == "culprit window: tracemalloc was already running"
+
+
+def test_retention_says_which_arenas_hold_the_free_memory_and_what_would_apply() -> None:
+    events = [dict(census(pid, 3, []), threads=17, arenas=[[0, 40.0, 5.0], [1, 64.0, 50.0],
+                                                          [2, 64.0, 30.0]]) for pid in (1, 2)]
+    a = culprit.arenas(events, trim_freed_mb=150.0)
+    assert a is not None
+    assert (a["processes"], a["arenas"], a["threads"]) == (2, 6, 34)
+    assert (a["free_mb"], a["main_free_mb"], a["thread_arenas_free_mb"]) == (170.0, 10.0, 160.0)
+    assert a["largest"][0] == {"pid": 1, "arena": 1, "held_mb": 64.0, "free_mb": 50.0}
+    assert [f.split(" (")[0] for f in a["fixes"]] == ["an arena cap", "malloc_trim after requests",
+                                                      "another allocator"]
+    assert culprit.arenas_text(a).startswith("glibc holds 170 MB free in 6 arena(s) (34 threads")
+    # Free memory in the main arena, nothing trimmed: the cap would not apply.
+    a = culprit.arenas([dict(census(1, 3, []), threads=2, arenas=[[0, 90.0, 80.0]])], None)
+    assert a is not None and [f.split(" (")[0] for f in a["fixes"]] == ["another allocator"]
+    assert culprit.arenas([census(1, 3, [])]) is None  # another allocator: not read
+
+
+def test_native_stacks_are_summed_over_processes() -> None:
+    row = {"bytes_mb": 10.0, "blocks": 160, "library": "libc.so.6", "function": "strdup",
+           "stack": ["strdup (libc.so.6)", "ffi_call (libffi.so.8)"]}
+    info = {"native": {"windows": [{"pid": p, "top": [row], "files": [f"heaptrack.{p}.zst"]}
+                                   for p in (1, 2)]}}
+    n = culprit.native(info)
+    assert n is not None and n["processes"] == 2 and n["files"] == ["heaptrack.1.zst",
+                                                                     "heaptrack.2.zst"]
+    assert n["stacks"] == [{"function": "strdup", "library": "libc.so.6", "mb": 20.0,
+                            "blocks": 320, "stack": row["stack"]}]
+    assert culprit.top_line({"types": [], "window": None, "native": n}) == (
+        "20.0 MB alive from strdup (libc.so.6)")
+    assert culprit.native({"reason": "x"}) is None
