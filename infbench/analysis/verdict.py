@@ -177,6 +177,25 @@ def _in_use_climbs(in_use: list[float]) -> bool:
     return bool(d) and all(x > in_use_floor(in_use) for x in d)
 
 
+def settled(v: dict[str, Any]) -> str | None:
+    """Why more cycles would not change this verdict (a profile with `settle` stops), or None:
+    a leak (each of its rules asks for growth in every cycle after warm-up, or a slope whose
+    interval excludes zero); a plateau whose last two cycles each moved by no more than the
+    noise, with no exact count (census, malloc in use) climbing; allocator retention reached
+    by a steady climb. Inconclusive, and anything reached on one step, goes on cycling."""
+    d = _deltas([float(x) for x in v.get("post_rest_mb") or []])
+    noise = float(v.get("noise_mb") or NOISE_MB)
+    kind = v.get("verdict")
+    if kind == "leak":
+        return f"leak ({v.get('where')}) at {len(d) + 1} cycles"
+    if kind == "plateau" and len(d) >= 2 and all(abs(x) <= noise for x in d[-2:]):
+        return (f"plateau: the last two cycles moved {d[-2]:+.1f} and {d[-1]:+.1f} MB, within "
+                f"the noise of {noise:.1f} MB")
+    if kind == "allocator retention" and (v.get("trend") or {}).get("steady_climb"):
+        return "allocator retention on a steady climb"
+    return None
+
+
 def headline(v: dict[str, Any]) -> str:
     """The verdict in one line: `leak (python objects)`, `plateau — 95 MB is allocator
     retention (malloc_trim gave back 88 MB)`, ..."""
@@ -660,7 +679,7 @@ def from_files(variant_dir: Path | VariantFiles, phase_list: list[dict[str, Any]
         out["kept_at"] = kept_at(events)
     # What leaks, by type and line: for a leak, or wherever the culprit window named lines.
     try:  # the culprit window's native stacks are in phases.json (a ReadError is a ValueError)
-        window_info = v.phases.get("window")
+        window_info, out["settled"] = v.phases.get("window"), v.phases.get("settled")
     except (OSError, ValueError):
         window_info = None
     found = culprit.of(events, window_info)

@@ -124,7 +124,8 @@ def _load_profile(name: str, table: Any) -> Profile:
             "rest": NUM, "feedback_weight": int, "predict_weight": int, "on_start": str,
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
             "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int,
-            "max_in_flight": int, "model_alone": bool, "culprit": str}
+            "max_in_flight": int, "model_alone": bool, "culprit": str,
+            "settle": bool}
     values = _fields(where, table, spec, required=("steps",))
     _open_loop_fields(where, values)
     _one_of(where, "culprit", values.get("culprit", "auto"), CULPRIT_MODES)

@@ -141,6 +141,9 @@ class Profile:
     # The culprit window after the judged cycles (infbench/measure/window.py): "auto" when the
     # heap census climbed in every cycle, "always", "never".
     culprit: str = "auto"
+    # `cycles` is the most a cycled profile runs: with `settle` it stops once the verdict is
+    # settled (infbench/analysis/verdict.py `settled`), never before MIN_CYCLES.
+    settle: bool = True
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users

@@ -46,11 +46,12 @@ from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
 from infbench.results import files, samples
 from infbench.results.files import WriteError, write_json
-from infbench.results.schemas import RUN_SCHEMA
+from infbench.results.schemas import MIN_CYCLES, RUN_SCHEMA
 from infbench.results.variant import VariantFiles
 
 STARTUP_ESTIMATE_S = 20.0
 TRIM_WAIT_S = 3.0
+MPROF_FLUSH_WAIT_S = 20.0  # mprof writes its samples to disk 50 at a time
 TRIM_REQUEST = "trim.request"  # servers/shared/probes.py watches for this file (one contract)
 SITES_BASE_REQUEST = "sites-base.request"  # and these: an unjudged census, tracemalloc reset,
 SITES_REQUEST = "sites.request"  # and its live traces by site at the end
@@ -315,6 +316,8 @@ class VariantRun:
                 for m in self.monitors:
                     m.rest(c)
                 self._census(c)
+                if p.settle and MIN_CYCLES <= c < p.cycles and self._settled(c):
+                    return
 
     # -- pieces --------------------------------------------------------------------------
     def _check_server(self) -> None:
@@ -398,14 +401,41 @@ class VariantRun:
             self._check_server()
             time.sleep(0.5)
 
+    def _settled(self, cycle: int) -> bool:
+        """After a cycle's census: stop cycling when the verdict so far will not change
+        (`settle`); the time to the verdict and the cycles left are recorded and said."""
+        so_far = self._verdict_so_far()
+        why = verdict.settled(so_far) if so_far else None
+        first = next(ph["start"] for ph in self.log.data["phases"] if ph["kind"] == "step")
+        took = round(time.time() - first, 1)  # from the first step's start: load, rests, census
+        self.log.data["settled"] = {"after_cycles": cycle, "of": self.profile.cycles,
+                                    "reason": why, "verdict": so_far.get("verdict"),
+                                    "time_to_verdict_s": took} if why else None
+        if not why:
+            return False
+        left = self.profile.cycles - cycle
+        self.progress.say(f"  {self.v.name}: verdict settled after {cycle} of "
+                          f"{self.profile.cycles} cycles ({why}, {took:.0f} s in): {left} "
+                          f"cycle(s) not run (settle = false runs them all)")
+        self.log.save()
+        return True
+
     def _verdict_so_far(self) -> dict[str, Any]:
         """The verdict of the cycles run so far, from the files on disk (the report's own
         rule); {} if it cannot be read yet (said as a note)."""
         try:
             vf = VariantFiles(self.out)
             ph = vf.phases
-            mp = summary.variant_mprof(vf, ph)
             plist = ph.get("phases", [])
+            rests = [x["end"] for x in plist if x.get("kind") == "rest" and x.get("end")]
+            mp = summary.variant_mprof(vf, ph)
+            # mprof flushes its file every 50 samples: wait until the last rest's end is in it.
+            deadline = time.monotonic() + MPROF_FLUSH_WAIT_S
+            while rests and (not mp.mem or mp.mem[-1][0] < rests[-1]) \
+                    and time.monotonic() < deadline:
+                self._check_server()
+                time.sleep(0.5)
+                mp = summary.variant_mprof(VariantFiles(self.out), ph)
             return verdict.from_files(vf, plist, mp.mem, summary.step_figures(vf, mp.mem, plist),
                                       self.profile.cycles)
         except (OSError, ValueError, KeyError) as e:

@@ -83,6 +83,11 @@ def verdict_notes(rows: list[dict[str, Any]]) -> list[str]:
         said += [w.split(": ", 1)[1] for w in probe_warnings([r])]
         if said:
             out.append(f"- {r['variant']}: " + "; ".join(said))
+        if v.get("settled"):
+            st = v["settled"]
+            out.append(f"  - settled after {st['after_cycles']} of {st['of']} cycles "
+                       f"({st['reason']}), {st['time_to_verdict_s']:,.0f} s after the first "
+                       "step: the rest were not run (`settle = false` runs them all)")
         if v.get("arenas"):
             a = v["arenas"]
             fixes = (f"; would apply: {'; '.join(a['fixes'])} (the allocator study, `make "

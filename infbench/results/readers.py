@@ -95,8 +95,10 @@ def _phases_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _phases_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
-    # 3 added the culprit window's phases and "window"; a version 2 run opened none.
+    # 3 added the culprit window's phases and "window", and "settled"; a version 2 run opened
+    # no window and always ran all its cycles.
     d.setdefault("window", None)
+    d.setdefault("settled", None)
     return d
 
 

@@ -17,7 +17,8 @@ RUN_SCHEMA = 2
 # "events" (faults and notes on the run's clock), a status per step ("complete", "degraded",
 # "failed") and the variant status "degraded". Version 1 files read unchanged.
 # 3: the culprit window's phases ("window", "window_drain", "window_rest") and "window" (its
-# reason and the probes' answers); 1-2 files read unchanged.
+# reason and the probes' answers), "settled" (a profile with `settle` that stopped cycling
+# early: after which cycle, why, the time to the verdict); 1-2 files read unchanged.
 PHASES_SCHEMA = 3
 PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim",
                "census", "window", "window_drain", "window_rest")
@@ -30,8 +31,9 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # "inconclusive"; the verdict's "trend" (slope, its 95% interval, every cycle up, steady climb)
 # and "detection_limit" (per source), read as absent from 1-3; a heap census that climbs in
 # every cycle is a leak (1-3 judged RSS's last step). 5: the verdict's "culprit" (the types that
-# grew, from the census; the culprit window's lines), malloc's memory in use that climbs in
-# every cycle is a steady climb too; 1-4 read with no culprit.
+# grew, from the census; the culprit window's lines; heaptrack's native stacks), "arenas" (where
+# retention's free memory is), "settled" (from phases.json); malloc's memory in use that climbs
+# in every cycle is a steady climb too; 1-4 read with no culprit.
 SUMMARY_SCHEMA = 5
 
 # manifest.json. 1: first version.

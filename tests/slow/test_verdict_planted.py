@@ -31,7 +31,7 @@ model = "tiny"
 users = 4
 spawn_rate = 4
 steps = [{ batch = 1, seconds = 3 }]
-cycles = 3
+cycles = 4  # at most: each verdict here is settled after 3 (settle = true, the default)
 rest = 3
 baseline = 1
 pause = 0.5
@@ -121,10 +121,14 @@ def test_numpy_arrays_are_named_by_type_and_line(planted: Path) -> None:
     line = v["culprit"]["window"]["lines"][0]
     assert line["where"] == line_of(FIXTURES / "planted_app.py", "numpy.ones(NUMPY_BYTES"), line
     assert line["at"].startswith("numpy/") and line["kept_mb"] > 0.5, line
+    assert len(v["per_cycle"]) == 3 and v["settled"]["after_cycles"] == 3, v["settled"]
     assert v["headline"].startswith("leak (python objects): `numpy.ndarray` +")
     assert v["python_heap"]["grows_every_cycle"]
     assert v["growth_per_cycle_mb"] > v["noise_mb"]
-    assert [c["cycle"] for c in v["per_cycle"]] == [1, 2, 3]
+    assert [c["cycle"] for c in v["per_cycle"]] == [1, 2, 3]  # settled: the 4th not run
+    assert v["settled"]["after_cycles"] == 3 and v["settled"]["of"] == 4, v["settled"]
+    assert v["settled"]["reason"] == "leak (python objects) at 3 cycles"
+    assert 0 < v["settled"]["time_to_verdict_s"] < 300
     assert all(c["complete"] and c["requests"] > 0 for c in v["per_cycle"])
 
 
@@ -143,6 +147,7 @@ def test_native_leak_is_a_leak_of_native_allocations(planted: Path) -> None:
     assert "strdup" in top["function"] and top["library"].startswith("libc.so"), c["native"]
     assert top["blocks"] > 50 and top["mb"] >= 0.9 * top["blocks"] * 64 / 1024, top
     assert "strdup" in v["headline"], v["headline"]
+    assert v["settled"]["reason"] == "leak (native allocations) at 3 cycles", v["settled"]
     assert (planted / "planted-native" / "native").is_dir()
 
 
@@ -150,6 +155,11 @@ def test_healthy_server_is_a_plateau(planted: Path) -> None:
     v = summary(planted, "planted-healthy")["verdict"]
     assert v["verdict"] == "plateau", v
     assert abs(v["growth_last_cycle_mb"]) <= v["noise_mb"]
+    # Settled once two cycles after warm-up stayed within the noise; else it runs all four.
+    if len(v["per_cycle"]) == 3:
+        assert v["settled"]["reason"].startswith("plateau: the last two cycles moved")
+    else:
+        assert len(v["per_cycle"]) == 4 and v["settled"] is None, v
 
 
 def test_probes_and_trim_are_recorded(planted: Path) -> None:
@@ -166,7 +176,8 @@ def test_probes_and_trim_are_recorded(planted: Path) -> None:
         assert len(trims) == 1 and trims[0]["rss_after_mb"] <= trims[0]["rss_before_mb"] + 1
         ph = json.loads((d / "phases.json").read_text())
         kinds = [p["kind"] for p in ph["phases"]]
-        assert kinds.count("rest") == 3 and "trim" in kinds
+        cycles = len(summary(planted, variant)["verdict"]["per_cycle"])
+        assert kinds.count("rest") == cycles and "trim" in kinds
         # The culprit window after everything else, only where the census climbed.
         after = kinds[kinds.index("trim") + 1:]
         climbed = variant in ("planted-leak", "planted-numpy", "planted-native")
@@ -176,5 +187,6 @@ def test_probes_and_trim_are_recorded(planted: Path) -> None:
                 == 0, ph["window"]
         assert (d / "trim.request").exists()
     md = (planted / "summary.md").read_text()
+    assert "settled after 3 of 4 cycles (leak (python objects) at 3 cycles)" in md
     assert "## Leak, allocator retention or plateau" in md
     assert "**leak** (python objects)" in md and "**plateau**" in md

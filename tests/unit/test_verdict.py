@@ -505,3 +505,25 @@ def test_malloc_in_use_wobbling_at_rest_is_no_leak() -> None:
     v = verdict.decide(cycles([898.6, 900.0, 901.0], malloc_in_use_mb=[403.0, 405.4, 409.0]))
     assert v["verdict"] == "plateau", v["reason"]
     assert "nor malloc's memory in use grew in every cycle" not in v["reason"]  # no census
+
+
+# -- settled: a profile with `settle` stops cycling once more cycles would not change it ------
+def test_a_leak_is_settled_at_once() -> None:
+    v = verdict.decide(cycles(SLOW_RSS[:3], py_census_mb=[20.0, 22.0, 24.1],
+                              py_census_objects=[50000, 50600, 51200]))
+    assert verdict.settled(v) == "leak (python objects) at 3 cycles"
+
+
+def test_a_plateau_is_settled_after_two_cycles_within_the_noise() -> None:
+    assert verdict.settled(verdict.decide(cycles([900, 903, 901]))).startswith(
+        "plateau: the last two cycles moved +3.0 and -2.0 MB")
+    # Reached in the last cycle only (a jump of 60 MB, then 3): not yet.
+    v = verdict.decide(cycles([600, 700, 703]))
+    assert v["verdict"] == "plateau" and verdict.settled(v) is None
+
+
+def test_inconclusive_and_one_step_retention_go_on_cycling() -> None:
+    assert verdict.settled(verdict.decide(cycles([600, 650, 620]))) is None
+    v = verdict.decide(_churn([97.5, 98.3, 109.7], [65.6, 65.8, 77.1], [6.6, 7.2, 7.24],
+                              [11.65, 12.23, 12.24]), trim_freed_mb=75.5)
+    assert v["verdict"] == "allocator retention" and verdict.settled(v) is None
