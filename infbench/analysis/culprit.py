@@ -35,12 +35,6 @@ def census_series(events: list[dict[str, Any]]) -> dict[int, dict[int, dict[str,
     return dict(sorted(out.items()))
 
 
-def census_totals_by_cycle(events: list[dict[str, Any]]) -> list[float]:
-    """The census's bytes (MB) at each rest, summed over processes, in cycle order."""
-    return [sum(float(e.get("py_bytes_mb") or 0) for e in by_pid.values())
-            for by_pid in census_series(events).values()]
-
-
 def _types_at(by_pid: dict[int, dict[str, Any]]) -> dict[str, tuple[float, float]]:
     summed: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     for e in by_pid.values():
@@ -70,6 +64,19 @@ def type_growth(events: list[dict[str, Any]], top: int = TOP_TYPES) -> list[dict
     return sorted(rows, key=lambda r: -r["mb_per_cycle"])[:top]
 
 
+def _summed(rows: list[dict[str, Any]], key: Any,
+            mb_field: str) -> list[tuple[Any, float, int, dict[str, Any]]]:
+    """Rows of several processes summed by `key(row)`: (key, MB, blocks, the first row of that
+    key), largest first, those under LINE_FLOOR_MB left out."""
+    kept: dict[Any, list[Any]] = {}
+    for row in rows:
+        entry = kept.setdefault(key(row), [0.0, 0, row])
+        entry[0] += float(row.get(mb_field) or 0)
+        entry[1] += int(row.get("blocks") or 0)
+    return [(k, round(mb, 2), n, first) for k, (mb, n, first)
+            in sorted(kept.items(), key=lambda kv: -kv[1][0]) if mb >= LINE_FLOOR_MB]
+
+
 def window(events: list[dict[str, Any]], top: int = TOP_LINES) -> dict[str, Any] | None:
     """The culprit window's lines, summed by (line, allocating line) over the processes, and
     what the window cost; None if no window was opened."""
@@ -77,16 +84,10 @@ def window(events: list[dict[str, Any]], top: int = TOP_LINES) -> dict[str, Any]
     ends = [e for e in events if e.get("event") == "window"]
     if not starts and not ends:
         return None
-    kept: dict[tuple[str, str], list[Any]] = {}
-    for e in ends:
-        for site in e.get("top") or []:
-            key = (str(site.get("where")), str(site.get("at")))
-            entry = kept.setdefault(key, [0.0, 0, site.get("stack") or []])
-            entry[0] += float(site.get("kept_mb") or 0)
-            entry[1] += int(site.get("blocks") or 0)
-    lines = [{"where": w, "at": a, "kept_mb": round(mb, 2), "blocks": n, "stack": stack}
-             for (w, a), (mb, n, stack) in sorted(kept.items(), key=lambda kv: -kv[1][0])
-             if mb >= LINE_FLOOR_MB][:top]
+    summed = _summed([site for e in ends for site in e.get("top") or []],
+                     lambda site: (str(site.get("where")), str(site.get("at"))), "kept_mb")
+    lines = [{"where": w, "at": a, "kept_mb": mb, "blocks": n, "stack": first.get("stack") or []}
+             for (w, a), mb, n, first in summed][:top]
     skipped = sorted({str(e["skipped"]) for e in starts if e.get("skipped")})
     return {"processes": len({e.get("pid") for e in ends}),
             "opened_in": len({e.get("pid") for e in starts if not e.get("skipped")}),
@@ -121,16 +122,10 @@ def native(window_info: dict[str, Any] | None, top: int = TOP_LINES) -> dict[str
     found = (window_info or {}).get("native")
     if not found:
         return None
-    kept: dict[tuple[str, str], list[Any]] = {}
-    for w in found.get("windows") or []:
-        for row in w.get("top") or []:
-            key = (str(row.get("function")), str(row.get("library")))
-            entry = kept.setdefault(key, [0.0, 0, row.get("stack") or []])
-            entry[0] += float(row.get("bytes_mb") or 0)
-            entry[1] += int(row.get("blocks") or 0)
-    stacks = [{"function": f, "library": lib, "mb": round(mb, 2), "blocks": n, "stack": st}
-              for (f, lib), (mb, n, st) in sorted(kept.items(), key=lambda kv: -kv[1][0])
-              if mb >= LINE_FLOOR_MB][:top]
+    summed = _summed([row for w in found.get("windows") or [] for row in w.get("top") or []],
+                     lambda row: (str(row.get("function")), str(row.get("library"))), "bytes_mb")
+    stacks = [{"function": f, "library": lib, "mb": mb, "blocks": n,
+               "stack": first.get("stack") or []} for (f, lib), mb, n, first in summed][:top]
     return {"tool": "heaptrack", "processes": len(found.get("windows") or []),
             "unavailable": found.get("unavailable"), "errors": found.get("errors") or [],
             "files": sorted({f for w in found.get("windows") or [] for f in w.get("files") or []}),

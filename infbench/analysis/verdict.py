@@ -678,10 +678,11 @@ def from_files(variant_dir: Path | VariantFiles, phase_list: list[dict[str, Any]
     if out["verdict"] == "leak" and out.get("where") != "native allocations":
         out["kept_at"] = kept_at(events)
     # What leaks, by type and line: for a leak, or wherever the culprit window named lines.
-    try:  # the culprit window's native stacks are in phases.json (a ReadError is a ValueError)
+    # The culprit window's native stacks and `settled` are in phases.json (read, and cached,
+    # by the caller already; a folder without one is a caller's synthetic case).
+    window_info = None
+    if (v.dir / "phases.json").exists():
         window_info, out["settled"] = v.phases.get("window"), v.phases.get("settled")
-    except (OSError, ValueError):
-        window_info = None
     found = culprit.of(events, window_info)
     named = found is not None and (out["verdict"] == "leak" or bool(
         (found.get("window") or {}).get("lines")) or bool((found.get("native") or {}).get(

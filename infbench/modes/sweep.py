@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import psutil
 
-from infbench.analysis import culprit, stall, summary, verdict
+from infbench.analysis import stall, summary, verdict
 from infbench.config import Experiments, Model, Profile, Step, Variant, as_dict, fingerprint
 from infbench.launch import LaunchError, get_launcher, proc
 from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
@@ -44,7 +44,7 @@ from infbench.measure import (
 from infbench.measure.load import LoadError, StepLoad, check_outputs, start_step
 from infbench.measure.phases import PhaseLog
 from infbench.measure.procwatch import ProcessWatch
-from infbench.results import files, samples
+from infbench.results import files
 from infbench.results.files import WriteError, write_json
 from infbench.results.schemas import MIN_CYCLES, RUN_SCHEMA
 from infbench.results.variant import VariantFiles
@@ -458,8 +458,9 @@ class VariantRun:
                        and not r.spec.service.tracemalloc and r.spec.service.env.get(
                            "INFBENCH_TRACEMALLOC", "0").strip() in ("", "0")})
         so_far = self._verdict_so_far()
-        events = [e for d in dirs for e in samples.read_probes(d)[1]]
-        climbed = verdict.census_climbs(culprit.census_totals_by_cycle(events))
+        # The census series the verdict was judged on (per cycle, summed over processes).
+        census = [c.get("py_census_mb") for c in so_far.get("per_cycle") or []]
+        climbed = None not in census and verdict.census_climbs([float(x) for x in census])
         where = so_far.get("where") if so_far.get("verdict") == "leak" else None
         always = p.culprit == "always"
         python = bool(dirs) and (always or climbed or where == "python objects")
@@ -505,17 +506,22 @@ class VariantRun:
             self.progress.say(f"  NOTE {self.v.name}: native stacks cannot be read: {why_not}")
             return []
         opened = []
+        errors = info.setdefault("native", {}).setdefault("errors", [])
         for r in self.topology.replicas:
-            with contextlib.suppress(psutil.Error):
-                for proc_ in r.processes():
-                    w = native_stacks.Window(proc_.pid, r.spec.out_dir / "native")
-                    try:
-                        (r.spec.out_dir / "native").mkdir(exist_ok=True)
-                        w.start()
-                        opened.append(w)
-                    except (native_stacks.NativeStacksError, OSError) as e:
-                        info.setdefault("native", {}).setdefault("errors", []).append(
-                            f"pid {proc_.pid}: {e}")
+            folder = r.spec.out_dir / "native"
+            try:
+                folder.mkdir(exist_ok=True)
+                pids = [proc_.pid for proc_ in r.processes()]
+            except (OSError, psutil.Error) as e:
+                errors.append(f"{r.spec.label}: {type(e).__name__}: {e}")
+                continue
+            for pid in pids:
+                w = native_stacks.Window(pid, folder)
+                try:
+                    w.start()
+                    opened.append(w)
+                except native_stacks.NativeStacksError as e:
+                    errors.append(f"pid {pid}: {e}")
         return opened
 
     def _native_close(self, opened: list[Any], info: dict[str, Any]) -> None:

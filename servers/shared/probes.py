@@ -163,13 +163,14 @@ def malloc_arenas(libc: Any) -> list[list[float]] | None:
     one, the others the threads'); None where it cannot be read."""
     if libc is None or not hasattr(libc, "malloc_info") or not hasattr(libc, "open_memstream"):
         return None
+    if libc.malloc_info.argtypes is None:  # the prototypes, once a process
+        libc.open_memstream.restype = ctypes.c_void_p
+        libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p),
+                                        ctypes.POINTER(ctypes.c_size_t)]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        libc.free.argtypes = [ctypes.c_void_p]
     buf, size = ctypes.c_char_p(), ctypes.c_size_t()
-    libc.open_memstream.restype = ctypes.c_void_p
-    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p),
-                                    ctypes.POINTER(ctypes.c_size_t)]
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    libc.free.argtypes = [ctypes.c_void_p]
     stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
     if not stream:
         return None
@@ -244,20 +245,17 @@ def _size(o: Any) -> int:
         return 0
 
 
-def _tally(objs: list[Any], by_type: dict[type, list[float]], weight: float = 1.0) -> float:
-    """The bytes of `objs` (each counted `weight` times), added by type into `by_type`
-    ([bytes, objects])."""
-    total = 0.0
-    for o in objs:
-        size = _size(o) * weight
-        total += size
-        entry = by_type.get(type(o))
-        if entry is None:
-            by_type[type(o)] = [size, weight]
-        else:
-            entry[0] += size
-            entry[1] += weight
-    return total
+def _tally(o: Any, by_type: dict[type, list[float]], weight: float = 1.0) -> float:
+    """The bytes of `o` (counted `weight` times), added by type into `by_type` ([bytes,
+    objects])."""
+    size = _size(o) * weight
+    entry = by_type.get(type(o))
+    if entry is None:
+        by_type[type(o)] = [size, weight]
+    else:
+        entry[0] += size
+        entry[1] += weight
+    return size
 
 
 def type_name(t: type) -> str:
@@ -300,7 +298,7 @@ def heap_census(chunk: int = 4096,
     total = objects = 0.0
     for i in range(0, len(tracked), chunk):
         part = tracked[i:i + chunk]
-        total += _tally(part, types)
+        total += sum(_tally(o, types) for o in part)
         objects += len(part)
         # A chunk at a time (one C call each): the temporary lists stay small.
         stack: list[tuple[list[Any], float]] = [(gc.get_referents(*part), 1.0)]
@@ -333,7 +331,7 @@ def _shares(refs: list[Any], weight: float, stack: list[tuple[list[Any], float]]
         held = seen[id(o)]
         # sys.getrefcount here counts `refs` (held), `distinct`, the loop variable, the call.
         share = weight * held / max(held, sys.getrefcount(o) - held - 3)
-        total += _tally([o], by_type, share)
+        total += _tally(o, by_type, share)
         objects += share
         if type(o) is tuple or type(o) is dict:
             stack.append((gc.get_referents(o), share))
