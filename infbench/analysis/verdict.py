@@ -347,7 +347,15 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
                          f"noise of {noise:.1f} MB on average; not a steady climb yet: run "
                          "more cycles")
         return out
+    _attribute(out, done, d, growth, census, in_use, py_climbs, trim_freed_mb, python)
+    return out
 
+
+def _attribute(out: dict[str, Any], done: list[dict[str, Any]], d: list[float], growth: float,
+               census: list[float], in_use: list[float], py_climbs: bool,
+               trim_freed_mb: float | None, python: bool | None) -> None:
+    """A steady climb, attributed: a leak of Python objects, of native allocations or of a
+    kind unknown; allocator retention; or inconclusive with what could not be read."""
     py = _python_growth(done)
     free = _series(done, "malloc_free_mb")
     out["python_heap"] = py
@@ -410,7 +418,6 @@ def _decide(cycles: list[dict[str, Any]], trim_freed_mb: float | None,
     else:
         out["reason"] = (f"{grew}; neither the Python heap, malloc's memory in use nor its "
                          "free memory explains it (another allocator, or memory outside malloc)")
-    return out
 
 
 def _detection_limit(noise: float, census: list[float], in_use: list[float], requests: int,
