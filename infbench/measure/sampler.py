@@ -29,7 +29,8 @@ to `processes.csv`:
                 spinning second thread's wait is not in it), and a thread that exits takes its
                 figures with it, so the sampler keeps each thread's last reading: the sum stays
                 monotone, missing only what an exiting thread waited after its last sample.
-                Empty where schedstat is not readable (a kernel without schedstats).
+                Read every SCHED_EVERY_S (0.5 s: a read is one file per thread), empty on the
+                samples between, and where schedstat is not readable (a kernel without it).
 
 MiB throughout, as mprof reports.
 """
@@ -54,6 +55,9 @@ FLUSH_EVERY_S = 1.0
 LIST_EVERY_S = 1.0
 ROLLUP_EVERY_S = 2.0
 ROLLUP_KEYS = ("pss_mb", "uss_mb")
+# Every thread's schedstat costs ~0.3 ms a read for a process of 60 threads
+# (benchmarks/sampler_schedstat.py): twice a second, not at mprof's 10 Hz.
+SCHED_EVERY_S = 0.5
 
 
 def _kib_fields(text: str) -> dict[str, int]:
@@ -128,13 +132,21 @@ def task_schedstats(pid: int) -> dict[int, tuple[int, int, int]] | None:
         return None
     out: dict[int, tuple[int, int, int]] = {}
     for tid in tids:
+        # os.open/os.read: a third of open()'s cost, and a TensorFlow process has ~60 threads.
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[int(tid)] = schedstat_fields(f.read())
+            fd = os.open(f"/proc/{pid}/task/{tid}/schedstat", os.O_RDONLY)
         except FileNotFoundError:
             continue  # it exited between the listing and the read
+        except OSError:
+            return None
+        try:
+            out[int(tid)] = schedstat_fields(os.read(fd, 128).decode())
+        except ProcessLookupError:
+            continue
         except (OSError, ValueError):
             return None
+        finally:
+            os.close(fd)
     return out or None
 
 
@@ -164,10 +176,13 @@ class ProcessSampler(CsvSampler):
     flush_every_s = FLUSH_EVERY_S
 
     def __init__(self, processes: Callable[[], Any], path: Path,
-                 interval: float, rollup_every: float = ROLLUP_EVERY_S) -> None:
+                 interval: float, rollup_every: float = ROLLUP_EVERY_S,
+                 sched_every: float = SCHED_EVERY_S) -> None:
         super().__init__(path, COLUMNS, interval, "infbench-sampler")
         self.processes = processes
         self.rollup_every = rollup_every
+        self.sched_every = sched_every
+        self._scheduled = float("-inf")
         self._names: dict[int, str] = {}
         self._owners: dict[int, tuple[str, int]] = {}
         self._pids: list[int] = []
@@ -193,13 +208,16 @@ class ProcessSampler(CsvSampler):
         rollup = tick - self._rolled >= self.rollup_every
         if rollup:
             self._rolled = tick
+        sched = tick - self._scheduled >= self.sched_every
+        if sched:
+            self._scheduled = tick
         for pid in self._pids:
             fig = read_proc(pid, rollup)
             if fig is None:
                 self._listed = float("-inf")
                 self._waits.forget(pid)
                 continue
-            fig["run_wait_s"] = self._waits.read(pid)
+            fig["run_wait_s"] = self._waits.read(pid) if sched else None
             out.writerow(_row(now, pid, self._names.get(pid, "?"), fig,
                               self._owners.get(pid, ("server", 0))))
         self.samples += 1

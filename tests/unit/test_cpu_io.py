@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from infbench.analysis import cpu_io, summary
-from infbench.measure import energy, sampler
+from infbench.measure import energy, monitors, sampler
+from infbench.measure.phases import PhaseLog
 from infbench.report import markdown, tables
 from infbench.results import readers, samples, schemas
 from tests.fixtures.synth import T0, make_variant
@@ -73,15 +75,16 @@ def test_run_wait_stays_monotone_when_a_thread_exits() -> None:
 def test_the_sampler_writes_run_wait_and_old_files_read_without_it(tmp_path: Path) -> None:
     me = psutil.Process(os.getpid())
     path = tmp_path / "processes.csv"
-    s = sampler.ProcessSampler(lambda: [me], path, interval=0.02).start()
+    s = sampler.ProcessSampler(lambda: [me], path, interval=0.02, sched_every=0.05).start()
     deadline = time.monotonic() + 60
-    while s.samples < 5 and time.monotonic() < deadline:
+    while s.samples < 10 and time.monotonic() < deadline:
         _spin(0.01)
     s.stop()
     rows = samples.process_rows(path)
     assert len(rows) >= 5
-    waits = [r["run_wait_s"] for r in rows]
-    assert all(w is not None and w >= 0 for w in waits) and waits == sorted(waits)
+    waits = [r["run_wait_s"] for r in rows if r["run_wait_s"] is not None]
+    assert len(waits) >= 2  # read every 0.05 s, empty between
+    assert all(w >= 0 for w in waits) and waits == sorted(waits)
     old = tmp_path / "old.csv"
     old.write_text(",".join(samples.PROCESS_COLUMNS[:15]) + "\n"
                    "1.5,10,1,python,100,50,40,30,60,0,0,3,1.25,server,0\n")
@@ -148,6 +151,42 @@ def test_the_energy_sampler_on_a_fake_tree(tmp_path: Path) -> None:
     assert list(rows) == ["intel-rapl:0"] and len(rows["intel-rapl:0"]) >= 6
     assert {uj for _, uj, _ in rows["intel-rapl:0"]} == {10, 25}
     assert s.failed == 0
+
+
+def _energy_monitor(tmp_path: Path, root: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[Any, PhaseLog]:
+    monkeypatch.setenv("INFBENCH_POWERCAP", str(root))
+    log = PhaseLog(tmp_path / "phases.json", "v")
+    ctx = monitors.Context(variant=None, profile=None, topology=None,  # type: ignore[arg-type]
+                           log=log, out=tmp_path, queue_keys=[])
+    return monitors.energy_counters(ctx)[0], log
+
+
+def test_the_energy_monitor_says_why_there_is_none(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    mon, log = _energy_monitor(tmp_path, tmp_path / "none", monkeypatch)
+    mon.stop()
+    assert log.data["energy"] == {"available": False,
+                                  "why": f"no {tmp_path / 'none'} on this machine"}
+    assert not (tmp_path / samples.ENERGY_FILE).exists() and log.faults == []
+
+
+def test_a_counter_that_stops_answering_is_a_fault(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    z = _zone(tmp_path / "powercap", "intel-rapl:0", 10)
+    mon, log = _energy_monitor(tmp_path, tmp_path / "powercap", monkeypatch)
+    mon.sampler.interval = 0.02
+    deadline = time.monotonic() + 60
+    while mon.sampler.samples < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (z / "energy_uj").unlink()
+    while mon.sampler.failed < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mon.stop()
+    assert log.data["energy"]["available"] is True
+    assert log.data["energy"]["zones"] == ["intel-rapl:0"]
+    assert [e["kind"] for e in log.faults] == ["energy_failed"]
+    assert samples.energy_rows(tmp_path / samples.ENERGY_FILE)["intel-rapl:0"]
 
 
 def test_energy_over_a_window_interpolates_and_unwraps() -> None:
