@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from infbench.analysis import breakdown, trust, verdict
+from infbench.analysis import breakdown, cpu_io, trust, verdict
 from infbench.results.samples import (
     Mprof,
     locust_aggregate,
@@ -56,6 +56,11 @@ DEFINITIONS = {
                  "slot",
     "efficiency": "served images/s / images/s of the same model decoding and predicting "
                   "alone at the step's batch (model_alone.json)",
+    "cpu_io": "per service and step: CPU (processes.csv cpu_s) and run-queue wait (run_wait_s, "
+              "schedstat) per request Locust counted; wait_share = wait / (CPU + wait); "
+              "off_cpu_share = 1 - thread CPU / wall over the timing lines' phases with a "
+              "<phase>_cpu_ms; energy from powercap, else not available "
+              "(infbench/analysis/cpu_io.py)",
     "breakdown_mb": "RSS split into file-backed, malloc in use, malloc free (retained) and "
                     "other anonymous memory (processes.csv + the probes' mallinfo2, all "
                     "processes summed) at the end of the baseline and of the cooldown, and "
@@ -372,6 +377,7 @@ def summarize_variant(variant_dir: Path | VariantFiles,
             breakdown.series(v) if points is None else points, plist),
         "services": service_figures(v, ph, steps),
         "split": split_figures(v, steps),
+        "cpu_io": cpu_io.figures(v, ph, steps, read_timings),
         "profile": profile,
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
@@ -389,6 +395,7 @@ def summarize_variant(variant_dir: Path | VariantFiles,
         "definitions": DEFINITIONS,
         "sources": {"memory": "mprofile.dat", "phases": "phases.json",
                     "processes": "processes.csv", "probes": "probes-<pid>.jsonl",
+                    "energy": "energy.csv",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }
     cgroup = parse_cgroup_csv(v.dir / CGROUP_FILE)
@@ -443,8 +450,9 @@ def timing_split(rows: list[dict[str, Any]], t0: float | None,
     mine = [r for r in rows if t0 <= r["_t"] <= t1]
     if not mine:
         return None
-    keys = sorted({k for r in mine for k, v in r.items()
-                   if k.endswith("_ms") and isinstance(v, int | float)})
+    # A phase's CPU (`<phase>_cpu_ms`) is not a part of the request's time: cpu_io reads it.
+    keys = sorted({k for r in mine for k, v in r.items() if k.endswith("_ms")
+                   and not k.endswith("_cpu_ms") and isinstance(v, int | float)})
     out: dict[str, Any] = {"requests": len(mine)}
     for k in keys:
         vals = [float(r[k]) for r in mine if isinstance(r.get(k), int | float)]

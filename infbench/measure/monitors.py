@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from infbench.config import Profile, Variant
+from infbench.measure import energy
 from infbench.measure.outside import OutsideWatch
 from infbench.measure.phases import PhaseLog
 from infbench.measure.redis import RedisSampler
 from infbench.measure.sampler import ProcessSampler
+from infbench.results.samples import ENERGY_FILE
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,29 @@ class _Processes(Monitor):
                                     "interval_s": s.interval, "cpu_s": round(s.cpu_s, 3)}
 
 
+class _Energy(Monitor):
+    """The machine's powercap counters (energy.csv), or why there are none, in phases.json."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.log = ctx.log
+        found, why = energy.zones(Path(os.environ.get("INFBENCH_POWERCAP", energy.POWERCAP)))
+        self.why = why
+        self.sampler = energy.EnergySampler(found, ctx.out / ENERGY_FILE).start() \
+            if found else None
+
+    def stop(self) -> None:
+        s = self.sampler
+        if s is None:
+            self.log.data["energy"] = {"available": False, "why": self.why}
+            return
+        s.stop()
+        self.log.data["energy"] = {"available": True, "file": ENERGY_FILE,
+                                   "zones": [z.name for z in s.zones], "samples": s.samples}
+        if s.failed:
+            self.log.event("energy_failed", f"{s.failed} of {s.samples} energy samples had a "
+                           "powercap zone that did not answer (energy.csv has gaps)")
+
+
 class _Redis(Monitor):
     def __init__(self, ctx: Context, port: int, out: Path) -> None:
         self.sampler = RedisSampler(port, out, ctx.queue_keys,
@@ -107,6 +132,12 @@ class _Outside(Monitor):
 def processes(ctx: Context) -> list[Monitor]:
     """Every process of every service, from /proc: processes.csv."""
     return [_Processes(ctx)]
+
+
+@register("launch")
+def energy_counters(ctx: Context) -> list[Monitor]:
+    """The machine's powercap energy counters, where readable: energy.csv."""
+    return [_Energy(ctx)]
 
 
 @register("healthy")

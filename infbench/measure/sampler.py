@@ -23,6 +23,14 @@ to `processes.csv`:
     threads     thread count
     cpu_s       CPU seconds (user + system) the process has used so far (/proc/<pid>/stat)
     service, replica   which service replica the process belongs to (a topology has several)
+    run_wait_s  seconds its threads have spent runnable but waiting for a core, so far: the
+                second field of /proc/<pid>/task/<tid>/schedstat summed over the threads.
+                /proc/<pid>/schedstat is the main thread's alone (checked on Linux 6.18: a
+                spinning second thread's wait is not in it), and a thread that exits takes its
+                figures with it, so the sampler keeps each thread's last reading: the sum stays
+                monotone, missing only what an exiting thread waited after its last sample.
+                Read every SCHED_EVERY_S (0.5 s: a read is one file per thread), empty on the
+                samples between, and where schedstat is not readable (a kernel without it).
 
 MiB throughout, as mprof reports.
 """
@@ -47,6 +55,9 @@ FLUSH_EVERY_S = 1.0
 LIST_EVERY_S = 1.0
 ROLLUP_EVERY_S = 2.0
 ROLLUP_KEYS = ("pss_mb", "uss_mb")
+# Every thread's schedstat costs ~0.3 ms a read for a process of 60 threads
+# (benchmarks/sampler_schedstat.py): twice a second, not at mprof's 10 Hz.
+SCHED_EVERY_S = 0.5
 
 
 def _kib_fields(text: str) -> dict[str, int]:
@@ -106,19 +117,76 @@ def read_proc(pid: int, rollup: bool = True) -> dict[str, float | None] | None:
     return {**parse_proc(status, text), "cpu_s": cpu}
 
 
+def schedstat_fields(text: str) -> tuple[int, int, int]:
+    """(ns on a CPU, ns runnable waiting for a CPU, timeslices) of one schedstat line."""
+    on_cpu, waited, slices = text.split()[:3]
+    return int(on_cpu), int(waited), int(slices)
+
+
+def task_schedstats(pid: int) -> dict[int, tuple[int, int, int]] | None:
+    """schedstat_fields of each live thread of `pid`, by tid; None when the process is gone or
+    its threads' schedstat cannot be read (a thread exiting while listed is left out)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    out: dict[int, tuple[int, int, int]] = {}
+    for tid in tids:
+        # os.open/os.read: a third of open()'s cost, and a TensorFlow process has ~60 threads.
+        try:
+            fd = os.open(f"/proc/{pid}/task/{tid}/schedstat", os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # it exited between the listing and the read
+        except OSError:
+            return None
+        try:
+            out[int(tid)] = schedstat_fields(os.read(fd, 128).decode())
+        except ProcessLookupError:
+            continue
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+    return out or None
+
+
+class RunWait:
+    """A process's cumulative run-queue wait (s) over every thread it has had: each thread's
+    last reading is kept, so a thread that exits does not take its past wait out of the sum."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, dict[int, int]] = {}
+
+    def read(self, pid: int) -> float | None:
+        stats = task_schedstats(pid)
+        if stats is None:
+            return None
+        seen = self._last.setdefault(pid, {})
+        for tid, (_, waited, _) in stats.items():
+            seen[tid] = max(waited, seen.get(tid, 0))
+        return sum(seen.values()) / 1e9
+
+    def forget(self, pid: int) -> None:
+        self._last.pop(pid, None)
+
+
 class ProcessSampler(CsvSampler):
     """Samples `processes()` every `interval` seconds on a daemon thread until stop()."""
 
     flush_every_s = FLUSH_EVERY_S
 
     def __init__(self, processes: Callable[[], Any], path: Path,
-                 interval: float, rollup_every: float = ROLLUP_EVERY_S) -> None:
+                 interval: float, rollup_every: float = ROLLUP_EVERY_S,
+                 sched_every: float = SCHED_EVERY_S) -> None:
         super().__init__(path, COLUMNS, interval, "infbench-sampler")
         self.processes = processes
         self.rollup_every = rollup_every
+        self.sched_every = sched_every
+        self._scheduled = float("-inf")
         self._names: dict[int, str] = {}
         self._owners: dict[int, tuple[str, int]] = {}
         self._pids: list[int] = []
+        self._waits = RunWait()
         self._listed = self._rolled = float("-inf")
 
     def sample(self, out: Any) -> bool:
@@ -140,11 +208,16 @@ class ProcessSampler(CsvSampler):
         rollup = tick - self._rolled >= self.rollup_every
         if rollup:
             self._rolled = tick
+        sched = tick - self._scheduled >= self.sched_every
+        if sched:
+            self._scheduled = tick
         for pid in self._pids:
             fig = read_proc(pid, rollup)
             if fig is None:
                 self._listed = float("-inf")
+                self._waits.forget(pid)
                 continue
+            fig["run_wait_s"] = self._waits.read(pid) if sched else None
             out.writerow(_row(now, pid, self._names.get(pid, "?"), fig,
                               self._owners.get(pid, ("server", 0))))
         self.samples += 1
@@ -155,6 +228,7 @@ def _row(now: float, pid: int, name: str, fig: dict[str, float | None],
          owner: tuple[str, int]) -> list[Any]:
     mem = ["" if fig[k] is None else f"{fig[k]:.2f}" for k in COLUMNS[4:11]]
     return [f"{now:.3f}", pid, int(fig["ppid"] or 0), name, *mem, int(fig["threads"] or 0),
-            f"{fig.get('cpu_s') or 0:.2f}", owner[0], owner[1]]
+            f"{fig.get('cpu_s') or 0:.2f}", owner[0], owner[1],
+            "" if fig.get("run_wait_s") is None else f"{fig['run_wait_s']:.4f}"]
 
 

@@ -192,6 +192,7 @@ def render(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     out += section(tables.ranking_table(rows))
     out += section(tables.versus_table(rows))
     out += section(tables.services_table(rows))
+    out += section(tables.cpu_io_table(rows))
     problems = [r for r in rows if r["status"] != "complete"]
     if problems:
         out += ["", "## Not complete", ""]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from infbench.analysis import summary, verdict
+from infbench.analysis import cpu_io, summary, verdict
 from infbench.results import schemas
 
 
@@ -400,3 +400,40 @@ def services_table(rows: Rows) -> Table:
         "one core (`step*_loadgen.csv`), beside the service's: both share the "
         "machine's cores. The Load table's load gen column is its busiest 5 s of "
         "CPU + run-queue wait, the figure that flags **limited**.")
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100.0 * x:.0f}%"
+
+
+def cpu_io_table(rows: Rows) -> Table:
+    """CPU or IO bound, per service and step (summary.json's "cpu_io")."""
+    lines = []
+    why = ""
+    for r in rows:
+        found = r.get("cpu_io") or {}
+        energy = found.get("energy") or {}
+        if not energy.get("available"):
+            why = why or str(energy.get("why") or "")
+        for st in found.get("steps") or []:
+            joules = st.get("energy_j_per_request")
+            lines.append([r["variant"], st["service"], str(st["index"]), fmt(st.get("requests")),
+                          fmt(st.get("cpu_ms_per_request"), 1),
+                          fmt(st.get("run_wait_ms_per_request"), 1),
+                          _share(st.get("wait_share")),
+                          _share(st.get("off_cpu_share")) if st.get("off_cpu_share") is not None
+                          else cpu_io.NOT_MEASURED,
+                          fmt(joules, 3) if joules is not None else cpu_io.NOT_AVAILABLE,
+                          st.get("reading") or "-"])
+    return table(
+        "CPU or IO bound (per service and step)",
+        ["variant", "service", ">step", ">requests", ">CPU per request (ms)",
+         ">waiting for a core per request (ms)", ">wait share", ">off-CPU share",
+         ">energy per request (J)", "reading"], lines,
+        "CPU: the service's processes over the step (`processes.csv` cpu_s); waiting for a "
+        "core: their threads' run-queue wait (`run_wait_s`, schedstat); both per request "
+        "Locust counted. Wait share: wait / (CPU + wait). Off-CPU share: 1 - thread CPU / "
+        "wall over the request phases whose timing lines carry their CPU (`<phase>_cpu_ms`: "
+        "the TF-Serving-compatible server's decode and model); not measured elsewhere. "
+        "Energy: the machine's (powercap), over the step / requests"
+        + (f"; not available here: {why}" if why else "") + ".")

@@ -159,11 +159,18 @@ def _summary_4_to_5(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_5_to_6(d: dict[str, Any]) -> dict[str, Any]:
+    # 6 added "cpu_io"; a version 5 run did not measure it.
+    d.setdefault("cpu_io", None)
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
                      schemas.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
-                                               3: _summary_3_to_4, 4: _summary_4_to_5})
+                                               3: _summary_3_to_4, 4: _summary_4_to_5,
+                                               5: _summary_5_to_6})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):

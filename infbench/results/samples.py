@@ -2,12 +2,14 @@
 last line a killed process leaves.
 
     processes.csv        the /proc sampler (infbench/measure/sampler.py); version 1: time ..
-                         threads; 2: + cpu_s, service, replica (read with defaults)
+                         threads; 2: + cpu_s, service, replica (read with defaults); 3: +
+                         run_wait_s (read as None from 1-2: not measured)
     probes-<pid>.jsonl   the servers' own probes: one JSON object a line with "t"
     outside.jsonl        glibc's view read from outside the process (gdb)
     mprofile.dat         memory-profiler's own format (MEM / CHLD / CMDLINE / FUNC lines)
     cgroup_memory.csv    the container's memory (docker runtime)
     step*_loadgen.csv    the load generator's CPU and run-queue wait
+    energy.csv           the machine's powercap counters, where readable (measure/energy.py)
     Locust CSVs          *_stats.csv (the Aggregated row), *_stats_history.csv (one a second)
 """
 
@@ -23,9 +25,13 @@ from typing import Any
 from infbench.results.readers import ReadError
 
 PROCESS_COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb",
-                   "file_mb", "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica"]
+                   "file_mb", "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica",
+                   "run_wait_s"]
 PROCESS_COLUMNS_V1 = PROCESS_COLUMNS[:12]  # version 2 added cpu_s, service, replica
+# version 3 added run_wait_s (the threads' run-queue wait); older files read it as None
 LOADGEN_COLUMNS = ["time", "pid", "cpu_s", "wait_s"]
+ENERGY_COLUMNS = ["time", "zone", "energy_uj", "max_energy_range_uj"]
+ENERGY_FILE = "energy.csv"
 OUTSIDE_FILE = "outside.jsonl"
 CGROUP_FILE = "cgroup_memory.csv"
 
@@ -43,7 +49,9 @@ def process_rows(path: Path) -> list[dict[str, Any]]:
                                        # Older files have no cpu/service/replica columns.
                                        "cpu_s": float(raw.get("cpu_s") or 0.0),
                                        "service": raw.get("service") or "server",
-                                       "replica": int(raw.get("replica") or 0)}
+                                       "replica": int(raw.get("replica") or 0),
+                                       "run_wait_s": float(raw["run_wait_s"])
+                                       if raw.get("run_wait_s") else None}
                 row.update({k: float(raw[k]) if raw[k] != "" else None
                             for k in PROCESS_COLUMNS[4:11]})
             except (KeyError, TypeError, ValueError):
@@ -184,6 +192,22 @@ def loadgen_rows(path: Path) -> dict[int, list[tuple[float, float, float | None]
                 wait = float(r["wait_s"]) if r.get("wait_s") else None
                 out.setdefault(int(r["pid"]), []).append(
                     (float(r["time"]), float(r["cpu_s"]), wait))
+    for rows in out.values():
+        rows.sort()
+    return out
+
+
+def energy_rows(path: Path) -> dict[str, list[tuple[float, int, int]]]:
+    """{zone: [(time, energy_uj, max_energy_range_uj)]} from an energy.csv, in time order; {}
+    without the file (no readable counter)."""
+    out: dict[str, list[tuple[float, int, int]]] = {}
+    if not path.exists():
+        return out
+    with path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out.setdefault(r["zone"], []).append(
+                    (float(r["time"]), int(r["energy_uj"]), int(r["max_energy_range_uj"])))
     for rows in out.values():
         rows.sort()
     return out

@@ -33,8 +33,10 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # every cycle is a leak (1-3 judged RSS's last step). 5: the verdict's "culprit" (the types that
 # grew, from the census; the culprit window's lines; heaptrack's native stacks), "arenas" (where
 # retention's free memory is), "settled" (from phases.json); malloc's memory in use that climbs
-# in every cycle is a steady climb too; 1-4 read with no culprit.
-SUMMARY_SCHEMA = 5
+# in every cycle is a steady climb too; 1-4 read with no culprit. 6: "cpu_io" (per service
+# and step: CPU and run-queue wait per request, off-CPU share, energy per request or why not;
+# infbench/analysis/cpu_io.py); 1-5 read with "cpu_io": None (not measured).
+SUMMARY_SCHEMA = 6
 
 # manifest.json. 1: first version.
 MANIFEST_SCHEMA = 1

@@ -59,7 +59,12 @@ start-up, and a server that cannot make them does not start):
      "queue_ms":   waiting for a worker thread (REST) and for the model lock (both),
      "model_ms":   the one model call, "serialize_ms": output to JSON / to a TensorProto and
                    the response message to bytes,
-     "total_ms":   the handler's whole time, from arrival to the response bytes}
+     "total_ms":   the handler's whole time, from arrival to the response bytes,
+     "decode_cpu_ms", "model_cpu_ms": the CPU time (time.thread_time) of the thread that ran
+                   decode and the model call, during each: both run on one thread without
+                   yielding, so wall - CPU is time that thread was off a core (waiting for one,
+                   for memory, or for TensorFlow's own op threads, whose CPU is not in it);
+                   null when the phase did not run}
 Only predict requests are recorded. Not recorded: REST answers given before the predict handler
 (unknown path, wrong method, a Content-Length over INFBENCH_MAX_BODY_BYTES) and gRPC messages
 that do not deserialise (grpcio answers those INTERNAL itself).

@@ -218,11 +218,12 @@ def serve_grpc(core: Core, server: grpc.Server) -> None:
                 if unknown:
                     raise bad(f"output_filter names unknown outputs {unknown}; "
                               f"the model has {OUTPUT_NAME!r}")
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.thread_time()
                 try:
                     batch = grpc_batch(request, servable, rec)
                 finally:
                     rec.decode = time.perf_counter() - started
+                    rec.decode_cpu = time.thread_time() - cpu
                 out = servable.run(batch, rec)
                 started = time.perf_counter()
                 response = predict_pb2.PredictResponse()

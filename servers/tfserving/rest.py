@@ -196,11 +196,13 @@ class RestApi:
         finally:
             now = time.perf_counter()
             rec.parse = rec.receive + (now - started)
+        cpu = time.thread_time()
         try:
             batch = rest_batch(values, layout, servable, rec)
             del values
         finally:
             rec.decode = time.perf_counter() - now
+            rec.decode_cpu = time.thread_time() - cpu
         out = servable.run(batch, rec)
         started = time.perf_counter()
         key = "predictions" if layout == "row" else "outputs"

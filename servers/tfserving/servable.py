@@ -127,10 +127,11 @@ class Servable:
         """One model call, serialised with every other request's."""
         waited = time.perf_counter()
         with self.lock:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             rec.queue += started - waited
             out = forward(self.loaded, batch, self.call, self.pad_to)
             rec.model = time.perf_counter() - started
+            rec.model_cpu = time.thread_time() - cpu
         return out
 
     def status_proto(self) -> get_model_status_pb2.GetModelStatusResponse:

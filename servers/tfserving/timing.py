@@ -31,6 +31,8 @@ class Timing:
     decode: float = 0.0
     queue: float = 0.0
     model: float = 0.0
+    decode_cpu: float | None = None  # the handling thread's CPU (time.thread_time) in decode
+    model_cpu: float | None = None  # ... and in the model call (TF's own op threads not in it)
     serialize: float = 0.0
     total: float = 0.0
     done: bool = False
@@ -43,6 +45,8 @@ class Timing:
             "decode_ms": _ms(self.decode), "queue_ms": _ms(self.queue),
             "model_ms": _ms(self.model), "serialize_ms": _ms(self.serialize),
             "total_ms": _ms(self.total),
+            "decode_cpu_ms": None if self.decode_cpu is None else _ms(self.decode_cpu),
+            "model_cpu_ms": None if self.model_cpu is None else _ms(self.model_cpu),
         }
 
 

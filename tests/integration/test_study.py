@@ -136,6 +136,19 @@ def test_summary_agrees_with_the_raw_files(study: tuple[Path, Any], variant: str
     assert s["totals"]["requests"] == sum(st["requests"] for st in s["steps"])
 
 
+@pytest.mark.parametrize("variant", ["starlette-uvicorn", "starlette-gunicorn"])
+def test_cpu_per_request_and_run_queue_wait(study: tuple[Path, Any], variant: str) -> None:
+    # The image servers write no timing lines: CPU and run-queue wait per request are measured,
+    # the off-CPU share is not (infbench/analysis/cpu_io.py).
+    s = json.loads((study[0] / variant / "summary.json").read_text())
+    steps = s["cpu_io"]["steps"]
+    assert steps and [st["index"] for st in steps] == [st["index"] for st in s["steps"]]
+    for st in steps:
+        assert st["service"] == "server" and st["requests"] > 0
+        assert st["cpu_ms_per_request"] > 0 and st["run_wait_ms_per_request"] >= 0
+        assert st["off_cpu_share"] is None and "not measured" in st["reading"]
+
+
 def test_gunicorn_workers_are_counted(study: tuple[Path, Any]) -> None:
     run_dir, _ = study
     mp = samples.parse_mprof(run_dir / "starlette-gunicorn" / "mprofile.dat")

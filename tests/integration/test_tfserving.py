@@ -45,7 +45,8 @@ START_TIMEOUT_S = 90.0
 KIND_FORMAT = {"rest-row-pixels": "row", "rest-b64": "row-b64", "rest-columnar": "columnar",
                "grpc-tensor": "tensor_content", "grpc-string": "string_val"}
 TIMING_KEYS = {"t", "protocol", "format", "batch", "status", "ok", "receive_ms", "parse_ms",
-               "decode_ms", "queue_ms", "model_ms", "serialize_ms", "total_ms"}
+               "decode_ms", "queue_ms", "model_ms", "serialize_ms", "total_ms",
+               "decode_cpu_ms", "model_cpu_ms"}
 PHASES = ("parse_ms", "decode_ms", "queue_ms", "model_ms", "serialize_ms")
 # The shapes of the two models, as the arch definitions build them.
 SPECS = {"tiny": ("tiny_cnn", 32, 3), "mnist": ("mnist_cnn", 28, 1)}
@@ -492,6 +493,10 @@ def test_timing_lines_cover_both_protocols(tiny: Server, tf: Any, images: list[b
                    ("grpc", "string_val", 3, "OK", True), ("grpc", None, 0, "NOT_FOUND", False)}
     ok = [r for r in rows if r["ok"]]
     assert all(r["model_ms"] > 0 and r["decode_ms"] > 0 for r in ok)
+    # The thread CPU of the phases that ran; null for those that did not (a refused request).
+    assert all(r["decode_cpu_ms"] >= 0 and r["model_cpu_ms"] >= 0 for r in ok)
+    assert all(r["decode_cpu_ms"] is None and r["model_cpu_ms"] is None
+               for r in rows if not r["ok"])
 
 
 def wait_for_lines(server: Server, since: float, count: int,
