@@ -19,6 +19,7 @@
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
+#            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -32,17 +33,19 @@ RUNTIME ?= native
 RUN ?= latest
 STUDY ?= allocators
 PROBES ?=
+CAPTURE ?=
 PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
        $(if $(filter 1 yes true,$(PROBES)),--probes)
+ropts = $(opts) $(if $(filter 1 yes true,$(CAPTURE)),--capture)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
 .PHONY: help venv system system-run build build_all run run_all run_study bench-probes report \
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,22p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,23p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -69,18 +72,18 @@ build_%: venv
 	$(PY) -m infbench build $* $(bopts)
 
 run: venv system-run
-	$(PY) -m infbench run $(opts)
+	$(PY) -m infbench run $(ropts)
 run_all: venv system-run
-	$(PY) -m infbench run --all $(opts)
+	$(PY) -m infbench run --all $(ropts)
 run_study: venv system-run
-	$(PY) -m infbench run --study $(STUDY) $(opts)
+	$(PY) -m infbench run --study $(STUDY) $(ropts)
 # What the probes cost: the same server without, with, with and without them in one run (~9 min),
 # then requests/s and p50 latency as ratios.
 bench-probes: venv system-run
 	$(PY) -m infbench run --study probe-overhead $(opts)
 	$(PY) -m infbench overhead latest
 run_%: venv system-run
-	$(PY) -m infbench run $* $(opts)
+	$(PY) -m infbench run $* $(ropts)
 # The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled
 # profile: PROFILE=cycles unless the study's is cycled).
 diagnose_%: venv system-run

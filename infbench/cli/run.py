@@ -20,7 +20,7 @@ from infbench.cli.args import (
 )
 from infbench.cli.exits import EXIT_FAILED, EXIT_PARTIAL, interrupt_code
 from infbench.launch import get_launcher
-from infbench.measure import assets
+from infbench.measure import assets, capture
 from infbench.modes.sweep import Plan, run_study
 from infbench.report import build, markdown, tables
 from infbench.results.files import check_writable
@@ -39,6 +39,9 @@ def add_parser(sub: Subparsers) -> None:
                    help="measure the model alone (no HTTP) before each variant's load, for "
                         "serving efficiency (as model_alone = true in the profile would; env "
                         "INFBENCH_MODEL_ALONE=1)")
+    r.add_argument("--capture", action="store_true", default=env_flag("CAPTURE"),
+                   help="a packet capture (tcpdump) of each step's loopback traffic and its wire "
+                        "view (as capture = true in the profile would; env INFBENCH_CAPTURE=1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     profile = exp.profile(args.profile or study_profile(exp, args))
     if args.model_alone:
         profile = dataclasses.replace(profile, model_alone=True)
+    if args.capture:
+        profile = dataclasses.replace(profile, capture=True)
+    if profile.capture:
+        capture.preflight()
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)

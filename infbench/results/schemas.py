@@ -33,14 +33,19 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # every cycle is a leak (1-3 judged RSS's last step). 5: the verdict's "culprit" (the types that
 # grew, from the census; the culprit window's lines; heaptrack's native stacks), "arenas" (where
 # retention's free memory is), "settled" (from phases.json); malloc's memory in use that climbs
-# in every cycle is a steady climb too; 1-4 read with no culprit.
-SUMMARY_SCHEMA = 5
+# in every cycle is a steady climb too; 1-4 read with no culprit. 6: "wire" (the packet
+# capture's figures and findings per step, from wire.json; None without a capture); 1-5 read
+# with none.
+SUMMARY_SCHEMA = 6
 
 # manifest.json. 1: first version.
 MANIFEST_SCHEMA = 1
 
 # compare-<A>-vs-<B>.json. 1: first version.
 COMPARE_SCHEMA = 1
+
+# wire.json (the wire view per step, infbench/measure/capture.py). 1: first version.
+WIRE_SCHEMA = 1
 
 # capacity.json. 1: first version.
 CAPACITY_SCHEMA = 1
