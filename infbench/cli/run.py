@@ -80,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("html_error"):
         print(f"report.html not written: {summary['html_error']}")
     markdown.print_faults(summary)
+    found = markdown.wire_lines(summary["variants"])
+    if found:
+        print("\nthe wire (packet captures) says:")
+        print("\n".join(found))
     if outcome.status == "interrupted":
         print(f"interrupted in {summary['run'].get('stopped_in')}: what was measured is kept; "
               f"`make report RUN={outcome.run_dir.name}` rebuilds this report")
