@@ -76,7 +76,7 @@ def _ip_payload(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
             family = int.from_bytes(frame[:4], "big")
         version = 4 if family == 2 else 6 if family in (10, 24, 28, 30) else None
         return (version, frame[4:]) if version else None
-    if linktype == _SLL or linktype == _SLL2:
+    if linktype in (_SLL, _SLL2):
         off, proto = (16, frame[14:16]) if linktype == _SLL else (20, frame[0:2])
         version = {0x0800: 4, 0x86DD: 6}.get(int.from_bytes(proto, "big"))
         return (version, frame[off:]) if version else None
@@ -94,7 +94,7 @@ def _tcp(t: float, version: int, ip: bytes) -> Segment | None:
         total = int.from_bytes(ip[2:4], "big")
         if int.from_bytes(ip[6:8], "big") & 0x1FFF:  # a later fragment: no TCP header in it
             return None
-        src, dst = ipaddress.IPv4Address(ip[12:16]), ipaddress.IPv4Address(ip[16:20])
+        src, dst = str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20]))
         tcp, tcp_len = ip[ihl:], total - ihl
     else:
         if len(ip) < 40:
@@ -107,14 +107,14 @@ def _tcp(t: float, version: int, ip: bytes) -> Segment | None:
             tcp_len -= ext
         if nxt != 6:
             return None
-        src, dst = ipaddress.IPv6Address(ip[8:24]), ipaddress.IPv6Address(ip[24:40])
+        src, dst = str(ipaddress.IPv6Address(ip[8:24])), str(ipaddress.IPv6Address(ip[24:40]))
         tcp = ip[off:]
     if len(tcp) < 20:
         return None
     sport, dport, seq, ack, off_flags = struct.unpack("!HHIIH", tcp[:14])
     hl = (off_flags >> 12) * 4
     length = max(0, tcp_len - hl)
-    return Segment(t=t, src=str(src), sport=sport, dst=str(dst), dport=dport, seq=seq,
+    return Segment(t=t, src=src, sport=sport, dst=dst, dport=dport, seq=seq,
                    ack=ack, flags=off_flags & 0x3F, length=length, data=tcp[hl:hl + length])
 
 

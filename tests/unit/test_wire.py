@@ -78,7 +78,7 @@ def test_a_snap_length_keeps_the_true_length_and_a_torn_file_is_counted(tmp_path
 def test_not_a_pcap_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "x.pcap"
     bad.write_bytes(b"\x0a\x0d\x0d\x0a" + b"\x00" * 40)  # pcapng
-    with pytest.raises(pcap.PcapError, match="x.pcap: not a classic pcap"):
+    with pytest.raises(pcap.PcapError, match=r"x\.pcap: not a classic pcap"):
         pcap.read(bad)
     (tmp_path / "short.pcap").write_bytes(b"abc")
     with pytest.raises(pcap.PcapError, match="no file header"):
