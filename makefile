@@ -14,6 +14,7 @@
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
+#   make bench-capture          what the packet capture costs (req/s, p50 on / off, ABBA)
 #   make capacity_<variant> P95_MS=<ms>   the highest open-loop rate with p95 under the bound
 #   make trace_<variant> [REQUESTS=N]      where one request's time goes (pyinstrument, yappi)
 #
@@ -38,14 +39,15 @@ PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
        $(if $(filter 1 yes true,$(PROBES)),--probes)
-ropts = $(opts) $(if $(filter 1 yes true,$(CAPTURE)),--capture)
+ropts = $(opts) $(if $(filter 1 yes true,$(CAPTURE)),--capture) \
+        $(if $(filter 0 no false,$(CAPTURE)),--no-capture)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
-.PHONY: help venv system system-run build build_all run run_all run_study bench-probes report \
+.PHONY: help venv system system-run build build_all run run_all run_study bench-probes bench-capture report \
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,23p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,24p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -82,6 +84,10 @@ run_study: venv system-run
 bench-probes: venv system-run
 	$(PY) -m infbench run --study probe-overhead $(opts)
 	$(PY) -m infbench overhead latest
+# What the packet capture costs (benchmarks/capture_cost.py): the transport study's REST
+# variant with capture off, on, on, off; requests/s and p50 as ratios.
+bench-capture: venv system-run
+	$(PY) -m benchmarks.capture_cost $(if $(MODEL),--model $(MODEL))
 run_%: venv system-run
 	$(PY) -m infbench run $* $(ropts)
 # The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from infbench import config
 from infbench.cli.args import (
+    TRUE,
     Subparsers,
     add_probes,
     add_profile,
     add_run_id,
     add_selection,
+    env,
     env_flag,
     selected,
     study_profile,
@@ -39,9 +41,16 @@ def add_parser(sub: Subparsers) -> None:
                    help="measure the model alone (no HTTP) before each variant's load, for "
                         "serving efficiency (as model_alone = true in the profile would; env "
                         "INFBENCH_MODEL_ALONE=1)")
-    r.add_argument("--capture", action="store_true", default=env_flag("CAPTURE"),
+    r.add_argument("--capture", action=argparse.BooleanOptionalAction, default=capture_env(),
                    help="a packet capture (tcpdump) of each step's loopback traffic and its wire "
-                        "view (as capture = true in the profile would; env INFBENCH_CAPTURE=1)")
+                        "view, as capture = true in the profile would; --no-capture: none "
+                        "whatever the profile says (env INFBENCH_CAPTURE=1 / 0)")
+
+
+def capture_env() -> bool | None:
+    """INFBENCH_CAPTURE: 1/true/yes on, 0/false/no off, unset: as the profile says."""
+    raw = env("CAPTURE").lower()
+    return True if raw in TRUE else False if raw in ("0", "false", "no") else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     profile = exp.profile(args.profile or study_profile(exp, args))
     if args.model_alone:
         profile = dataclasses.replace(profile, model_alone=True)
-    if args.capture:
-        profile = dataclasses.replace(profile, capture=True)
+    if args.capture is not None:
+        profile = dataclasses.replace(profile, capture=args.capture)
     if profile.capture:
         capture.preflight()
     checked: set[str] = set()
