@@ -22,7 +22,7 @@ from infbench.cli.args import (
 )
 from infbench.cli.exits import EXIT_FAILED, EXIT_PARTIAL, interrupt_code
 from infbench.launch import get_launcher
-from infbench.measure import assets, capture
+from infbench.measure import assets
 from infbench.modes.sweep import Plan, run_study
 from infbench.report import build, markdown, tables
 from infbench.results.files import check_writable
@@ -63,8 +63,6 @@ def run(args: argparse.Namespace) -> int:
         profile = dataclasses.replace(profile, model_alone=True)
     if args.capture is not None:
         profile = dataclasses.replace(profile, capture=args.capture)
-    if profile.capture:
-        capture.preflight()
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)

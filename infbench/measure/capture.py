@@ -35,7 +35,7 @@ from typing import Any
 from infbench.analysis import wire
 from infbench.config import ConfigError, Profile
 from infbench.launch import proc
-from infbench.results import pcap
+from infbench.results import files, pcap
 from infbench.results.files import WriteError, write_json
 from infbench.results.schemas import WIRE_SCHEMA
 
@@ -69,10 +69,14 @@ def preflight(tcpdump: str | None = None) -> None:
     p = subprocess.Popen([exe, "-i", "lo", "-n", "-c", "1", "-w", os.devnull, "tcp port 9"],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # tcpdump says "listening on" or its error at once; a silent one is ended after READY_S.
+    timer = threading.Timer(READY_S, lambda: os.killpg(p.pid, signal.SIGKILL))
+    timer.start()
     try:
         assert p.stderr is not None
         first = p.stderr.readline().strip()
     finally:
+        timer.cancel()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -81,6 +85,8 @@ def preflight(tcpdump: str | None = None) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+        if p.stderr is not None:
+            p.stderr.close()
     if "listening on" not in first:
         said = first or "no output"
         raise ConfigError(f"capture = true: tcpdump cannot capture on lo ({said}); it needs "
@@ -167,7 +173,7 @@ class Capture:
         self.ctx = ctx
         self.ports = captured_ports(ctx.topology)
         self.folder = ctx.out / DIR
-        self.folder.mkdir(exist_ok=True)
+        files.mkdir(self.folder)
         self.current: StepCapture | None = None
         self.steps: dict[int, dict[str, Any]] = {}
         self.data: dict[str, Any] = {

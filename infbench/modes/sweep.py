@@ -32,6 +32,7 @@ from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
 from infbench.launch.topology import Topology
 from infbench.measure import (
     assets,
+    capture,
     census,
     keepalive,
     manifest,
@@ -788,6 +789,8 @@ def run_study(plan: Plan, stream: TextIO | None = None,
     """Run every planned variant. Ctrl-C/SIGTERM/SIGHUP (as KeyboardInterrupt) stops the run:
     what was measured is kept, everything started is ended, the outcome says `interrupted`."""
     stream = stream or sys.stdout
+    if plan.profile.capture:  # tcpdump there and allowed to capture, before anything starts
+        capture.preflight()
     per_variant = plan.profile.planned_seconds() + STARTUP_ESTIMATE_S
     progress = Progress(len(plan.variants), per_variant, stream)
     images, models = prepare(plan, progress.say)

@@ -224,3 +224,12 @@ def test_the_command_line_and_the_closing_counts() -> None:
     said = ("tcpdump: listening on lo\n12 packets captured\n24 packets received by filter\n"
             "3 packets dropped by kernel\n")
     assert capture.stats(said) == {"captured": 12, "received": 24, "dropped": 3}
+
+
+def test_tcpdump_not_allowed_to_capture_is_one_line(tmp_path: Path) -> None:
+    fake = tmp_path / "tcpdump"
+    fake.write_text("#!/bin/sh\necho \"tcpdump: lo: You don't have permission to perform this "
+                    "capture on that device\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(ConfigError, match="cannot capture on lo .*permission.*CAP_NET_RAW"):
+        capture.preflight(str(fake))
