@@ -231,5 +231,5 @@ def test_tcpdump_not_allowed_to_capture_is_one_line(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\necho \"tcpdump: lo: You don't have permission to perform this "
                     "capture on that device\" >&2\nexit 1\n")
     fake.chmod(0o755)
-    with pytest.raises(ConfigError, match="cannot capture on lo .*permission.*CAP_NET_RAW"):
+    with pytest.raises(ConfigError, match=r"cannot capture on lo .*permission.*CAP_NET_RAW"):
         capture.preflight(str(fake))
