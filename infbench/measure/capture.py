@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from infbench.analysis import wire
 from infbench.config import ConfigError, Profile
 from infbench.launch import proc
@@ -116,7 +118,7 @@ class StepCapture:
         self.record: dict[str, Any] = {"index": index, "file": f"{DIR}/{self.file.name}",
                                        "started": time.time(), "ready": None, "stopped": None,
                                        "exit_code": None, "truncated": None, "stats": {},
-                                       "error": None}
+                                       "cpu_s": None, "error": None}
         self.group = proc.Group(argv(self.file, ports, profile), log_path=self.log)
         self._done = threading.Event()
         self._watch: threading.Thread | None = None
@@ -153,6 +155,9 @@ class StepCapture:
 
     def stop(self) -> dict[str, Any]:
         self._done.set()
+        with contextlib.suppress(psutil.Error):  # tcpdump's own CPU: a part of its cost
+            t = psutil.Process(self.group.pid).cpu_times()
+            self.record["cpu_s"] = round(t.user + t.system, 3)
         code = self.group.stop(grace=STOP_GRACE_S)
         if self._watch is not None:
             self._watch.join(timeout=2)
