@@ -426,24 +426,29 @@ def wire_table(rows: Rows) -> Table:
                     fmt(f.get("connections")), fmt(f.get("opened")),
                     fmt((f.get("handshake_ms") or {}).get("p50"), 3),
                     fmt(f.get("requests")), fmt(f.get("requests_per_connection"), 1),
+                    _pair(f.get("bytes"), "up", "down"),
                     _pair(f.get("request_bytes"), "head", "body"),
                     _pair(f.get("response_bytes"), "head", "body"),
                     fmt((f.get("segments_per_response") or {}).get("mean"), 1),
                     _pair(f.get("server_ms"), "p50", "p99", 1),
                     "-" if share is None else f"{100 * share:.1f}%",
+                    "-" if f.get("requests") is None else
                     (f"**{stalled}**" if name in found and stalled else fmt(stalled)),
                     fmt(f.get("retransmissions")), fmt(f.get("resets")),
                     "truncated" if st.get("truncated") else "whole"])
     return table(
         "Wire (packet capture per step)",
         ["variant", ">step", "service", "protocol", ">connections", ">opened",
-         ">handshake p50 (ms)", ">requests", ">req/conn", ">request head / body (B)",
+         ">handshake p50 (ms)", ">requests", ">req/conn", ">bytes up / down",
+         ">request head / body (B)",
          ">response head / body (B)", ">segments/response", ">server p50 / p99 (ms)",
          ">handshake share", ">stalled responses", ">retransmits", ">resets", "capture"],
         lines,
         "From tcpdump's capture of the loopback traffic to each service "
         "(`<variant>/wire/step-<i>.pcap`, read by infbench/analysis/wire.py into `wire.json`). "
-        "opened: connections whose SYN was captured; server: the request's last byte to the "
+        "opened: connections whose SYN was captured; bytes: payload bytes each way, all "
+        "connections; request and response head / body: means a request; server: the "
+        "request's last byte to the "
         "response's first; handshake share: the handshakes' time over handshakes + "
         "exchanges; stalled: responses whose last segment waited >= 30 ms for the client's "
         "ACK (delayed ACK meeting Nagle's algorithm). HTTP/2 (gRPC) connections give bytes "

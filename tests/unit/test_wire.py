@@ -233,3 +233,24 @@ def test_tcpdump_not_allowed_to_capture_is_one_line(tmp_path: Path) -> None:
     fake.chmod(0o755)
     with pytest.raises(ConfigError, match=r"cannot capture on lo .*permission.*CAP_NET_RAW"):
         capture.preflight(str(fake))
+
+
+def test_the_wire_table_per_step_and_service(tmp_path: Path) -> None:
+    from infbench.report import tables
+
+    c = Conn(40001).handshake(0.0)
+    t = exchange(c, 1.0)
+    for _ in range(3):
+        t = exchange(c, t, stall=True)
+    h2 = Conn(43000, t0=1_700_000_005.0).handshake(0.0)
+    h2.send(1.0, True, wire.H2_PREFACE).send(2.0, False, b"\x00" * 9)
+    frames = sorted(c.frames + h2.frames, key=lambda f: f[0])
+    pcapgen.write(tmp_path / "s.pcap", frames)
+    two = wire.step(pcap.read(tmp_path / "s.pcap"), {8000: "api"})
+    row = {"variant": "v", "wire": {"steps": [{"index": 1, **two}]}}
+    t_ = tables.wire_table([row])
+    (line,) = t_.rows
+    cells = dict(zip((c.lstrip(">") for c in t_.columns), line, strict=True))
+    assert cells["protocol"] == "h2, http/1.1 (bytes only)" and cells["requests"] == "4"
+    assert cells["stalled responses"] == "**3**" and cells["capture"] == "whole"
+    assert tables.wire_table([{"variant": "v", "wire": None}]).rows == ()
