@@ -254,3 +254,24 @@ def test_the_wire_table_per_step_and_service(tmp_path: Path) -> None:
     assert cells["protocol"] == "h2, http/1.1 (bytes only)" and cells["requests"] == "4"
     assert cells["stalled responses"] == "**3**" and cells["capture"] == "whole"
     assert tables.wire_table([{"variant": "v", "wire": None}]).rows == ()
+
+
+def test_the_cli_says_a_missing_tcpdump_in_one_line_before_anything_starts(
+        tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from infbench.paths import ROOT
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
+                          "run", "starlette-uvicorn", "--profile", "smoke", "--model", "tiny",
+                          "--capture"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PATH": str(empty)})
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        "infbench: error: capture = true needs tcpdump, which is not installed (make system "
+        "installs it: scripts/system-packages.sh)"]
+    assert not (tmp_path / "r").exists()
