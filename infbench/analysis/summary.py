@@ -393,6 +393,8 @@ def summarize_variant(variant_dir: Path | VariantFiles,
                     "processes": "processes.csv", "probes": "probes-<pid>.jsonl",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }
+    if out["wire"] is not None:
+        out["sources"]["wire"] = "wire.json (from wire/step-<i>.pcap)"
     cgroup = parse_cgroup_csv(v.dir / CGROUP_FILE)
     if cgroup:  # docker runs: the container's own figure, beside mprof's
         out["cgroup_memory_mb"] = memory_figures(cgroup, plist)
