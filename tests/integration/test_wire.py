@@ -83,8 +83,10 @@ def test_the_stall_is_found_from_the_capture_and_not_with_nodelay(
         assert s["status"] == "complete"
         (step,) = s["wire"]["steps"]
         f = step["services"]["server"]
-        # Every request Locust counted is on the wire, on connections kept alive.
-        assert f["requests"] == s["steps"][0]["requests"] > 3
+        # Every request Locust counted is on the wire (and at most those it cut off besides),
+        # on connections kept alive.
+        st = s["steps"][0]
+        assert 3 < st["requests"] <= f["requests"] <= st["requests"] + (st["cut_off"] or 0)
         assert f["connections"] <= 4 and f["keepalive_asked"] == 1.0
         assert f["retransmissions"] >= 0 and f["resets"] == 0
         found[v] = {x["kind"] for x in s["wire"]["findings"]}
