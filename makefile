@@ -14,11 +14,13 @@
 #   make list                   variants, profiles, studies and models
 #   make run_study STUDY=<name> a named study (default: allocators)
 #   make bench-probes           what the memory probes cost (req/s, p50 with / without)
+#   make bench-capture          what the packet capture costs (req/s, p50 on / off, ABBA)
 #   make capacity_<variant> P95_MS=<ms>   the highest open-loop rate with p95 under the bound
 #   make trace_<variant> [REQUESTS=N]      where one request's time goes (pyinstrument, yappi)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
+#            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -32,17 +34,20 @@ RUNTIME ?= native
 RUN ?= latest
 STUDY ?= allocators
 PROBES ?=
+CAPTURE ?=
 PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
        $(if $(filter 1 yes true,$(PROBES)),--probes)
+ropts = $(opts) $(if $(filter 1 yes true,$(CAPTURE)),--capture) \
+        $(if $(filter 0 no false,$(CAPTURE)),--no-capture)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
-.PHONY: help venv system system-run build build_all run run_all run_study bench-probes report \
+.PHONY: help venv system system-run build build_all run run_all run_study bench-probes bench-capture report \
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,22p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,24p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -69,18 +74,22 @@ build_%: venv
 	$(PY) -m infbench build $* $(bopts)
 
 run: venv system-run
-	$(PY) -m infbench run $(opts)
+	$(PY) -m infbench run $(ropts)
 run_all: venv system-run
-	$(PY) -m infbench run --all $(opts)
+	$(PY) -m infbench run --all $(ropts)
 run_study: venv system-run
-	$(PY) -m infbench run --study $(STUDY) $(opts)
+	$(PY) -m infbench run --study $(STUDY) $(ropts)
 # What the probes cost: the same server without, with, with and without them in one run (~9 min),
 # then requests/s and p50 latency as ratios.
 bench-probes: venv system-run
 	$(PY) -m infbench run --study probe-overhead $(opts)
 	$(PY) -m infbench overhead latest
+# What the packet capture costs (benchmarks/capture_cost.py): the transport study's REST
+# variant with capture off, on, on, off; requests/s and p50 as ratios.
+bench-capture: venv system-run
+	$(PY) -m benchmarks.capture_cost $(if $(MODEL),--model $(MODEL))
 run_%: venv system-run
-	$(PY) -m infbench run $* $(opts)
+	$(PY) -m infbench run $* $(ropts)
 # The differential hypothesis: the same variant under glibc and with jemalloc preloaded (a cycled
 # profile: PROFILE=cycles unless the study's is cycled).
 diagnose_%: venv system-run

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench.analysis import breakdown, cpu_io, trust, verdict
+from infbench.results import readers
 from infbench.results.samples import (
     Mprof,
     locust_aggregate,
@@ -384,6 +385,7 @@ def summarize_variant(variant_dir: Path | VariantFiles,
         "totals": {"requests": total("requests"), "failures": total("failures"),
                    "cut_off": total("cut_off")},
         "steps": steps,
+        "wire": wire_figures(v.dir, steps),
         "model_alone": trust.model_alone(v),
         "pauses_server_busy_s": [p.get("server_busy_s") for p in pauses],
         "samples": {
@@ -398,6 +400,8 @@ def summarize_variant(variant_dir: Path | VariantFiles,
                     "energy": "energy.csv",
                     "locust": "step<i>-b<batch>_stats.csv", "cut_off": "phases.json"},
     }
+    if out["wire"] is not None:
+        out["sources"]["wire"] = "wire.json (from wire/step-<i>.pcap)"
     cgroup = parse_cgroup_csv(v.dir / CGROUP_FILE)
     if cgroup:  # docker runs: the container's own figure, beside mprof's
         out["cgroup_memory_mb"] = memory_figures(cgroup, plist)
@@ -405,6 +409,37 @@ def summarize_variant(variant_dir: Path | VariantFiles,
         out["definitions"] = {**DEFINITIONS, "cgroup_memory_mb": CGROUP_DEFINITION}
         out["sources"]["cgroup_memory"] = CGROUP_FILE
     return out
+
+
+def wire_figures(variant_dir: Path, steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The packet capture's figures per step (wire.json; None without a capture); each
+    finding is also a note of its step, so the report says it where the step's figures are."""
+    try:
+        found = readers.wire_json(variant_dir)
+    except readers.ReadError as e:
+        return {"file": "wire.json", "error": str(e), "steps": [], "findings": []}
+    if found is None:
+        return None
+    by_index = {s["index"]: s for s in steps}
+    for w in found["steps"]:
+        s = by_index.get(w.get("index"))
+        if s is None:
+            continue
+        notes = s.setdefault("notes", [])
+        notes += [f"wire: {f['detail']}" if len(w.get("services") or {}) < 2
+                  else f"wire, {f['service']}: {f['detail']}" for f in w.get("findings") or []]
+        services = list((w.get("services") or {}).values())
+        seen = services[0].get("requests") if len(services) == 1 else None
+        if seen is not None and s.get("requests") and seen < s["requests"]:
+            notes.append(f"wire: the capture saw {seen} of the {s['requests']} requests "
+                         "Locust counted: its figures miss some")
+        if w.get("truncated"):
+            notes.append("wire: the capture reached its cap and stopped; its figures cover "
+                         "the step's start only")
+    return {"file": "wire.json", "ports": found.get("ports"), "snaplen": found.get("snaplen"),
+            "steps": found["steps"],
+            "findings": [{"step": w.get("index"), **f} for w in found["steps"]
+                         for f in w.get("findings") or []]}
 
 
 # -- where the time goes: the servers' own timing lines (timings-<pid>.jsonl) -----------------

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from infbench import config
 from infbench.cli.args import (
+    TRUE,
     Subparsers,
     add_probes,
     add_profile,
     add_run_id,
     add_selection,
+    env,
     env_flag,
     selected,
     study_profile,
@@ -39,6 +41,16 @@ def add_parser(sub: Subparsers) -> None:
                    help="measure the model alone (no HTTP) before each variant's load, for "
                         "serving efficiency (as model_alone = true in the profile would; env "
                         "INFBENCH_MODEL_ALONE=1)")
+    r.add_argument("--capture", action=argparse.BooleanOptionalAction, default=capture_env(),
+                   help="a packet capture (tcpdump) of each step's loopback traffic and its wire "
+                        "view, as capture = true in the profile would; --no-capture: none "
+                        "whatever the profile says (env INFBENCH_CAPTURE=1 / 0)")
+
+
+def capture_env() -> bool | None:
+    """INFBENCH_CAPTURE: 1/true/yes on, 0/false/no off, unset: as the profile says."""
+    raw = env("CAPTURE").lower()
+    return True if raw in TRUE else False if raw in ("0", "false", "no") else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     profile = exp.profile(args.profile or study_profile(exp, args))
     if args.model_alone:
         profile = dataclasses.replace(profile, model_alone=True)
+    if args.capture is not None:
+        profile = dataclasses.replace(profile, capture=args.capture)
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)
@@ -73,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     if summary.get("html_error"):
         print(f"report.html not written: {summary['html_error']}")
     markdown.print_faults(summary)
+    found = markdown.wire_lines(summary["variants"])
+    if found:
+        print("\nthe wire (packet captures) says:")
+        print("\n".join(found))
     if outcome.status == "interrupted":
         print(f"interrupted in {summary['run'].get('stopped_in')}: what was measured is kept; "
               f"`make report RUN={outcome.run_dir.name}` rebuilds this report")

@@ -125,13 +125,16 @@ def _load_profile(name: str, table: Any) -> Profile:
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
             "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int,
             "max_in_flight": int, "model_alone": bool, "culprit": str,
-            "settle": bool}
+            "settle": bool, "capture": bool, "capture_snaplen": int, "capture_max_mb": int}
     values = _fields(where, table, spec, required=("steps",))
     _open_loop_fields(where, values)
     _one_of(where, "culprit", values.get("culprit", "auto"), CULPRIT_MODES)
     for key in ("feedback_weight",):
         _positive(where, key, values.get(key, 0), allow_zero=True)
-    for key in ("predict_weight", "stable_windows"):
+    if values.get("capture_snaplen", 1024) < 96:
+        raise ConfigError(f"{where}.capture_snaplen: at least 96 bytes (the Ethernet, IP and "
+                          f"TCP headers of a packet), got {values['capture_snaplen']}")
+    for key in ("predict_weight", "stable_windows", "capture_max_mb"):
         _positive(where, key, values.get(key, 1))
     for key in ("stable_window_s", "stable_tolerance", "p95_bound_ms"):
         if key in values:

@@ -144,6 +144,11 @@ class Profile:
     # `cycles` is the most a cycled profile runs: with `settle` it stops once the verdict is
     # settled (infbench/analysis/verdict.py `settled`), never before MIN_CYCLES.
     settle: bool = True
+    # A packet capture of each step (infbench/measure/capture.py): tcpdump's snap length
+    # (bytes kept of each packet) and the most one step's file may hold (millions of bytes).
+    capture: bool = False
+    capture_snaplen: int = 1024
+    capture_max_mb: int = 200
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users

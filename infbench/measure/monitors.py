@@ -7,9 +7,11 @@ A monitor is made at one of two moments, by a factory registered for it:
     healthy   once every service answers its health check (Redis's own figures; glibc's
               view from outside, in cycled profiles)
 
-and the run loop calls the same hooks on every monitor in its list: `rest(cycle)` at the end
-of each rest between cycles, `trim()` at the end (after the cooldown), and `stop()` on every
-exit path, before the services stop. A hook a monitor does not need is a no-op. Adding a
+and the run loop calls the same hooks on every monitor in its list: `step_start(index, kind)`
+before a step's load starts and `step_end(index, kind)` once its load generator has stopped
+(kind "step", or "window" for the culprit window's), `rest(cycle)` at the end of each rest
+between cycles, `trim()` at the end (after the cooldown), and `stop()` on every exit path,
+before the services stop. A hook a monitor does not need is a no-op. Adding a
 monitor is its class and one registered factory here; the run loop does not change.
 
 (The restart watch, infbench/measure/procwatch.py, is the run loop's fault check, polled with
@@ -26,6 +28,7 @@ from typing import Any
 
 from infbench.config import Profile, Variant
 from infbench.measure import energy
+from infbench.measure.capture import Capture
 from infbench.measure.outside import OutsideWatch
 from infbench.measure.phases import PhaseLog
 from infbench.measure.redis import RedisSampler
@@ -43,9 +46,16 @@ class Context:
     log: PhaseLog
     out: Path
     queue_keys: list[str]
+    say: Callable[[str], None] = print  # a line on the run's console
 
 
 class Monitor:
+    def step_start(self, index: int, kind: str) -> None:
+        """Before step `index`'s load starts (it waits for this to return)."""
+
+    def step_end(self, index: int, kind: str) -> None:
+        """Once step `index`'s load generator has stopped."""
+
     def rest(self, cycle: int) -> None:
         """At the end of each rest between cycles."""
 
@@ -128,6 +138,20 @@ class _Outside(Monitor):
         return self.watch.trim()
 
 
+class _Capture(Monitor):
+    def __init__(self, ctx: Context) -> None:
+        self.capture = Capture(ctx)
+
+    def step_start(self, index: int, kind: str) -> None:
+        self.capture.step_start(index, kind)
+
+    def step_end(self, index: int, kind: str) -> None:
+        self.capture.step_end(index, kind)
+
+    def stop(self) -> None:
+        self.capture.stop()
+
+
 @register("launch")
 def processes(ctx: Context) -> list[Monitor]:
     """Every process of every service, from /proc: processes.csv."""
@@ -154,3 +178,10 @@ def outside(ctx: Context) -> list[Monitor]:
     if ctx.profile.cycles > 1 and os.environ.get("INFBENCH_OUTSIDE", "1") != "0":
         return [_Outside(ctx)]
     return []
+
+
+@register("healthy")
+def capture(ctx: Context) -> list[Monitor]:
+    """tcpdump on lo for each step, and the wire view read from it (profile `capture = true`,
+    CAPTURE=1): wire/step-<i>.pcap, wire.json."""
+    return [_Capture(ctx)] if ctx.profile.capture else []

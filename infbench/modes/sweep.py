@@ -32,6 +32,7 @@ from infbench.launch.contract import MAX_BODY_DEFAULT, MAX_IMAGES_DEFAULT
 from infbench.launch.topology import Topology
 from infbench.measure import (
     assets,
+    capture,
     census,
     keepalive,
     manifest,
@@ -275,7 +276,8 @@ class VariantRun:
             run_id=self.out.parent.name, max_images=max(MAX_IMAGES_DEFAULT, batch),
             max_body_bytes=body_limit(self.images, batch), mark=self._mark)
         ctx = monitors.Context(variant=self.v, profile=p, topology=self.topology,
-                               log=self.log, out=self.out, queue_keys=queue_keys(self.v))
+                               log=self.log, out=self.out, queue_keys=queue_keys(self.v),
+                               say=self.progress.say)
         self.monitors += monitors.start("launch", ctx)
         started = time.monotonic()
         self.topology.start(
@@ -608,6 +610,9 @@ class VariantRun:
         """One step of load (`kind` "window": the culprit window's, not the sweep's)."""
         assert self.topology is not None
         batch, seconds = spec.batch, spec.seconds
+        faults_before = len(self.log.faults)
+        for m in self.monitors:
+            m.step_start(i, kind)
         try:
             self.load = start_step(self.profile, spec, i, self.topology.entry.url, self.out,
                                    self.images, self.v.request,
@@ -643,6 +648,10 @@ class VariantRun:
         code = self.load.group.stop(grace=2.0)
         c = self.load.counts()
         load, self.load = self.load, None
+        for m in self.monitors:
+            m.step_end(i, kind)
+        if len(self.log.faults) > faults_before:  # a monitor's fault in this step (a capture)
+            step["degraded"] = True
         started, finished = int(c.get("started", 0)), int(c.get("finished", 0))
         failed = int(c.get("failed", 0))
         counts = {"requests_started": started, "requests_finished": finished,
@@ -780,6 +789,8 @@ def run_study(plan: Plan, stream: TextIO | None = None,
     """Run every planned variant. Ctrl-C/SIGTERM/SIGHUP (as KeyboardInterrupt) stops the run:
     what was measured is kept, everything started is ended, the outcome says `interrupted`."""
     stream = stream or sys.stdout
+    if plan.profile.capture:  # tcpdump there and allowed to capture, before anything starts
+        capture.preflight()
     per_variant = plan.profile.planned_seconds() + STARTUP_ESTIMATE_S
     progress = Progress(len(plan.variants), per_variant, stream)
     images, models = prepare(plan, progress.say)

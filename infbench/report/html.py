@@ -415,6 +415,13 @@ def variant_section(run_dir: Path, n: int, r: dict[str, Any], cores: int) -> str
         out += ["<h3>Where the time goes, and the bottleneck (per step)</h3>", split]
         if (vd / "time_split.png").exists():
             out.append(image(vd / "time_split.png", f"{name}: where the time goes, per step"))
+    wire = tables.wire_table([r])
+    if wire.rows:
+        found = "".join(f"<li>step {e(f.get('step'))}: {e(f.get('detail'))}</li>"
+                        for f in (r.get("wire") or {}).get("findings") or [])
+        out += [f"<h3>{e(wire.title)}</h3>", table_of(wire),
+                f'<p class="note">{e(wire.caption)}</p>',
+                f"<p><b>The wire says</b>:</p><ul>{found}</ul>" if found else ""]
     out.append(file_links(run_dir, vd) if vd.is_dir() else "")
     return "\n".join(out)
 

@@ -46,6 +46,15 @@ def fault_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def wire_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What the packet captures found (summary.json `wire.findings`), one line each."""
+    return [f"- **{r['variant']}** step {f.get('step')}"
+            + ("" if len({s for st in (r.get("wire") or {}).get("steps") or []
+                          for s in st.get("services") or {}}) < 2 else f", {f['service']}")
+            + f": {f['detail']}" for r in rows for f in (r.get("wire") or {}).get("findings")
+            or []]
+
+
 def print_faults(summary: dict[str, Any]) -> None:
     found = fault_lines(summary["variants"])
     if found:
@@ -188,6 +197,7 @@ def render(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
                 "marks its step degraded and keeps the run from `complete`. Source: "
                 "`<variant>/phases.json` → `events`."]
     out += section(tables.split_table(rows, int(m.get("cpus") or 1)))
+    out += section(tables.wire_table(rows))
     out += section(tables.breaking_table(rows, tables.p95_bound(rows)))
     out += section(tables.ranking_table(rows))
     out += section(tables.versus_table(rows))

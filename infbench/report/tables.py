@@ -437,3 +437,57 @@ def cpu_io_table(rows: Rows) -> Table:
         "the TF-Serving-compatible server's decode and model); not measured elsewhere. "
         "Energy: the machine's (powercap), over the step / requests"
         + (f"; not available here: {why}" if why else "") + ".")
+
+
+def _pair(d: dict[str, Any] | None, a: str, b: str, nd: int = 0) -> str:
+    d = d or {}
+    return "-" if d.get(a) is None and d.get(b) is None else f"{fmt(d.get(a), nd)} / " \
+        f"{fmt(d.get(b), nd)}"
+
+
+def wire_table(rows: Rows) -> Table:
+    """The packet capture's view of each step, per captured service (summary.json `wire`)."""
+    lines = []
+    for r in rows:
+        w = r.get("wire") or {}
+        for st in w.get("steps") or []:
+            found = {f["service"] for f in st.get("findings") or []}
+            for name, f in (st.get("services") or {}).items():
+                share = f.get("handshake_share")
+                stalled = f.get("stalled_responses")
+                h2 = f.get("h2_connections") or 0
+                proto = ", ".join(f.get("protocols") or []) or "-"
+                lines.append([
+                    r["variant"], str(st.get("index")), name,
+                    proto + (" (bytes only)" if h2 else ""),
+                    fmt(f.get("connections")), fmt(f.get("opened")),
+                    fmt((f.get("handshake_ms") or {}).get("p50"), 3),
+                    fmt(f.get("requests")), fmt(f.get("requests_per_connection"), 1),
+                    _pair(f.get("bytes"), "up", "down"),
+                    _pair(f.get("request_bytes"), "head", "body"),
+                    _pair(f.get("response_bytes"), "head", "body"),
+                    fmt((f.get("segments_per_response") or {}).get("mean"), 1),
+                    _pair(f.get("server_ms"), "p50", "p99", 1),
+                    "-" if share is None else f"{100 * share:.1f}%",
+                    "-" if f.get("requests") is None else
+                    (f"**{stalled}**" if name in found and stalled else fmt(stalled)),
+                    fmt(f.get("retransmissions")), fmt(f.get("resets")),
+                    "truncated" if st.get("truncated") else "whole"])
+    return table(
+        "Wire (packet capture per step)",
+        ["variant", ">step", "service", "protocol", ">connections", ">opened",
+         ">handshake p50 (ms)", ">requests", ">req/conn", ">bytes up / down",
+         ">request head / body (B)",
+         ">response head / body (B)", ">segments/response", ">server p50 / p99 (ms)",
+         ">handshake share", ">stalled responses", ">retransmits", ">resets", "capture"],
+        lines,
+        "From tcpdump's capture of the loopback traffic to each service "
+        "(`<variant>/wire/step-<i>.pcap`, read by infbench/analysis/wire.py into `wire.json`). "
+        "opened: connections whose SYN was captured; bytes: payload bytes each way, all "
+        "connections; request and response head / body: means a request; server: the "
+        "request's last byte to the "
+        "response's first; handshake share: the handshakes' time over handshakes + "
+        "exchanges; stalled: responses whose last segment waited >= 30 ms for the client's "
+        "ACK (delayed ACK meeting Nagle's algorithm). HTTP/2 (gRPC) connections give bytes "
+        "and segments only (streams are multiplexed: no request boundaries). A truncated "
+        "capture reached its size cap and covers the step's start only.")

@@ -165,16 +165,34 @@ def _summary_5_to_6(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_6_to_7(d: dict[str, Any]) -> dict[str, Any]:
+    # 7 added "wire"; a version 6 run captured no packets.
+    d.setdefault("wire", None)
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
                      schemas.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
                                                3: _summary_3_to_4, 4: _summary_4_to_5,
-                                               5: _summary_5_to_6})
+                                               5: _summary_5_to_6, 6: _summary_6_to_7})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):
             raise ReadError(f"{path}: summary.json has no {key!r}")
+    return data
+
+
+# -- wire.json --------------------------------------------------------------------------------
+def wire_json(variant_dir: Path) -> dict[str, Any] | None:
+    """wire.json, version-checked; None when the run captured no packets (no file)."""
+    path = variant_dir / "wire.json"
+    if not path.exists():
+        return None
+    data = versioned(path, load_json(path, "wire.json"), "wire.json", schemas.WIRE_SCHEMA, {})
+    if not isinstance(data.get("steps"), list):
+        raise ReadError(f"{path}: wire.json has no list of steps")
     return data
 
 

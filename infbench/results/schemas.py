@@ -35,14 +35,19 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # retention's free memory is), "settled" (from phases.json); malloc's memory in use that climbs
 # in every cycle is a steady climb too; 1-4 read with no culprit. 6: "cpu_io" (per service
 # and step: CPU and run-queue wait per request, off-CPU share, energy per request or why not;
-# infbench/analysis/cpu_io.py); 1-5 read with "cpu_io": None (not measured).
-SUMMARY_SCHEMA = 6
+# infbench/analysis/cpu_io.py); 1-5 read with "cpu_io": None (not measured). 7: "wire" (the packet
+# capture's figures and findings per step, from wire.json; None without a capture); 1-6 read
+# with none.
+SUMMARY_SCHEMA = 7
 
 # manifest.json. 1: first version.
 MANIFEST_SCHEMA = 1
 
 # compare-<A>-vs-<B>.json. 1: first version.
 COMPARE_SCHEMA = 1
+
+# wire.json (the wire view per step, infbench/measure/capture.py). 1: first version.
+WIRE_SCHEMA = 1
 
 # capacity.json. 1: first version.
 CAPACITY_SCHEMA = 1
