@@ -162,7 +162,7 @@ def test_bad_versions_and_damage_are_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_a_future_summary_in_one_line(tmp_path: Path) -> None:
-    run = _future(tmp_path, "starlette-uvicorn/summary.json", version=7)
+    run = _future(tmp_path, "starlette-uvicorn/summary.json", version=schemas.SUMMARY_SCHEMA + 1)
     rules = tmp_path / "t.toml"
     rules.write_text('rules = ["failures == 0"]\n')
     done = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp_path),
@@ -170,4 +170,4 @@ def test_cli_refuses_a_future_summary_in_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "summary.json schema 7 is newer" in lines[0]
+    assert len(lines) == 1 and f"summary.json schema {schemas.SUMMARY_SCHEMA + 1} is newer" in lines[0]
