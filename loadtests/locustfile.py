@@ -390,7 +390,7 @@ class LoadUser(User):
                 _counts["failed"] += 1
         self.environment.events.request.fire(
             request_type=method, name=name, response_time=elapsed_ms, response_length=length,
-            exception=exc, context={}, response=None, url=name, start_time=start_time)
+            exception=exc, context={}, response=None, start_time=start_time)
         return status, data
 
 
