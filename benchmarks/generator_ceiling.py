@@ -8,11 +8,14 @@ pinned to
 one core and Locust to the other, so the two do not fight for a CPU and the figure is the
 generator's own. Then:
 
-  closed loop   `--users` users without waiting (ImageClient, requests-based HttpUser):
-                requests/s, and requests/s per core of Locust CPU
+  closed loop   `--users` users without waiting (ImageClient, one keep-alive connection each,
+                on geventhttpclient): requests/s, and requests/s per core of Locust CPU
   open loop     each rate of `--rates` (OpenLoopClient, geventhttpclient): the rate sent, the
                 send lag, Locust's CPU; the ceiling is the highest rate sent in full (>= 95%)
                 with a send lag p99 under 10 ms
+
+Every row also says what one request cost in CPU: the generator's (Locust's CPU seconds over
+the step / requests) and the server's, in microseconds.
 
 Each step also says whether monitor/loadgen.py flagged it as limited by the load generator:
 the flag must rise where the ceiling is. A server that cannot keep up would cap the figures
@@ -71,6 +74,11 @@ def one_step(host: str, profile: Profile, out: Path, core: int | None,
         if span and srv0 is not None and srv1 is not None else None}
     cpu = gen.get("cpu_pct")
     row["rps_per_core"] = round(row["rps"] / (cpu / 100), 0) if row["rps"] and cpu else None
+    row["locust_us_per_request"] = round(1e6 * cpu / 100 / row["rps"], 1) \
+        if row["rps"] and cpu else None
+    srv = row["server_cpu_pct"]
+    row["server_us_per_request"] = round(1e6 * srv / 100 / row["rps"], 1) \
+        if row["rps"] and srv else None
     ol = trust.open_loop_figures(c, t1)
     if ol:
         row.update({"rate": ol["rate"], "send_rate": ol["send_rate"],
@@ -148,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nnull endpoint, batch {args.batch} ({args.seconds:g} s a step), Locust on core "
           f"{gen_core}, server on core {srv_core}")
     print(f"{'load':18} {'req/s':>8} {'Locust CPU %':>13} {'req/s per core':>15} "
-          f"{'lag p99 ms':>11} {'server CPU %':>13}  limited")
+          f"{'lag p99 ms':>11} {'server CPU %':>13} {'Locust us/req':>14} "
+          f"{'server us/req':>14}  limited")
     for r in rows:
         print(f"{r['load']:18} {_f(r['rps']):>8} {_f(r['locust_cpu_pct']):>13} "
               f"{_f(r['rps_per_core']):>15} {_f(r.get('lag_p99_ms')):>11} "
-              f"{_f(r['server_cpu_pct']):>13}  {'yes' if r['limited'] else 'no'}")
+              f"{_f(r['server_cpu_pct']):>13} {_f(r['locust_us_per_request']):>14} "
+              f"{_f(r['server_us_per_request']):>14}  {'yes' if r['limited'] else 'no'}")
     print(f"open-loop ceiling (sent >= {SEND_SHARE:.0%} of the rate, lag p99 < "
           f"{LAG_P99_MS:g} ms): {_f(ceiling)} req/s")
     args.out.mkdir(parents=True, exist_ok=True)

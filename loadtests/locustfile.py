@@ -48,29 +48,44 @@ Locust's `--csv` files are rewritten once a second while the test runs, and not 
 end: whatever finished in the last second (the drain included) would be missing from
 `*_stats.csv`. When Locust quits, this file writes the final `*_stats.csv` and `*_failures.csv`
 from the same totals Locust prints, through Locust's own CSV writer.
+
+The client (both loads, and the users of scoring_users.py and tfserving_users.py): Connection,
+below, on geventhttpclient's connection pool and response parser - not requests (Locust's
+HttpUser), whose per-request cost in the generator capped a closed loop at ~750 requests/s per
+core and added milliseconds to every latency. A request's bytes (request line, headers, body)
+are built once per request shape and sent with one sendall; the headers are what the
+requests-based users sent (requests' defaults: Accept-Encoding, Accept, Connection), only the
+User-Agent names this client. Each closed-loop user has one keep-alive connection, as each
+HttpUser had one session; nothing is retried behind the user's back (a connection found closed
+when it is taken from the pool is replaced before sending, as urllib3 does); no proxy is
+consulted (loopback traffic never goes through one: infbench/launch/loopback.py).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
+import errno
 import io
 import json
 import os
 import random
 import time
 import uuid
+import zlib
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent
 import gevent.lock
 import gevent.pool
 import gevent.threadpool
-from geventhttpclient import HTTPClient
-from geventhttpclient.response import HTTPConnectionClosed
-from locust import HttpUser, User, between, constant, events, task
+import geventhttpclient
+from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
+from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketPoolResponse
+from locust import User, between, constant, events, task
 from locust.env import Environment
 from locust.exception import CatchResponseError, StopUser
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
@@ -212,6 +227,178 @@ BODY, CONTENT_TYPE = _load_body()
 HEADERS = {**REQUEST.headers, "Content-Type": CONTENT_TYPE}
 
 
+# ---------------------------------------------------------------------------------------------
+# The client: one pool of keep-alive connections to the host, requests prepared as bytes
+
+try:
+    import brotli  # requests advertises br only when it can decode it; so do we
+except ImportError:
+    brotli = None
+
+# What every request carries besides its own headers: requests' defaults, which the
+# requests-based users sent, so that a server sees the same request (and compresses, or not,
+# as before); only the User-Agent says which client this is.
+CLIENT_HEADERS = {
+    "User-Agent": f"infbench-locust (geventhttpclient {geventhttpclient.__version__})",
+    "Accept-Encoding": "gzip, deflate, br" if brotli is not None else "gzip, deflate",
+    "Accept": "*/*",
+    "Connection": "keep-alive",
+}
+# Methods whose requests carry a Content-Length even with an empty body (as requests does).
+_BODY_METHODS = ("POST", "PUT", "PATCH")
+# Responses are read in blocks of this size: a large answer in few recv calls.
+_BLOCK = 64 * 1024
+
+
+def prepare(method: str, path: str, host: str, body: bytes = b"",
+            headers: Mapping[str, str] | None = None) -> bytes:
+    """One request as the bytes that go on the wire: request line, Host, the client's headers,
+    `headers`, Content-Length, the body. Built once per request shape where the body is fixed."""
+    method = method.upper()
+    fields = {"Host": host, **CLIENT_HEADERS, **(headers or {})}
+    if body or method in _BODY_METHODS:
+        fields["Content-Length"] = str(len(body))
+    for k, v in fields.items():
+        if not k or any(c in k for c in ":\r\n \t") or "\r" in v or "\n" in v:
+            raise ValueError(f"locustfile: header {k!r}: {v!r} cannot be sent as it is")
+    if not path.startswith("/") or any(c in path for c in " \r\n"):
+        raise ValueError(f"locustfile: request path {path!r} cannot be sent as it is")
+    head = "".join([f"{method} {path} HTTP/1.1\r\n",
+                    *(f"{k}: {v}\r\n" for k, v in fields.items()), "\r\n"])
+    return head.encode("latin-1") + body
+
+
+def host_header(base_url: str) -> str:
+    """The Host header for `base_url` as requests writes it (the port unless it is the
+    scheme's default)."""
+    url = urlsplit(base_url)
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    name = url.hostname or ""
+    if ":" in name:
+        name = f"[{name}]"
+    return name if url.port in (None, default) else f"{name}:{url.port}"
+
+
+class Connection:
+    """Requests to one host over geventhttpclient's pool of keep-alive connections (`size` of
+    them: 1 for a closed-loop user, as an HttpUser had one session; the open loop's cap for it).
+
+    A request is prepared bytes (prepare()), sent with one sendall and answered through
+    geventhttpclient's response parser; connect and each read or write time out after
+    `timeout` seconds (requests' timeout=, the same meaning). Nothing is retried here: a
+    pooled connection the server has closed is found before sending (the pool checks it, as
+    urllib3 does) and replaced; one that breaks after is the caller's to count."""
+
+    def __init__(self, base_url: str, timeout: float, size: int = 1) -> None:
+        url = urlsplit(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SystemExit(f"locustfile: --host {base_url!r}: expected http://host:port")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        pool = SSLConnectionPool if url.scheme == "https" else ConnectionPool
+        self.pool = pool(url.hostname, port, url.hostname, port, size=size,
+                         connection_timeout=timeout, network_timeout=timeout)
+        self.host = host_header(base_url)
+
+    def send(self, method: str, request: bytes) -> tuple[int, bytes, str]:
+        """(status, body as received, its Content-Encoding) for one prepared request.
+        Raises what the socket or the parser raised when no answer came."""
+        pool = self.pool
+        sock = pool.get_socket()
+        try:
+            sock.sendall(request)
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.EPIPE):
+                pool.release_socket(sock)
+                raise
+            # The connection broke while sending: the server may have answered early and closed
+            # (a 413 for a body over its limit). Read that answer; the parser raises if none.
+        except BaseException:
+            pool.release_socket(sock)
+            raise
+        resp = HTTPSocketPoolResponse(sock, pool, block_size=_BLOCK, method=method)
+        try:
+            data = resp.read()
+        finally:
+            resp.release()  # back to the pool, or closed if the answer said so
+        return resp.status_code, data, str(resp.get("content-encoding") or "")
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def decoded(data: bytes, encoding: str) -> bytes:
+    """A response body without its Content-Encoding (requests decoded them; only the failure
+    text and the feedback id need it here). Undecodable: as received."""
+    enc = encoding.strip().lower()
+    try:
+        if enc in ("gzip", "x-gzip"):
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+        if enc == "deflate":
+            try:
+                return zlib.decompress(data)
+            except zlib.error:
+                return zlib.decompress(data, -zlib.MAX_WBITS)
+        if enc == "br" and brotli is not None:
+            return bytes(brotli.decompress(data))
+    except Exception:
+        return data
+    return data
+
+
+class LoadUser(User):
+    """A closed-loop user on its own keep-alive connection: request() sends a prepared request,
+    reports it to Locust (stats, failures, this file's request log) and keeps the counts."""
+
+    abstract = True
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        self.conn = Connection(self.host or environment.host or "", TIMEOUT)
+
+    def on_stop(self) -> None:
+        self.conn.close()
+
+    def request(self, method: str, request: bytes, name: str, expect: Container[int],
+                counted: bool = True) -> tuple[int, bytes]:
+        """Send `request` (prepare()'s bytes) and fire Locust's request event under `name`:
+        a failure when the status is not in `expect`, or when no answer came (refused, reset,
+        timed out, unparsable: status 0, as requests' users reported it), with the message
+        'HTTP <status>: <the answer's first 200 characters, or the error>'. (status, decoded
+        body) back, (0, b"") without an answer. `counted`: in the started / finished / failed
+        counts (the step's requests; a user's setup GET is not)."""
+        if counted:
+            _counts["started"] += 1
+        start_time = time.time()
+        t0 = time.perf_counter()
+        status, data, length, error = 0, b"", 0, ""
+        try:
+            status, raw, encoding = self.conn.send(method, request)
+            length = len(raw)
+            data = decoded(raw, encoding) if encoding else raw
+        except gevent.GreenletExit:
+            raise  # killed at the drain timeout: not finished, so counted as cut off
+        except Exception as e:  # no answer: a failed request, never a crashed user
+            error = f"{type(e).__name__}: {e}"
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        exc: Exception | None = None
+        if status not in expect:
+            exc = CatchResponseError(
+                f"HTTP {status}: {error or data[:800].decode(errors='replace')[:200]}")
+        if counted:
+            _counts["finished"] += 1
+            if exc is not None:
+                _counts["failed"] += 1
+        self.environment.events.request.fire(
+            request_type=method, name=name, response_time=elapsed_ms, response_length=length,
+            exception=exc, context={}, response=None, start_time=start_time)
+        return status, data
+
+
+# What a request without a status of its own to expect counts as answered: no error status
+# (as a plain HttpUser request failed on 4xx and 5xx only).
+NOT_AN_ERROR = range(100, 400)
+
+
 def _save(text: str) -> None:
     tmp = COUNTS + ".tmp"
     with open(tmp, "w") as f:
@@ -342,35 +529,34 @@ def _on_quit(**_: Any) -> None:
         _replace(f"{prefix}_requests.csv", _write_requests)
 
 
-class ImageClient(HttpUser):
+try:  # a header or path that cannot be sent: one line, before any user starts
+    prepare(REQUEST.method, PATH, "check", BODY, HEADERS)
+except ValueError as e:
+    raise SystemExit(str(e)) from None
+
+
+class ImageClient(LoadUser):
     abstract = RATE > 0  # an open-loop step runs OpenLoopClient alone
     wait_time = between(WAIT_MIN, WAIT_MAX)
     last_id: str | None = None
 
     def on_start(self) -> None:
+        self.predict_request = prepare(REQUEST.method, PATH, self.conn.host, BODY, HEADERS)
         if ON_START:
-            self.client.get(ON_START, name=f"GET {ON_START}", timeout=TIMEOUT)
+            self.request("GET", prepare("GET", ON_START, self.conn.host), f"GET {ON_START}",
+                         NOT_AN_ERROR, counted=False)
 
     @task(FEEDBACK_WEIGHT)
     def feedback(self) -> None:
         """The user says whether the last answer was right (the queue study's /feedback)."""
         if self.last_id is None or _counts["test_stopping"] is not None:
             return
-        _counts["started"] += 1
-        try:
-            with self.client.post("/feedback", json={"id": self.last_id,
-                                                     "correct": random.random() < 0.5},
-                                  name="/feedback", timeout=TIMEOUT,
-                                  catch_response=True) as resp:
-                if resp.status_code != 200:
-                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                    _counts["failed"] += 1
-        except gevent.GreenletExit:
-            raise
-        except Exception:
-            _counts["finished"] += 1
-            raise
-        _counts["finished"] += 1
+        # As requests encodes json=: json.dumps with its default separators, no NaN.
+        body = json.dumps({"id": self.last_id, "correct": random.random() < 0.5},
+                          allow_nan=False).encode()
+        self.request("POST", prepare("POST", "/feedback", self.conn.host, body,
+                                     {"Content-Type": "application/json"}),
+                     "/feedback", (200,))
 
     @task(PREDICT_WEIGHT)
     def predict(self) -> None:
@@ -379,26 +565,16 @@ class ImageClient(HttpUser):
             # its next switch: it could still wake up and start a request that dies a
             # millisecond later. No request starts after the step has ended.
             raise StopUser()
-        _counts["started"] += 1
-        try:
-            with self.client.request(
-                REQUEST.method, PATH, data=BODY, headers=HEADERS,
-                name=f"{PATH} [batch {BATCH}]", timeout=TIMEOUT, catch_response=True,
-            ) as resp:
-                if resp.status_code not in REQUEST.ok_status:
-                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                    _counts["failed"] += 1
-                else:
-                    resp.success()  # a status the variant declared good, even if not 2xx
-                    if FEEDBACK_WEIGHT:
-                        with contextlib.suppress(ValueError, AttributeError):
-                            self.last_id = resp.json().get("id")
-        except gevent.GreenletExit:
-            raise  # killed at the drain timeout: not finished, so counted as cut off
-        except Exception:
-            _counts["finished"] += 1  # an error is a finished request, not a cut-off one
-            raise
-        _counts["finished"] += 1
+        # A status the variant declared good counts as a success, even if not 2xx.
+        status, data = self.request(REQUEST.method, self.predict_request,
+                                    f"{PATH} [batch {BATCH}]", REQUEST.ok_status)
+        if FEEDBACK_WEIGHT and status in REQUEST.ok_status:
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                return
+            if isinstance(answer, dict):
+                self.last_id = answer.get("id")
 
 
 class OpenLoopClient(User):
@@ -410,9 +586,8 @@ class OpenLoopClient(User):
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
-        host = self.host or environment.host or ""
-        self.http = HTTPClient.from_url(host, concurrency=MAX_IN_FLIGHT,
-                                        connection_timeout=TIMEOUT, network_timeout=TIMEOUT)
+        self.conn = Connection(self.host or environment.host or "", TIMEOUT, MAX_IN_FLIGHT)
+        self.predict_request = prepare(REQUEST.method, PATH, self.conn.host, BODY, HEADERS)
         self.slots = gevent.lock.BoundedSemaphore(MAX_IN_FLIGHT)
         self.pool = gevent.pool.Group()
         self.in_flight = 0
@@ -421,7 +596,7 @@ class OpenLoopClient(User):
     def on_stop(self) -> None:
         # Killed at the drain timeout: what is still in flight is cut off (never finished).
         self.pool.kill(block=False)
-        self.http.close()
+        self.conn.close()
 
     @task
     def schedule(self) -> None:
@@ -480,20 +655,18 @@ class OpenLoopClient(User):
         length = 0
         try:
             try:
-                resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
+                status, data, encoding = self.conn.send(REQUEST.method, self.predict_request)
             except HTTPConnectionClosed:
-                # A pooled keep-alive connection the server had already closed (Uvicorn closes
-                # idle ones after 5 s): sent again once, on a new connection, and counted.
+                # A pooled keep-alive connection the server closed as this request went out
+                # (Uvicorn closes idle ones after 5 s): sent again once, on a new connection,
+                # and counted.
                 ol["retried"] += 1
-                resp = self.http.request(REQUEST.method, PATH, body=BODY, headers=HEADERS)
-            try:
-                data = resp.read()
-            finally:
-                resp.release()
+                status, data, encoding = self.conn.send(REQUEST.method, self.predict_request)
             length = len(data)
-            if resp.status_code not in REQUEST.ok_status:
-                exc = CatchResponseError(f"HTTP {resp.status_code}: "
-                                   f"{data[:200].decode(errors='replace')}")
+            if status not in REQUEST.ok_status:
+                text = decoded(data, encoding) if encoding else data
+                exc = CatchResponseError(f"HTTP {status}: "
+                                         f"{text[:800].decode(errors='replace')[:200]}")
         except gevent.GreenletExit:
             raise  # killed at the drain timeout: not finished, so counted as cut off
         except Exception as e:

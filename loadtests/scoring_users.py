@@ -9,41 +9,31 @@ are sent on purpose by INFBENCH_UNKNOWN_SHARE (a fraction, default 0) to measure
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
-import gevent
 import locustfile as shared  # loadtests/ is on sys.path: Locust adds the locustfile's folder
-from locust import HttpUser, between, task
+from locust import between, task
 from locust.exception import StopUser
 
 ENTITIES = int(os.environ.get("INFBENCH_ENTITIES", "1000") or 1000)
 UNKNOWN_SHARE = float(os.environ.get("INFBENCH_UNKNOWN_SHARE", "0") or 0)
+JSON = {"Content-Type": "application/json"}
 
 
-class ScoringClient(HttpUser):
+class ScoringClient(shared.LoadUser):
+    """POST /score on the user's own keep-alive connection (the shared locustfile's client)."""
+
     wait_time = between(shared.WAIT_MIN, shared.WAIT_MAX)
 
     @task
     def score(self) -> None:
-        counts = shared._counts
-        if counts["test_stopping"] is not None:
+        if shared._counts["test_stopping"] is not None:
             raise StopUser()
         unknown = random.random() < UNKNOWN_SHARE
         entity = ENTITIES + random.randrange(1000) if unknown else random.randrange(ENTITIES)
-        counts["started"] += 1
-        try:
-            with self.client.post("/score", json={"entity_id": entity}, name="/score",
-                                  timeout=shared.TIMEOUT, catch_response=True) as resp:
-                expected = 404 if unknown else 200
-                if resp.status_code != expected:
-                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                    counts["failed"] += 1
-                else:
-                    resp.success()
-        except gevent.GreenletExit:
-            raise  # killed at the drain timeout: counted as cut off
-        except Exception:
-            counts["finished"] += 1
-            raise
-        counts["finished"] += 1
+        # As requests encodes json=: json.dumps with its default separators, no NaN.
+        body = json.dumps({"entity_id": entity}, allow_nan=False).encode()
+        self.request("POST", shared.prepare("POST", "/score", self.conn.host, body, JSON),
+                     "/score", (404,) if unknown else (200,))

@@ -31,9 +31,9 @@ Bodies are built once per process: the load generator shares the machine with th
 per request it only joins prepared bytes (and, with REPEAT=0, splices in the changing part).
 
 The gRPC user is gevent-compatible (grpc.experimental.gevent.init_gevent() before any channel),
-has its own channel (and connection) per user like an HTTP user's session, sends the prepared
-request bytes through a generic unary-unary call, and fires Locust's `request` event with
-request_type "grpc", so the CSV and HTML reports are the same as for HTTP.
+has its own channel (and connection) per user, as a REST user has its keep-alive connection,
+sends the prepared request bytes through a generic unary-unary call, and fires Locust's
+`request` event with request_type "grpc", so the CSV and HTML reports are the same as for HTTP.
 
 The TF-Serving protobuf modules live inside the `tensorflow` package, whose __init__ loads all
 of TensorFlow (about 6 s and hundreds of MB). Here only the generated protobuf modules are
@@ -56,9 +56,8 @@ import types
 from pathlib import Path
 from typing import Any
 
-import gevent
 import locustfile as shared  # loadtests/ is on sys.path: Locust adds the locustfile's folder
-from locust import HttpUser, User, between, task
+from locust import User, between, task
 from locust.exception import StopUser
 
 KINDS = ("rest-row-pixels", "rest-b64", "rest-columnar", "grpc-tensor", "grpc-string")
@@ -290,42 +289,42 @@ if IS_GRPC:
 shared._counts["kind"] = KIND
 
 
-def _begin() -> bytes:
+def _next_body() -> bytes:
     """The next body; no request starts once the step is ending (see locustfile.py)."""
     if shared._counts["test_stopping"] is not None:
         raise StopUser()
-    shared._counts["started"] += 1
     return PAYLOAD.body(next(_numbers))
+
+
+def _begin() -> bytes:
+    """The next body, counted as started (the gRPC user counts its own requests)."""
+    body = _next_body()
+    shared._counts["started"] += 1
+    return body
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Users
 
 
-class RestUser(HttpUser):
-    """POST :predict with the prepared JSON body."""
+class RestUser(shared.LoadUser):
+    """POST :predict with the prepared JSON body, on the user's own keep-alive connection."""
 
     abstract = IS_GRPC
     wait_time = between(shared.WAIT_MIN, shared.WAIT_MAX)
 
+    def on_start(self) -> None:
+        self.fixed = shared.prepare("POST", REST_PATH, self.conn.host, PAYLOAD.fixed, JSON)
+
     @task
     def predict(self) -> None:
-        body = _begin()
-        try:
-            with self.client.post(REST_PATH, data=body, name=NAME, timeout=shared.TIMEOUT,
-                                  headers={"Content-Type": "application/json"},
-                                  catch_response=True) as resp:
-                if resp.status_code != 200:
-                    resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
-                    shared._counts["failed"] += 1
-                else:
-                    resp.success()
-        except gevent.GreenletExit:
-            raise  # killed at the drain timeout: not finished, counted as cut off
-        except Exception:
-            shared._counts["finished"] += 1
-            raise
-        shared._counts["finished"] += 1
+        body = _next_body()
+        request = self.fixed if body is PAYLOAD.fixed else \
+            shared.prepare("POST", REST_PATH, self.conn.host, body, JSON)
+        self.request("POST", request, NAME, (200,))
 
 
 class GrpcFailure(Exception):
@@ -339,7 +338,7 @@ class GrpcUser(User):
     wait_time = between(shared.WAIT_MIN, shared.WAIT_MAX)
 
     def on_start(self) -> None:
-        # A local subchannel pool: each user gets its own connection, as each HttpUser does.
+        # A local subchannel pool: each user gets its own connection, as each REST user does.
         self.channel = grpc.insecure_channel(GRPC_HOST, options=[
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.max_send_message_length", -1),

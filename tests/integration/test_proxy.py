@@ -66,8 +66,9 @@ def test_the_harness_client_ignores_proxies(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_run_sends_nothing_through_the_users_proxy(tmp_path: Path) -> None:
     with RecordingProxy() as proxy:
         env = proxied_env(proxy)
-        # The premise: in this environment a client that trusts it (requests, as Locust's
-        # users and the Flask scoring API use) sends loopback requests to the proxy.
+        # The premise: in this environment a client that trusts it (requests, as the Flask
+        # scoring API uses; Locust's users are on geventhttpclient, which reads no proxy
+        # variables) sends loopback requests to the proxy.
         probe = subprocess.run(
             [sys.executable, "-c", "import requests\ntry:\n    requests.get("
              f"'http://{HOST}:9/x', timeout=5)\nexcept Exception:\n    pass"],
