@@ -170,4 +170,5 @@ def test_cli_refuses_a_future_summary_in_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"summary.json schema {schemas.SUMMARY_SCHEMA + 1} is newer" in lines[0]
+    newer = f"summary.json schema {schemas.SUMMARY_SCHEMA + 1} is newer"
+    assert len(lines) == 1 and newer in lines[0]
