@@ -7,7 +7,9 @@
 #   run   what a study reaches for: redis-server (the topologies' Redis service), the three
 #         allocators the allocator hypotheses preload, gdb (outside reads of a running server:
 #         malloc_info, malloc_trim), tini (a static init for the outside-read tests), heaptrack
-#         (the native stacks of a leak, attached to a running server: measure/native_stacks.py).
+#         (the native stacks of a leak, attached to a running server: measure/native_stacks.py),
+#         wrk, hey and nghttp2-client's h2load (the second opinions of `make crosscheck_<v>`
+#         and `make bench-loadgen`: measure/tools.py).
 #   test  all of `run`, plus chromium (report.html rendered headless, as a person sees it).
 #
 # check:   prints the missing packages (one a line), exits 0 when none are missing, 1 otherwise.
@@ -20,7 +22,8 @@
 # and the tests' own checks cannot drift.
 set -euo pipefail
 
-RUN_PACKAGES=(redis-server libjemalloc2 libmimalloc2.0 libgoogle-perftools4 gdb tini heaptrack)
+RUN_PACKAGES=(redis-server libjemalloc2 libmimalloc2.0 libgoogle-perftools4 gdb tini heaptrack
+              wrk hey nghttp2-client)
 TEST_PACKAGES=("${RUN_PACKAGES[@]}" chromium)
 
 action=${1:-install}
