@@ -33,6 +33,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,11 +42,13 @@ from typing import Any
 
 from infbench.analysis.stability import percentile
 from infbench.measure.load import LoadError
+from infbench.paths import ROOT
 
 TOOLS = ("wrk", "hey", "h2load")
 HTTP_TOOLS = ("wrk", "hey")
 PACKAGE = {"wrk": "wrk", "hey": "hey", "h2load": "nghttp2-client"}
 WRK_MARK = "INFBENCH-WRK "
+DUMPER = ROOT / "loadtests" / "request_dump.py"
 
 
 class ToolError(LoadError):
@@ -94,6 +97,18 @@ class ToolResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def dump_request(locustfile: Path, env: dict[str, str], folder: Path) -> None:
+    """request.json and request.body in `folder`, written by the Locust file itself
+    (loadtests/request_dump.py) under a Locust step's environment `env`."""
+    done = subprocess.run([sys.executable, str(DUMPER), str(locustfile), str(folder)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    if done.returncode != 0:
+        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
+        raise LoadError("the variant's request could not be written out for the tool: "
+                        + (tail[0] if tail else f"exit code {done.returncode}"))
 
 
 def require(tool: str) -> str:
@@ -248,9 +263,11 @@ def argv_for(tool: str, replay: Replay, connections: int, seconds: float,
 
 
 def run(tool: str, replay: Replay, connections: int, seconds: float, folder: Path,
-        name: str, on_tick: Callable[[], None] = lambda: None) -> ToolResult:
+        name: str, on_tick: Callable[[], None] = lambda: None,
+        cpus: set[int] | None = None) -> ToolResult:
     """One run of the tool; its output goes to `<folder>/<name>.out` (stdout) and `.err`.
-    `on_tick` is called about twice a second while it runs (the caller checks its server)."""
+    `on_tick` is called about twice a second while it runs (the caller checks its server);
+    `cpus`: the cores it may run on (a benchmark pins it beside the server)."""
     if tool == "h2load" and replay.protocol != "grpc":
         raise ToolError("h2load is the gRPC tool here; HTTP/1.1 entries take wrk or hey")
     if tool in HTTP_TOOLS and replay.protocol != "http":
@@ -269,6 +286,8 @@ def run(tool: str, replay: Replay, connections: int, seconds: float, folder: Pat
                              start_new_session=True)
         status, usage = 0, None
         try:
+            if cpus:
+                os.sched_setaffinity(p.pid, cpus)
             while True:
                 pid, status, usage = os.wait4(p.pid, os.WNOHANG)
                 if pid:

@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,12 +35,9 @@ from infbench.config import Step
 from infbench.measure import load, tools
 from infbench.measure.load import LoadError, step_name
 from infbench.modes.sweep import VariantRun
-from infbench.paths import ROOT
 from infbench.report import crosscheck as report
 from infbench.results import files
 from infbench.results.schemas import CROSSCHECK_SCHEMA
-
-DUMPER = ROOT / "loadtests" / "request_dump.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +100,7 @@ def runner(s: Settings) -> type[VariantRun]:
             env = load.locust_env(self.profile, spec, self.images, folder / "dump_counts.json",
                                   self.v.request, self.plan.model_of(self.v).input_size)
             env.update(settings.get("extra_env") or {})
-            locustfile = settings.get("locustfile", load.LOCUSTFILE)
-            done = subprocess.run([sys.executable, str(DUMPER), str(locustfile), str(folder)],
-                                  env=env, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=300, check=False)
-            if done.returncode != 0:
-                tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
-                raise LoadError("the variant's request could not be written out for the tool: "
-                                + (tail[0] if tail else f"exit code {done.returncode}"))
+            tools.dump_request(settings.get("locustfile", load.LOCUSTFILE), env, folder)
             return tools.Replay.from_dump(folder, self.topology.entry.url)
 
         # -- the two sides -----------------------------------------------------------
@@ -170,7 +158,7 @@ def runner(s: Settings) -> type[VariantRun]:
             span = (t1 - t0) if t0 and t1 else None
             cpu_s = round(gen_cpu / 100 * span, 3) if gen_cpu is not None and span else None
             step: dict[str, Any] = next((ph for ph in reversed(self.log.data["phases"])
-                         if ph["kind"] == "step" and ph.get("index") == n), {})
+                                    if ph["kind"] == "step" and ph.get("index") == n), {})
             error = None
             if step.get("failed"):
                 error = next((e["detail"] for e in reversed(self.log.data["events"])
