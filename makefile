@@ -21,6 +21,7 @@
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
+#            CONNECTIONS=<n> SECONDS=<s> TOOL=wrk|hey (crosscheck_*)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -44,7 +45,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,24p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,25p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)

@@ -62,15 +62,15 @@ def run(args: argparse.Namespace) -> int:
     exp = config.load(args.experiments)
     v = exp.variant(args.variants[0])
     base = exp.profile(args.profile)
+    if base.rate_of(base.steps[0]) > 0:
+        raise config.ConfigError(f"crosscheck: profile {base.name!r} is open loop; the tools "
+                                 "run closed loop (give a profile with users)")
     connections = args.connections or base.users
     seconds = args.seconds or base.steps[0].seconds
     for name, value in (("--connections", connections), ("--seconds", seconds),
                         ("--rounds", args.rounds)):
         if not value > 0:
             raise config.ConfigError(f"crosscheck {name}: must be > 0, got {value!r}")
-    if base.rate_of(base.steps[0]) > 0:
-        raise config.ConfigError(f"crosscheck: profile {base.name!r} is open loop; the tools "
-                                 "run closed loop (give a profile with users)")
     tools.require(args.tool)
     profile = dataclasses.replace(
         base, users=connections, spawn_rate=SPAWN_RATE, wait=(0.0, 0.0),

@@ -4,7 +4,10 @@ h2load 1.52 here, written by the test), the ABBA order, the tolerance, the table
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from infbench.analysis import crosscheck
 from infbench.measure import tools
 from infbench.modes.crosscheck import Settings, document
+from infbench.paths import ROOT
 from infbench.report import crosscheck as report
 from infbench.results import readers, schemas
 
@@ -189,3 +193,18 @@ def test_a_fault_gives_no_verdict(tmp_path: Path) -> None:
     assert doc["faults"] == ["wrk round 2: wrk exit code 1: unable to connect"]
     text = "\n".join(report.markdown(doc))
     assert "FAULT: wrk round 2" in text and "no verdict" in text
+
+
+@pytest.mark.parametrize(("args", "env", "line"), [
+    ([], {"PATH": "/nonexistent"}, "infbench: error: wrk is not installed (Debian's wrk: "
+                                   "sudo make system)"),
+    (["--connections", "-1"], {}, "infbench: error: crosscheck --connections: must be > 0"),
+    (["--profile", "open-smoke"], {}, "is open loop; the tools run closed loop"),
+])
+def test_the_command_refuses_before_anything_starts(tmp_path: Path, args: list[str],
+                                                    env: dict[str, str], line: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp_path),
+                          "crosscheck", "tfs-rest-row", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, **env}, check=False)
+    assert out.returncode == 1 and line in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
