@@ -17,10 +17,13 @@
 #   make bench-capture          what the packet capture costs (req/s, p50 on / off, ABBA)
 #   make capacity_<variant> P95_MS=<ms>   the highest open-loop rate with p95 under the bound
 #   make trace_<variant> [REQUESTS=N]      where one request's time goes (pyinstrument, yappi)
+#   make crosscheck_<variant> [CONNECTIONS=N]  wrk / h2load beside our closed loop (exit 4: disagree)
+#   make bench-loadgen          our closed loop vs wrk on a 20 ms server, and the generator's ceiling
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
 #            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
+#            CONNECTIONS=<n> SECONDS=<s> TOOL=wrk|hey (crosscheck_*)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -47,7 +50,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,24p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,26p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -100,6 +103,23 @@ P95_MS ?=
 capacity_%: venv system-run
 	@test -n "$(P95_MS)" || { echo "make capacity_$*: give the bound, e.g. P95_MS=500"; exit 2; }
 	$(PY) -m infbench capacity $* --p95-ms $(P95_MS) $(opts)
+
+# A second opinion (infbench/modes/crosscheck.py): the variant's entry driven by wrk (TOOL=hey)
+# or, for gRPC, h2load, beside our closed loop, alternating ABBA; PROFILE=crosscheck unless given.
+CONNECTIONS ?=
+SECONDS ?=
+TOOL ?=
+xopts = $(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(SECONDS),--seconds $(SECONDS)) \
+        $(if $(TOOL),--tool $(TOOL))
+crosscheck_%: venv system-run
+	$(PY) -m infbench crosscheck $* $(xopts) $(opts)
+
+# The load generator's own benchmark (benchmarks/loadgen_bench.py), under a lock so that two
+# heavy runs do not overlap: ours vs wrk at 8 and 64 connections on a 20 ms server, ABBA.
+BENCH_LOCK ?= /tmp/infbench-heavy.lock
+.PHONY: bench-loadgen
+bench-loadgen: venv system-run
+	flock $(BENCH_LOCK) $(PY) -m benchmarks.loadgen_bench
 
 # Where the time goes, request by request (infbench/modes/request_profile.py): e.g.
 # make trace_scoring-sync; several at once, side by side: make trace VARIANTS="scoring-sync

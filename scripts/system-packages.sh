@@ -9,6 +9,8 @@
 #         malloc_info, malloc_trim), tini (a static init for the outside-read tests), heaptrack
 #         (the native stacks of a leak, attached to a running server: measure/native_stacks.py),
 #         tcpdump (the packet capture of each step with capture = true: measure/capture.py).
+#         wrk, hey and nghttp2-client's h2load (the second opinions of `make crosscheck_<v>`
+#         and `make bench-loadgen`: measure/tools.py).
 #   test  all of `run`, plus chromium (report.html rendered headless, as a person sees it).
 #
 # check:   prints the missing packages (one a line), exits 0 when none are missing, 1 otherwise.
@@ -22,7 +24,7 @@
 set -euo pipefail
 
 RUN_PACKAGES=(redis-server libjemalloc2 libmimalloc2.0 libgoogle-perftools4 gdb tini heaptrack
-              tcpdump)
+              tcpdump wrk hey nghttp2-client)
 TEST_PACKAGES=("${RUN_PACKAGES[@]}" chromium)
 
 action=${1:-install}

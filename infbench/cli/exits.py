@@ -1,9 +1,9 @@
 """The exit codes, and the signal that stopped a run (its code is 128 + the signal).
 
 0 complete, 1 an error, 2 usage (argparse), 3 partial, 4 a threshold failed (`check`,
-report/thresholds.py), 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP. `main.install_signals` routes
-SIGTERM and SIGHUP through `on_signal`; a command whose run was interrupted returns
-`interrupt_code()`.
+report/thresholds.py) or a crosscheck's two opinions disagreed (`crosscheck`), 130 Ctrl-C,
+143 SIGTERM, 129 SIGHUP. `main.install_signals` routes SIGTERM and SIGHUP through `on_signal`;
+a command whose run was interrupted returns `interrupt_code()`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from types import FrameType
 
 EXIT_FAILED = 1
 EXIT_PARTIAL = 3
+EXIT_DISAGREE = 4  # the same code as a failed threshold: the run is fine, its figures are not
 _signal_seen: list[int] = []
 
 

@@ -5,7 +5,8 @@ Every option also has an environment variable (INFBENCH_PROFILE, INFBENCH_MODEL,
 Exit codes: 0 complete, 1 an error (config, a failed run, a file that could not be written,
 two runs that cannot be compared, a bad thresholds file), 2 usage, 3 partial (a variant failed
 or ran with faults: a restart, a load-generator failure, a step whose requests all failed),
-4 a threshold failed (`check`), 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP.
+4 a threshold failed (`check`) or the two opinions disagreed (`crosscheck`), 130 Ctrl-C,
+143 SIGTERM, 129 SIGHUP.
 
 One module per command (infbench/cli/<command>.py; `list` is listing.py), each with `NAME`,
 `add_parser(sub)` and `run(args) -> exit code`; the arguments several commands share are
@@ -26,6 +27,7 @@ from infbench.cli import (
     capacity,
     check,
     compare,
+    crosscheck,
     diagnose,
     exits,
     listing,
@@ -36,7 +38,7 @@ from infbench.cli import (
 )
 from infbench.cli.args import Subparsers
 from infbench.launch import LaunchError, proc
-from infbench.measure import assets
+from infbench.measure import assets, tools
 from infbench.report import compare as comparison
 from infbench.report import thresholds
 from infbench.results import readers, store
@@ -52,8 +54,8 @@ class Command(Protocol):
 
 
 # In the order `infbench --help` lists them.
-COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, report,
-                                 compare, check, overhead)
+COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, crosscheck,
+                                 report, compare, check, overhead)
 
 
 def install_signals() -> None:
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return command.run(ns)
     except (config.ConfigError, store.ReportError, assets.AssetError, LaunchError,
             WriteError, comparison.CompareError, thresholds.ThresholdError,
-            readers.ReadError) as e:
+            readers.ReadError, tools.ToolError) as e:
         print(f"infbench: error: {e}", file=sys.stderr)
         return exits.EXIT_FAILED
     except KeyboardInterrupt:

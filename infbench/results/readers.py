@@ -102,10 +102,16 @@ def _phases_2_to_3(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _phases_3_to_4(d: dict[str, Any]) -> dict[str, Any]:
+    # 4 added the crosscheck's "tool" phases: a version 3 run has none.
+    return d
+
+
 def phases_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "phases.json"
     data = versioned(path, load_json(path, "phases.json"), "phases.json",
-                     schemas.PHASES_SCHEMA, {1: _phases_1_to_2, 2: _phases_2_to_3})
+                     schemas.PHASES_SCHEMA, {1: _phases_1_to_2, 2: _phases_2_to_3,
+                                             3: _phases_3_to_4})
     if not isinstance(data.get("phases"), list):
         raise ReadError(f"{path}: phases.json has no list of phases")
     return data
@@ -202,3 +208,15 @@ def manifest_json(variant_dir: Path) -> dict[str, Any]:
     return versioned(path, load_json(path, "manifest.json"), "manifest.json",
                      schemas.MANIFEST_SCHEMA, {})
 
+
+# -- crosscheck.json --------------------------------------------------------------------------
+def crosscheck_json(variant_dir: Path) -> dict[str, Any]:
+    """A variant's crosscheck (infbench/modes/crosscheck.py): our closed loop beside a tool."""
+    path = variant_dir / "crosscheck.json"
+    data = versioned(path, load_json(path, "crosscheck.json"), "crosscheck.json",
+                     schemas.CROSSCHECK_SCHEMA, {})
+    for key, kind in (("variant", str), ("tool", str), ("rounds", list), ("medians", dict),
+                      ("tolerance", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ReadError(f"{path}: crosscheck.json has no {key!r}")
+    return data

@@ -19,9 +19,11 @@ RUN_SCHEMA = 2
 # 3: the culprit window's phases ("window", "window_drain", "window_rest") and "window" (its
 # reason and the probes' answers), "settled" (a profile with `settle` that stopped cycling
 # early: after which cycle, why, the time to the verdict); 1-2 files read unchanged.
-PHASES_SCHEMA = 3
+# 4: the crosscheck's "tool" phases (a dedicated tool's round: wrk, hey or h2load, with its
+# figures) and the fault "tool_failed"; 1-3 files read unchanged.
+PHASES_SCHEMA = 4
 PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown", "trim",
-               "census", "window", "window_drain", "window_rest")
+               "census", "window", "window_drain", "window_rest", "tool")
 
 # summary.json. 1: first version. 2: "services" (memory and CPU per service of a topology),
 # "events" and "faults", a status per step, variant status "degraded". 3: per step "stable",
@@ -51,6 +53,9 @@ WIRE_SCHEMA = 1
 
 # capacity.json. 1: first version.
 CAPACITY_SCHEMA = 1
+
+# crosscheck.json (infbench/modes/crosscheck.py). 1: first version.
+CROSSCHECK_SCHEMA = 1
 
 # profile.json (request profiling). 1: first version. 2: per pass `requests_measured` and
 # `timing_lines_measured`; the off pass's `keepalive` check.

@@ -86,7 +86,7 @@ def test_summary_json_3_single_sweeps_say_no_verdict(tmp_path: Path, profile: An
 
 def test_phases_json_1_is_migrated_and_analysed_as_before() -> None:
     ph = readers.phases_json(VARIANT)
-    assert ph["schema"] == schemas.PHASES_SCHEMA == 3 and ph["migrated_from"] == 1
+    assert ph["schema"] == schemas.PHASES_SCHEMA == 4 and ph["migrated_from"] == 1
     assert ph["services"] == {} and ph["events"] == []
     steps = [p for p in ph["phases"] if p["kind"] == "step"]
     assert len(steps) == 4 and all(p["status"] == "complete" for p in steps)
