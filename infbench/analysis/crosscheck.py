@@ -100,6 +100,13 @@ def judge(ours: dict[str, float | None], tool: dict[str, float | None],
             "agree": agree}
 
 
+def spread(rounds: list[dict[str, Any]]) -> float | None:
+    """How far one side's rounds are apart in req/s: (max - min) / median, None under two."""
+    rps = [r["rps"] for r in rounds if r.get("rps")]
+    mid = _median(list(rps))
+    return round((max(rps) - min(rps)) / mid, 3) if len(rps) > 1 and mid else None
+
+
 def order(rounds: int) -> list[str]:
     """Which side runs when: ABBA over pairs of rounds (tool, ours, ours, tool, tool, ...), so
     that a drift over the run (a warming cache, a neighbour's load) falls on both sides."""

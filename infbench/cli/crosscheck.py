@@ -53,6 +53,9 @@ def add_parser(sub: Subparsers) -> None:
     x.add_argument("--tool", default=env("CROSSCHECK_TOOL", "wrk"), choices=tools.HTTP_TOOLS,
                    help="the HTTP tool (gRPC entries take h2load; env "
                         "INFBENCH_CROSSCHECK_TOOL)")
+    x.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin (default: the generators on the first core, the variant's "
+                        "services on the others, where there are two or more)")
     add_model(x)
     add_runtime(x, help=None)
     add_run_id(x, help=None)
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan(experiments=exp, variants=[v], profile=profile, model_override=args.model,
                 runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
     settings = mode.Settings(connections=connections, seconds=seconds, rounds=args.rounds,
-                             http_tool=args.tool, warmup=max(0.0, args.warmup))
+                             http_tool=args.tool, warmup=max(0.0, args.warmup),
+                             pin=args.pin)
     outcome = run_study(plan, variant_run=mode.runner(settings))
     markdown.print_faults(build.build(outcome.run_dir))
     out = outcome.run_dir / v.name

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class Settings:
     rounds: int = 2
     http_tool: str = "wrk"
     warmup: float = 2.0  # seconds of the tool, not counted, before the first round
+    pin: bool = True  # the generators on the first core, the services on the others
     tolerance: crosscheck.Tolerance = crosscheck.TOLERANCE
 
 
@@ -62,6 +64,40 @@ def runner(s: Settings) -> type[VariantRun]:
             files.mkdir(folder)
             replay = self._replay(spec, folder)
             tool = s.http_tool if replay.protocol == "http" else "h2load"
+            mine = os.sched_getaffinity(0)
+            self.pinned = self._pin(mine) if s.pin else {"why_not": "--no-pin"}
+            try:
+                self._rounds(spec, folder, replay, tool)
+            finally:
+                os.sched_setaffinity(0, mine)
+
+        def _pin(self, mine: set[int]) -> dict[str, Any]:
+            """Both generators on one core, every thread of every service on the others: on a
+            small machine the generator's CPU otherwise comes out of the server's, and by a
+            different amount for each generator (wrk's ~40 µs a request against Locust's
+            hundreds). Threads and processes the services start later inherit it."""
+            assert self.topology is not None
+            cores = sorted(mine)
+            if len(cores) < 2:
+                return {"why_not": f"one core ({cores[0]}) to run on"}
+            gen, srv = {cores[0]}, set(cores[1:])
+            missed = []
+            for proc_, name, _ in self.topology.processes():
+                try:
+                    for t in proc_.threads():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.sched_setaffinity(t.id, srv)
+                except (psutil.Error, OSError) as e:
+                    missed.append(f"{name} pid {proc_.pid}: {type(e).__name__}")
+            os.sched_setaffinity(0, gen)  # Locust and the tool are started from here
+            pinned: dict[str, Any] = {"generator": sorted(gen), "services": sorted(srv)}
+            if missed:
+                pinned["not_pinned"] = missed
+                self.log.event("note", "crosscheck: could not pin " + ", ".join(missed))
+            return pinned
+
+        def _rounds(self, spec: Step, folder: Path, replay: tools.Replay, tool: str) -> None:
+            p = self.profile
             why = tools.preflight(replay)
             if why:
                 raise LoadError(f"the variant's request, sent once to {replay.url}, was "
@@ -69,7 +105,8 @@ def runner(s: Settings) -> type[VariantRun]:
             self.progress.say(f"  crosscheck: {tool} and infbench's closed loop, "
                               f"{s.connections} connections, {s.seconds:g} s a round, "
                               f"{s.rounds} round(s) each, order "
-                              + " ".join(crosscheck.order(s.rounds)))
+                              + " ".join(crosscheck.order(s.rounds)) + "; "
+                              + report.pinning_said(self.pinned))
             if s.warmup > 0:
                 w = self._tool_round(tool, replay, 0, folder, seconds=s.warmup)
                 if w.get("error"):
@@ -174,7 +211,7 @@ def runner(s: Settings) -> type[VariantRun]:
 
         # -- the document ------------------------------------------------------------
         def _write(self, tool: str, replay: tools.Replay, rows: list[dict[str, Any]]) -> None:
-            doc = document(self.v.name, tool, replay, s, rows)
+            doc = document(self.v.name, tool, replay, s, rows, self.pinned)
             files.write_json(self.out / "crosscheck.json", doc)
             files.write_text(self.out / "crosscheck.md", "\n".join(report.markdown(doc)) + "\n")
 
@@ -182,7 +219,7 @@ def runner(s: Settings) -> type[VariantRun]:
 
 
 def document(variant: str, tool: str, replay: tools.Replay, s: Settings,
-             rows: list[dict[str, Any]]) -> dict[str, Any]:
+             rows: list[dict[str, Any]], pinned: dict[str, Any]) -> dict[str, Any]:
     ours = crosscheck.medians([r for r in rows if r["side"] == "ours"])
     theirs = crosscheck.medians([r for r in rows if r["side"] == "tool"])
     faults = [f"{r['who']} round {r['round']}: {r['error']}" for r in rows if r.get("error")]
@@ -194,9 +231,14 @@ def document(variant: str, tool: str, replay: tools.Replay, s: Settings,
         "body_bytes": replay.body.stat().st_size if replay.body.exists() else None,
         "notes": list(replay.notes), "connections": s.connections, "seconds": s.seconds,
         "order": crosscheck.order(s.rounds), "complete": done and not faults,
+        "pinned": pinned,
         "rounds": rows, "medians": {"tool": theirs, "ours": ours},
         "tolerance": {**s.tolerance.as_dict(), "said": s.tolerance.said()},
         "ratio": judged["ratio"], "within": judged["within"],
+        # Each side's own round-to-round spread in req/s: where it is over the tolerance, the
+        # variant's own variation is larger than what is checked (said in crosscheck.md).
+        "spread": {"tool": crosscheck.spread([r for r in rows if r["side"] == "tool"]),
+                   "ours": crosscheck.spread([r for r in rows if r["side"] == "ours"])},
         # No verdict from a crosscheck with a fault or not all its rounds.
         "agree": judged["agree"] if done and not faults else None, "faults": faults,
     }

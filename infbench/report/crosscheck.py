@@ -47,14 +47,33 @@ def verdict_table(doc: dict[str, Any]) -> Table:
                  rows, f"tolerance: {doc['tolerance']['said']}; verdict: {said}")
 
 
+def pinning_said(pinned: dict[str, Any]) -> str:
+    """Where the generators and the services ran (crosscheck.json's `pinned`)."""
+    if "why_not" in pinned:
+        return f"not pinned ({pinned['why_not']})"
+    cores = ", ".join(str(c) for c in pinned["services"])
+    return f"generators on core {pinned['generator'][0]}, services on core(s) {cores}"
+
+
 def markdown(doc: dict[str, Any]) -> list[str]:
     out = [f"# crosscheck of {doc['variant']}", "",
            f"{doc['method']} {doc['url']} ({doc['protocol']}, {fmt(doc.get('body_bytes'))} "
            f"bytes a request)", ""]
+    if doc.get("pinned"):
+        out += [f"Cores: {pinning_said(doc['pinned'])}.", ""]
     for t in (rounds_table(doc), verdict_table(doc)):
         out += [f"## {t.title}", "", *table_lines(t), "", t.caption, ""]
     for note in doc.get("notes") or []:
         out.append(f"- note: {note}")
+    noisy = {k: v for k, v in (doc.get("spread") or {}).items()
+             if v is not None and v > doc["tolerance"]["rps_share"]}
+    if noisy:
+        said = " and ".join(f"{'the tool' if k == 'tool' else 'ours'} {100 * v:.0f}%"
+                            for k, v in noisy.items())
+        out.append(f"- note: the rounds of one side spread in req/s by {said} of their median, "
+                   f"more than the {100 * doc['tolerance']['rps_share']:.0f}% tolerance: the "
+                   "variant's own variation is larger than what is checked; run longer or "
+                   "more rounds (--seconds, --rounds) on a quieter machine")
     for fault in doc.get("faults") or []:
         out.append(f"- FAULT: {fault}")
     return out

@@ -159,18 +159,20 @@ def test_step_figures_from_the_request_log(tmp_path: Path) -> None:
     assert crosscheck.step_figures(prefix, {})["rps"] is None
 
 
-def _doc(tmp_path: Path, error: str | None = None) -> dict[str, object]:
+def _doc(tmp_path: Path, error: str | None = None, rps: tuple[float, ...] = (100.0,) * 4,
+         pinned: dict[str, object] | None = None) -> dict[str, object]:
     body = tmp_path / "request.body"
     body.write_bytes(b"12345")
     replay = tools.Replay(protocol="http", method="POST", url="http://127.0.0.1:1/p",
                           headers={}, body=body, ok_status=(200,), notes=("a note",))
     rows = []
-    for side, n in (("tool", 1), ("ours", 1), ("ours", 2), ("tool", 2)):
+    for k, (side, n) in enumerate((("tool", 1), ("ours", 1), ("ours", 2), ("tool", 2))):
         rows.append({"who": "wrk" if side == "tool" else "infbench", "side": side, "round": n,
-                     "rps": 100.0, "p50_ms": 10.0, "p99_ms": 20.0, "ok": 1000, "errors": {},
+                     "rps": rps[k], "p50_ms": 10.0, "p99_ms": 20.0, "ok": 1000, "errors": {},
                      "generator_us_per_request": 50.0, "server_us_per_request": 900.0,
                      "error": error if (side, n) == ("tool", 2) else None})
-    return document("v", "wrk", replay, Settings(connections=8, seconds=10), rows)
+    return document("v", "wrk", replay, Settings(connections=8, seconds=10), rows,
+                    pinned or {"generator": [0], "services": [1]})
 
 
 def test_document_table_and_reader(tmp_path: Path) -> None:
@@ -185,6 +187,21 @@ def test_document_table_and_reader(tmp_path: Path) -> None:
         {**doc, "schema": schemas.CROSSCHECK_SCHEMA + 1}))
     with pytest.raises(readers.ReadError, match="newer"):
         readers.crosscheck_json(tmp_path)
+
+
+def test_spread_and_pinning_are_said(tmp_path: Path) -> None:
+    doc = _doc(tmp_path)
+    text = "\n".join(report.markdown(doc))
+    assert doc["spread"] == {"tool": 0.0, "ours": 0.0} and "spread in req/s" not in text
+    assert "Cores: generators on core 0, services on core(s) 1." in text
+    # The tool's rounds 100 and 130 req/s: 26% of their median (115), over the 5% tolerance.
+    doc = _doc(tmp_path, rps=(100.0, 100.0, 101.0, 130.0), pinned={"why_not": "--no-pin"})
+    text = "\n".join(report.markdown(doc))
+    assert doc["spread"] == {"tool": 0.261, "ours": 0.01}
+    assert "spread in req/s by the tool 26% of their median" in text and "ours" not in \
+        text.split("spread in req/s by")[1].split("of their median")[0]
+    assert "Cores: not pinned (--no-pin)." in text
+    assert crosscheck.spread([{"rps": 5.0}]) is None
 
 
 def test_a_fault_gives_no_verdict(tmp_path: Path) -> None:
