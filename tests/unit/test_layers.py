@@ -127,3 +127,12 @@ def test_the_checks_catch_what_they_are_for() -> None:
          "servers.app": {"infbench.config"}, "infbench.config": set()}
     assert len(upward(g)) == 3
     assert cycles(g) == [["infbench.report.x", "infbench.report.y"]]
+
+
+def test_test_modules_have_unique_names() -> None:
+    """The test folders are not packages: pytest imports each file by its name, and two files
+    of one name in two folders stop the collection ("import file mismatch")."""
+    seen: dict[str, list[str]] = {}
+    for f in sorted((ROOT / "tests").rglob("test_*.py")):
+        seen.setdefault(f.name, []).append(str(f.relative_to(ROOT)))
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}
