@@ -21,11 +21,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires("wrk", "hey", "nghtt
 FIGURES = ("rps", "p50_ms", "p99_ms")
 
 
+# 4 s rounds: the generator's CPU comes from its 1 s samples inside the round (2 s left some
+# rounds with fewer than two on a busy machine, and no CPU a request).
 def crosscheck(tmp: Path, variant: str, env: dict[str, str] | None = None
                ) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = subprocess.run(
         [sys.executable, "-m", "infbench", "--results", str(tmp), "crosscheck", variant,
-         "--seconds", "2", "--rounds", "1", "--connections", "2", "--warmup", "1",
+         "--seconds", "4", "--rounds", "1", "--connections", "2", "--warmup", "1",
          "--run-id", "x"], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, **(env or {})}, check=False)
     return out, tmp / "x" / variant
