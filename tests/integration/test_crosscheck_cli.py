@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.requires("wrk", "hey", "nghtt
 FIGURES = ("rps", "p50_ms", "p99_ms")
 
 
-# 4 s rounds: the generator's CPU comes from its 1 s samples inside the round (2 s left some
+# 4 s rounds: the generator's CPU comes from its 0.5 s samples inside the round (2 s left some
 # rounds with fewer than two on a busy machine, and no CPU a request).
 def crosscheck(tmp: Path, variant: str, env: dict[str, str] | None = None
                ) -> tuple[subprocess.CompletedProcess[str], Path]:
