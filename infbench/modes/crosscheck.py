@@ -52,170 +52,181 @@ class Settings:
     tolerance: crosscheck.Tolerance = crosscheck.TOLERANCE
 
 
+class CrosscheckRun(VariantRun):
+    """The sweep's VariantRun whose load is the crosscheck's rounds; `runner` gives it its
+    settings."""
+
+    settings: Settings
+    pinned: dict[str, Any]
+
+    def _load(self) -> None:
+        s = self.settings
+        assert self.topology is not None
+        p = self.profile
+        spec = Step(batch=p.steps[0].batch, seconds=s.seconds)
+        folder = self.out / "crosscheck"
+        files.mkdir(folder)
+        replay = self._replay(spec, folder)
+        tool = s.http_tool if replay.protocol == "http" else "h2load"
+        mine = os.sched_getaffinity(0)
+        self.pinned = self._pin(mine) if s.pin else {"why_not": "--no-pin"}
+        try:
+            self._rounds(spec, folder, replay, tool)
+        finally:
+            os.sched_setaffinity(0, mine)
+
+    def _pin(self, mine: set[int]) -> dict[str, Any]:
+        """Both generators on one core, every thread of every service on the others: on a
+        small machine the generator's CPU otherwise comes out of the server's, and by a
+        different amount for each generator (wrk's ~40 µs a request against Locust's
+        hundreds). Threads and processes the services start later inherit it."""
+        assert self.topology is not None
+        cores = sorted(mine)
+        if len(cores) < 2:
+            return {"why_not": f"one core ({cores[0]}) to run on"}
+        gen, srv = {cores[0]}, set(cores[1:])
+        missed = []
+        for proc_, name, _ in self.topology.processes():
+            try:
+                for t in proc_.threads():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.sched_setaffinity(t.id, srv)
+            except (psutil.Error, OSError) as e:
+                missed.append(f"{name} pid {proc_.pid}: {type(e).__name__}")
+        os.sched_setaffinity(0, gen)  # Locust and the tool are started from here
+        pinned: dict[str, Any] = {"generator": sorted(gen), "services": sorted(srv)}
+        if missed:
+            pinned["not_pinned"] = missed
+            self.log.event("note", "crosscheck: could not pin " + ", ".join(missed))
+        return pinned
+
+    def _rounds(self, spec: Step, folder: Path, replay: tools.Replay, tool: str) -> None:
+        s = self.settings
+        p = self.profile
+        why = tools.preflight(replay)
+        if why:
+            raise LoadError(f"the variant's request, sent once to {replay.url}, was "
+                            f"refused: {why}")
+        self.progress.say(f"  crosscheck: {tool} and infbench's closed loop, "
+                          f"{s.connections} connections, {s.seconds:g} s a round, "
+                          f"{s.rounds} round(s) each, order "
+                          + " ".join(crosscheck.order(s.rounds)) + "; "
+                          + report.pinning_said(self.pinned))
+        if s.warmup > 0:
+            w = self._tool_round(tool, replay, 0, folder, seconds=s.warmup)
+            if w.get("error"):
+                self.progress.say(f"  warm-up FAULT: {w['error']}")
+        rows: list[dict[str, Any]] = []
+        counters = {"tool": 0, "ours": 0}
+        sides = crosscheck.order(s.rounds)
+        for k, side in enumerate(sides, start=1):
+            counters[side] += 1
+            n = counters[side]
+            if side == "tool":
+                rows.append(self._tool_round(tool, replay, n, folder))
+            else:
+                rows.append(self._our_round(spec, n))
+            r = rows[-1]
+            self.progress.say(
+                f"  round {k}/{len(sides)} {r['who']}: {_f(r['rps'])} req/s, p50 "
+                f"{_f(r['p50_ms'])} ms, p99 {_f(r['p99_ms'])} ms"
+                + (f"  FAULT: {r['error']}" if r.get("error") else ""))
+            self._write(tool, replay, rows)
+            if p.pause and k < len(sides):
+                self._hold("pause", p.pause, f"pause {k}/{len(sides)}", index=k)
+
+    # -- the request -------------------------------------------------------------
+    def _replay(self, spec: Step, folder: Path) -> tools.Replay:
+        assert self.topology is not None
+        settings = self.topology.load_settings()
+        env = load.locust_env(self.profile, spec, self.images, folder / "dump_counts.json",
+                              self.v.request, self.plan.model_of(self.v).input_size)
+        env.update(settings.get("extra_env") or {})
+        tools.dump_request(settings.get("locustfile", load.LOCUSTFILE), env, folder)
+        return tools.Replay.from_dump(folder, self.topology.entry.url)
+
+    # -- the two sides -----------------------------------------------------------
+    def _server_cpu(self) -> float:
+        assert self.topology is not None
+        total = 0.0
+        for proc_, _, _ in self.topology.processes():
+            with contextlib.suppress(psutil.Error):
+                t = proc_.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def _tool_round(self, tool: str, replay: tools.Replay, n: int, folder: Path,
+                    seconds: float | None = None) -> dict[str, Any]:
+        """Round n of the tool (0: the warm-up, not counted)."""
+        s = self.settings
+        secs = s.seconds if seconds is None else seconds
+        label = f"round {n}" if n else "warm-up"
+        phase = self.log.begin("tool", tool=tool, round=n, planned=secs,
+                               connections=s.connections, warmup=not n)
+        srv0, t0 = self._server_cpu(), time.monotonic()
+
+        def tick() -> None:
+            self._check_server()
+            self._tick(f"{tool} {label}", time.monotonic() - t0, secs)
+
+        res = tools.run(tool, replay, s.connections, secs, folder,
+                        f"{tool}-round{n}" if n else f"{tool}-warmup", on_tick=tick)
+        srv = self._server_cpu() - srv0
+        row = {"who": tool, "side": "tool", "round": n, **_pick(res.as_dict()),
+               "server_cpu_s": round(srv, 3)}
+        _per_request(row, res.cpu_s, srv)
+        phase.update({k: row[k] for k in ("rps", "p50_ms", "p99_ms", "requests", "ok",
+                                          "errors", "exit_code", "error")})
+        self.log.end()
+        if res.error:
+            self.log.event("tool_failed", f"{tool} {label}: {res.error}")
+            phase["status"] = "failed"
+        self.log.save()
+        self._check_server()
+        return row
+
+    def _our_round(self, spec: Step, n: int) -> dict[str, Any]:
+        s = self.settings
+        srv0 = self._server_cpu()
+        self._step(n, s.rounds, spec, None)
+        srv = self._server_cpu() - srv0
+        prefix = self.out / step_name(n, spec)
+        try:
+            counts = json.loads(Path(f"{prefix}_counts.json").read_text())
+        except (OSError, ValueError):
+            counts = {}
+        figs = crosscheck.step_figures(prefix, counts)
+        t0, t1 = counts.get("test_start"), counts.get("test_stopping")
+        gen = loadgen.figures(Path(f"{prefix}_loadgen.csv"), t0, t1) or {}
+        gen_cpu = gen.get("total_cpu_pct")
+        span = (t1 - t0) if t0 and t1 else None
+        cpu_s = round(gen_cpu / 100 * span, 3) if gen_cpu is not None and span else None
+        step: dict[str, Any] = next((ph for ph in reversed(self.log.data["phases"])
+                                if ph["kind"] == "step" and ph.get("index") == n), {})
+        error = None
+        if step.get("failed"):
+            error = next((e["detail"] for e in reversed(self.log.data["events"])
+                          if e.get("step") == n), "the step failed")
+        row = {"who": "infbench", "side": "ours", "round": n, **figs,
+               "errors": {"failed": figs["failed"]} if figs["failed"] else {},
+               "connections": s.connections, "seconds": spec.seconds, "cpu_s": cpu_s,
+               "exit_code": step.get("locust_exit_code"), "error": error,
+               "limited_by_loadgen": gen.get("limited"), "server_cpu_s": round(srv, 3)}
+        # Server CPU over the step includes Locust's start and drain: a little high.
+        _per_request(row, cpu_s, srv)
+        return row
+
+    # -- the document ------------------------------------------------------------
+    def _write(self, tool: str, replay: tools.Replay, rows: list[dict[str, Any]]) -> None:
+        doc = document(self.v.name, tool, replay, self.settings, rows, self.pinned)
+        files.write_json(self.out / "crosscheck.json", doc)
+        files.write_text(self.out / "crosscheck.md", "\n".join(report.markdown(doc)) + "\n")
+
+
+
 def runner(s: Settings) -> type[VariantRun]:
     """A VariantRun whose load is the crosscheck's rounds (for sweep.run_study)."""
-
-    class CrosscheckRun(VariantRun):
-        def _load(self) -> None:
-            assert self.topology is not None
-            p = self.profile
-            spec = Step(batch=p.steps[0].batch, seconds=s.seconds)
-            folder = self.out / "crosscheck"
-            files.mkdir(folder)
-            replay = self._replay(spec, folder)
-            tool = s.http_tool if replay.protocol == "http" else "h2load"
-            mine = os.sched_getaffinity(0)
-            self.pinned = self._pin(mine) if s.pin else {"why_not": "--no-pin"}
-            try:
-                self._rounds(spec, folder, replay, tool)
-            finally:
-                os.sched_setaffinity(0, mine)
-
-        def _pin(self, mine: set[int]) -> dict[str, Any]:
-            """Both generators on one core, every thread of every service on the others: on a
-            small machine the generator's CPU otherwise comes out of the server's, and by a
-            different amount for each generator (wrk's ~40 µs a request against Locust's
-            hundreds). Threads and processes the services start later inherit it."""
-            assert self.topology is not None
-            cores = sorted(mine)
-            if len(cores) < 2:
-                return {"why_not": f"one core ({cores[0]}) to run on"}
-            gen, srv = {cores[0]}, set(cores[1:])
-            missed = []
-            for proc_, name, _ in self.topology.processes():
-                try:
-                    for t in proc_.threads():
-                        with contextlib.suppress(ProcessLookupError):
-                            os.sched_setaffinity(t.id, srv)
-                except (psutil.Error, OSError) as e:
-                    missed.append(f"{name} pid {proc_.pid}: {type(e).__name__}")
-            os.sched_setaffinity(0, gen)  # Locust and the tool are started from here
-            pinned: dict[str, Any] = {"generator": sorted(gen), "services": sorted(srv)}
-            if missed:
-                pinned["not_pinned"] = missed
-                self.log.event("note", "crosscheck: could not pin " + ", ".join(missed))
-            return pinned
-
-        def _rounds(self, spec: Step, folder: Path, replay: tools.Replay, tool: str) -> None:
-            p = self.profile
-            why = tools.preflight(replay)
-            if why:
-                raise LoadError(f"the variant's request, sent once to {replay.url}, was "
-                                f"refused: {why}")
-            self.progress.say(f"  crosscheck: {tool} and infbench's closed loop, "
-                              f"{s.connections} connections, {s.seconds:g} s a round, "
-                              f"{s.rounds} round(s) each, order "
-                              + " ".join(crosscheck.order(s.rounds)) + "; "
-                              + report.pinning_said(self.pinned))
-            if s.warmup > 0:
-                w = self._tool_round(tool, replay, 0, folder, seconds=s.warmup)
-                if w.get("error"):
-                    self.progress.say(f"  warm-up FAULT: {w['error']}")
-            rows: list[dict[str, Any]] = []
-            counters = {"tool": 0, "ours": 0}
-            sides = crosscheck.order(s.rounds)
-            for k, side in enumerate(sides, start=1):
-                counters[side] += 1
-                n = counters[side]
-                if side == "tool":
-                    rows.append(self._tool_round(tool, replay, n, folder))
-                else:
-                    rows.append(self._our_round(spec, n))
-                r = rows[-1]
-                self.progress.say(
-                    f"  round {k}/{len(sides)} {r['who']}: {_f(r['rps'])} req/s, p50 "
-                    f"{_f(r['p50_ms'])} ms, p99 {_f(r['p99_ms'])} ms"
-                    + (f"  FAULT: {r['error']}" if r.get("error") else ""))
-                self._write(tool, replay, rows)
-                if p.pause and k < len(sides):
-                    self._hold("pause", p.pause, f"pause {k}/{len(sides)}", index=k)
-
-        # -- the request -------------------------------------------------------------
-        def _replay(self, spec: Step, folder: Path) -> tools.Replay:
-            assert self.topology is not None
-            settings = self.topology.load_settings()
-            env = load.locust_env(self.profile, spec, self.images, folder / "dump_counts.json",
-                                  self.v.request, self.plan.model_of(self.v).input_size)
-            env.update(settings.get("extra_env") or {})
-            tools.dump_request(settings.get("locustfile", load.LOCUSTFILE), env, folder)
-            return tools.Replay.from_dump(folder, self.topology.entry.url)
-
-        # -- the two sides -----------------------------------------------------------
-        def _server_cpu(self) -> float:
-            assert self.topology is not None
-            total = 0.0
-            for proc_, _, _ in self.topology.processes():
-                with contextlib.suppress(psutil.Error):
-                    t = proc_.cpu_times()
-                    total += t.user + t.system
-            return total
-
-        def _tool_round(self, tool: str, replay: tools.Replay, n: int, folder: Path,
-                        seconds: float | None = None) -> dict[str, Any]:
-            """Round n of the tool (0: the warm-up, not counted)."""
-            secs = s.seconds if seconds is None else seconds
-            label = f"round {n}" if n else "warm-up"
-            phase = self.log.begin("tool", tool=tool, round=n, planned=secs,
-                                   connections=s.connections, warmup=not n)
-            srv0, t0 = self._server_cpu(), time.monotonic()
-
-            def tick() -> None:
-                self._check_server()
-                self._tick(f"{tool} {label}", time.monotonic() - t0, secs)
-
-            res = tools.run(tool, replay, s.connections, secs, folder,
-                            f"{tool}-round{n}" if n else f"{tool}-warmup", on_tick=tick)
-            srv = self._server_cpu() - srv0
-            row = {"who": tool, "side": "tool", "round": n, **_pick(res.as_dict()),
-                   "server_cpu_s": round(srv, 3)}
-            _per_request(row, res.cpu_s, srv)
-            phase.update({k: row[k] for k in ("rps", "p50_ms", "p99_ms", "requests", "ok",
-                                              "errors", "exit_code", "error")})
-            self.log.end()
-            if res.error:
-                self.log.event("tool_failed", f"{tool} {label}: {res.error}")
-                phase["status"] = "failed"
-            self.log.save()
-            self._check_server()
-            return row
-
-        def _our_round(self, spec: Step, n: int) -> dict[str, Any]:
-            srv0 = self._server_cpu()
-            self._step(n, s.rounds, spec, None)
-            srv = self._server_cpu() - srv0
-            prefix = self.out / step_name(n, spec)
-            try:
-                counts = json.loads(Path(f"{prefix}_counts.json").read_text())
-            except (OSError, ValueError):
-                counts = {}
-            figs = crosscheck.step_figures(prefix, counts)
-            t0, t1 = counts.get("test_start"), counts.get("test_stopping")
-            gen = loadgen.figures(Path(f"{prefix}_loadgen.csv"), t0, t1) or {}
-            gen_cpu = gen.get("total_cpu_pct")
-            span = (t1 - t0) if t0 and t1 else None
-            cpu_s = round(gen_cpu / 100 * span, 3) if gen_cpu is not None and span else None
-            step: dict[str, Any] = next((ph for ph in reversed(self.log.data["phases"])
-                                    if ph["kind"] == "step" and ph.get("index") == n), {})
-            error = None
-            if step.get("failed"):
-                error = next((e["detail"] for e in reversed(self.log.data["events"])
-                              if e.get("step") == n), "the step failed")
-            row = {"who": "infbench", "side": "ours", "round": n, **figs,
-                   "errors": {"failed": figs["failed"]} if figs["failed"] else {},
-                   "connections": s.connections, "seconds": spec.seconds, "cpu_s": cpu_s,
-                   "exit_code": step.get("locust_exit_code"), "error": error,
-                   "limited_by_loadgen": gen.get("limited"), "server_cpu_s": round(srv, 3)}
-            # Server CPU over the step includes Locust's start and drain: a little high.
-            _per_request(row, cpu_s, srv)
-            return row
-
-        # -- the document ------------------------------------------------------------
-        def _write(self, tool: str, replay: tools.Replay, rows: list[dict[str, Any]]) -> None:
-            doc = document(self.v.name, tool, replay, s, rows, self.pinned)
-            files.write_json(self.out / "crosscheck.json", doc)
-            files.write_text(self.out / "crosscheck.md", "\n".join(report.markdown(doc)) + "\n")
-
-    return CrosscheckRun
+    return type("CrosscheckRun", (CrosscheckRun,), {"settings": s})
 
 
 def document(variant: str, tool: str, replay: tools.Replay, s: Settings,
