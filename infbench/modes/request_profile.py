@@ -133,121 +133,129 @@ LAST_FILE = {"pyinstrument": ".html", "yappi": ".txt"}  # the file a server writ
 SERVER_FILES = {"pyinstrument": (".pyisession", ".html"), "yappi": (".pstat", ".txt")}
 
 
+class ProfileRun(VariantRun):
+    """The sweep's VariantRun whose work is the three passes; `runner` gives it its
+    settings."""
+
+    settings: PassSettings
+    _log: Path | None = None  # the entry replica's server.log, for the errors
+
+    def _run(self) -> None:
+        settings = self.settings
+        root = self.out / "profile"
+        files.mkdir(root)
+        doc: dict[str, Any] = {"schema": PROFILE_SCHEMA, "variant": self.v.name,
+                               "entry": self.v.entry, "settings": dataclasses.asdict(settings),
+                               "passes": {}}
+        for kind in PASSES:
+            self.progress.say(f"  pass {kind}: {settings.warmup} warm-up + "
+                              f"{settings.requests} request(s)")
+            doc["passes"][kind] = self._pass(kind, root / kind)
+            files.write_json(root / "profile.json", doc)
+        finish(doc)
+        files.write_json(root / "profile.json", doc)
+        files.write_text(root / "profile.md", "\n".join(markdown({self.v.name: doc})) + "\n")
+
+    def _pass(self, kind: str, out: Path) -> dict[str, Any]:
+        settings = self.settings
+        files.mkdir(out)
+        p = self.profile
+        self.topology = Topology(
+            variant=with_profiler(self.v, kind), launcher=get_launcher(self.plan.runtime),
+            out_dir=out, model_path=self.model_path, sample_interval=p.sample_interval,
+            run_id=self.out.parent.name, max_images=MAX_IMAGES_DEFAULT,
+            max_body_bytes=MAX_BODY_DEFAULT,
+            mark=lambda what, d: self._mark(what, {**d, "replica": f"{kind}/{d['replica']}"}))
+        self.topology.start()
+        entry = self.topology.entry
+        server_dir = entry.spec.out_dir / SERVER_DIR
+        found = None
+        if kind == "off":  # Nagle meeting a delayed ACK would sit in "outside the app"
+            found = keepalive.check(entry.url, "/health")
+        self._log = entry.log_path
+        client_rows, server_files = self._requests(kind, entry.url, server_dir, out)
+        self.topology.stop()  # the timing lines are complete once the servers have exited
+        self.topology = None
+        timing_lines = read_timing_lines(entry.spec.out_dir)
+        rows = request_rows(client_rows, timing_lines, settings.warmup)
+        result: dict[str, Any] = {
+            "timing_dir": str(entry.spec.out_dir.relative_to(self.out)),
+            "timing_lines": len(timing_lines),
+            **counts(client_rows, timing_lines, settings.warmup), "rows": rows}
+        if found is not None:
+            result["keepalive"] = found
+        if kind != "off":
+            measured = server_files[settings.warmup:]
+            result["server_files"] = [str(f.relative_to(self.out)) for f in measured]
+            try:
+                result["cross_check"] = cross_check(kind, measured, rows)
+            except ReadError as e:  # a damaged profile file: this variant fails, in a line
+                raise LoadError(str(e)) from None
+            if kind == "yappi":
+                merge_pstats(measured, out / "server" / "all")
+        result["summary"] = summarise(rows)
+        return result
+
+    def _requests(self, kind: str, url: str, server_dir: Path,
+                  out: Path) -> tuple[list[dict[str, Any]], list[Path]]:
+        settings = self.settings
+        rng = random.Random(settings.seed)
+        n_entities = entities_of(self.v)
+        client = Client(url, settings.timeout)
+        prof = ClientProfiler(kind)
+        rows: list[dict[str, Any]] = []
+        kept: list[Path] = []
+        seen: set[Path] = set()
+        files.mkdir(out / "server")
+        try:
+            total = settings.warmup + settings.requests
+            for i in range(total):
+                warm = i < settings.warmup
+                entity = rng.randrange(n_entities)
+                if warm or kind == "off":
+                    row = client.score(entity)
+                else:
+                    with prof.on():
+                        row = client.score(entity)
+                row["warmup"] = warm
+                rows.append(row)
+                if kind != "off":
+                    kept.append(self._collect(kind, server_dir, seen, out / "server",
+                                              f"warmup-{i + 1:02d}" if warm else
+                                              f"request-{i + 1 - settings.warmup:02d}"))
+            files.write_text(out / "client.jsonl",
+                             "".join(json.dumps(r) + "\n" for r in rows))
+            prof.write(out)
+        finally:
+            client.close()
+        return rows, kept
+
+    def _collect(self, kind: str, server_dir: Path, seen: set[Path], dest: Path,
+                 name: str) -> Path:
+        """The server's files of the request just answered, moved to dest/<name>.*; the
+        path of the one the cross-check reads."""
+        last = wait_new(server_dir, LAST_FILE[kind], seen, PROFILE_WAIT_S)
+        if last is None:
+            raise LoadError(f"the server wrote no {kind} profile of request {name} within "
+                            f"{PROFILE_WAIT_S:.0f} s (in {server_dir}); the scoring "
+                            f"service's log says why: {self._log}")
+        seen.add(last)
+        stem = last.with_suffix("")
+        moved = []
+        for suffix in SERVER_FILES[kind]:
+            src = stem.with_suffix(suffix)
+            dst = dest / f"{name}{suffix}"
+            try:
+                src.replace(dst)
+            except OSError as e:
+                raise files.WriteError(f"cannot write {dst}: {files.describe(e)}") from None
+            moved.append(dst)
+        return moved[0]
+
+
+
 def runner(settings: PassSettings) -> type[VariantRun]:
     """A VariantRun whose work is the three passes (for run.run_study)."""
-
-    class ProfileRun(VariantRun):
-        _log: Path | None = None  # the entry replica's server.log, for the errors
-
-        def _run(self) -> None:
-            root = self.out / "profile"
-            files.mkdir(root)
-            doc: dict[str, Any] = {"schema": PROFILE_SCHEMA, "variant": self.v.name,
-                                   "entry": self.v.entry, "settings": dataclasses.asdict(settings),
-                                   "passes": {}}
-            for kind in PASSES:
-                self.progress.say(f"  pass {kind}: {settings.warmup} warm-up + "
-                                  f"{settings.requests} request(s)")
-                doc["passes"][kind] = self._pass(kind, root / kind)
-                files.write_json(root / "profile.json", doc)
-            finish(doc)
-            files.write_json(root / "profile.json", doc)
-            files.write_text(root / "profile.md", "\n".join(markdown({self.v.name: doc})) + "\n")
-
-        def _pass(self, kind: str, out: Path) -> dict[str, Any]:
-            files.mkdir(out)
-            p = self.profile
-            self.topology = Topology(
-                variant=with_profiler(self.v, kind), launcher=get_launcher(self.plan.runtime),
-                out_dir=out, model_path=self.model_path, sample_interval=p.sample_interval,
-                run_id=self.out.parent.name, max_images=MAX_IMAGES_DEFAULT,
-                max_body_bytes=MAX_BODY_DEFAULT,
-                mark=lambda what, d: self._mark(what, {**d, "replica": f"{kind}/{d['replica']}"}))
-            self.topology.start()
-            entry = self.topology.entry
-            server_dir = entry.spec.out_dir / SERVER_DIR
-            found = None
-            if kind == "off":  # Nagle meeting a delayed ACK would sit in "outside the app"
-                found = keepalive.check(entry.url, "/health")
-            self._log = entry.log_path
-            client_rows, server_files = self._requests(kind, entry.url, server_dir, out)
-            self.topology.stop()  # the timing lines are complete once the servers have exited
-            self.topology = None
-            timing_lines = read_timing_lines(entry.spec.out_dir)
-            rows = request_rows(client_rows, timing_lines, settings.warmup)
-            result: dict[str, Any] = {
-                "timing_dir": str(entry.spec.out_dir.relative_to(self.out)),
-                "timing_lines": len(timing_lines),
-                **counts(client_rows, timing_lines, settings.warmup), "rows": rows}
-            if found is not None:
-                result["keepalive"] = found
-            if kind != "off":
-                measured = server_files[settings.warmup:]
-                result["server_files"] = [str(f.relative_to(self.out)) for f in measured]
-                try:
-                    result["cross_check"] = cross_check(kind, measured, rows)
-                except ReadError as e:  # a damaged profile file: this variant fails, in a line
-                    raise LoadError(str(e)) from None
-                if kind == "yappi":
-                    merge_pstats(measured, out / "server" / "all")
-            result["summary"] = summarise(rows)
-            return result
-
-        def _requests(self, kind: str, url: str, server_dir: Path,
-                      out: Path) -> tuple[list[dict[str, Any]], list[Path]]:
-            rng = random.Random(settings.seed)
-            n_entities = entities_of(self.v)
-            client = Client(url, settings.timeout)
-            prof = ClientProfiler(kind)
-            rows: list[dict[str, Any]] = []
-            kept: list[Path] = []
-            seen: set[Path] = set()
-            files.mkdir(out / "server")
-            try:
-                total = settings.warmup + settings.requests
-                for i in range(total):
-                    warm = i < settings.warmup
-                    entity = rng.randrange(n_entities)
-                    if warm or kind == "off":
-                        row = client.score(entity)
-                    else:
-                        with prof.on():
-                            row = client.score(entity)
-                    row["warmup"] = warm
-                    rows.append(row)
-                    if kind != "off":
-                        kept.append(self._collect(kind, server_dir, seen, out / "server",
-                                                  f"warmup-{i + 1:02d}" if warm else
-                                                  f"request-{i + 1 - settings.warmup:02d}"))
-                files.write_text(out / "client.jsonl",
-                                 "".join(json.dumps(r) + "\n" for r in rows))
-                prof.write(out)
-            finally:
-                client.close()
-            return rows, kept
-
-        def _collect(self, kind: str, server_dir: Path, seen: set[Path], dest: Path,
-                     name: str) -> Path:
-            """The server's files of the request just answered, moved to dest/<name>.*; the
-            path of the one the cross-check reads."""
-            last = wait_new(server_dir, LAST_FILE[kind], seen, PROFILE_WAIT_S)
-            if last is None:
-                raise LoadError(f"the server wrote no {kind} profile of request {name} within "
-                                f"{PROFILE_WAIT_S:.0f} s (in {server_dir}); the scoring "
-                                f"service's log says why: {self._log}")
-            seen.add(last)
-            stem = last.with_suffix("")
-            moved = []
-            for suffix in SERVER_FILES[kind]:
-                src = stem.with_suffix(suffix)
-                dst = dest / f"{name}{suffix}"
-                try:
-                    src.replace(dst)
-                except OSError as e:
-                    raise files.WriteError(f"cannot write {dst}: {files.describe(e)}") from None
-                moved.append(dst)
-            return moved[0]
-
-    return ProfileRun
+    return type("ProfileRun", (ProfileRun,), {"settings": settings})
 
 
