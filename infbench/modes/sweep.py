@@ -517,6 +517,9 @@ class VariantRun:
             except (OSError, psutil.Error) as e:
                 errors.append(f"{r.spec.label}: {type(e).__name__}: {e}")
                 continue
+            if not pids and r.spec.service.server == "url":
+                errors.append(f"{r.spec.label}: a server at a url without a pid: heaptrack "
+                              "has nothing to attach to")
             for pid in pids:
                 w = native_stacks.Window(pid, folder)
                 try:
