@@ -236,18 +236,7 @@ def _strings(where: str, key: str, values: list[Any]) -> tuple[str, ...]:
 
 def _check_external(where: str, values: dict[str, Any]) -> None:
     """server = "url": a url, nothing the harness would need to start it, a usable pid."""
-    url = values.get("url", "")
-    if not url:
-        raise ConfigError(f"{where}.url: server = 'url' needs a url, e.g. "
-                          "'http://127.0.0.1:8000'")
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError as e:
-        raise ConfigError(f"{where}.url: {e}: {url!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-            or parts.fragment:
-        raise ConfigError(f"{where}.url: expected http(s)://host[:port][/prefix], got {url!r}")
+    url = external_url(f"{where}.url", values.get("url", ""))
     for key, why in NOT_EXTERNAL.items():
         harmless = ((key == "allocator" and values[key] == "glibc")
                     or (key == "replicas" and values[key] == 1) or values[key] is False) \
@@ -260,8 +249,24 @@ def _check_external(where: str, values: dict[str, Any]) -> None:
         raise ConfigError(f"{where}.pid_file: give pid or pid_file, not both")
     if "pid" in values:
         _positive(where, "pid", values["pid"])
-    values["url"] = url.rstrip("/")
+    values["url"] = url
     values["gets_model"] = False
+
+
+def external_url(where: str, url: str) -> str:
+    """A server = "url" service's url, checked (any http(s) host: it is the user's server),
+    without its trailing '/'; a one-line ConfigError naming `where` otherwise."""
+    if not url:
+        raise ConfigError(f"{where}: server = 'url' needs a url, e.g. 'http://127.0.0.1:8000'")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}: {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment:
+        raise ConfigError(f"{where}: expected http(s)://host[:port][/prefix], got {url!r}")
+    return url.rstrip("/")
 
 
 def _load_service(where: str, name: str, table: Any) -> Service:

@@ -99,3 +99,17 @@ def test_a_pid_that_does_not_exist_is_refused(tmp_path: Path) -> None:
 def test_without_a_pid_there_are_no_processes(tmp_path: Path) -> None:
     r = ExternalReplica(spec(load(tmp_path), tmp_path))
     assert r.pid is None and r.processes() == []
+
+
+def test_url_from_the_command_line_replaces_the_variants_url(tmp_path: Path) -> None:
+    from infbench.cli.run import with_url
+
+    v = load(tmp_path)
+    (moved,) = with_url([v], "https://staging.example:8443/api/")
+    assert moved.entry_service.url == "https://staging.example:8443/api"
+    with pytest.raises(config.ConfigError, match=r"--url \(INFBENCH_URL\): expected http"):
+        with_url([v], "staging:8443")
+    ours = config.load(write(tmp_path, GOOD)).variant("a")
+    with pytest.raises(config.ConfigError, match=r"only for variants whose entry is server = "
+                                                 r"'url'; not a"):
+        with_url([ours], "http://127.0.0.1:1")
