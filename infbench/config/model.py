@@ -262,6 +262,7 @@ class Service:
     url: str = ""  # server = "url": where it answers (http(s)://host[:port][/prefix])
     pid: int = 0  # server = "url": its process, for memory and CPU (0: none given)
     pid_file: str = ""  # server = "url": a file holding that pid, read when the run starts
+    metrics: str = ""  # server = "url": its Prometheus /metrics url, scraped on the run's clock
 
     def __hash__(self) -> int:
         return hash(self.name)

@@ -27,7 +27,7 @@ from tests.fixtures.synth import TINY_MODEL
 pytestmark = pytest.mark.integration
 
 
-def experiments(url: str, pid: int, seconds: int) -> str:
+def experiments(url: str, pid: int, seconds: int, metrics: str = "") -> str:
     return TINY_MODEL + f"""
 [study]
 variants = ["outside"]
@@ -47,7 +47,7 @@ wait = [0.05, 0.1]
 [variants.outside]
 server = "url"
 url = "{url}"
-""" + (f"pid = {pid}\n" if pid else "")
+""" + (f"pid = {pid}\n" if pid else "") + (f'metrics = "{metrics}"\n' if metrics else "")
 
 
 @pytest.fixture
@@ -60,9 +60,10 @@ def outside(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         yield proc, url
 
 
-def run(tmp_path: Path, url: str, pid: int, seconds: int) -> subprocess.Popen[str]:
+def run(tmp_path: Path, url: str, pid: int, seconds: int,
+        metrics: str = "") -> subprocess.Popen[str]:
     exp = tmp_path / "experiments.toml"
-    exp.write_text(experiments(url, pid, seconds))
+    exp.write_text(experiments(url, pid, seconds, metrics))
     argv = [sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
             "--experiments", str(exp), "run", "outside", "--profile", "short"]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -72,7 +73,7 @@ def run(tmp_path: Path, url: str, pid: int, seconds: int) -> subprocess.Popen[st
 def test_a_server_started_outside_is_measured_and_left_running(
         tmp_path: Path, outside: tuple[subprocess.Popen[bytes], str]) -> None:
     proc, url = outside
-    p = run(tmp_path, url, proc.pid, 3)
+    p = run(tmp_path, url, proc.pid, 3, metrics=url + "/metrics")
     out, _ = p.communicate(timeout=240)
     assert p.returncode == 0, out[-3000:]
     d = the_run(tmp_path / "r")
@@ -82,7 +83,31 @@ def test_a_server_started_outside_is_measured_and_left_running(
     with (d / "outside" / "processes.csv").open() as f:
         pids = {int(row["pid"]) for row in csv.DictReader(f)}
     assert proc.pid in pids
+    with (d / "outside" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    rss = [float(r["value"]) for r in rows if r["name"] == "process_resident_memory_bytes"]
+    assert rss and min(rss) > 0
+    assert {r["labels"] for r in rows if r["name"] == "planted_served_total"} == {
+        'path="/predict",note="a, b"'}
+    ph = json.loads((d / "outside" / "phases.json").read_text())
+    seen = ph["metrics"]["server"]
+    assert seen["failed"] == 0 and seen["samples"] >= 2 and seen["rss_mb_last"] > 0
+    assert seen["file"] == "metrics.csv"
     assert proc.poll() is None  # not ours to end
+
+
+def test_a_metrics_url_that_does_not_answer_is_a_fault(
+        tmp_path: Path, outside: tuple[subprocess.Popen[bytes], str]) -> None:
+    _, url = outside
+    p = run(tmp_path, url, 0, 2, metrics=url + "/no-metrics-here")
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode != 0, out[-3000:]
+    d = the_run(tmp_path / "r")
+    assert json.loads((d / "run.json").read_text())["status"] != "complete"
+    ph = json.loads((d / "outside" / "phases.json").read_text())
+    failed = [e for e in ph["events"] if e["kind"] == "metrics_failed"]
+    assert len(failed) == 1 and failed[0]["fault"] and "HTTP 404" in failed[0]["detail"]
+    assert ph["metrics"]["server"]["failed"] == ph["metrics"]["server"]["samples"] >= 2
 
 
 def test_an_outside_server_killed_mid_run_is_a_fault(

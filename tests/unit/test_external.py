@@ -113,3 +113,45 @@ def test_url_from_the_command_line_replaces_the_variants_url(tmp_path: Path) -> 
     with pytest.raises(config.ConfigError, match=r"only for variants whose entry is server = "
                                                  r"'url'; not a"):
         with_url([ours], "http://127.0.0.1:1")
+
+
+EXPOSITION = """# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 2.5e+07
+process_cpu_seconds_total 1.25 1700000000000
+http_requests_total{method="post",path="/a \\\\\\"b\\\\\\" {c}, d"} 1027
+http_requests_total{code="200",} +Inf
+
+go_gc_duration_seconds{quantile="0.5"} NaN
+"""
+
+
+def test_the_text_exposition_is_parsed_sample_by_sample() -> None:
+    from infbench.measure.prometheus import parse, process_figures
+
+    found = parse(EXPOSITION)
+    assert [(n, lb) for n, lb, _ in found] == [
+        ("process_resident_memory_bytes", ""), ("process_cpu_seconds_total", ""),
+        ("http_requests_total", 'method="post",path="/a \\\\\\"b\\\\\\" {c}, d"'),
+        ("http_requests_total", 'code="200"'), ("go_gc_duration_seconds", 'quantile="0.5"')]
+    assert found[2][2] == 1027 and found[3][2] == float("inf")
+    assert process_figures(found) == {"rss_mb": 25.0, "cpu_s": 1.25}
+
+
+@pytest.mark.parametrize("line", [
+    "<html>not metrics</html>", 'x{a="b" 1', "x", "x 1 2 3", "x one", 'x{a="b"}1'])
+def test_a_line_that_is_not_a_sample_fails_the_scrape(line: str) -> None:
+    from infbench.measure.prometheus import ParseError, parse
+
+    with pytest.raises(ParseError):
+        parse("ok 1\n" + line + "\n")
+
+
+def test_metrics_is_a_url_and_only_for_a_url_server(tmp_path: Path) -> None:
+    s = load(tmp_path, 'metrics = "http://127.0.0.1:8000/metrics/"').entry_service
+    assert s.metrics == "http://127.0.0.1:8000/metrics"
+    with pytest.raises(config.ConfigError, match=r"variants\.a\.metrics: expected http"):
+        load(tmp_path, 'metrics = "127.0.0.1:8000/metrics"')
+    text = GOOD.replace('server = "uvicorn"', 'server = "uvicorn"\nmetrics = "http://x/m"')
+    with pytest.raises(config.ConfigError, match=r"variants\.a\.metrics: only used with"):
+        config.load(write(tmp_path, text))
