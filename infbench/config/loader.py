@@ -209,7 +209,8 @@ SERVICE_SPEC: dict[str, Any] = {
     "depends_on": list, "ports": list, "health": str, "health_path": str,
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
     "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int,
-    "url": str, "pid": int, "pid_file": str, "metrics": str}
+    "url": str, "pid": int, "pid_file": str, "metrics": str,
+    "cgroup": str}
 # What makes no sense for a server the harness does not start (server = "url"), and why.
 NOT_EXTERNAL: dict[str, str] = {
     "probes": "the probes are injected into a process the harness starts",
@@ -252,6 +253,9 @@ def _check_external(where: str, values: dict[str, Any]) -> None:
     values["url"] = url
     if "metrics" in values:
         values["metrics"] = external_url(f"{where}.metrics", values["metrics"])
+    if "cgroup" in values and not values["cgroup"].startswith("/"):
+        raise ConfigError(f"{where}.cgroup: a cgroup's folder, an absolute path such as "
+                          f"'/sys/fs/cgroup/system.slice/my.service', got {values['cgroup']!r}")
     values["gets_model"] = False
 
 
@@ -282,7 +286,7 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     if kind.external:
         _check_external(where, values)
     else:
-        for key in ("url", "pid", "pid_file", "metrics"):
+        for key in ("url", "pid", "pid_file", "metrics", "cgroup"):
             if key in values:
                 raise ConfigError(f"{where}.{key}: only used with server = 'url'")
     _one_of(where, "app", values.get("app", "starlette"), APPS)

@@ -263,6 +263,7 @@ class Service:
     pid: int = 0  # server = "url": its process, for memory and CPU (0: none given)
     pid_file: str = ""  # server = "url": a file holding that pid, read when the run starts
     metrics: str = ""  # server = "url": its Prometheus /metrics url, scraped on the run's clock
+    cgroup: str = ""  # server = "url": its cgroup's folder (/sys/fs/cgroup/...), for memory/CPU
 
     def __hash__(self) -> int:
         return hash(self.name)

@@ -50,6 +50,15 @@ def read_pid(spec: ReplicaSpec) -> int | None:
     return pid
 
 
+def check_cgroup(spec: ReplicaSpec) -> None:
+    """The cgroup folder given holds a memory usage file: a one-line LaunchError otherwise."""
+    folder = Path(spec.service.cgroup)
+    if not any((folder / n).is_file() for n in ("memory.current", "memory.usage_in_bytes")):
+        raise LaunchError(f"{spec.label}: cgroup {folder} has no memory.current (v2) or "
+                          "memory.usage_in_bytes (v1 memory controller): not a memory cgroup "
+                          "this user can read")
+
+
 class ExternalReplica:
     """A server at a url: started by someone else, never ended by us."""
 
@@ -58,6 +67,8 @@ class ExternalReplica:
         self.url = spec.service.url
         self.log_path = spec.out_dir / "server.log"
         self.pid = read_pid(spec)
+        if spec.service.cgroup:
+            check_cgroup(spec)
         self.started_at = time.time()
         self._answered = False
         self._failures = 0

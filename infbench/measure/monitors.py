@@ -29,12 +29,13 @@ from typing import Any
 from infbench.config import Profile, Variant
 from infbench.measure import energy
 from infbench.measure.capture import Capture
+from infbench.measure.cgroup import CgroupSampler
 from infbench.measure.outside import OutsideWatch
 from infbench.measure.phases import PhaseLog
 from infbench.measure.prometheus import MetricsSampler
 from infbench.measure.redis import RedisSampler
 from infbench.measure.sampler import ProcessSampler
-from infbench.results.samples import ENERGY_FILE, METRICS_FILE
+from infbench.results.samples import CGROUP_FILE, ENERGY_FILE, METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,29 @@ class _Metrics(Monitor):
         self.log.save()
 
 
+class _Cgroup(Monitor):
+    """A url server's cgroup (`cgroup`): cgroup_memory.csv, its CPU in phases.json `cgroup`."""
+
+    def __init__(self, ctx: Context, replica: Any) -> None:
+        self.log = ctx.log
+        self.label = replica.spec.label
+        self.sampler = CgroupSampler(
+            Path(replica.spec.service.cgroup), replica.spec.out_dir / CGROUP_FILE,
+            ctx.profile.sample_interval,
+            note=lambda kind, detail: ctx.log.event(kind, f"{self.label}: {detail}",
+                                                    replica=self.label)).start()
+
+    def stop(self) -> None:
+        s = self.sampler
+        s.stop()
+        found: dict[str, Any] = {"folder": str(s.folder), "source": s.source,
+                                 "samples": s.samples, "failed": s.failed}
+        if len(s.cpu) == 2:
+            found["cpu_s"] = round(s.cpu[1] - s.cpu[0], 3)
+        self.log.data.setdefault("cgroup", {})[self.label] = found
+        self.log.save()
+
+
 class _Outside(Monitor):
     def __init__(self, ctx: Context) -> None:
         self.watch = OutsideWatch(ctx.topology, ctx.log)
@@ -212,6 +236,13 @@ def metrics(ctx: Context) -> list[Monitor]:
     """A service's own Prometheus /metrics (server = "url", `metrics`), scraped every sample
     interval: metrics.csv."""
     return [_Metrics(ctx, r) for r in ctx.topology.replicas if r.spec.service.metrics]
+
+
+@register("healthy")
+def cgroup(ctx: Context) -> list[Monitor]:
+    """A url server's cgroup (server = "url", `cgroup`), every sample interval:
+    cgroup_memory.csv (the docker runtime's format)."""
+    return [_Cgroup(ctx, r) for r in ctx.topology.replicas if r.spec.service.cgroup]
 
 
 @register("healthy")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from infbench.launch.docker.cgroup import cgroup_memory_dir
+from infbench.measure.cgroup import usage_file
 from infbench.paths import HOST, ROOT
 from tests.fixtures.helpers import child_env, free_port, running, the_run
 from tests.fixtures.synth import TINY_MODEL
@@ -27,7 +29,7 @@ from tests.fixtures.synth import TINY_MODEL
 pytestmark = pytest.mark.integration
 
 
-def experiments(url: str, pid: int, seconds: int, metrics: str = "") -> str:
+def experiments(url: str, pid: int, seconds: int, metrics: str = "", cgroup: str = "") -> str:
     return TINY_MODEL + f"""
 [study]
 variants = ["outside"]
@@ -47,7 +49,8 @@ wait = [0.05, 0.1]
 [variants.outside]
 server = "url"
 url = "{url}"
-""" + (f"pid = {pid}\n" if pid else "") + (f'metrics = "{metrics}"\n' if metrics else "")
+""" + (f"pid = {pid}\n" if pid else "") + (f'metrics = "{metrics}"\n' if metrics else "") \
+        + (f'cgroup = "{cgroup}"\n' if cgroup else "")
 
 
 @pytest.fixture
@@ -60,10 +63,10 @@ def outside(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         yield proc, url
 
 
-def run(tmp_path: Path, url: str, pid: int, seconds: int,
-        metrics: str = "") -> subprocess.Popen[str]:
+def run(tmp_path: Path, url: str, pid: int, seconds: int, metrics: str = "",
+        cgroup: str = "") -> subprocess.Popen[str]:
     exp = tmp_path / "experiments.toml"
-    exp.write_text(experiments(url, pid, seconds, metrics))
+    exp.write_text(experiments(url, pid, seconds, metrics, cgroup))
     argv = [sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
             "--experiments", str(exp), "run", "outside", "--profile", "short"]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -128,3 +131,34 @@ def test_an_outside_server_killed_mid_run_is_a_fault(
     d = the_run(tmp_path / "r")
     assert json.loads((d / "run.json").read_text())["status"] != "complete"
     assert "stopped answering" in out, out[-3000:]
+
+
+def test_an_outside_servers_cgroup_is_its_memory(
+        tmp_path: Path, outside: tuple[subprocess.Popen[bytes], str]) -> None:
+    proc, url = outside
+    found = cgroup_memory_dir(Path(f"/proc/{proc.pid}/cgroup").read_text(),
+                              Path("/proc/self/mountinfo").read_text())
+    if found is None or usage_file(found[0]) is None:
+        pytest.skip("no readable memory cgroup on this machine")
+    p = run(tmp_path, url, 0, 2, cgroup=str(found[0]))
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode == 0, out[-3000:]
+    d = the_run(tmp_path / "r")
+    with (d / "outside" / "cgroup_memory.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["mem_mb"]) > 0 for r in rows)
+    ph = json.loads((d / "outside" / "phases.json").read_text())
+    assert ph["cgroup"]["server"]["failed"] == 0
+    summary = json.loads((d / "outside" / "summary.json").read_text())
+    assert summary["cgroup_memory_mb"]["peak"] > 0
+
+
+def test_a_cgroup_that_is_not_one_is_refused_before_the_load(
+        tmp_path: Path, outside: tuple[subprocess.Popen[bytes], str]) -> None:
+    _, url = outside
+    p = run(tmp_path, url, 0, 2, cgroup=str(tmp_path))
+    out, _ = p.communicate(timeout=240)
+    assert p.returncode != 0
+    assert "not a memory cgroup" in out, out[-3000:]
+    ph = json.loads((the_run(tmp_path / "r") / "outside" / "phases.json").read_text())
+    assert not any(x["kind"] == "step" for x in ph["phases"])

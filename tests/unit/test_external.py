@@ -155,3 +155,28 @@ def test_metrics_is_a_url_and_only_for_a_url_server(tmp_path: Path) -> None:
     text = GOOD.replace('server = "uvicorn"', 'server = "uvicorn"\nmetrics = "http://x/m"')
     with pytest.raises(config.ConfigError, match=r"variants\.a\.metrics: only used with"):
         config.load(write(tmp_path, text))
+
+
+def test_a_cgroup_folder_is_read_as_v2_or_v1(tmp_path: Path) -> None:
+    from infbench.measure.cgroup import cpu_seconds, usage_file
+
+    v2, v1 = tmp_path / "v2", tmp_path / "v1"
+    v2.mkdir()
+    v1.mkdir()
+    assert usage_file(v2) is None and cpu_seconds(v2) is None
+    (v2 / "memory.current").write_text("1048576\n")
+    (v2 / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("1048576\n")
+    (v1 / "cpuacct.usage").write_text("1500000000\n")
+    assert usage_file(v2) == v2 / "memory.current" and cpu_seconds(v2) == 2.5
+    assert usage_file(v1) == v1 / "memory.usage_in_bytes" and cpu_seconds(v1) == 1.5
+
+
+def test_a_cgroup_is_an_absolute_folder_checked_at_start(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match=r"variants\.a\.cgroup: a cgroup's folder"):
+        load(tmp_path, 'cgroup = "sys/fs/cgroup"')
+    v = load(tmp_path, f'cgroup = "{tmp_path}"')
+    with pytest.raises(LaunchError, match="not a memory cgroup"):
+        ExternalReplica(spec(v, tmp_path))
+    (tmp_path / "memory.current").write_text("1\n")
+    assert ExternalReplica(spec(v, tmp_path)).spec.service.cgroup == str(tmp_path)
