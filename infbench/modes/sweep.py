@@ -343,7 +343,8 @@ class VariantRun:
             where = self.log.current
             during = f" during {where['kind']}" if where else ""
             who = "server" if self.v.single else label
-            raise ServerDied(f"{who} exited{during}"
+            gone = "stopped answering" if r.spec.service.server == "url" else "exited"
+            raise ServerDied(f"{who} {gone}{during}"
                              + (f" (exit code {code})" if code is not None else "")
                              + f"\n{tail}")
 
