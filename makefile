@@ -23,6 +23,7 @@
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
 #            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
+#            URL=<http(s)://host:port> (where a `server = "url"` variant's server runs: run_*)
 #            CONNECTIONS=<n> SECONDS=<s> TOOL=wrk|hey (crosscheck_*)
 
 SHELL := /bin/bash
@@ -38,11 +39,12 @@ RUN ?= latest
 STUDY ?= allocators
 PROBES ?=
 CAPTURE ?=
+URL ?=
 PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
        $(if $(filter 1 yes true,$(PROBES)),--probes)
-ropts = $(opts) $(if $(filter 1 yes true,$(CAPTURE)),--capture) \
+ropts = $(opts) $(if $(URL),--url $(URL)) $(if $(filter 1 yes true,$(CAPTURE)),--capture) \
         $(if $(filter 0 no false,$(CAPTURE)),--no-capture)
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
@@ -50,7 +52,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,26p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,27p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)

@@ -41,10 +41,25 @@ def add_parser(sub: Subparsers) -> None:
                    help="measure the model alone (no HTTP) before each variant's load, for "
                         "serving efficiency (as model_alone = true in the profile would; env "
                         "INFBENCH_MODEL_ALONE=1)")
+    r.add_argument("--url", default=env("URL"),
+                   help="where a variant's `server = \"url\"` entry service answers, instead "
+                        "of its `url` (env INFBENCH_URL)")
     r.add_argument("--capture", action=argparse.BooleanOptionalAction, default=capture_env(),
                    help="a packet capture (tcpdump) of each step's loopback traffic and its wire "
                         "view, as capture = true in the profile would; --no-capture: none "
                         "whatever the profile says (env INFBENCH_CAPTURE=1 / 0)")
+
+
+def with_url(variants: list[config.Variant], url: str) -> list[config.Variant]:
+    """--url / INFBENCH_URL: every selected variant whose entry is a server = "url" service
+    sends its load there; a variant of another kind is a one-line error (the url would be
+    ignored)."""
+    checked = config.external_url("--url (INFBENCH_URL)", url)
+    others = [v.name for v in variants if v.entry_service.server != "url"]
+    if others:
+        raise config.ConfigError(f"--url (INFBENCH_URL): only for variants whose entry is "
+                                 f"server = 'url'; not {', '.join(others)}")
+    return [config.with_server(v, url=checked) for v in variants]
 
 
 def capture_env() -> bool | None:
@@ -56,6 +71,8 @@ def capture_env() -> bool | None:
 def run(args: argparse.Namespace) -> int:
     exp = config.load(args.experiments)
     variants = selected(exp, args)
+    if args.url:
+        variants = with_url(variants, args.url)
     if args.probes:
         variants = [v.with_probes() for v in variants]
     profile = exp.profile(args.profile or study_profile(exp, args))

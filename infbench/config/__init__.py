@@ -16,6 +16,7 @@ from infbench.config.graph import (
 )
 from infbench.config.loader import (
     _check,
+    external_url,
     load,
 )
 from infbench.config.model import (
@@ -64,6 +65,7 @@ __all__ = [
     "_check",
     "as_dict",
     "auto_window",
+    "external_url",
     "fingerprint",
     "load",
     "one_service",

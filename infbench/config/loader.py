@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,21 @@ SERVICE_SPEC: dict[str, Any] = {
     "workers": int, "call": str, "env": dict, "command": list, "args": list, "replicas": int,
     "depends_on": list, "ports": list, "health": str, "health_path": str,
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
-    "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int}
+    "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int,
+    "url": str, "pid": int, "pid_file": str, "metrics": str,
+    "cgroup": str}
+# What makes no sense for a server the harness does not start (server = "url"), and why.
+NOT_EXTERNAL: dict[str, str] = {
+    "probes": "the probes are injected into a process the harness starts",
+    "tracemalloc": "the probes read it, and they cannot be injected",
+    "trim_each_request": "it is told to a server the harness starts",
+    "allocator": "an allocator is preloaded into a process the harness starts",
+    "replicas": "the harness starts no replicas of it; give one url per service",
+    "once": "a setup task is a process the harness starts and waits for",
+    "command": "the harness starts nothing", "module": "the harness starts nothing",
+    "args": "the harness starts nothing", "env": "the harness starts nothing",
+    "workers": "the harness starts nothing", "ports": "its port is the url's",
+    "health_command": "use health = 'http' (health_path) or 'none'"}
 # Keys of a variant in the topology form; the flat form has these and SERVICE_SPEC's.
 VARIANT_SPEC: dict[str, Any] = {"description": str, "base": str, "request": dict,
                                 "model": str, "entry": str, "services": dict, "load": dict}
@@ -220,6 +235,46 @@ def _strings(where: str, key: str, values: list[Any]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _check_external(where: str, values: dict[str, Any]) -> None:
+    """server = "url": a url, nothing the harness would need to start it, a usable pid."""
+    url = external_url(f"{where}.url", values.get("url", ""))
+    for key, why in NOT_EXTERNAL.items():
+        harmless = ((key == "allocator" and values[key] == "glibc")
+                    or (key == "replicas" and values[key] == 1) or values[key] is False) \
+            if key in values else True
+        if not harmless:
+            raise ConfigError(f"{where}.{key}: not for server = 'url' ({why})")
+    if values.get("health", "http") not in ("http", "none"):
+        raise ConfigError(f"{where}.health: server = 'url' takes health = 'http' or 'none'")
+    if "pid" in values and "pid_file" in values:
+        raise ConfigError(f"{where}.pid_file: give pid or pid_file, not both")
+    if "pid" in values:
+        _positive(where, "pid", values["pid"])
+    values["url"] = url
+    if "metrics" in values:
+        values["metrics"] = external_url(f"{where}.metrics", values["metrics"])
+    if "cgroup" in values and not values["cgroup"].startswith("/"):
+        raise ConfigError(f"{where}.cgroup: a cgroup's folder, an absolute path such as "
+                          f"'/sys/fs/cgroup/system.slice/my.service', got {values['cgroup']!r}")
+    values["gets_model"] = False
+
+
+def external_url(where: str, url: str) -> str:
+    """A server = "url" service's url, checked (any http(s) host: it is the user's server),
+    without its trailing '/'; a one-line ConfigError naming `where` otherwise."""
+    if not url:
+        raise ConfigError(f"{where}: server = 'url' needs a url, e.g. 'http://127.0.0.1:8000'")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}: {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment:
+        raise ConfigError(f"{where}: expected http(s)://host[:port][/prefix], got {url!r}")
+    return url.rstrip("/")
+
+
 def _load_service(where: str, name: str, table: Any) -> Service:
     values = _fields(where, table, SERVICE_SPEC, required=("server",))
     server = values["server"]
@@ -228,6 +283,12 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     if not NAME.match(name):
         raise ConfigError(f"{where}: a service name is lower-case letters, digits, '-' and '_', "
                           f"starting with a letter; got {name!r}")
+    if kind.external:
+        _check_external(where, values)
+    else:
+        for key in ("url", "pid", "pid_file", "metrics", "cgroup"):
+            if key in values:
+                raise ConfigError(f"{where}.{key}: only used with server = 'url'")
     _one_of(where, "app", values.get("app", "starlette"), APPS)
     _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
     _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)

@@ -259,6 +259,11 @@ class Service:
     once: bool = False  # a setup task (seed a store): runs to exit 0 before its dependants
     gets_model: bool = True  # INFBENCH_MODEL_PATH in its environment (not Redis)
     max_batch: int = 0  # the most items one request may carry (0: none declared)
+    url: str = ""  # server = "url": where it answers (http(s)://host[:port][/prefix])
+    pid: int = 0  # server = "url": its process, for memory and CPU (0: none given)
+    pid_file: str = ""  # server = "url": a file holding that pid, read when the run starts
+    metrics: str = ""  # server = "url": its Prometheus /metrics url, scraped on the run's clock
+    cgroup: str = ""  # server = "url": its cgroup's folder (/sys/fs/cgroup/...), for memory/CPU
 
     def __hash__(self) -> int:
         return hash(self.name)

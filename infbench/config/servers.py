@@ -77,6 +77,7 @@ class ServerKind:
     store: bool = False  # a data store (Redis): not an HTTP entry, no probes, no model
     can_be_task: bool = True  # may be a setup task (once = true) that exits
     health: str = "http"  # the health check when the service names none
+    external: bool = False  # runs elsewhere: the harness starts nothing (server = "url")
 
 
 SERVER_KINDS: dict[str, ServerKind] = {}
@@ -136,6 +137,11 @@ def _redis(s: Service, values: Mapping[str, str], python: str, out: Path | str) 
             "--dbfilename", "dump.rdb", "--logfile", "", *_args(s, values)]
 
 
+def _external(s: Service, values: Mapping[str, str], python: str, out: Path | str
+              ) -> list[str]:
+    raise ValueError("server = 'url' is not started by the harness: it has no command line")
+
+
 def _command(s: Service, values: Mapping[str, str], python: str, out: Path | str) -> list[str]:
     return [fill(part, {**values, "python": python}) for part in s.command]
 
@@ -153,3 +159,6 @@ register(ServerKind("redis", "Debian's redis-server, bound to loopback on the ha
                     _redis, store=True, can_be_task=False, health="redis"))
 register(ServerKind("command", "any command of yours (`command`, with placeholders)",
                     _command))
+register(ServerKind("url", "a server already running, anywhere (`url`): the harness starts "
+                    "nothing; memory and CPU from its `pid` or `pid_file` when given",
+                    _external, can_be_task=False, external=True))

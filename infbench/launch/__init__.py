@@ -5,6 +5,7 @@ a container (docker). Everything above them is the same code path for both runti
     contract.py  what a replica is told (placeholders, environment): one copy for both runtimes
     base.py      LaunchError, the Replica/Launcher protocols, the watched process group
     native.py    the native runtime
+    external.py  a server the harness does not start (server = "url"): its url and health
     docker/      the Docker runtime: engine, image, container, cgroup memory
 """
 

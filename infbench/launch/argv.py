@@ -14,7 +14,7 @@ from pathlib import Path
 from infbench.config import Service
 from infbench.config.servers import GRACE_S, REDIS_BINARY, SERVER_KINDS, fill
 
-__all__ = ["GRACE_S", "REDIS_BINARY", "fill", "mprof_argv", "server_argv"]
+__all__ = ["GRACE_S", "REDIS_BINARY", "SERVER_KINDS", "fill", "mprof_argv", "server_argv"]
 
 
 def server_argv(service: Service, values: Mapping[str, str], python: str = sys.executable,

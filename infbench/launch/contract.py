@@ -71,6 +71,8 @@ class ReplicaSpec:
 
 
 def service_url(service: Service, port: int) -> str:
+    if service.url:  # server = "url": where it already runs
+        return service.url
     scheme = "redis" if service.server == "redis" else "http"
     return f"{scheme}://{HOST}:{port}" + ("/0" if scheme == "redis" else "")
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 
 from infbench.launch import loopback
-from infbench.launch.argv import fill
+from infbench.launch.argv import SERVER_KINDS, fill
 from infbench.launch.base import LaunchError, Replica
 from infbench.paths import HOST
 
@@ -207,7 +207,10 @@ def wait_healthy(replica: Replica, timeout: float,
             raise LaunchError(f"{label} exited before it was healthy"
                               + (f" (exit code {code})" if code is not None else ""))
         mine = ours(replica)
-        squatter = port_owner(port, mine)
+        # A server we did not start (server = "url") may be anywhere: who listens on its port
+        # is not ours to judge; a health answer's pid is still checked against its pid's tree.
+        external = SERVER_KINDS[replica.spec.service.server].external
+        squatter = None if external else port_owner(port, mine)
         if squatter is not None:
             raise LaunchError(f"{label}: port {port} is taken by another process, not ours: "
                               f"{squatter}")
@@ -221,7 +224,7 @@ def wait_healthy(replica: Replica, timeout: float,
             if isinstance(pid, int) and mine and pid not in namespace_pids(mine):
                 raise LaunchError(f"{label}: the health answer on port {port} came from "
                                   f"{describe_pid(pid)}, which is not one of ours")
-            if replica.spec.service.health in ("http", "tcp", "redis") \
+            if replica.spec.service.health in ("http", "tcp", "redis") and not external \
                     and not socket_pids(listening_inodes(port), mine) and mine:
                 # An answer, but our tree holds no listener on the port (yet): not ours.
                 probe.last = "an answer on the port, but no process of ours listens on it"

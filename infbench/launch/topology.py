@@ -21,9 +21,10 @@ import psutil
 
 from infbench.config import Service, Variant, start_order
 from infbench.launch import health, proc
-from infbench.launch.argv import fill
+from infbench.launch.argv import SERVER_KINDS, fill
 from infbench.launch.base import Launcher, LaunchError, Replica, check_allocator_loaded
 from infbench.launch.contract import ReplicaSpec, peer_values
+from infbench.launch.external import ExternalReplica, url_port
 from infbench.paths import HOST, ROOT
 from infbench.results import files
 
@@ -68,7 +69,11 @@ class Topology:
         for service in start_order(f"variants.{self.variant.name}", self.variant):
             started = []
             for i in range(service.replicas):
-                ports = dict(zip(service.ports, free_ports(len(service.ports)), strict=True))
+                if SERVER_KINDS[service.server].external:
+                    ports = {service.ports[0]: url_port(service.url)}
+                else:
+                    ports = dict(zip(service.ports, free_ports(len(service.ports)),
+                                     strict=True))
                 out = replica_dir(self.out_dir, self.variant, service, i)
                 files.mkdir(out)
                 spec = ReplicaSpec(
@@ -77,7 +82,8 @@ class Topology:
                     sample_interval=self.sample_interval, run_id=self.run_id,
                     max_images=self.max_images, max_body_bytes=self.max_body_bytes,
                     peers=dict(self.peers), peer_env=dict(self.peer_env))
-                replica = self.launcher.start(spec)
+                replica: Replica = ExternalReplica(spec) \
+                    if SERVER_KINDS[service.server].external else self.launcher.start(spec)
                 self.replicas.append(replica)
                 started.append(replica)
                 self.mark("start", {"replica": spec.label, "service": service.name,

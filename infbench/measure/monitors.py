@@ -29,11 +29,13 @@ from typing import Any
 from infbench.config import Profile, Variant
 from infbench.measure import energy
 from infbench.measure.capture import Capture
+from infbench.measure.cgroup import CgroupSampler
 from infbench.measure.outside import OutsideWatch
 from infbench.measure.phases import PhaseLog
+from infbench.measure.prometheus import MetricsSampler
 from infbench.measure.redis import RedisSampler
 from infbench.measure.sampler import ProcessSampler
-from infbench.results.samples import ENERGY_FILE
+from infbench.results.samples import CGROUP_FILE, ENERGY_FILE, METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,64 @@ class _Redis(Monitor):
         self.sampler.stop()
 
 
+class _Metrics(Monitor):
+    """A service's own /metrics (server = "url", `metrics`): metrics.csv, and its process
+    collector's RSS and CPU in phases.json `metrics`."""
+
+    def __init__(self, ctx: Context, replica: Any) -> None:
+        self.log = ctx.log
+        self.say = ctx.say
+        self.label = replica.spec.label
+        self.out = replica.spec.out_dir / METRICS_FILE
+        self.sampler = MetricsSampler(
+            replica.spec.service.metrics, self.out, ctx.profile.sample_interval,
+            note=lambda kind, detail: ctx.log.event(kind, f"{self.label}: {detail}",
+                                                    replica=self.label)).start()
+
+    def stop(self) -> None:
+        s = self.sampler
+        s.stop()
+        found: dict[str, Any] = {"file": str(self.out.relative_to(self.log.path.parent)),
+                                 "url": s.url, "samples": s.samples, "failed": s.failed,
+                                 "interval_s": s.interval}
+        if "rss_mb" in s.last:
+            found.update(rss_mb_first=round(s.first["rss_mb"], 3),
+                         rss_mb_last=round(s.last["rss_mb"], 3))
+        if "cpu_s" in s.last:
+            found["cpu_s"] = round(s.last["cpu_s"] - s.first.get("cpu_s", 0.0), 3)
+        self.log.data.setdefault("metrics", {})[self.label] = found
+        if s.failed:
+            self.say(f"  WARNING {self.label}: {s.failed} of {s.samples} scrapes of {s.url} "
+                     "failed")
+        elif "rss_mb" in s.last:
+            self.say(f"  {self.label} by its /metrics: RSS {s.first['rss_mb']:.1f} -> "
+                     f"{s.last['rss_mb']:.1f} MB, CPU {found.get('cpu_s', 0.0):.2f} s")
+        self.log.save()
+
+
+class _Cgroup(Monitor):
+    """A url server's cgroup (`cgroup`): cgroup_memory.csv, its CPU in phases.json `cgroup`."""
+
+    def __init__(self, ctx: Context, replica: Any) -> None:
+        self.log = ctx.log
+        self.label = replica.spec.label
+        self.sampler = CgroupSampler(
+            Path(replica.spec.service.cgroup), replica.spec.out_dir / CGROUP_FILE,
+            ctx.profile.sample_interval,
+            note=lambda kind, detail: ctx.log.event(kind, f"{self.label}: {detail}",
+                                                    replica=self.label)).start()
+
+    def stop(self) -> None:
+        s = self.sampler
+        s.stop()
+        found: dict[str, Any] = {"folder": str(s.folder), "source": s.source,
+                                 "samples": s.samples, "failed": s.failed}
+        if len(s.cpu) == 2:
+            found["cpu_s"] = round(s.cpu[1] - s.cpu[0], 3)
+        self.log.data.setdefault("cgroup", {})[self.label] = found
+        self.log.save()
+
+
 class _Outside(Monitor):
     def __init__(self, ctx: Context) -> None:
         self.watch = OutsideWatch(ctx.topology, ctx.log)
@@ -169,6 +229,20 @@ def redis(ctx: Context) -> list[Monitor]:
     """Each Redis replica's own figures (INFO, the queue lengths): redis_stats.csv."""
     return [_Redis(ctx, r.spec.port, r.spec.out_dir / "redis_stats.csv")
             for r in ctx.topology.replicas if r.spec.service.server == "redis"]
+
+
+@register("healthy")
+def metrics(ctx: Context) -> list[Monitor]:
+    """A service's own Prometheus /metrics (server = "url", `metrics`), scraped every sample
+    interval: metrics.csv."""
+    return [_Metrics(ctx, r) for r in ctx.topology.replicas if r.spec.service.metrics]
+
+
+@register("healthy")
+def cgroup(ctx: Context) -> list[Monitor]:
+    """A url server's cgroup (server = "url", `cgroup`), every sample interval:
+    cgroup_memory.csv (the docker runtime's format)."""
+    return [_Cgroup(ctx, r) for r in ctx.topology.replicas if r.spec.service.cgroup]
 
 
 @register("healthy")

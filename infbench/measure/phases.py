@@ -19,7 +19,8 @@ KINDS = PHASE_KINDS
 # from `complete`. Other kinds are notes (shown, not held against the run).
 FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",
           "step_all_failed", "artifact_damaged", "write_failed", "window_unanswered",
-          "native_stacks_failed", "energy_failed", "tool_failed")
+          "native_stacks_failed", "energy_failed", "tool_failed", "metrics_failed",
+          "cgroup_failed")
 
 
 class PhaseLog:

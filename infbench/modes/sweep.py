@@ -343,7 +343,8 @@ class VariantRun:
             where = self.log.current
             during = f" during {where['kind']}" if where else ""
             who = "server" if self.v.single else label
-            raise ServerDied(f"{who} exited{during}"
+            gone = "stopped answering" if r.spec.service.server == "url" else "exited"
+            raise ServerDied(f"{who} {gone}{during}"
                              + (f" (exit code {code})" if code is not None else "")
                              + f"\n{tail}")
 
@@ -517,6 +518,9 @@ class VariantRun:
             except (OSError, psutil.Error) as e:
                 errors.append(f"{r.spec.label}: {type(e).__name__}: {e}")
                 continue
+            if not pids and r.spec.service.server == "url":
+                errors.append(f"{r.spec.label}: a server at a url without a pid: heaptrack "
+                              "has nothing to attach to")
             for pid in pids:
                 w = native_stacks.Window(pid, folder)
                 try:

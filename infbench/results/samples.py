@@ -10,6 +10,7 @@ last line a killed process leaves.
     cgroup_memory.csv    the container's memory (docker runtime)
     step*_loadgen.csv    the load generator's CPU and run-queue wait
     energy.csv           the machine's powercap counters, where readable (measure/energy.py)
+    metrics.csv          a service's own Prometheus /metrics (measure/prometheus.py)
     Locust CSVs          *_stats.csv (the Aggregated row), *_stats_history.csv (one a second)
 """
 
@@ -34,6 +35,8 @@ ENERGY_COLUMNS = ["time", "zone", "energy_uj", "max_energy_range_uj"]
 ENERGY_FILE = "energy.csv"
 OUTSIDE_FILE = "outside.jsonl"
 CGROUP_FILE = "cgroup_memory.csv"
+METRICS_COLUMNS = ["time", "name", "labels", "value"]
+METRICS_FILE = "metrics.csv"
 
 
 def process_rows(path: Path) -> list[dict[str, Any]]:

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.unit
 
 def test_the_shipped_monitors_are_registered_at_their_moment() -> None:
     assert [f.__name__ for f in monitors.FACTORIES["launch"]] == ["processes", "energy_counters"]
-    assert [f.__name__ for f in monitors.FACTORIES["healthy"]] == ["redis", "outside", "capture"]
+    assert [f.__name__ for f in monitors.FACTORIES["healthy"]] == ["redis", "metrics", "cgroup",
+                                                                 "outside", "capture"]
 
 
 def test_a_registered_factory_is_started_with_the_others(monkeypatch: pytest.MonkeyPatch) -> None:

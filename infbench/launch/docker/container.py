@@ -229,6 +229,9 @@ class DockerLauncher:
         check_allocators(variants)
         for v in variants:
             for s in v.services:
+                if s.server == "url":
+                    raise LaunchError(f"variant {v.name}: service {s.name} is server = 'url', "
+                                      "which the harness does not start: RUNTIME=native only")
                 if s.allocator != "glibc":
                     raise LaunchError(f"variant {v.name}: allocator {s.allocator} runs natively "
                                       "only for now (the image has no allocator packages)")
