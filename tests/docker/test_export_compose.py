@@ -1,7 +1,8 @@
 """An exported compose file on the real engine (marked `docker`; make test-docker): the queue
 topology brought up with Debian's docker-compose on its bridge network, every service healthy
-by its own health check, the entry answering through its port mapped on 127.0.0.1, and nothing
-left behind by `down`."""
+by its own health check, the entry answering through its port mapped on 127.0.0.1 (one image
+through API -> Redis -> worker, each reaching the next by service name), and nothing left
+behind by `down`."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 from infbench.launch.docker import engine as dke
 from infbench.launch.docker.image import Images
 from infbench.launch.topology import free_ports
+from infbench.measure import assets
 from infbench.paths import ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration,
@@ -32,6 +34,19 @@ def compose(project: str, file: Path, *args: str, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker-compose", "--no-ansi", "-p", project, "-f", str(file), *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def predict(port: int, image: bytes) -> tuple[int, dict[str, object]]:
+    """One POST /predict: the image as the one file of a multipart form, in field `images`."""
+    boundary = "infbench-export-test"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; "
+            f"filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + image + \
+        f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, method="POST",
+                                 headers={"Content-Type":
+                                          f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, json.loads(r.read())
 
 
 def health(container: str) -> str:
@@ -83,6 +98,8 @@ def test_the_exported_queue_topology_comes_up_healthy(tmp_path: Path) -> None:
             logs[-4000:]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as r:
             assert r.status == 200
+        status, answer = predict(port, assets.ensure_images()[0].read_bytes())
+        assert status == 200, answer
     finally:
         down = compose(project, file, "down", "--volumes", "--timeout", "10", timeout=600)
     assert down.returncode == 0, down.stderr
