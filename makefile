@@ -19,12 +19,14 @@
 #   make trace_<variant> [REQUESTS=N]      where one request's time goes (pyinstrument, yappi)
 #   make crosscheck_<variant> [CONNECTIONS=N]  wrk / h2load beside our closed loop (exit 4: disagree)
 #   make bench-loadgen          our closed loop vs wrk on a 20 ms server, and the generator's ceiling
+#   make export_<variant> FORMAT=compose|k8s   its topology for a cluster engine (build/export/)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
 #            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
 #            URL=<http(s)://host:port> (where a `server = "url"` variant's server runs: run_*)
 #            CONNECTIONS=<n> SECONDS=<s> TOOL=wrk|hey (crosscheck_*)
+#            FORMAT=compose|k8s EXPORT_DIR=<dir> IMAGE=<tag> HOST_PORT=<port> (export_*)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -52,7 +54,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,27p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,29p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -115,6 +117,18 @@ xopts = $(if $(CONNECTIONS),--connections $(CONNECTIONS)) $(if $(SECONDS),--seco
         $(if $(TOOL),--tool $(TOOL))
 crosscheck_%: venv system-run
 	$(PY) -m infbench crosscheck $* $(xopts) $(opts)
+
+# A variant's topology for a cluster engine (infbench/launch/export.py): FORMAT=compose (a
+# docker-compose file) or k8s (Deployments and Services), in build/export/<variant>/ unless
+# EXPORT_DIR says; IMAGE= names the servers' image, HOST_PORT= the entry's loopback port.
+FORMAT ?= compose
+EXPORT_DIR ?=
+IMAGE ?=
+HOST_PORT ?=
+eopts = --format $(FORMAT) $(if $(EXPORT_DIR),--out $(EXPORT_DIR)) \
+        $(if $(IMAGE),--image $(IMAGE)) $(if $(HOST_PORT),--host-port $(HOST_PORT))
+export_%: venv
+	$(PY) -m infbench export $* $(eopts) $(if $(MODEL),--model $(MODEL))
 
 # The load generator's own benchmark (benchmarks/loadgen_bench.py), under a lock so that two
 # heavy runs do not overlap: ours vs wrk at 8 and 64 connections on a 20 ms server, ABBA.

@@ -25,7 +25,7 @@ set -euo pipefail
 
 RUN_PACKAGES=(redis-server libjemalloc2 libmimalloc2.0 libgoogle-perftools4 gdb tini heaptrack
               tcpdump wrk hey nghttp2-client)
-TEST_PACKAGES=("${RUN_PACKAGES[@]}" chromium)
+TEST_PACKAGES=("${RUN_PACKAGES[@]}" chromium docker-compose)
 
 action=${1:-install}
 set_name=${2:-test}

@@ -30,6 +30,7 @@ from infbench.cli import (
     crosscheck,
     diagnose,
     exits,
+    export,
     listing,
     overhead,
     report,
@@ -55,7 +56,7 @@ class Command(Protocol):
 
 # In the order `infbench --help` lists them.
 COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, crosscheck,
-                                 report, compare, check, overhead)
+                                 export, report, compare, check, overhead)
 
 
 def install_signals() -> None:

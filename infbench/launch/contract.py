@@ -28,6 +28,7 @@ class Where:
     out: str
     model: str
     root: str
+    bind: str = HOST  # the {host} it listens on: loopback here, every interface in an export
 
 
 @dataclass(frozen=True)
@@ -63,28 +64,32 @@ class ReplicaSpec:
 
     def values(self, where: Where) -> dict[str, str]:
         """Every placeholder of this replica, as the server will see it."""
-        out = {"port": str(self.port), "host": HOST, "replica": str(self.replica),
+        out = {"port": str(self.port), "host": where.bind, "replica": str(self.replica),
                "python": where.python, "out": where.out}
         out.update({f"ports.{name}": str(p) for name, p in self.ports.items()})
         out.update(self.peers)
         return out
 
 
-def service_url(service: Service, port: int) -> str:
-    if service.url:  # server = "url": where it already runs
+def service_url(service: Service, port: int, host: str = HOST) -> str:
+    """How others reach it: on loopback here, by service name on a cluster engine (export);
+    a `server = "url"` service where it already runs."""
+    if service.url:
         return service.url
     scheme = "redis" if service.server == "redis" else "http"
-    return f"{scheme}://{HOST}:{port}" + ("/0" if scheme == "redis" else "")
+    return f"{scheme}://{host}:{port}" + ("/0" if scheme == "redis" else "")
 
 
 def env_name(service: str) -> str:
     return service.upper().replace("-", "_")
 
 
-def peer_values(service: Service, ports: dict[str, int]) -> tuple[dict[str, str], dict[str, str]]:
-    """A started service as others see it: placeholders and the INFBENCH_<NAME>_* env."""
+def peer_values(service: Service, ports: dict[str, int], host: str = HOST
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    """A started service as others see it: placeholders and the INFBENCH_<NAME>_* env (`host`:
+    where it is reached, loopback here, its service name in an export)."""
     first = ports[service.ports[0]]
-    url = service_url(service, first)
+    url = service_url(service, first, host)
     values = {f"services.{service.name}.port": str(first), f"services.{service.name}.url": url}
     values.update({f"services.{service.name}.ports.{n}": str(p) for n, p in ports.items()})
     key = env_name(service.name)
