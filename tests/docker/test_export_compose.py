@@ -21,6 +21,8 @@ from infbench.launch.docker.image import Images
 from infbench.launch.topology import free_ports
 from infbench.measure import assets
 from infbench.paths import ROOT
+from tests.fixtures.helpers import the_run
+from tests.fixtures.synth import TINY_MODEL
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration,
               pytest.mark.requires("docker-compose")]
@@ -65,6 +67,35 @@ def containers(project: str) -> list[str]:
     return res.stdout.split()
 
 
+def benchmark_through_url(tmp_path: Path, url: str) -> dict[str, object]:
+    exp = tmp_path / "experiments.toml"
+    exp.write_text(TINY_MODEL + f"""
+[profiles.short]
+users = 2
+spawn_rate = 2
+steps = [{{ batch = 1, seconds = 4 }}]
+baseline = 1
+pause = 0.5
+cooldown = 1
+drain_timeout = 5
+wait = [0.05, 0.1]
+
+[variants.exported]
+server = "url"
+url = "{url}"
+""")
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
+                          "--experiments", str(exp), "run", "exported", "--profile", "short",
+                          "--model", "tiny"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    d = the_run(tmp_path / "r")
+    assert json.loads((d / "run.json").read_text())["status"] == "complete", res.stdout[-3000:]
+    counts: dict[str, object] = json.loads(
+        (d / "exported" / "step1-b1_counts.json").read_text())
+    return counts
+
+
 @pytest.mark.timeout(1500)
 def test_the_exported_queue_topology_comes_up_healthy(tmp_path: Path) -> None:
     problem = dke.engine_problem()
@@ -100,6 +131,10 @@ def test_the_exported_queue_topology_comes_up_healthy(tmp_path: Path) -> None:
             assert r.status == 200
         status, answer = predict(port, assets.ensure_images()[0].read_bytes())
         assert status == 200, answer
+        # And benchmarked from here through `server = "url"`: the topology the harness did not
+        # start, measured as any service (a short closed-loop step of one image a request).
+        measured = benchmark_through_url(tmp_path, f"http://127.0.0.1:{port}")
+        assert measured["finished"] > 0 and measured["failed"] == 0, measured
     finally:
         down = compose(project, file, "down", "--volumes", "--timeout", "10", timeout=600)
     assert down.returncode == 0, down.stderr
