@@ -326,6 +326,11 @@ class Connection:
         self.pool.close()
 
 
+# What a body that is not what its Content-Encoding says raises on decoding.
+_UNDECODABLE: tuple[type[Exception], ...] = (zlib.error, ValueError) + (
+    (brotli.error,) if brotli is not None else ())
+
+
 def decoded(data: bytes, encoding: str) -> bytes:
     """A response body without its Content-Encoding (requests decoded them; only the failure
     text and the feedback id need it here). Undecodable: as received."""
@@ -340,8 +345,8 @@ def decoded(data: bytes, encoding: str) -> bytes:
                 return zlib.decompress(data, -zlib.MAX_WBITS)
         if enc == "br" and brotli is not None:
             return bytes(brotli.decompress(data))
-    except Exception:
-        return data
+    except _UNDECODABLE:
+        return data  # a body that is not what its Content-Encoding says: shown as received
     return data
 
 

@@ -9,7 +9,7 @@ processes.csv as for our own services; without one, the run has no memory or CPU
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -78,8 +78,14 @@ class ExternalReplica:
                    + (f" (pid {self.pid})" if self.pid else " (no pid: no memory or CPU)"))
 
     def _note(self, line: str) -> None:
-        with contextlib.suppress(OSError), self.log_path.open("a") as f:
-            f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        """A line in the replica's server.log; if that cannot be written, on stderr instead
+        (with why), so that nothing it would have said is lost."""
+        try:
+            with self.log_path.open("a") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        except OSError as e:
+            print(f"infbench: {self.log_path} not written ({e.strerror}): {line}",
+                  file=sys.stderr)
 
     def _pid_gone(self) -> bool:
         if self.pid is None:
