@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import TypeAlias
 
 from infbench import config
+from infbench.launch import get_launcher
+from infbench.measure import assets
+from infbench.modes.sweep import Plan
 from infbench.paths import ROOT
+from infbench.results.files import check_writable
 
 # What `add_subparsers` returns: each command module's `add_parser(sub)` adds its parser to it.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -104,3 +109,17 @@ def study_profile(exp: config.Experiments, args: argparse.Namespace) -> str:
     """The profile of the --study given, else the default study's."""
     return exp.study(args.study).profile if args.study else exp.study_profile
 
+
+
+def one_variant_plan(args: argparse.Namespace, exp: config.Experiments, v: config.Variant,
+                     profile: config.Profile) -> Plan:
+    """What a one-variant mode (capacity, crosscheck) checks before it starts anything - the
+    profile fits the variant, the model file, the results folder, the runtime - and its plan."""
+    m = exp.model_for(v, args.model)
+    v.check_profile(profile)
+    if m.is_file:
+        assets.check_model_file(m)
+    check_writable(Path(args.results))
+    get_launcher(args.runtime).prepare([v], print)
+    return Plan(experiments=exp, variants=[v], profile=profile, model_override=args.model,
+                runtime=args.runtime, results=Path(args.results), run_id=args.run_id)

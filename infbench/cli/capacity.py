@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 from infbench import config
 from infbench.analysis.capacity import Search
@@ -17,15 +16,13 @@ from infbench.cli.args import (
     add_profile,
     add_run_id,
     add_runtime,
+    one_variant_plan,
 )
 from infbench.cli.exits import of_status
 from infbench.config import Step
-from infbench.launch import get_launcher
-from infbench.measure import assets
 from infbench.modes import capacity as mode
-from infbench.modes.sweep import Plan, run_study
+from infbench.modes.sweep import run_study
 from infbench.report import build, markdown
-from infbench.results.files import check_writable
 
 NAME = "capacity"
 
@@ -73,14 +70,7 @@ def run(args: argparse.Namespace) -> int:
     profile = dataclasses.replace(base, steps=(Step(batch=batch, seconds=search.probe_seconds,
                                                     rate=search.start, until_stable=True),),
                                   cycles=1)
-    m = exp.model_for(v, args.model)
-    v.check_profile(profile)
-    if m.is_file:
-        assets.check_model_file(m)
-    check_writable(Path(args.results))
-    get_launcher(args.runtime).prepare([v], print)
-    plan = Plan(experiments=exp, variants=[v], profile=profile, model_override=args.model,
-                runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
+    plan = one_variant_plan(args, exp, v, profile)
     outcome = run_study(plan, variant_run=mode.runner(search))
     build.build(outcome.run_dir)
     doc = outcome.run_dir / v.name / "capacity.json"

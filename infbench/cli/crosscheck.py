@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from infbench import config
 from infbench.cli.args import (
@@ -17,17 +16,16 @@ from infbench.cli.args import (
     add_run_id,
     add_runtime,
     env,
+    one_variant_plan,
 )
 from infbench.cli.exits import EXIT_DISAGREE, EXIT_PARTIAL, of_status
 from infbench.config import Step
-from infbench.launch import get_launcher
-from infbench.measure import assets, tools
+from infbench.measure import tools
 from infbench.modes import crosscheck as mode
-from infbench.modes.sweep import Plan, run_study
+from infbench.modes.sweep import run_study
 from infbench.report import build, markdown
 from infbench.report import crosscheck as report
 from infbench.results import readers
-from infbench.results.files import check_writable
 
 NAME = "crosscheck"
 SPAWN_RATE = 1000.0  # users a second: every connection of ours is open within a few ms
@@ -78,14 +76,7 @@ def run(args: argparse.Namespace) -> int:
     profile = dataclasses.replace(
         base, users=connections, spawn_rate=SPAWN_RATE, wait=(0.0, 0.0),
         steps=(Step(batch=base.steps[0].batch, seconds=seconds),), cycles=1)
-    m = exp.model_for(v, args.model)
-    v.check_profile(profile)
-    if m.is_file:
-        assets.check_model_file(m)
-    check_writable(Path(args.results))
-    get_launcher(args.runtime).prepare([v], print)
-    plan = Plan(experiments=exp, variants=[v], profile=profile, model_override=args.model,
-                runtime=args.runtime, results=Path(args.results), run_id=args.run_id)
+    plan = one_variant_plan(args, exp, v, profile)
     settings = mode.Settings(connections=connections, seconds=seconds, rounds=args.rounds,
                              http_tool=args.tool, warmup=max(0.0, args.warmup),
                              pin=args.pin)
