@@ -205,8 +205,10 @@ docker-engine-status:
 	scripts/docker-engine.sh status
 docker-base:
 	docker/base.sh
+# Two files, two workers (--dist loadfile): the engine test and the compose round trip run side
+# by side; an image build is one at a time per checkout (a lock), so they share one image.
 test-docker: venv system
-	INFBENCH_DOCKER_TESTS=1 $(PY) -m pytest $(PYTEST_ARGS) tests/docker
+	INFBENCH_DOCKER_TESTS=1 $(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS) tests/docker
 
 # Older names for `make system` (the allocators, redis-server): the same script, the same list.
 allocators redis: system

@@ -11,6 +11,7 @@ from docker/base.sh is used, and the build says so.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import http.server
@@ -184,6 +185,20 @@ def serve_directory(directory: Path, port: int = WHEELHOUSE_PORT) -> Iterator[st
 
 
 
+
+@contextlib.contextmanager
+def _build_lock(say: Say) -> Iterator[None]:
+    """One image build at a time on this checkout: builds share the context folder and the
+    wheelhouse's port, so a second run (or test) waits here, then finds the image built."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "build.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("waiting for another image build on this checkout to finish")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
 class Images:
     """Finds or builds the servers' image (once per harness process)."""
 
@@ -274,6 +289,12 @@ class Images:
         assert tag is not None  # resolve_base returns a base that is here
         if image_id(tag):
             return tag
+        with _build_lock(say):
+            if image_id(tag):  # built by the run that held the lock before us
+                return tag
+            return self._build(tag, base, say)
+
+    def _build(self, tag: str, base: str, say: Say) -> str:
         wheels = self.wheelhouse(say)
         context = WORK / "context"
         shutil.rmtree(context, ignore_errors=True)
