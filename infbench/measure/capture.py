@@ -45,6 +45,7 @@ TCPDUMP = "tcpdump"
 READY_S = 10.0
 WATCH_S = 0.25
 STOP_GRACE_S = 5.0
+BUFFER_KB = 32768
 DIR = "wire"
 _STATS = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel)", re.M)
 
@@ -53,10 +54,13 @@ def argv(out: Path, ports: list[int], profile: Profile) -> list[str]:
     """tcpdump's command line for one step's capture (as root, -Z root: tcpdump would drop to
     its own user before opening a file of -C, which then cannot write in our folder).
 --immediate-mode: without it libpcap hands packets over in blocks (up to a second late), and
-those still in a block when tcpdump is stopped are lost without being counted as dropped."""
+those still in a block when tcpdump is stopped are lost without being counted as dropped.
+-B: a 32 MB kernel buffer (libpcap's default is 2 MB, some 15 segments of 64 KB on lo), so a
+burst while tcpdump waits for a core is kept, not dropped (a drop is a capture_incomplete fault)."""
     filt = "tcp and (" + " or ".join(f"port {p}" for p in sorted(ports)) + ")"
     user = ["-Z", "root"] if os.geteuid() == 0 else []
-    return [TCPDUMP, "-i", "lo", "-n", "--immediate-mode", "-s", str(profile.capture_snaplen),
+    return [TCPDUMP, "-i", "lo", "-n", "--immediate-mode", "-B", str(BUFFER_KB),
+            "-s", str(profile.capture_snaplen),
             *user,
             "-C", str(profile.capture_max_mb), "-w", str(out), filt]
 

@@ -219,6 +219,7 @@ def test_the_command_line_and_the_closing_counts() -> None:
                             capture_snaplen=512, capture_max_mb=7)
     argv = capture.argv(Path("/r/wire/step-1.pcap"), [9001, 9000], p)
     assert argv[:3] == ["tcpdump", "-i", "lo"] and "--immediate-mode" in argv
+    assert argv[argv.index("-B") + 1] == str(capture.BUFFER_KB)
     assert argv[argv.index("-s") + 1] == "512" and argv[argv.index("-C") + 1] == "7"
     assert argv[-1] == "tcp and (port 9000 or port 9001)"
     said = ("tcpdump: listening on lo\n12 packets captured\n24 packets received by filter\n"
