@@ -51,10 +51,17 @@ import importlib.util, json, os, sys
 out, path = sys.argv[1], sys.argv[2]
 sys.path.insert(0, os.path.dirname(path))
 for kind in sys.argv[3:]:
-    os.environ["INFBENCH_TFS_KIND"] = kind
-    spec = importlib.util.spec_from_file_location("users_" + kind.replace("-", "_"), path)
+  for repeat in "10":
+    os.environ.update(INFBENCH_TFS_KIND=kind, INFBENCH_TFS_REPEAT=repeat)
+    name = f"users_{kind}_{repeat}".replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
+    if repeat == "0":  # every request unique: two bodies that differ
+        for n in (0, 1):
+            with open(os.path.join(out, f"{kind}-unique-{n}"), "wb") as f:
+                f.write(m.PAYLOAD.body(n))
+        continue
     with open(os.path.join(out, kind), "wb") as f:
         f.write(m.PAYLOAD.fixed)
     with open(os.path.join(out, kind + ".json"), "w") as f:
@@ -196,6 +203,19 @@ def _our_answers(server: Server, images: Path, tmp: Path) -> dict[str, np.ndarra
     response = service_pb2.ModelInferResponse.FromString(call((tmp / "v2-grpc").read_bytes()))
     shape = [int(d) for d in response.outputs[0].shape]
     answers["v2-grpc"] = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(shape)
+    # REPEAT=0: each request's body differs (one value changed), and the server takes each.
+    for kind in V2_KINDS:
+        spec = json.loads((tmp / f"{kind}.json").read_text())
+        bodies = [(tmp / f"{kind}-unique-{n}").read_bytes() for n in (0, 1)]
+        if kind != "v2-rest-json":  # binary: the same bytes but one float
+            assert len(bodies[0]) == len((tmp / kind).read_bytes()), kind
+        for body in bodies:
+            if kind == "v2-grpc":
+                service_pb2.ModelInferResponse.FromString(call(body))
+            else:
+                r = server.client.post(spec["path"], content=body, headers=spec["headers"])
+                assert r.status_code == 200, (kind, r.text)
+        assert bodies[0] != bodies[1], kind
     return answers
 
 
