@@ -15,6 +15,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,14 @@ def _our_answers(server: Server, images: Path, tmp: Path) -> dict[str, np.ndarra
     response = service_pb2.ModelInferResponse.FromString(call((tmp / "v2-grpc").read_bytes()))
     shape = [int(d) for d in response.outputs[0].shape]
     answers["v2-grpc"] = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(shape)
+    # The typed form (contents.fp32_contents) instead of raw_input_contents: the same answer.
+    typed = service_pb2.ModelInferRequest(model_name=MODEL_NAME)
+    tensor = typed.inputs.add(name="image", datatype="FP32", shape=[BATCH, 28, 28, 1])
+    raw = service_pb2.ModelInferRequest.FromString((tmp / "v2-grpc").read_bytes())
+    tensor.contents.fp32_contents.extend(np.frombuffer(raw.raw_input_contents[0], "<f4"))
+    response = service_pb2.ModelInferResponse.FromString(call(typed.SerializeToString()))
+    answers["v2-grpc-contents"] = np.frombuffer(response.raw_output_contents[0],
+                                                "<f4").reshape(shape)
     # REPEAT=0: each request's body differs (one value changed), and the server takes each.
     for kind in V2_KINDS:
         spec = json.loads((tmp / f"{kind}.json").read_text())
@@ -225,13 +234,18 @@ def test_tritonclient_infer_equals_our_users_and_tfserving_rest(
     name = http_client.get_model_metadata(MODEL_NAME)["inputs"][0]["name"]
     theirs = _tritonclient_answers(http_client, grpc_client, name, tensor)
     ours = _our_answers(mnist_v2, images, tmp_path)
-    assert set(theirs) == {"http-json", "http-binary", "grpc"} and set(ours) == set(V2_KINDS)
+    assert set(theirs) == {"http-json", "http-binary", "grpc"}
+    assert set(ours) == {*V2_KINDS, "v2-grpc-contents"}
     for label, out in {**theirs, **ours}.items():
         assert out.shape == (BATCH, 10), label
         assert np.allclose(out, reference, atol=1e-5), (label, out, reference)
-    # The server timed each V2 request under its own format.
-    formats = {t["format"] for t in mnist_v2.timings() if t["ok"]}
-    assert {"v2-json", "v2-binary", "v2-raw"} <= formats
+    # The server timed each V2 request under its own format (lines flushed about once a second).
+    want = {"v2-json", "v2-binary", "v2-raw", "v2-contents"}
+    deadline = time.monotonic() + 10.0
+    while not want <= (formats := {t["format"] for t in mnist_v2.timings() if t["ok"]}) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert want <= formats
 
 
 def test_bad_requests_get_the_protocols_errors(mnist_v2: Server, http_client: Any,
