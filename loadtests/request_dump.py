@@ -53,7 +53,7 @@ def describe(m: Any) -> tuple[dict[str, Any], bytes]:
                      "headers": {"content-type": "application/grpc", "te": "trailers"},
                      "notes": notes}, bytes(m.PAYLOAD.fixed))
         return ({"protocol": "http", "method": "POST", "path": m.REST_PATH, "ok_status": [200],
-                 "headers": {"Content-Type": "application/json"}, "notes": notes},
+                 "headers": dict(m.REST_HEADERS), "notes": notes},
                 bytes(m.PAYLOAD.fixed))
     if all(hasattr(m, a) for a in ("BODY", "HEADERS", "PATH", "REQUEST")):  # locustfile.py
         if getattr(m, "RATE", 0) > 0:

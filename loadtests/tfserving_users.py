@@ -1,4 +1,6 @@
-"""Locust users for a TensorFlow-Serving-compatible server (servers.tfserving, or the real one).
+"""Locust users for a TensorFlow-Serving-compatible server (servers.tfserving, or the real one),
+and for the Open Inference Protocol ("V2": KServe, Triton, MLServer; servers.tfserving speaks it
+too).
 
 One kind of user per Locust process, chosen by the environment, so that REST and gRPC runs
 differ only in the transport and the encoding of the same sample images:
@@ -8,10 +10,19 @@ differ only in the transport and the encoding of the same sample images:
                         rest-columnar    POST :predict {"inputs": [<float tensor>, ...]}
                         grpc-tensor      Predict, a DT_FLOAT TensorProto in tensor_content
                         grpc-string      Predict, a DT_STRING TensorProto of JPEGs (string_val)
+                        v2-rest-json     POST /v2/models/<model>/infer, one FP32 input with its
+                                         row-major flattened "data" as JSON numbers, JSON output
+                        v2-rest-binary   the same with the binary tensor data extension: the
+                                         JSON header (binary_data_size, binary_data_output),
+                                         then the raw little-endian FP32 bytes, its length in
+                                         Inference-Header-Content-Length; a binary output
+                        v2-grpc          inference.GRPCInferenceService/ModelInfer, the tensor in
+                                         raw_input_contents (as tritonclient sends it)
   INFBENCH_BATCH        instances per request (default 1)
   INFBENCH_TFS_MODEL    the model name (default "default")
-  INFBENCH_TFS_INPUT    the input's name in gRPC requests (default "image"; servers.tfserving
-                        takes a one-input model's input under any name, TF-Serving does not)
+  INFBENCH_TFS_INPUT    the input's name in gRPC and V2 requests (default "image";
+                        servers.tfserving takes a one-input model's input under any name,
+                        TF-Serving and V2 servers do not: name the model's input there)
   INFBENCH_TFS_REPEAT   1 (default): the same body every request; 0: every request unique --
                         float kinds change one pixel's value, JPEG kinds take the next images
                         of the folder and end each JPEG with a request-unique trailer after its
@@ -60,10 +71,14 @@ import locustfile as shared  # loadtests/ is on sys.path: Locust adds the locust
 from locust import User, between, task
 from locust.exception import StopUser
 
-KINDS = ("rest-row-pixels", "rest-b64", "rest-columnar", "grpc-tensor", "grpc-string")
-FLOAT_KINDS = ("rest-row-pixels", "rest-columnar", "grpc-tensor")
+KINDS = ("rest-row-pixels", "rest-b64", "rest-columnar", "grpc-tensor", "grpc-string",
+         "v2-rest-json", "v2-rest-binary", "v2-grpc")
+FLOAT_KINDS = ("rest-row-pixels", "rest-columnar", "grpc-tensor", "v2-rest-json",
+               "v2-rest-binary", "v2-grpc")
 SIGNATURE = "serving_default"
-PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+TFS_PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+V2_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+V2_HEADER = "Inference-Header-Content-Length"
 # One float of the tensor changes per request with REPEAT=0: a million distinct values.
 UNIQUE_VALUES = 1_000_000
 
@@ -84,7 +99,8 @@ def _int_env(name: str, default: int, lowest: int = 1) -> int:
 KIND = os.environ.get("INFBENCH_TFS_KIND", "").strip()
 if KIND not in KINDS:
     raise _fail(f"INFBENCH_TFS_KIND: expected one of {', '.join(KINDS)}, got {KIND!r}")
-IS_GRPC = KIND.startswith("grpc-")
+IS_GRPC = KIND in ("grpc-tensor", "grpc-string", "v2-grpc")
+IS_V2 = KIND.startswith("v2-")
 BATCH = _int_env("INFBENCH_BATCH", 1)
 MODEL = os.environ.get("INFBENCH_TFS_MODEL", "").strip() or "default"
 INPUT = os.environ.get("INFBENCH_TFS_INPUT", "").strip() or "image"
@@ -96,8 +112,9 @@ IMAGES = Path(os.environ.get("INFBENCH_IMAGES", "build/images"))
 GRPC_HOST = os.environ.get("INFBENCH_GRPC_HOST", "").strip()
 if IS_GRPC and not GRPC_HOST:
     raise _fail(f"INFBENCH_GRPC_HOST: required for {KIND} (host:port of the gRPC server)")
-REST_PATH = f"/v1/models/{MODEL}:predict"
-NAME = f"{'Predict' if IS_GRPC else REST_PATH} [{KIND} batch {BATCH}]"
+REST_PATH = f"/v2/models/{MODEL}/infer" if IS_V2 else f"/v1/models/{MODEL}:predict"
+PREDICT_METHOD = V2_INFER_METHOD if IS_V2 else TFS_PREDICT_METHOD  # the gRPC kinds' call
+NAME = f"{PREDICT_METHOD.rsplit('/', 1)[1] if IS_GRPC else REST_PATH} [{KIND} batch {BATCH}]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,8 +274,73 @@ class GrpcString(Payload):
         return self._request([self.padded[(n * BATCH + i) % count] + tail for i in range(BATCH)])
 
 
+class Spliced(Payload):
+    """Fixed bytes whose float32 at `offset` is overwritten per request when unique."""
+
+    def __init__(self, fixed: bytes, offset: int) -> None:
+        super().__init__(fixed)
+        assert offset > 0
+        self.offset = offset
+
+    def body(self, n: int) -> bytes:
+        if not UNIQUE:
+            return self.fixed
+        at = self.offset
+        return b"".join((self.fixed[:at], struct.pack("<f", _unique_value(n)),
+                         self.fixed[at + 4:]))
+
+
+def _v2_input(tensor: Any) -> dict[str, Any]:
+    return {"name": INPUT, "datatype": "FP32", "shape": [int(n) for n in tensor.shape]}
+
+
+class V2Json(JsonFloats):
+    """V2 REST: the tensor's row-major values flattened into "data"; unique as JsonFloats."""
+
+    def __init__(self, tensor: Any) -> None:
+        import numpy as np
+
+        mark = "@infbench-unique@"
+        values = np.round(tensor.astype(np.float64).ravel(), 6).tolist()
+        doc: dict[str, Any] = {"inputs": [{**_v2_input(tensor), "data": values}]}
+        Payload.__init__(self, json.dumps(doc).encode())
+        values[0] = mark
+        head, tail = json.dumps(doc).split(json.dumps(mark))
+        self.head, self.tail = head.encode(), tail.encode()
+
+
+def v2_binary(tensor: Any) -> tuple[bytes, int]:
+    """The binary extension's body and its JSON header's length: the header asks for the
+    output as binary too, as tritonclient's default does."""
+    content = tensor.astype("<f4").tobytes()
+    doc = {"inputs": [{**_v2_input(tensor), "parameters": {"binary_data_size": len(content)}}],
+           "parameters": {"binary_data_output": True}}
+    head = json.dumps(doc).encode()
+    return head + content, len(head)
+
+
+def _v2_grpc(tensor: Any) -> Spliced:
+    """A serialised ModelInferRequest with the tensor in raw_input_contents (tritonclient's
+    generated stubs: the protocol's grpc_service.proto)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(**_v2_input(tensor))
+    content = tensor.astype("<f4").tobytes()
+    request.raw_input_contents.append(content)
+    fixed = request.SerializeToString()
+    return Spliced(fixed, fixed.find(content))
+
+
 def _payload() -> Payload:
     jpegs = _jpegs()
+    if KIND == "v2-rest-json":
+        return V2Json(_tensor(jpegs))
+    if KIND == "v2-rest-binary":
+        body, length = v2_binary(_tensor(jpegs))
+        return Spliced(body, length)
+    if KIND == "v2-grpc":
+        return _v2_grpc(_tensor(jpegs))
     if KIND == "rest-row-pixels":
         return JsonFloats("instances", _tensor(jpegs))
     if KIND == "rest-columnar":
@@ -304,6 +386,11 @@ def _begin() -> bytes:
 
 
 JSON = {"Content-Type": "application/json"}
+# The REST kinds' headers (request_dump.py replays them): the binary extension says where its
+# JSON header ends.
+REST_HEADERS = ({"Content-Type": "application/octet-stream",
+                 V2_HEADER: str(PAYLOAD.offset)}
+                if KIND == "v2-rest-binary" and isinstance(PAYLOAD, Spliced) else JSON)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,13 +404,14 @@ class RestUser(shared.LoadUser):
     wait_time = between(shared.WAIT_MIN, shared.WAIT_MAX)
 
     def on_start(self) -> None:
-        self.fixed = shared.prepare("POST", REST_PATH, self.conn.host, PAYLOAD.fixed, JSON)
+        self.fixed = shared.prepare("POST", REST_PATH, self.conn.host, PAYLOAD.fixed,
+                                    REST_HEADERS)
 
     @task
     def predict(self) -> None:
         body = _next_body()
         request = self.fixed if body is PAYLOAD.fixed else \
-            shared.prepare("POST", REST_PATH, self.conn.host, body, JSON)
+            shared.prepare("POST", REST_PATH, self.conn.host, body, REST_HEADERS)
         self.request("POST", request, NAME, (200,))
 
 

@@ -1,4 +1,5 @@
-"""A TensorFlow-Serving-compatible server for infbench's models: REST and gRPC in one process.
+"""A TensorFlow-Serving-compatible server for infbench's models: REST and gRPC in one process,
+both also speaking the Open Inference Protocol ("V2": KServe, Triton, MLServer).
 
 Why: "REST vs gRPC" is only a fair question when both transports serve the same model, with the
 same preprocessing, in the same process, on the same machine. The real tensorflow_model_server
@@ -27,11 +28,39 @@ REST (Starlette on Uvicorn, on the event loop; the work runs in anyio's worker t
       version or path; 413 body over INFBENCH_MAX_BODY_BYTES or more than INFBENCH_MAX_IMAGES
       instances. The body limit is servers.shared.bodylimit's, as on every infbench server: a body
       still coming is drained before any answer.
+V2 REST (the same app, thread pool and model lock):
+    GET  /v2                                      {"name", "version", "extensions":
+                                                   ["binary_tensor_data"]}
+    GET  /v2/health/live, /v2/health/ready        200 {} (ready: REST listens once loaded)
+    GET  /v2/models/<name>[/versions/<v>]         {"name", "versions": ["1"], "platform",
+         "inputs": [{"name", "datatype": "FP32", "shape": [-1, size, size, channels]}],
+         "outputs": [{"name": "output_0", "datatype": "FP32", "shape": [-1, classes]}]}
+    GET  /v2/models/<name>[/versions/<v>]/ready   200 {}
+    POST /v2/models/<name>[/versions/<v>]/infer
+         {"inputs": [{"name", "shape": [N, size, size, channels], "datatype": "FP32",
+                      "data": [row-major values, flat or nested]}],
+          "outputs": [{"name": "output_0", "parameters": {"binary_data": bool}}]?, "id"?}
+         or the binary tensor data extension: Inference-Header-Content-Length: <n>, the first
+         n bytes that JSON (the input with "parameters": {"binary_data_size": <bytes>} and no
+         "data"), then the raw little-endian FP32 bytes.
+      -> 200 {"model_name", "model_version", "id"?, "outputs": [{"name": "output_0",
+             "datatype": "FP32", "shape": [N, classes], "data": [...]}]}; with
+             "binary_data_output": true (request parameters) or an output's "binary_data": true
+             the output's "parameters": {"binary_data_size"} instead of "data", its bytes after
+             the JSON, the JSON's length in Inference-Header-Content-Length.
+      The model takes one FP32 input (the image after preprocessing) under any name. Errors
+      {"error": "<one line>"}: 400 malformed JSON, wrong datatype, shape or value count, a
+      binary size that does not match, unknown outputs; 404 unknown model, version or path;
+      413 as for TF-Serving's API.
 gRPC (grpcio's thread pool, same model behind a lock):
     tensorflow.serving.PredictionService/Predict: one input, DT_FLOAT (tensor_content or
       float_val, shape [N, size, size, channels]) or DT_STRING (string_val, shape [N], encoded
       images); one output "output_0", DT_FLOAT [N, classes] in tensor_content.
     tensorflow.serving.ModelService/GetModelStatus
+    inference.GRPCInferenceService (the V2 protocol, tritonclient's generated stubs):
+      ModelInfer (one FP32 input in raw_input_contents or contents.fp32_contents; the output
+      "output_0" in raw_output_contents), ServerLive, ServerReady, ModelReady, ServerMetadata,
+      ModelMetadata; the same checks as V2 REST, as INVALID_ARGUMENT / NOT_FOUND.
     grpc.health.v1.Health: NOT_SERVING while loading, SERVING once the model is warm.
     Errors: INVALID_ARGUMENT (bad input), NOT_FOUND (model, version), RESOURCE_EXHAUSTED
       (message over INFBENCH_MAX_BODY_BYTES, set as grpc.max_receive_message_length, or more
@@ -44,12 +73,13 @@ INFBENCH_THREAD_LIMIT (REST worker threads) as in servers.shared.settings; INFBE
 INFBENCH_PROBE_DIR (servers.shared.probes).
 
 The time split (always measured, written only when INFBENCH_TIMING_DIR is set): one JSON line
-per predict request, any status, appended to <dir>/timings-<pid>.jsonl by servers.shared.timings
-(buffered, flushed about once a second and at shutdown; the folder and the file are made at
-start-up, and a server that cannot make them does not start):
+per predict (or V2 infer) request, any status, appended to <dir>/timings-<pid>.jsonl by
+servers.shared.timings (buffered, flushed about once a second and at shutdown; the folder and
+the file are made at start-up, and a server that cannot make them does not start):
     {"t": unix time the request reached the handler, "protocol": "rest" | "grpc",
-     "format": "row" | "row-b64" | "columnar" | "columnar-b64" (REST),
-               "tensor_content" | "float_val" | "string_val" (gRPC), null if never parsed,
+     "format": "row" | "row-b64" | "columnar" | "columnar-b64" | "v2-json" | "v2-binary" (REST),
+               "tensor_content" | "float_val" | "string_val" | "v2-raw" | "v2-contents" (gRPC),
+               null if never parsed,
      "batch": instances (0 if never parsed), "status": HTTP status (REST) or gRPC code name,
      "ok": status is 200 / "OK",
      "receive_ms": REST: reading the body; gRPC: from the call's arrival to the start of
@@ -65,11 +95,12 @@ start-up, and a server that cannot make them does not start):
                    yielding, so wall - CPU is time that thread was off a core (waiting for one,
                    for memory, or for TensorFlow's own op threads, whose CPU is not in it);
                    null when the phase did not run}
-Only predict requests are recorded. Not recorded: REST answers given before the predict handler
-(unknown path, wrong method, a Content-Length over INFBENCH_MAX_BODY_BYTES) and gRPC messages
-that do not deserialise (grpcio answers those INTERNAL itself).
+Only predict and infer requests are recorded. Not recorded: REST answers given before the
+predict handler (unknown path, wrong method, a Content-Length over INFBENCH_MAX_BODY_BYTES)
+and gRPC messages that do not deserialise (grpcio answers those INTERNAL itself).
 
 The modules: servable (the refusal type, the options, the model behind both protocols), timing
-(the time split's record and lines), core (what the process holds), rest, grpc_api, and main
+(the time split's record and lines), core (what the process holds), rest, grpc_api, v2 (the V2
+checks and its REST routes), v2_grpc (GRPCInferenceService), and main
 (the command line, the listeners, the load; run by __main__).
 """

@@ -20,7 +20,8 @@ from servers.tfserving.servable import OUTPUT_NAME, Options, Servable, unavailab
 from servers.tfserving.timing import TimingLog
 
 PROG = "servers.tfserving"
-HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
+                   "inference.GRPCInferenceService")
 
 
 class Core:
@@ -46,7 +47,7 @@ class Core:
         loaded = load_model(s.model_path, s.input_size)
         servable = Servable(self.opts, loaded)
         warm = np.zeros((1, *servable.shape), dtype=np.float32)
-        forward(loaded, warm, self.opts.call, servable.pad_to)
+        servable.classes = int(forward(loaded, warm, self.opts.call, servable.pad_to).shape[-1])
         self.servable = servable
         for service in HEALTH_SERVICES:
             self.grpc_health.set(service, health_pb2.HealthCheckResponse.SERVING)

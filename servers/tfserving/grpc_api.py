@@ -25,6 +25,7 @@ from servers.tfserving.servable import (
     not_found,
 )
 from servers.tfserving.timing import Timing, TimingLog
+from servers.tfserving.v2_grpc import INFER_METHOD, add_v2
 
 if TYPE_CHECKING:
     from tensorflow.core.framework import tensor_pb2
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+# The calls that get a timing record: TF-Serving's Predict and the V2 protocol's ModelInfer.
+TIMED_METHODS = (PREDICT_METHOD, INFER_METHOD)
 
 # The record of the RPC being handled. grpcio runs each RPC's interceptor, deserialiser,
 # handler and serialiser inside that RPC's own contextvars.Context, so this is per call.
@@ -114,7 +117,8 @@ def _model_version(spec: Any) -> int | None:
 
 
 class PredictTimer(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Starts each Predict's record on arrival and times its (de)serialisation.
+    """Starts each Predict's (and ModelInfer's) record on arrival and times its
+    (de)serialisation.
 
     grpcio deserialises on its polling thread, outside the RPC's context, so the times travel
     with the message (a _Parsed) to the handler's thread, where the record lives in _RPC.
@@ -125,7 +129,7 @@ class PredictTimer(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(self, continuation: Any, details: Any) -> Any:
         handler = continuation(details)
-        if handler is None or details.method != PREDICT_METHOD:
+        if handler is None or details.method not in TIMED_METHODS:
             return handler
         _RPC.set(Timing("grpc"))
         return grpc.unary_unary_rpc_method_handler(
@@ -187,7 +191,8 @@ def bind_grpc(core: Core) -> tuple[grpc.Server, int]:
 
 
 def serve_grpc(core: Core, server: grpc.Server) -> None:
-    """Add TF-Serving's two services and health (NOT_SERVING until loaded), and start.
+    """Add TF-Serving's two services, the V2 protocol's (servers.tfserving.v2_grpc) and health
+    (NOT_SERVING until loaded), and start.
 
     The TF-Serving protos import TensorFlow, hence here rather than at module import.
     """
@@ -256,6 +261,7 @@ def serve_grpc(core: Core, server: grpc.Server) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(),
                                                                         server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
+    add_v2(core, server, _RPC.get)
     health_pb2_grpc.add_HealthServicer_to_server(core.grpc_health, server)
     for service in HEALTH_SERVICES:
         core.grpc_health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -24,6 +24,7 @@ from servers.shared.errors import error_response, one_line
 from servers.tfserving.core import Core
 from servers.tfserving.servable import DEFAULT_SIGNATURE, InputError, Servable, bad, too_large
 from servers.tfserving.timing import Timing
+from servers.tfserving.v2 import V2Rest
 
 # /v1/models/<name>[/versions/<n>][:verb]; TF-Serving's version labels are not served.
 _MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
@@ -108,10 +109,13 @@ class RestApi:
         self.core = core
 
     def app(self) -> Starlette:
+        v2 = V2Rest(self.core, self.body)
         return Starlette(
             routes=[
                 Route("/health", self.health, methods=["GET"]),
                 Route("/v1/models/{rest:path}", self.models, methods=["GET", "POST"]),
+                Route("/v2", v2.root, methods=["GET"]),
+                Route("/v2/{rest:path}", v2.route, methods=["GET", "POST"]),
             ],
             middleware=[Middleware(BodyLimitMiddleware,
                                    max_body_bytes=self.core.opts.settings.max_body_bytes)],
@@ -149,7 +153,7 @@ class RestApi:
         return JSONResponse(servable.status_json())
 
     @staticmethod
-    async def _body(request: Request) -> bytes:
+    async def body(request: Request) -> bytes:
         """The body; BodyLimitMiddleware has refused a Content-Length over the limit already and
         counts what streams in."""
         try:
@@ -164,7 +168,7 @@ class RestApi:
             servable = self.core.servable_or_unavailable()
             servable.check(name, version)
             try:
-                body = await self._body(request)
+                body = await self.body(request)
             finally:
                 rec.receive = rec.parse = time.perf_counter() - rec.t0
             content = await anyio.to_thread.run_sync(

@@ -88,6 +88,7 @@ class Servable:
         model = loaded.model
         inputs = getattr(model, "inputs", None)
         self.input_name = str(inputs[0].name) if inputs else "input"
+        self.classes = 0  # the output's width, known once the warm-up call has run (Core.load)
 
     def check(self, name: str, version: int | None) -> None:
         """NOT_FOUND unless `name` (and `version`, if given) is what this server serves."""
