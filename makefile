@@ -24,6 +24,7 @@
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
 #            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
+#            LOAD_PROCESSES=<n> (Locust's master and n workers per step: run, run_<variant>)
 #            URL=<http(s)://host:port> (where a `server = "url"` variant's server runs: run_*)
 #            CONNECTIONS=<n> SECONDS=<s> TOOL=wrk|hey (crosscheck_*)
 #            FORMAT=compose|k8s EXPORT_DIR=<dir> IMAGE=<tag> HOST_PORT=<port> (export_*)
@@ -42,19 +43,21 @@ STUDY ?= allocators
 PROBES ?=
 CAPTURE ?=
 URL ?=
+LOAD_PROCESSES ?=
 PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
        $(if $(filter 1 yes true,$(PROBES)),--probes)
 ropts = $(opts) $(if $(URL),--url $(URL)) $(if $(filter 1 yes true,$(CAPTURE)),--capture) \
-        $(if $(filter 0 no false,$(CAPTURE)),--no-capture)
+        $(if $(filter 0 no false,$(CAPTURE)),--no-capture) \
+        $(if $(LOAD_PROCESSES),--load-processes $(LOAD_PROCESSES))
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
 .PHONY: help venv system system-run build build_all run run_all run_study bench-probes bench-capture report \
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,29p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,30p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
