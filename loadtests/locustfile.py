@@ -126,7 +126,7 @@ ARRIVAL_SEED = int(os.environ.get("INFBENCH_ARRIVAL_SEED", "0") or 0)
 MAX_IN_FLIGHT = int(os.environ.get("INFBENCH_MAX_IN_FLIGHT", "512") or 512)
 # A Locust worker of a distributed step (infbench/measure/distributed.py): where its own request
 # log goes, and where its share of the open-loop schedule starts (seconds added to every offset).
-REQUESTS_LOG = os.environ.get("INFBENCH_REQUESTS", "")
+REQUESTS_LOG = os.environ.get("INFBENCH_REQUEST_LOG", "")
 ARRIVAL_OFFSET_S = float(os.environ.get("INFBENCH_ARRIVAL_OFFSET_S", "0") or 0)
 
 _counts: dict[str, Any] = {

@@ -47,7 +47,7 @@ def worker_env(base: dict[str, str], k: int, workers: int, rate: float, arrival:
     """Worker k's (of `workers`) environment: its share of an open-loop rate, its own seed
     and phase, its own files; stability is not judged by a worker (it sees a share only)."""
     env = dict(base)
-    env.update({"INFBENCH_COUNTS": str(counts), "INFBENCH_REQUESTS": str(requests),
+    env.update({"INFBENCH_COUNTS": str(counts), "INFBENCH_REQUEST_LOG": str(requests),
                 "INFBENCH_UNTIL_STABLE": "0"})
     if rate > 0:
         env["INFBENCH_RATE"] = f"{rate / workers:g}"
