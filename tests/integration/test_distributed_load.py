@@ -58,7 +58,8 @@ url = "{url}"
 """
 
 
-@pytest.fixture(scope="module")
+# One server per class, and each test a class of its own: xdist's loadscope spreads them.
+@pytest.fixture(scope="class")
 def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     url = f"http://{HOST}:{port}"
@@ -95,86 +96,90 @@ def aggregated(stats: Path) -> int:
     return int(row["Request Count"])
 
 
-def test_two_workers_are_merged_and_split_the_open_loop(tmp_path: Path, outside: str) -> None:
-    steps = f"[{{ batch = 1, seconds = 3 }}, {{ batch = 2, seconds = 3, rate = {RATE:g} }}]"
-    # The flag, not the profile, asks for the workers here.
-    p = start(tmp_path, outside, "", steps, ("--load-processes", "2"))
-    out, _ = p.communicate(timeout=240)
-    assert p.returncode == 0, out[-3000:]
-    d = the_run(tmp_path / "r") / "outside"
-    assert json.loads((d.parent / "run.json").read_text())["status"] == "complete", out[-3000:]
-    for name in ("step1-b1", "step2-b2"):
-        merged = json.loads((d / f"{name}_counts.json").read_text())
-        parts = [json.loads((d / f"{name}_w{k}_counts.json").read_text()) for k in (1, 2)]
-        assert merged["parts_missing"] == []
-        assert merged["finished"] == sum(x["finished"] for x in parts) > 0
-        assert all(x["finished"] > 0 for x in parts), "each worker sent a share"
-        with (d / f"{name}_requests.csv").open() as f:
-            rows = list(csv.DictReader(f))
-        assert len(rows) == merged["finished"] == merged["merged_requests"]
-        assert [float(r["t_end"]) for r in rows] == sorted(float(r["t_end"]) for r in rows)
-        # The master's stats CSV (Locust's own aggregation of the workers' reports) counts
-        # the same requests as the merged log.
-        assert aggregated(d / f"{name}_stats.csv") == merged["finished"]
-        with (d / f"{name}_loadgen.csv").open() as f:
-            pids = {r["pid"] for r in csv.DictReader(f)}
-        assert len(pids) >= 3  # the master and both workers
-    ol = json.loads((d / "step2-b2_counts.json").read_text())["open_loop"]
-    assert ol["rate"] == RATE  # the shares add up to the profile's rate
-    for k in (1, 2):
-        part = json.loads((d / f"step2-b2_w{k}_counts.json").read_text())
-        share = part["open_loop"]
-        assert share["rate"] == RATE / 2
-        # A schedule can send no more than was due: RATE/2 per second of its own span.
-        span = part["test_stopping"] - share["schedule_start"]
-        assert 0 < share["scheduled"] <= RATE / 2 * span + 1
-    summary = json.loads((d / "summary.json").read_text())
-    gen = [s["loadgen"] for s in summary["steps"] if s.get("loadgen")]
-    assert gen and all(len(g["per_process"]) >= 3 for g in gen)
-
-
-def test_a_worker_killed_mid_step_is_a_fault(tmp_path: Path, outside: str) -> None:
-    p = start(tmp_path, outside, "load_processes = 2", "[{ batch = 1, seconds = 8 }]")
-    counts = wait_for("*/outside/step1-b1_w1_counts.json", tmp_path / "r")
-    deadline = time.monotonic() + 60
-    while json.loads(counts.read_text() or "{}").get("finished", 0) == 0:
-        assert time.monotonic() < deadline, "worker 1 never finished a request"
-        time.sleep(0.1)
-    (worker,) = [c for c in psutil.Process(p.pid).children(recursive=True)
-                 if "--worker" in c.cmdline() and str(counts.parent / "step1-b1_w1")
-                 in json.dumps(c.environ())]
-    os.killpg(worker.pid, signal.SIGKILL)  # its own group: the master and worker 2 live on
-    out, _ = p.communicate(timeout=240)
-    assert p.returncode != 0, out[-3000:]
-    d = the_run(tmp_path / "r")
-    assert json.loads((d / "run.json").read_text())["status"] != "complete"
-    ph = json.loads((d / "outside" / "phases.json").read_text())
-    died = [e for e in ph["events"] if e["kind"] == "load_worker_died"]
-    assert len(died) == 1 and died[0]["fault"] and died[0]["worker"] == 1
-    assert "killed by signal 9" in died[0]["detail"]
-    assert "Locust worker 1 of step 1 killed by signal 9" in out
-
-
-def test_an_external_worker_joins_the_master(tmp_path: Path, outside: str) -> None:
-    port = free_port()
-    extra = f"load_external_workers = 1\nload_master_port = {port}\nload_worker_wait = 60"
-    p = start(tmp_path, outside, extra, "[{ batch = 1, seconds = 3 }]")
-    script = wait_for("*/outside/step1-b1_worker2.sh", tmp_path / "r")
-    env = {k: v for k, v in child_env().items() if not k.startswith("INFBENCH_")}
-    log = (tmp_path / "worker2.log").open("wb")
-    worker = subprocess.Popen(["sh", str(script), HOST], env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+class TestMerged:
+    def test_two_workers_are_merged_and_split_the_open_loop(self, tmp_path: Path,
+                                                            outside: str) -> None:
+        steps = f"[{{ batch = 1, seconds = 3 }}, {{ batch = 2, seconds = 3, rate = {RATE:g} }}]"
+        # The flag, not the profile, asks for the workers here.
+        p = start(tmp_path, outside, "", steps, ("--load-processes", "2"))
         out, _ = p.communicate(timeout=240)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-        log.close()
-    assert p.returncode == 0, out[-3000:] + (tmp_path / "worker2.log").read_text()[-2000:]
-    d = the_run(tmp_path / "r")
-    assert json.loads((d / "run.json").read_text())["status"] == "complete"
-    merged = json.loads((d / "outside" / "step1-b1_counts.json").read_text())
-    assert merged["workers"][1]["finished"] > 0  # the one the test started
-    assert merged["finished"] == aggregated(d / "outside" / "step1-b1_stats.csv")
+        assert p.returncode == 0, out[-3000:]
+        d = the_run(tmp_path / "r") / "outside"
+        assert json.loads((d.parent / "run.json").read_text())["status"] == "complete", out[-3000:]
+        for name in ("step1-b1", "step2-b2"):
+            merged = json.loads((d / f"{name}_counts.json").read_text())
+            parts = [json.loads((d / f"{name}_w{k}_counts.json").read_text()) for k in (1, 2)]
+            assert merged["parts_missing"] == []
+            assert merged["finished"] == sum(x["finished"] for x in parts) > 0
+            assert all(x["finished"] > 0 for x in parts), "each worker sent a share"
+            with (d / f"{name}_requests.csv").open() as f:
+                rows = list(csv.DictReader(f))
+            assert len(rows) == merged["finished"] == merged["merged_requests"]
+            assert [float(r["t_end"]) for r in rows] == sorted(float(r["t_end"]) for r in rows)
+            # The master's stats CSV (Locust's own aggregation of the workers' reports) counts
+            # the same requests as the merged log.
+            assert aggregated(d / f"{name}_stats.csv") == merged["finished"]
+            with (d / f"{name}_loadgen.csv").open() as f:
+                pids = {r["pid"] for r in csv.DictReader(f)}
+            assert len(pids) >= 3  # the master and both workers
+        ol = json.loads((d / "step2-b2_counts.json").read_text())["open_loop"]
+        assert ol["rate"] == RATE  # the shares add up to the profile's rate
+        for k in (1, 2):
+            part = json.loads((d / f"step2-b2_w{k}_counts.json").read_text())
+            share = part["open_loop"]
+            assert share["rate"] == RATE / 2
+            # A schedule can send no more than was due: RATE/2 per second of its own span.
+            span = part["test_stopping"] - share["schedule_start"]
+            assert 0 < share["scheduled"] <= RATE / 2 * span + 1
+        summary = json.loads((d / "summary.json").read_text())
+        gen = [s["loadgen"] for s in summary["steps"] if s.get("loadgen")]
+        assert gen and all(len(g["per_process"]) >= 3 for g in gen)
+
+
+class TestKilledWorker:
+    def test_a_worker_killed_mid_step_is_a_fault(self, tmp_path: Path, outside: str) -> None:
+        p = start(tmp_path, outside, "load_processes = 2", "[{ batch = 1, seconds = 8 }]")
+        counts = wait_for("*/outside/step1-b1_w1_counts.json", tmp_path / "r")
+        deadline = time.monotonic() + 60
+        while json.loads(counts.read_text() or "{}").get("finished", 0) == 0:
+            assert time.monotonic() < deadline, "worker 1 never finished a request"
+            time.sleep(0.1)
+        (worker,) = [c for c in psutil.Process(p.pid).children(recursive=True)
+                     if "--worker" in c.cmdline() and str(counts.parent / "step1-b1_w1")
+                     in json.dumps(c.environ())]
+        os.killpg(worker.pid, signal.SIGKILL)  # its own group: the master and worker 2 live on
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode != 0, out[-3000:]
+        d = the_run(tmp_path / "r")
+        assert json.loads((d / "run.json").read_text())["status"] != "complete"
+        ph = json.loads((d / "outside" / "phases.json").read_text())
+        died = [e for e in ph["events"] if e["kind"] == "load_worker_died"]
+        assert len(died) == 1 and died[0]["fault"] and died[0]["worker"] == 1
+        assert "killed by signal 9" in died[0]["detail"]
+        assert "Locust worker 1 of step 1 killed by signal 9" in out
+
+
+class TestExternalWorker:
+    def test_an_external_worker_joins_the_master(self, tmp_path: Path, outside: str) -> None:
+        port = free_port()
+        extra = f"load_external_workers = 1\nload_master_port = {port}\nload_worker_wait = 60"
+        p = start(tmp_path, outside, extra, "[{ batch = 1, seconds = 3 }]")
+        script = wait_for("*/outside/step1-b1_worker2.sh", tmp_path / "r")
+        env = {k: v for k, v in child_env().items() if not k.startswith("INFBENCH_")}
+        log = (tmp_path / "worker2.log").open("wb")
+        worker = subprocess.Popen(["sh", str(script), HOST], env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = p.communicate(timeout=240)
+            worker.wait(timeout=30)
+        finally:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+            log.close()
+        assert p.returncode == 0, out[-3000:] + (tmp_path / "worker2.log").read_text()[-2000:]
+        d = the_run(tmp_path / "r")
+        assert json.loads((d / "run.json").read_text())["status"] == "complete"
+        merged = json.loads((d / "outside" / "step1-b1_counts.json").read_text())
+        assert merged["workers"][1]["finished"] > 0  # the one the test started
+        assert merged["finished"] == aggregated(d / "outside" / "step1-b1_stats.csv")
