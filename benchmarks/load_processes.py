@@ -44,6 +44,7 @@ def one_round(host: str, processes: int, users: int, seconds: float, out: Path, 
                       request_timeout=30, load_processes=processes)
     t = server.cpu_times()
     srv0 = t.user + t.system
+    out.mkdir(parents=True, exist_ok=True)
     run = load.start_step(profile, step, n, host, out, assets.images_dir(), JSON_REQUEST)
     try:
         run.group.popen.wait(timeout=seconds + 120)
