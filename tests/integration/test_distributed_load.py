@@ -183,3 +183,15 @@ class TestExternalWorker:
         merged = json.loads((d / "outside" / "step1-b1_counts.json").read_text())
         assert merged["workers"][1]["finished"] > 0  # the one the test started
         assert merged["finished"] == aggregated(d / "outside" / "step1-b1_stats.csv")
+
+    def test_a_worker_that_never_comes_fails_the_step(self, tmp_path: Path,
+                                                      outside: str) -> None:
+        p = start(tmp_path, outside, "load_external_workers = 1\nload_worker_wait = 2",
+                  "[{ batch = 1, seconds = 2 }]")
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode != 0, out[-3000:]
+        d = the_run(tmp_path / "r")
+        assert json.loads((d / "run.json").read_text())["status"] != "complete"
+        ph = json.loads((d / "outside" / "phases.json").read_text())
+        failed = [e for e in ph["events"] if e["kind"] == "load_failed"]
+        assert failed and "Gave up waiting for workers" in failed[0]["detail"], out[-3000:]
