@@ -19,11 +19,13 @@
 #   make trace_<variant> [REQUESTS=N]      where one request's time goes (pyinstrument, yappi)
 #   make crosscheck_<variant> [CONNECTIONS=N]  wrk / h2load beside our closed loop (exit 4: disagree)
 #   make bench-loadgen          our closed loop vs wrk on a 20 ms server, and the generator's ceiling
+#   make bench-load-processes   the generator's ceiling with 1 vs LOAD_PROCESSES (2) Locust processes
 #   make export_<variant> FORMAT=compose|k8s   its topology for a cluster engine (build/export/)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
 #            CAPTURE=1 (a packet capture of each step and its wire view: run, run_<variant>)
+#            LOAD_PROCESSES=<n> (Locust's master and n workers per step: run, run_<variant>)
 #            URL=<http(s)://host:port> (where a `server = "url"` variant's server runs: run_*)
 #            CONNECTIONS=<n> SECONDS=<s> TOOL=wrk|hey (crosscheck_*)
 #            FORMAT=compose|k8s EXPORT_DIR=<dir> IMAGE=<tag> HOST_PORT=<port> (export_*)
@@ -42,19 +44,21 @@ STUDY ?= allocators
 PROBES ?=
 CAPTURE ?=
 URL ?=
+LOAD_PROCESSES ?=
 PYTEST_ARGS ?=
 
 opts = $(if $(PROFILE),--profile $(PROFILE)) $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME) \
        $(if $(filter 1 yes true,$(PROBES)),--probes)
 ropts = $(opts) $(if $(URL),--url $(URL)) $(if $(filter 1 yes true,$(CAPTURE)),--capture) \
-        $(if $(filter 0 no false,$(CAPTURE)),--no-capture)
+        $(if $(filter 0 no false,$(CAPTURE)),--no-capture) \
+        $(if $(LOAD_PROCESSES),--load-processes $(LOAD_PROCESSES))
 bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 
 .PHONY: help venv system system-run build build_all run run_all run_study bench-probes bench-capture report \
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,29p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,31p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -136,6 +140,12 @@ BENCH_LOCK ?= /tmp/infbench-heavy.lock
 .PHONY: bench-loadgen
 bench-loadgen: venv system-run
 	flock $(BENCH_LOCK) $(PY) -m benchmarks.loadgen_bench
+
+# One Locust process vs Locust's master and LOAD_PROCESSES workers on a null server, ABBA
+# (benchmarks/load_processes.py): requests/s, p50, each side's CPU, as ratios.
+.PHONY: bench-load-processes
+bench-load-processes: venv
+	flock $(BENCH_LOCK) $(PY) -m benchmarks.load_processes --processes $(or $(LOAD_PROCESSES),2)
 
 # Where the time goes, request by request (infbench/modes/request_profile.py): e.g.
 # make trace_scoring-sync; several at once, side by side: make trace VARIANTS="scoring-sync

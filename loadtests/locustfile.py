@@ -88,6 +88,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketPoolRespon
 from locust import User, between, constant, events, task
 from locust.env import Environment
 from locust.exception import CatchResponseError, StopUser
+from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from infbench.analysis import stability
@@ -123,6 +124,10 @@ RATE = float(os.environ.get("INFBENCH_RATE", "0") or 0)
 ARRIVAL = os.environ.get("INFBENCH_ARRIVAL", "poisson") or "poisson"
 ARRIVAL_SEED = int(os.environ.get("INFBENCH_ARRIVAL_SEED", "0") or 0)
 MAX_IN_FLIGHT = int(os.environ.get("INFBENCH_MAX_IN_FLIGHT", "512") or 512)
+# A Locust worker of a distributed step (infbench/measure/distributed.py): where its own request
+# log goes, and where its share of the open-loop schedule starts (seconds added to every offset).
+REQUESTS_LOG = os.environ.get("INFBENCH_REQUEST_LOG", "")
+ARRIVAL_OFFSET_S = float(os.environ.get("INFBENCH_ARRIVAL_OFFSET_S", "0") or 0)
 
 _counts: dict[str, Any] = {
     "batch": BATCH, "started": 0, "finished": 0, "failed": 0,
@@ -526,12 +531,20 @@ def _on_quit(**_: Any) -> None:
     if "open_loop" in _counts:
         _counts["open_loop"]["lag_ms"] = _lag_figures()
     _write_counts()
+    runner = _env[0].runner if _env else None
+    if isinstance(runner, WorkerRunner):
+        # One of a distributed step's workers: its own request log, which the harness merges;
+        # the stats CSVs are the master's (the master's options reach the workers too).
+        if REQUESTS_LOG:
+            _replace(REQUESTS_LOG, _write_requests)
+        return
     prefix = getattr(_env[0].parsed_options, "csv_prefix", None) if _env else None
     if prefix:
         final = StatsCSV(_env[0], PERCENTILES_TO_REPORT)
         _replace(f"{prefix}_stats.csv", final.requests_csv)
         _replace(f"{prefix}_failures.csv", final.failures_csv)
-        _replace(f"{prefix}_requests.csv", _write_requests)
+        if not isinstance(runner, MasterRunner):  # a master sends nothing: no log of its own
+            _replace(REQUESTS_LOG or f"{prefix}_requests.csv", _write_requests)
 
 
 try:  # a header or path that cannot be sent: one line, before any user starts
@@ -611,7 +624,7 @@ class OpenLoopClient(User):
         start = time.perf_counter()
         ol["schedule_start"] = time.time()
         for offset in arrivals(RATE, ARRIVAL, ARRIVAL_SEED):
-            due = start + offset
+            due = start + ARRIVAL_OFFSET_S + offset
             while (left := due - time.perf_counter()) > 0:
                 if _counts["test_stopping"] is not None:
                     break
@@ -640,7 +653,7 @@ class OpenLoopClient(User):
 
     def _due_by_now(self, start: float, offset: float) -> int:
         """Requests whose intended time has come (this one included) but were never sent."""
-        now = time.perf_counter() - start
+        now = time.perf_counter() - start - ARRIVAL_OFFSET_S
         n = 0
         for later in arrivals(RATE, ARRIVAL, ARRIVAL_SEED):
             if later > now:

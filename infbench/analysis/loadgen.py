@@ -43,6 +43,7 @@ def figures(path: Path, t0: float | None, t1: float | None, window: float = WIND
     if not per or t0 is None or t1 is None or t1 <= t0:
         return None
     best: dict[str, Any] | None = None
+    every: list[dict[str, Any]] = []
     total = 0.0
     for pid, rows in per.items():
         whole = _rate(rows, t0, t1)
@@ -61,6 +62,7 @@ def figures(path: Path, t0: float | None, t1: float | None, window: float = WIND
                "demand_pct": round(100 * (cpu + (wait or 0.0)), 1),
                "peak_cpu_pct": round(100 * peak_cpu, 1),
                "peak_demand_pct": round(100 * peak_demand, 1)}
+        every.append(row)
         if best is None or row["peak_demand_pct"] > best["peak_demand_pct"]:
             best = row
     if best is None:
@@ -69,14 +71,21 @@ def figures(path: Path, t0: float | None, t1: float | None, window: float = WIND
     how = None
     if limited:
         how = "busy" if best["peak_cpu_pct"] >= 100 * limit else "starved"
+    # Each process judged on its own (a distributed step's master and every worker): one
+    # saturated worker limits its share of the load however idle the others are.
+    for row in every:
+        row["limited"] = (row["peak_demand_pct"] or 0.0) >= 100 * limit
     return {**best, "processes": len(per), "total_cpu_pct": round(100 * total, 1),
+            "per_process": every, "processes_limited": sum(r["limited"] for r in every),
             "window_s": window, "limit_pct": 100 * limit,
             "limited": limited, "how": how,
-            "note": _note(best, how, window) if limited else ""}
+            "note": _note(best, how, window, len(per)) if limited else ""}
 
 
-def _note(row: dict[str, Any], how: str | None, window: float) -> str:
+def _note(row: dict[str, Any], how: str | None, window: float, processes: int = 1) -> str:
     verb = "used" if how == "busy" else "had work for"
     tail = " (waiting for a CPU most of it)" if how == "starved" else ""
-    return (f"limited by the load generator: Locust {verb} {row['peak_demand_pct']:.0f}% of a "
+    who = f"Locust (pid {row['pid']}, one of {processes} processes)" if processes > 1 \
+        else "Locust"
+    return (f"limited by the load generator: {who} {verb} {row['peak_demand_pct']:.0f}% of a "
             f"core over {window:g} s{tail}")

@@ -48,6 +48,9 @@ def add_parser(sub: Subparsers) -> None:
                    help="a packet capture (tcpdump) of each step's loopback traffic and its wire "
                         "view, as capture = true in the profile would; --no-capture: none "
                         "whatever the profile says (env INFBENCH_CAPTURE=1 / 0)")
+    r.add_argument("--load-processes", default=env("LOAD_PROCESSES") or None, metavar="N",
+                   help="Locust's master and N worker processes per step (N > 1), as "
+                        "load_processes = N in the profile would (env INFBENCH_LOAD_PROCESSES)")
 
 
 def with_url(variants: list[config.Variant], url: str) -> list[config.Variant]:
@@ -60,6 +63,18 @@ def with_url(variants: list[config.Variant], url: str) -> list[config.Variant]:
         raise config.ConfigError(f"--url (INFBENCH_URL): only for variants whose entry is "
                                  f"server = 'url'; not {', '.join(others)}")
     return [config.with_server(v, url=checked) for v in variants]
+
+
+def positive_int(raw: str | int) -> int:
+    """--load-processes / INFBENCH_LOAD_PROCESSES: a whole number of processes, 1 or more."""
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise config.ConfigError(f"--load-processes (INFBENCH_LOAD_PROCESSES): a whole number "
+                                 f">= 1, got {raw!r}")
+    return n
 
 
 def capture_env() -> bool | None:
@@ -80,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         profile = dataclasses.replace(profile, model_alone=True)
     if args.capture is not None:
         profile = dataclasses.replace(profile, capture=args.capture)
+    if args.load_processes is not None:
+        profile = dataclasses.replace(profile, load_processes=positive_int(args.load_processes))
     checked: set[str] = set()
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)

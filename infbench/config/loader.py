@@ -126,8 +126,11 @@ def _load_profile(name: str, table: Any) -> Profile:
             "stable_window_s": NUM, "stable_windows": int, "stable_tolerance": NUM,
             "p95_bound_ms": NUM, "rate": NUM, "arrival": str, "arrival_seed": int,
             "max_in_flight": int, "model_alone": bool, "culprit": str,
-            "settle": bool, "capture": bool, "capture_snaplen": int, "capture_max_mb": int}
+            "settle": bool, "capture": bool, "capture_snaplen": int, "capture_max_mb": int,
+            "load_processes": int, "load_external_workers": int, "load_master_bind": str,
+            "load_master_port": int, "load_worker_wait": NUM}
     values = _fields(where, table, spec, required=("steps",))
+    _load_engine_fields(where, values)
     _open_loop_fields(where, values)
     _one_of(where, "culprit", values.get("culprit", "auto"), CULPRIT_MODES)
     for key in ("feedback_weight",):
@@ -192,6 +195,21 @@ def _load_profile(name: str, table: Any) -> Profile:
         if key in values:
             values[key] = float(values[key])
     return Profile(name=name, **values)
+
+
+def _load_engine_fields(where: str, values: dict[str, Any]) -> None:
+    """Locust's distributed engine: worker counts, the master's port and how long it waits."""
+    _positive(where, "load_processes", values.get("load_processes", 1))
+    _positive(where, "load_external_workers", values.get("load_external_workers", 0),
+              allow_zero=True)
+    port = values.get("load_master_port", 0)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}.load_master_port: a TCP port (0: a free one), got {port}")
+    _positive(where, "load_worker_wait", values.get("load_worker_wait", 60))
+    if "load_worker_wait" in values:
+        values["load_worker_wait"] = float(values["load_worker_wait"])
+    if not values.get("load_master_bind", "x").strip():
+        raise ConfigError(f"{where}.load_master_bind: an address to listen on, got ''")
 
 
 def _open_loop_fields(where: str, values: dict[str, Any]) -> None:

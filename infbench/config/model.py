@@ -149,6 +149,25 @@ class Profile:
     capture: bool = False
     capture_snaplen: int = 1024
     capture_max_mb: int = 200
+    # Locust's distributed engine (infbench/measure/distributed.py): above 1 local worker
+    # processes, or external workers (started by hand, anywhere), make a step one master and
+    # its workers; the master listens on `load_master_bind`:`load_master_port` (0: a free port)
+    # and waits `load_worker_wait` s for every worker before the step fails.
+    load_processes: int = 1
+    load_external_workers: int = 0
+    load_master_bind: str = "127.0.0.1"
+    load_master_port: int = 0
+    load_worker_wait: float = 60.0
+
+    @property
+    def distributed(self) -> bool:
+        return self.load_processes > 1 or self.load_external_workers > 0
+
+    @property
+    def load_workers(self) -> int:
+        """Workers a distributed step's master waits for: `load_processes` local ones and the
+        external ones."""
+        return self.load_processes + self.load_external_workers
 
     def users_of(self, step: Step) -> int:
         return step.users or self.users

@@ -1,4 +1,5 @@
-"""The load driver: one headless Locust process per step, in its own process group."""
+"""The load driver: one headless Locust process per step, in its own process group (or, with
+`load_processes` above 1, Locust's master and its workers, each in its own: distributed.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from infbench.config import DEFAULT_IMAGE_SIZE, Profile, Request, Step, as_dict
 from infbench.config.schedule import step_seed
 from infbench.launch import proc
+from infbench.launch.topology import free_ports
+from infbench.measure import distributed
 from infbench.measure.loadgen import LoadgenSampler, group_pids
 from infbench.paths import ROOT
 
@@ -31,20 +34,29 @@ def step_name(index: int, step: Step) -> str:
 
 
 def locust_argv(profile: Profile, step: Step, host: str, prefix: Path,
-                python: str = sys.executable, locustfile: Path = LOCUSTFILE) -> list[str]:
+                python: str = sys.executable, locustfile: Path = LOCUSTFILE,
+                master_port: int = 0) -> list[str]:
     # --stop-timeout lets in-flight requests finish after the step (the drain); Locust kills
     # what is still running after it, and the locustfile counts those as cut off.
-    # An open-loop step is one Locust user whose scheduler greenlet sends on the schedule.
+    # An open-loop step is one Locust user whose scheduler greenlet sends on the schedule (one
+    # per worker of a distributed step, each with its share of the rate: distributed.py).
     open_loop = profile.rate_of(step) > 0
+    master = []
+    if profile.distributed:
+        master = ["--master", "--expect-workers", str(profile.load_workers),
+                  "--expect-workers-max-wait", f"{profile.load_worker_wait:g}",
+                  "--master-bind-host", profile.load_master_bind,
+                  "--master-bind-port", str(master_port)]
+    users = profile.load_workers if profile.distributed else 1
     return [
         python, "-m", "locust", "-f", str(locustfile), "--headless",
         "--host", host,
-        "--users", "1" if open_loop else str(profile.users_of(step)),
-        "--spawn-rate", "1" if open_loop else f"{profile.spawn_rate_of(step):g}",
+        "--users", str(users) if open_loop else str(profile.users_of(step)),
+        "--spawn-rate", str(users) if open_loop else f"{profile.spawn_rate_of(step):g}",
         "--run-time", f"{max(1, math.ceil(step.seconds))}s",
         "--stop-timeout", f"{profile.drain_timeout:g}",
         "--csv", str(prefix), "--html", f"{prefix}.html",
-        "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0",
+        "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0", *master,
     ]
 
 
@@ -89,13 +101,70 @@ class StepLoad:
     _last: tuple[float, int] | None = None
     rps: float = 0.0
     cpu: LoadgenSampler | None = None  # the generator's own CPU (monitor/loadgen.py)
+    # A distributed step (distributed.py): the master is `group`, these its local workers;
+    # `parts` every worker's (counters, request log), the external ones' after the local ones.
+    workers: list[proc.Group] = field(default_factory=list)
+    parts: list[tuple[Path, Path]] = field(default_factory=list)
+    master_counts: Path | None = None
+    dead: dict[int, int] = field(default_factory=dict)  # worker k -> its exit code
+    final: dict[str, Any] | None = None  # the merged counters, once finish() wrote them
 
     def counts(self) -> dict[str, Any]:
+        if self.final is not None:
+            return self.final
+        if self.master_counts is not None:
+            return distributed.merge_counts(distributed.read_json(self.master_counts),
+                                            [distributed.read_json(c) for c, _ in self.parts])
         try:
             data: dict[str, Any] = json.loads(self.counts_path.read_text())
             return data
         except (OSError, ValueError):
             return {}
+
+    def newly_dead(self) -> list[tuple[int, int]]:
+        """Local workers that died (k from 1, exit code), each said once: one that ended
+        before the step stopped, or with an error. A worker leaves when its master tells it,
+        after the step (exit code 0): that is not a death."""
+        found = []
+        master = distributed.read_json(self.master_counts) if self.master_counts else None
+        stopped = bool(master and master.get("test_stopping"))
+        for k, w in enumerate(self.workers, start=1):
+            code = w.poll()
+            if code is not None and k not in self.dead and (code != 0 or not stopped):
+                self.dead[k] = code
+                found.append((k, code))
+        return found
+
+    def stop(self, grace: float = 2.0) -> int | None:
+        """The master, then its workers (each by its group): the master's exit code."""
+        code = self.group.stop(grace=grace)
+        for w in self.workers:
+            w.stop(grace=grace)
+        return code
+
+    def finish(self) -> list[str]:
+        """A distributed step's merged `_counts.json` and `_requests.csv`, once every process
+        has ended; what is missing from them (a worker's files), said."""
+        if self.master_counts is None or self.prefix is None:
+            return []
+        problems = []
+        merged = self.counts()
+        requests = Path(f"{self.prefix}_requests.csv")
+        rows, missing = distributed.merge_requests([r for _, r in self.parts], requests)
+        merged["merged_requests"] = rows
+        if isinstance(merged.get("open_loop"), dict):
+            merged["open_loop"]["lag_ms"] = distributed.lag_figures(requests)
+        for k in merged.get("parts_missing", []):
+            problems.append(f"worker {k} wrote no counters ({self.parts[k - 1][0].name})")
+        for k in missing:
+            problems.append(f"worker {k} wrote no request log ({self.parts[k - 1][1].name}):"
+                            " the step's percentiles lack its requests")
+        self.final = merged
+        if merged:
+            tmp = self.counts_path.with_name(self.counts_path.name + ".tmp")
+            tmp.write_text(json.dumps(merged))
+            tmp.replace(self.counts_path)
+        return problems
 
     def update_rate(self) -> float:
         """Requests finished per second since the last call (a live figure, not a result)."""
@@ -113,12 +182,15 @@ def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Pat
                images: Path, request: Request | None = None, image_size: int = 0,
                locustfile: Path = LOCUSTFILE, extra_env: dict[str, str] | None = None
                ) -> StepLoad:
-    prefix = out_dir / step_name(index, step)
-    counts = out_dir / f"{step_name(index, step)}_counts.json"
+    name = step_name(index, step)
+    prefix = out_dir / name
+    counts = out_dir / f"{name}_counts.json"
     env = locust_env(profile, step, images, counts, request, image_size, index)
     env.update(extra_env or {})
+    if profile.distributed:
+        return _start_distributed(profile, step, index, host, out_dir, env, locustfile)
     group = proc.Group(locust_argv(profile, step, host, prefix, locustfile=locustfile),
-                       log_path=out_dir / f"{step_name(index, step)}_locust.log",
+                       log_path=out_dir / f"{name}_locust.log",
                        env=env,
                        cwd=ROOT)
     # Sampled until the group exits (run.py stops it after the drain): no hook needed there.
@@ -126,6 +198,46 @@ def start_step(profile: Profile, step: Step, index: int, host: str, out_dir: Pat
                          group.alive).start()
     return StepLoad(group=group, counts_path=counts, launched=time.time(), prefix=prefix,
                     cpu=cpu)
+
+
+def _start_distributed(profile: Profile, step: Step, index: int, host: str, out_dir: Path,
+                       env: dict[str, str], locustfile: Path) -> StepLoad:
+    """The master, then `load_processes` local workers, each in its own process group; a
+    script per external worker (distributed.py)."""
+    name = step_name(index, step)
+    prefix = out_dir / name
+    port = profile.load_master_port or free_ports(1)[0]
+    n = profile.load_workers
+    parts = [distributed.part_paths(out_dir, name, k) for k in range(1, n + 1)]
+    envs = [distributed.worker_env(env, k, n, profile.rate_of(step), profile.arrival,
+                                   profile.arrival_seed, index, *parts[k - 1])
+            for k in range(1, n + 1)]
+    for k in range(profile.load_processes + 1, n + 1):
+        distributed.write_worker_script(out_dir / f"{name}_worker{k}.sh", envs[k - 1],
+                                        locustfile, port)
+    master_env = dict(env)
+    master_counts = out_dir / f"{name}_master_counts.json"
+    master_env.update({"INFBENCH_COUNTS": str(master_counts), "INFBENCH_UNTIL_STABLE": "0"})
+    group = proc.Group(locust_argv(profile, step, host, prefix, locustfile=locustfile,
+                                   master_port=port),
+                       log_path=out_dir / f"{name}_locust.log", env=master_env, cwd=ROOT)
+    load = StepLoad(group=group, counts_path=out_dir / f"{name}_counts.json",
+                    launched=time.time(), prefix=prefix, parts=parts,
+                    master_counts=master_counts)
+    try:
+        for k in range(1, profile.load_processes + 1):
+            load.workers.append(proc.Group(
+                distributed.worker_argv(locustfile, "127.0.0.1", port),
+                log_path=out_dir / f"{name}_w{k}_locust.log", env=envs[k - 1], cwd=ROOT))
+    except OSError:
+        load.stop()
+        raise
+
+    def pids() -> list[int]:
+        return [p for g in (group, *load.workers) for p in group_pids(g.pid)]
+
+    load.cpu = LoadgenSampler(pids, Path(f"{prefix}_loadgen.csv"), group.alive).start()
+    return load
 
 
 def check_outputs(load: StepLoad | None) -> list[str]:

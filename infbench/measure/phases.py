@@ -20,7 +20,7 @@ KINDS = PHASE_KINDS
 FAULTS = ("process_exited", "process_started", "replica_died", "load_failed",
           "step_all_failed", "artifact_damaged", "write_failed", "window_unanswered",
           "native_stacks_failed", "energy_failed", "tool_failed", "metrics_failed",
-          "cgroup_failed")
+          "cgroup_failed", "load_worker_died")
 
 
 class PhaseLog:

@@ -246,7 +246,7 @@ class VariantRun:
 
     def _cleanup(self) -> None:
         if self.load is not None:
-            self.load.group.stop(grace=2.0)
+            self.load.stop(grace=2.0)
         for m in reversed(self.monitors):
             m.stop()
         if self.monitors:
@@ -322,6 +322,14 @@ class VariantRun:
                     return
 
     # -- pieces --------------------------------------------------------------------------
+    def _worker_died(self, i: int, k: int, code: int) -> None:
+        """A distributed step's worker that died: a fault, said at once (the step goes on with
+        the others, and is not complete)."""
+        assert self.load is not None
+        detail = _worker_died_detail(i, k, code, self.load.workers[k - 1].log_path)
+        self.log.event("load_worker_died", detail, step=i, worker=k, exit_code=code)
+        self.progress.say(f"  {self.v.name}: {detail}")
+
     def _check_server(self) -> None:
         """Every replica still there; a death is fatal unless other replicas of its service
         carry on (then it is a fault event, and the load shows what it cost)."""
@@ -630,6 +638,8 @@ class VariantRun:
         drain_started = False
         while self.load.group.poll() is None:
             self._check_server()
+            for k, died in self.load.newly_dead():
+                self._worker_died(i, k, died)
             c = self.load.counts()
             if c.get("test_start") and step.get("load_start") is None:
                 step["load_start"] = c["test_start"]
@@ -649,7 +659,10 @@ class VariantRun:
                 name = f"step {i}/{n}" if kind == "step" else "culprit window"
                 self._tick(f"{name} (b{batch})", t, seconds, rps)
             time.sleep(0.5)
-        code = self.load.group.stop(grace=2.0)
+        code = self.load.stop(grace=2.0)
+        for k, code_k in self.load.newly_dead():  # one that died as the master ended
+            self._worker_died(i, k, code_k)
+        merge_problems = self.load.finish()
         c = self.load.counts()
         load, self.load = self.load, None
         for m in self.monitors:
@@ -684,6 +697,8 @@ class VariantRun:
                              f"(see step{i}-b{batch}_failures.csv)"))
         for bad in check_outputs(load):
             problems.append(("artifact_damaged", bad))
+        for bad in merge_problems:
+            problems.append(("artifact_damaged", bad))
         if drain_started:
             self.log.end(cut_off=started - finished)
         else:  # Locust ended without a stopping event (e.g. it crashed)
@@ -698,6 +713,12 @@ class VariantRun:
             "degraded" if step.get("degraded") else "complete"
         self.log.save()
         self._check_server()
+
+
+def _worker_died_detail(i: int, k: int, code: int, log: Path) -> str:
+    why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    return (f"Locust worker {k} of step {i} {why} before the step ended; see {log.name}: "
+            f"{proc.tail(log, 3)[-300:]}")
 
 
 def queue_keys(v: Variant) -> list[str]:
