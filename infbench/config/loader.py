@@ -31,6 +31,7 @@ from infbench.config.model import (
     IMAGES_MARK,
     MAX_IMAGES_ENV,
     METHODS,
+    MODEL_FORMATS,
     SERVERS,
     ConfigError,
     Experiments,
@@ -101,8 +102,22 @@ NUM = (int, float)
 def _load_model(name: str, table: Any, base: Path) -> Model:
     where = f"models.{name}"
     spec = {"description": str, "arch": str, "input_size": int, "classes": int, "seed": int,
-            "alpha": NUM, "path": str}
+            "alpha": NUM, "path": str, "format": str, "intra_op_threads": int,
+            "inter_op_threads": int, "cpu_mem_arena": bool}
     values = _fields(where, table, spec)
+    fmt = values.get("format", "keras")
+    if fmt == "torch":
+        raise ConfigError(f"{where}.format: 'torch' is not built yet; use 'keras' or 'onnx'")
+    _one_of(where, "format", fmt, MODEL_FORMATS)
+    for key in ("intra_op_threads", "inter_op_threads", "cpu_mem_arena"):
+        if key in values and fmt != "onnx":
+            raise ConfigError(f"{where}.{key}: an ONNX Runtime setting, but the model's format "
+                              f"is {fmt!r}; set format = 'onnx' or drop it")
+        if key != "cpu_mem_arena" and values.get(key, 0) < 0:
+            raise ConfigError(f"{where}.{key}: must be 0 (the runtime's default) or more")
+    if fmt == "onnx" and "path" in values:
+        raise ConfigError(f"{where}: format = 'onnx' converts a model we build (arch, "
+                          "input_size); a file of yours ('path') is loaded as it is")
     if "path" in values:
         p = Path(values["path"]).expanduser()
         values["path"] = str(p if p.is_absolute() else (base / p))

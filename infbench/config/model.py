@@ -58,6 +58,11 @@ class ConfigError(Exception):
     """A one-line, user-facing configuration problem."""
 
 
+# What a model runs on (docs/models.md): the Keras file, or the same weights converted to ONNX
+# at build time (servers/shared/runtimes.py). "torch" is named by issue 24 but not built yet.
+MODEL_FORMATS = ("keras", "onnx")
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -68,6 +73,11 @@ class Model:
     seed: int = 0
     alpha: float = 1.0
     path: str = ""
+    format: str = "keras"
+    # ONNX Runtime's session settings (format "onnx" only): 0 threads is its default.
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    cpu_mem_arena: bool = True
 
     @property
     def is_file(self) -> bool:
