@@ -58,8 +58,8 @@ class ConfigError(Exception):
     """A one-line, user-facing configuration problem."""
 
 
-# What a model runs on (docs/models.md): the Keras file, or the same weights converted to ONNX
-# at build time (servers/shared/runtimes.py). "torch" is named by issue 24 but not built yet.
+# What a model runs on (docs/servers.md#runtimes): the Keras file, or the same weights converted
+# to ONNX at build time (servers/shared/runtimes.py). "torch" is named by issue 24 but not built yet.
 MODEL_FORMATS = ("keras", "onnx")
 
 
