@@ -59,7 +59,7 @@ class ConfigError(Exception):
 
 
 # What a model runs on (docs/servers.md#runtimes): the Keras file, or the same weights converted
-# to ONNX at build time (servers/shared/runtimes.py). "torch" is named by issue 24 but not built yet.
+# to ONNX at build time (servers/shared/runtimes.py). "torch" (issue 24) is not built yet.
 MODEL_FORMATS = ("keras", "onnx")
 
 
