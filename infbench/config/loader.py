@@ -25,6 +25,7 @@ from infbench.config.model import (
     BODIES,
     CALL_STYLES,
     CULPRIT_MODES,
+    DEVICES,
     ENDPOINTS,
     HEALTH_KINDS,
     IMAGE_MARKS,
@@ -42,6 +43,7 @@ from infbench.config.model import (
     Step,
     Study,
     Variant,
+    no_cuda,
 )
 from infbench.config.schedule import ARRIVALS
 from infbench.config.servers import APP_MODULES, SERVER_KINDS
@@ -225,7 +227,7 @@ SERVICE_SPEC: dict[str, Any] = {
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
     "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int,
     "url": str, "pid": int, "pid_file": str, "metrics": str,
-    "cgroup": str}
+    "cgroup": str, "device": str}
 # What makes no sense for a server the harness does not start (server = "url"), and why.
 NOT_EXTERNAL: dict[str, str] = {
     "probes": "the probes are injected into a process the harness starts",
@@ -308,6 +310,9 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
     _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)
     _one_of(where, "allocator", values.get("allocator", "glibc"), tuple(ALLOCATORS))
+    _one_of(where, "device", values.get("device", "cpu"), DEVICES)
+    if values.get("device") == "cuda":
+        raise ConfigError(f"{where}.device: 'cuda' {no_cuda()}")
     _positive(where, "thread_limit", values.get("thread_limit", 0), allow_zero=True)
     _positive(where, "workers", values.get("workers", 1))
     _positive(where, "replicas", values.get("replicas", 1))

@@ -75,3 +75,19 @@ def test_format_errors_are_one_line_and_name_the_key(tmp_path: Path, extra: str,
         load(tmp_path, extra)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_device_cuda_is_a_one_line_error_before_anything_starts(tmp_path: Path) -> None:
+    p = tmp_path / "experiments.toml"
+    p.write_text(BASE.format(extra="") + 'device = "cuda"\n')
+    with pytest.raises(config.ConfigError) as info:
+        config.load(p)
+    msg = str(info.value)
+    assert "variants.a.device: 'cuda' " in msg and "\n" not in msg
+    # Here (no GPU) it says so; on a machine with one, that the servers do not honour it yet.
+    assert "has none" in msg or "not honoured" in msg
+    p.write_text(BASE.format(extra="") + 'device = "tpu"\n')
+    with pytest.raises(config.ConfigError, match=r"variants\.a\.device: 'tpu' is not one of cpu"):
+        config.load(p)
+    p.write_text(BASE.format(extra="") + 'device = "cpu"\n')
+    assert config.load(p).variant("a").entry_service.device == "cpu"
