@@ -115,6 +115,9 @@ def _build_model(model: Model, path: Path, log: bool) -> Path:
         raise AssetError(f"building model {model.name!r} failed: {err[-1] if err else '?'}")
     if log:
         print("  " + res.stdout.strip().splitlines()[-1], flush=True)
+        for line in res.stderr.splitlines():
+            if ": warning: " in line:
+                print("  " + line, flush=True)
     (path.with_suffix(".json")).write_text(json.dumps(as_dict(model), indent=2) + "\n")
     return path
 

@@ -81,10 +81,12 @@ class OnnxPredictor:
         return self(batch)
 
 
-def convert_to_onnx(keras_path: Path, out: Path, sample: np.ndarray) -> float:
+def convert_to_onnx(keras_path: Path, out: Path, sample: np.ndarray) -> tuple[float, float]:
     """The Keras file as an ONNX file at `out` (written atomically), with the same weights;
-    returns the largest absolute difference of the two on `sample`. Raises ValueError, leaving
-    no file, when that is over ONNX_TOLERANCE."""
+    returns the largest absolute difference of the two on `sample`, and the largest spread
+    (standard deviation across the sample) of the Keras outputs: 0 means the outputs do not
+    depend on the image, and the equality says little. Raises ValueError, leaving no file, when
+    the difference is over ONNX_TOLERANCE."""
     import keras
     import tensorflow as tf
     import tf2onnx
@@ -101,6 +103,7 @@ def convert_to_onnx(keras_path: Path, out: Path, sample: np.ndarray) -> float:
         want = np.asarray(model.predict_on_batch(sample))
         got = OnnxPredictor(tmp, OnnxSettings())(sample)
         diff = float(np.abs(want - got).max())
+        spread = float(want.std(axis=0).max()) if len(want) > 1 else 0.0
         if not diff <= ONNX_TOLERANCE:
             raise ValueError(f"the ONNX model's outputs differ from the Keras file's by {diff:.3g}"
                              f" (over {ONNX_TOLERANCE}) on the sample images")
@@ -111,5 +114,5 @@ def convert_to_onnx(keras_path: Path, out: Path, sample: np.ndarray) -> float:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return diff
+    return diff, spread
 

@@ -48,6 +48,8 @@ def test_onnx_outputs_equal_the_keras_files(built: tuple[Path, Path, Path]) -> N
     assert onnx.model.settings.intra_op_threads == 1
     batch = preprocess(jpegs, keras.input_size)
     want = forward(keras, batch, "predict_on_batch")
+    # The tiny model's outputs differ from image to image, so equality is a real check.
+    assert float(want.std(axis=0).max()) > 10 * ONNX_TOLERANCE
     for style in ("predict", "predict_on_batch", "call"):
         got = forward(onnx, batch, style, pad_to=4)
         assert got.shape == want.shape == (len(jpegs), 10)
