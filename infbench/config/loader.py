@@ -25,12 +25,14 @@ from infbench.config.model import (
     BODIES,
     CALL_STYLES,
     CULPRIT_MODES,
+    DEVICES,
     ENDPOINTS,
     HEALTH_KINDS,
     IMAGE_MARKS,
     IMAGES_MARK,
     MAX_IMAGES_ENV,
     METHODS,
+    MODEL_FORMATS,
     SERVERS,
     ConfigError,
     Experiments,
@@ -41,6 +43,7 @@ from infbench.config.model import (
     Step,
     Study,
     Variant,
+    no_cuda,
 )
 from infbench.config.schedule import ARRIVALS
 from infbench.config.servers import APP_MODULES, SERVER_KINDS
@@ -101,8 +104,22 @@ NUM = (int, float)
 def _load_model(name: str, table: Any, base: Path) -> Model:
     where = f"models.{name}"
     spec = {"description": str, "arch": str, "input_size": int, "classes": int, "seed": int,
-            "alpha": NUM, "path": str}
+            "alpha": NUM, "path": str, "format": str, "intra_op_threads": int,
+            "inter_op_threads": int, "cpu_mem_arena": bool}
     values = _fields(where, table, spec)
+    fmt = values.get("format", "keras")
+    if fmt == "torch":
+        raise ConfigError(f"{where}.format: 'torch' is not built yet; use 'keras' or 'onnx'")
+    _one_of(where, "format", fmt, MODEL_FORMATS)
+    for key in ("intra_op_threads", "inter_op_threads", "cpu_mem_arena"):
+        if key in values and fmt != "onnx":
+            raise ConfigError(f"{where}.{key}: an ONNX Runtime setting, but the model's format "
+                              f"is {fmt!r}; set format = 'onnx' or drop it")
+        if key != "cpu_mem_arena" and values.get(key, 0) < 0:
+            raise ConfigError(f"{where}.{key}: must be 0 (the runtime's default) or more")
+    if fmt == "onnx" and "path" in values:
+        raise ConfigError(f"{where}: format = 'onnx' converts a model we build (arch, "
+                          "input_size); a file of yours ('path') is loaded as it is")
     if "path" in values:
         p = Path(values["path"]).expanduser()
         values["path"] = str(p if p.is_absolute() else (base / p))
@@ -228,7 +245,7 @@ SERVICE_SPEC: dict[str, Any] = {
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
     "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int,
     "url": str, "pid": int, "pid_file": str, "metrics": str,
-    "cgroup": str}
+    "cgroup": str, "device": str}
 # What makes no sense for a server the harness does not start (server = "url"), and why.
 NOT_EXTERNAL: dict[str, str] = {
     "probes": "the probes are injected into a process the harness starts",
@@ -311,6 +328,9 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     _one_of(where, "endpoint", values.get("endpoint", "sync"), ENDPOINTS)
     _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)
     _one_of(where, "allocator", values.get("allocator", "glibc"), tuple(ALLOCATORS))
+    _one_of(where, "device", values.get("device", "cpu"), DEVICES)
+    if values.get("device") == "cuda":
+        raise ConfigError(f"{where}.device: 'cuda' {no_cuda()}")
     _positive(where, "thread_limit", values.get("thread_limit", 0), allow_zero=True)
     _positive(where, "workers", values.get("workers", 1))
     _positive(where, "replicas", values.get("replicas", 1))

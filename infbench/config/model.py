@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,18 @@ APP_MAX_BATCH: dict[str, tuple[int, str]] = {
 # sets it.
 MAX_IMAGES_ENV = "INFBENCH_MAX_IMAGES"
 HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
+# Where a service runs its model. "cuda" is checked before anything starts (no_cuda).
+DEVICES = ("cpu", "cuda")
+
+
+def no_cuda() -> str:
+    """Why device = "cuda" cannot run here, as the end of a one-line error: no GPU (no
+    nvidia-smi on PATH, no /dev/nvidia0), or, where there is one, that the servers do not honour
+    the setting yet (ONNX Runtime's CUDA provider and torch are issue 24 item 3)."""
+    if not shutil.which("nvidia-smi") and not Path("/dev/nvidia0").exists():
+        return "needs a GPU, and this machine has none (no nvidia-smi, no /dev/nvidia0)"
+    return ("is not honoured by the servers yet (they run ONNX Runtime's CPU provider and "
+            "TensorFlow as installed); use device = 'cpu'")
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
 # How the load can carry a batch of sample images (see Request).
@@ -58,6 +71,11 @@ class ConfigError(Exception):
     """A one-line, user-facing configuration problem."""
 
 
+# What a model runs on (docs/servers.md#runtimes): the Keras file, or the same weights converted
+# to ONNX at build time (servers/shared/runtimes.py). "torch" (issue 24) is not built yet.
+MODEL_FORMATS = ("keras", "onnx")
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
@@ -68,6 +86,11 @@ class Model:
     seed: int = 0
     alpha: float = 1.0
     path: str = ""
+    format: str = "keras"
+    # ONNX Runtime's session settings (format "onnx" only): 0 threads is its default.
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    cpu_mem_arena: bool = True
 
     @property
     def is_file(self) -> bool:
@@ -283,6 +306,7 @@ class Service:
     pid_file: str = ""  # server = "url": a file holding that pid, read when the run starts
     metrics: str = ""  # server = "url": its Prometheus /metrics url, scraped on the run's clock
     cgroup: str = ""  # server = "url": its cgroup's folder (/sys/fs/cgroup/...), for memory/CPU
+    device: str = "cpu"  # cpu | cuda (DEVICES; cuda is a config error until it is honoured)
 
     def __hash__(self) -> int:
         return hash(self.name)

@@ -8,6 +8,7 @@ the images from matplotlib's bundled photograph. Nothing is downloaded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -34,7 +35,15 @@ class AssetError(Exception):
 def model_path(model: Model, build_dir: Path = BUILD) -> Path:
     if model.is_file:
         return Path(model.path)
-    return build_dir / "models" / f"{model.name}-{fingerprint(model)}.keras"
+    suffix = ".onnx" if model.format == "onnx" else ".keras"
+    return build_dir / "models" / f"{model.name}-{fingerprint(model)}{suffix}"
+
+
+def keras_twin(model: Model) -> Model:
+    """The Keras model an ONNX model is converted from: the same spec, format keras, without
+    the runtime's settings (so every ONNX setting shares one Keras file)."""
+    return dataclasses.replace(model, format="keras", intra_op_threads=0, inter_op_threads=0,
+                               cpu_mem_arena=True)
 
 
 @contextlib.contextmanager
@@ -59,8 +68,34 @@ def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Pat
         return path
     if path.exists():
         return path
+    if model.format == "onnx":
+        keras_file = ensure_model(keras_twin(model), build_dir, log)
+        ensure_images(build_dir)
+        with _build_lock(build_dir):
+            return _convert_model(model, keras_file, path, build_dir, log)
     with _build_lock(build_dir):
         return _build_model(model, path, log)
+
+
+def _convert_model(model: Model, keras_file: Path, path: Path, build_dir: Path,
+                   log: bool) -> Path:
+    """The ONNX file from the Keras one (tf2onnx in a child), its outputs checked equal to
+    the Keras file's on the sample images there: a difference over 1e-4 fails the build."""
+    if path.exists():
+        return path
+    if log:
+        print(f"converting model {model.name!r} to ONNX ...", flush=True)
+    argv = [sys.executable, "-m", "servers.shared.model", "onnx", "--keras", str(keras_file),
+            "--images", str(images_dir(build_dir)), "--out", str(path)]
+    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=_quiet_tf_env())
+    if res.returncode != 0 or not path.exists():
+        err = (res.stderr or res.stdout).strip().splitlines()
+        raise AssetError(f"converting model {model.name!r} to ONNX failed: "
+                         f"{err[-1] if err else '?'}")
+    if log:
+        print("  " + res.stdout.strip().splitlines()[-1], flush=True)
+    (path.with_suffix(".json")).write_text(json.dumps(as_dict(model), indent=2) + "\n")
+    return path
 
 
 def _build_model(model: Model, path: Path, log: bool) -> Path:
@@ -80,6 +115,9 @@ def _build_model(model: Model, path: Path, log: bool) -> Path:
         raise AssetError(f"building model {model.name!r} failed: {err[-1] if err else '?'}")
     if log:
         print("  " + res.stdout.strip().splitlines()[-1], flush=True)
+        for line in res.stderr.splitlines():
+            if ": warning: " in line:
+                print("  " + line, flush=True)
     (path.with_suffix(".json")).write_text(json.dumps(as_dict(model), indent=2) + "\n")
     return path
 

@@ -47,6 +47,13 @@ def _rate(fn: Any, images: int, seconds: float) -> dict[str, Any]:
             "median_call_ms": round(1000 * times[len(times) // 2], 3)}
 
 
+def _threads(onnx: Any) -> str:
+    """ONNX Runtime's thread settings as the model set them (0: its default, the cores)."""
+    st = onnx.settings
+    return (f"ONNX Runtime intra-op {st.intra_op_threads or 'default'}, inter-op "
+            f"{st.inter_op_threads or 'default'}, cpu_mem_arena {st.cpu_mem_arena}")
+
+
 def measure(model_path: str, images_dir: Path, batches: list[int], call: str,
             seconds: float) -> dict[str, Any]:
     loaded = load_model(model_path)
@@ -67,7 +74,8 @@ def measure(model_path: str, images_dir: Path, batches: list[int], call: str,
                     "calls": {"model": model["calls"], "decode_model": full["calls"]}})
     return {"schema": SCHEMA, "model": loaded.name, "input_size": loaded.input_size,
             "call": call, "seconds_per_figure": seconds, "pid": os.getpid(),
-            "threads": "TensorFlow defaults (intra/inter-op = the machine's cores)",
+            "threads": _threads(loaded.model) if loaded.kind == "onnx" else
+            "TensorFlow defaults (intra/inter-op = the machine's cores)",
             "batches": out}
 
 

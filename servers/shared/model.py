@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from servers.shared.cli import Parser, positive_int
 from servers.shared.errors import reason
+from servers.shared.runtimes import ONNX_SUFFIX, OnnxPredictor, convert_to_onnx
 from servers.shared.settings import CALL_STYLES
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ ARCHS = ("tiny_cnn", "mobilenet_v2", "mnist_cnn")
 # Colour channels of each architecture's input; images are converted to match (1: grayscale).
 ARCH_CHANNELS = {"tiny_cnn": 3, "mobilenet_v2": 3, "mnist_cnn": 1}
 CHANNELS = (1, 3)
-MODEL_SUFFIXES = (".keras", ".h5")
+MODEL_SUFFIXES = (".keras", ".h5", ".onnx")  # .onnx: servers/shared/runtimes.py
 
 # Cap on decoded pixels (40 MP): a small upload can decode into gigabytes otherwise. Pillow
 # warns above this and raises above twice this; `preprocess` also rejects above it itself.
@@ -183,10 +184,10 @@ def _square_size(shape: Any) -> int | None:
 class LoadedModel:
     """A loaded model and what a server needs to know about it."""
 
-    model: Any  # keras.Model or SavedModelPredictor
+    model: Any  # keras.Model, SavedModelPredictor or runtimes.OnnxPredictor
     input_size: int
     path: str
-    kind: str  # "keras" or "savedmodel"
+    kind: str  # "keras", "savedmodel" or "onnx"
     channels: int = 3  # 3: RGB images; 1: grayscale (models with an (N, N, 1) input)
 
     @property
@@ -212,7 +213,16 @@ def load_model(path: str, input_size: int | None = None) -> LoadedModel:
                              "set INFBENCH_INPUT_SIZE")
         return LoadedModel(sm, size, path, "savedmodel", declared[1] if declared else 3)
     if p.suffix not in MODEL_SUFFIXES:
-        raise ValueError(f"model file {path} must end in .keras or .h5 (or be a SavedModel dir)")
+        raise ValueError(f"model file {path} must end in .keras, .h5 or .onnx "
+                         "(or be a SavedModel dir)")
+    if p.suffix == ONNX_SUFFIX:
+        onnx = OnnxPredictor(path)
+        declared = _image_shape(onnx.input_shape)
+        size = (declared[0] if declared else None) or input_size
+        if size is None:
+            raise ValueError(f"ONNX model {path} has input shape {onnx.input_shape}, not "
+                             "(N, N, 3) or (N, N, 1); set INFBENCH_INPUT_SIZE")
+        return LoadedModel(onnx, size, path, "onnx", declared[1] if declared else 3)
     import keras
 
     model = keras.models.load_model(path, compile=False)
@@ -361,14 +371,49 @@ def _parser() -> Parser:
     b.add_argument("--alpha", type=_positive_float, default=1.0,
                    help="MobileNetV2 width multiplier (ignored by the other archs)")
     b.add_argument("--out", required=True, type=Path, help="output .keras or .h5 file")
+    o = sub.add_parser("onnx", program=PROG,
+                       help="convert a .keras file to .onnx, checked on the sample images")
+    o.add_argument("--keras", required=True, type=Path, help="the .keras file")
+    o.add_argument("--images", required=True, type=Path, help="folder of sample .jpg images")
+    o.add_argument("--out", required=True, type=Path, help="output .onnx file")
     return parser
+
+
+def _convert(args: argparse.Namespace, started: float) -> int:
+    out: Path = args.out
+    if out.suffix != ONNX_SUFFIX:
+        print(f"{PROG}: error: --out must end in {ONNX_SUFFIX}, got {out}", file=sys.stderr)
+        return 1
+    jpegs = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
+    if not jpegs:
+        print(f"{PROG}: error: no sample images (*.jpg) in {args.images}", file=sys.stderr)
+        return 1
+    try:
+        loaded = load_model(str(args.keras))
+        sample = preprocess(jpegs, loaded.input_size, loaded.channels)
+        del loaded
+        diff, spread = convert_to_onnx(args.keras, out, sample)
+    except Exception as exc:
+        print(f"{PROG}: error: {reason(exc)}", file=sys.stderr)
+        return 1
+    print(f"converted {args.keras.name} -> {out} (outputs within {diff:.2g} of the Keras "
+          f"file's on {len(jpegs)} sample images) in {time.perf_counter() - started:.1f} s",
+          flush=True)
+    if spread == 0.0:
+        # A randomly initialised model can answer the same for every image (small does): the
+        # equality then says nothing about the layers before the output. Said, not hidden.
+        print(f"{PROG}: warning: the Keras outputs are the same for every sample image, so "
+              "the equality check says little about this model", file=sys.stderr, flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = _parser().parse_args(argv)
+    if args.command == "onnx":
+        return _convert(args, started)
     out: Path = args.out
-    if out.suffix not in MODEL_SUFFIXES:
+    if out.suffix not in (".keras", ".h5"):
         print(f"{PROG}: error: --out must end in .keras or .h5, got {out}",
               file=sys.stderr)
         return 1

@@ -45,7 +45,7 @@ PULL_TIMEOUT_S = 30.0
 SERVER_PACKAGES = ("tensorflow-cpu", "keras", "numpy", "pillow", "fastapi", "starlette",
                    "flask", "redis", "httpx", "requests",
                    "anyio", "python-multipart", "uvicorn", "uvicorn-worker", "gunicorn",
-                   "hypercorn", "memory-profiler", "psutil")
+                   "hypercorn", "memory-profiler", "psutil", "onnxruntime")
 
 Say = Callable[[str], None]
 

@@ -1,0 +1,139 @@
+"""ONNX Runtime beside Keras, for real: the tiny model converted by the harness's own build
+path, its outputs equal to the Keras file's, a real server answering /predict on it, and a
+short real run on MODEL=tiny-onnx reaching its verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from infbench import config
+from infbench.measure import assets
+from infbench.paths import HOST, ROOT
+from servers.shared.model import forward, load_model, preprocess
+from servers.shared.runtimes import ONNX_TOLERANCE
+from tests.fixtures.helpers import free_port, quiet_env, running
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(keras file, onnx file, sample images), built in a folder of the test's own through
+    assets.ensure_model: the very path `make build MODEL=tiny-onnx` takes."""
+    build = tmp_path_factory.mktemp("build")
+    model = config.load(ROOT / "experiments.toml").model("tiny-onnx")
+    model = dataclasses.replace(model, cpu_mem_arena=False, intra_op_threads=1)
+    onnx = assets.ensure_model(model, build, log=False)
+    keras = assets.model_path(assets.keras_twin(model), build)
+    return keras, onnx, assets.images_dir(build)
+
+
+def test_onnx_outputs_equal_the_keras_files(built: tuple[Path, Path, Path]) -> None:
+    keras_file, onnx_file, images = built
+    assert onnx_file.suffix == ".onnx" and keras_file.exists()
+    jpegs = [p.read_bytes() for p in sorted(images.glob("*.jpg"))]
+    keras, onnx = load_model(str(keras_file)), load_model(str(onnx_file))
+    assert (onnx.kind, onnx.input_size, onnx.channels) == ("onnx", 32, 3)
+    # The settings the build wrote beside the file are the session's.
+    assert onnx.model.settings.cpu_mem_arena is False
+    assert onnx.model.settings.intra_op_threads == 1
+    batch = preprocess(jpegs, keras.input_size)
+    want = forward(keras, batch, "predict_on_batch")
+    # The tiny model's outputs differ from image to image, so equality is a real check.
+    assert float(want.std(axis=0).max()) > 10 * ONNX_TOLERANCE
+    for style in ("predict", "predict_on_batch", "call"):
+        got = forward(onnx, batch, style, pad_to=4)
+        assert got.shape == want.shape == (len(jpegs), 10)
+        assert float(np.abs(got - want).max()) <= ONNX_TOLERANCE
+
+
+def test_convert_cli_bad_input_is_one_line(built: tuple[Path, Path, Path],
+                                           tmp_path: Path) -> None:
+    keras_file, _, images = built
+    for args, needle in [(["--images", str(images), "--out", str(tmp_path / "m.keras")],
+                          "--out must end in .onnx"),
+                         (["--images", str(tmp_path), "--out", str(tmp_path / "m.onnx")],
+                          "no sample images")]:
+        res = subprocess.run([sys.executable, "-m", "servers.shared.model", "onnx", "--keras",
+                              str(keras_file), *args], cwd=ROOT, env=quiet_env(),
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1
+        assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+@pytest.fixture(scope="module")
+def server(built: tuple[Path, Path, Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    _, onnx_file, _ = built
+    port = free_port()
+    env = quiet_env(INFBENCH_MODEL_PATH=str(onnx_file), INFBENCH_MAX_IMAGES="4")
+    log = tmp_path_factory.mktemp("onnx-server") / "server.log"
+    argv = [sys.executable, "-m", "uvicorn", "servers.image.app_starlette:app", "--host", HOST,
+            "--port", str(port), "--no-access-log"]
+    url = f"http://{HOST}:{port}"
+    with running(argv, env, log, f"{url}/health", 90.0, grace=10.0):
+        yield url
+
+
+def test_a_server_on_the_onnx_model_answers_predict_like_keras(
+        server: str, built: tuple[Path, Path, Path]) -> None:
+    keras_file, _, images = built
+    jpegs = [p.read_bytes() for p in sorted(images.glob("*.jpg"))[:3]]
+    files = [("images", (f"i{i}.jpg", d, "image/jpeg")) for i, d in enumerate(jpegs)]
+    r = httpx.post(f"{server}/predict", files=files, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 3
+    keras = load_model(str(keras_file))
+    probs = forward(keras, preprocess(jpegs, keras.input_size), "predict_on_batch")
+    got = json.dumps(body)
+    for c in probs.argmax(axis=1):
+        assert str(int(c)) in got
+    # Too many images: the same contract as on Keras.
+    r = httpx.post(f"{server}/predict", files=files * 2, timeout=30)
+    assert r.status_code == 413 or r.status_code == 400, r.text
+
+
+# A cycled profile short enough for a test: three cycles are the fewest a verdict compares.
+CYCLED = """
+[profiles.onnx-cycles]
+users = 2
+spawn_rate = 2
+steps = [{ batch = 2, seconds = 2 }]
+baseline = 1
+pause = 0.5
+rest = 1
+cycles = 3
+cooldown = 1
+drain_timeout = 2
+wait = [0.0, 0.05]
+"""
+
+
+def test_a_short_cycled_run_on_tiny_onnx_reaches_a_verdict(tmp_path: Path) -> None:
+    exp = tmp_path / "experiments.toml"
+    exp.write_text((ROOT / "experiments.toml").read_text() + CYCLED)
+    results = tmp_path / "r"
+    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(results),
+                          "--experiments", str(exp), "run", "starlette-uvicorn", "--profile",
+                          "onnx-cycles", "--model", "tiny-onnx"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir() and not p.is_symlink()]
+    summary = json.loads((run_dir / "starlette-uvicorn" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["faults"] == 0
+    assert summary["verdict"]["cycles"] == 3
+    assert summary["verdict"]["verdict"] != "no verdict", summary["verdict"]
+    assert summary["totals"]["requests"] > 0 and summary["totals"]["failures"] == 0
+    manifest = (run_dir / "starlette-uvicorn" / "manifest.json").read_text()
+    assert ".onnx" in manifest
