@@ -226,9 +226,17 @@ def test_a_restarted_gunicorn_worker_is_a_fault(tmp_path: Path) -> None:
     p = start_background(tmp_path, "run", "planted-gunicorn", "--profile", "long")
     wait_step(tmp_path, "planted-gunicorn")
     ph = phases_of(tmp_path, "planted-gunicorn")
-    workers = [pid for pid in ph["services"]["server"]["pids"]
-               if "gunicorn" in " ".join(psutil.Process(pid).cmdline())
-               and psutil.Process(pid).ppid() in ph["services"]["server"]["pids"]]
+    pids = ph["services"]["server"]["pids"]
+
+    def is_worker(pid: int) -> bool:
+        # The pids are a snapshot: one may have ended since (CI saw NoSuchProcess).
+        try:
+            proc = psutil.Process(pid)
+            return "gunicorn" in " ".join(proc.cmdline()) and proc.ppid() in pids
+        except psutil.Error:
+            return False
+
+    workers = [pid for pid in pids if is_worker(pid)]
     assert workers
     os.kill(workers[0], signal.SIGKILL)
     time.sleep(4)
