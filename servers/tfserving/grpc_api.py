@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from servers.shared.errors import one_line
 from servers.tfserving.core import HEALTH_SERVICES, Core
+from servers.tfserving.rpc import abort, answering
 from servers.tfserving.servable import (
     DEFAULT_SIGNATURE,
     OUTPUT_NAME,
@@ -204,17 +205,13 @@ def serve_grpc(core: Core, server: grpc.Server) -> None:
 
     log = core.timings
 
-    def abort(context: grpc.ServicerContext, exc: InputError) -> NoReturn:
-        context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
     class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
         """Predict only; Classify, Regress, MultiInference and metadata stay UNIMPLEMENTED."""
 
         def Predict(self, request: predict_pb2.PredictRequest,
                     context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
             rec = _RPC.get() or Timing("grpc")
-            try:
+            with answering(log, rec, context):
                 servable = core.servable_or_unavailable()
                 spec = request.model_spec
                 servable.check(spec.name, _model_version(spec))
@@ -223,12 +220,8 @@ def serve_grpc(core: Core, server: grpc.Server) -> None:
                 if unknown:
                     raise bad(f"output_filter names unknown outputs {unknown}; "
                               f"the model has {OUTPUT_NAME!r}")
-                started, cpu = time.perf_counter(), time.thread_time()
-                try:
+                with rec.decoding():
                     batch = grpc_batch(request, servable, rec)
-                finally:
-                    rec.decode = time.perf_counter() - started
-                    rec.decode_cpu = time.thread_time() - cpu
                 out = servable.run(batch, rec)
                 started = time.perf_counter()
                 response = predict_pb2.PredictResponse()
@@ -237,13 +230,6 @@ def serve_grpc(core: Core, server: grpc.Server) -> None:
                 response.model_spec.signature_name = DEFAULT_SIGNATURE
                 response.outputs[OUTPUT_NAME].CopyFrom(output_tensor(out))
                 rec.serialize = time.perf_counter() - started
-            except InputError as exc:
-                log.finish(rec, exc.code)
-                abort(context, exc)
-            except Exception as exc:
-                log.finish(rec, "INTERNAL")
-                context.abort(grpc.StatusCode.INTERNAL,
-                              f"internal error: {type(exc).__name__}: {one_line(str(exc))}")
             return response  # the record is finished by PredictTimer's serialiser
 
     class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]

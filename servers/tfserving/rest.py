@@ -8,7 +8,7 @@ import binascii
 import json
 import re
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -22,17 +22,20 @@ from starlette.routing import Route
 from servers.shared.bodylimit import BodyLimitMiddleware, BodyTooLarge
 from servers.shared.errors import error_response, one_line
 from servers.tfserving.core import Core
-from servers.tfserving.servable import DEFAULT_SIGNATURE, InputError, Servable, bad, too_large
+from servers.tfserving.servable import (
+    DEFAULT_SIGNATURE,
+    InputError,
+    Servable,
+    bad,
+    loads_json,
+    too_large,
+)
 from servers.tfserving.timing import Timing
 from servers.tfserving.v2 import V2Rest
 
 # /v1/models/<name>[/versions/<n>][:verb]; TF-Serving's version labels are not served.
 _MODEL_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18}))?"
                          r"(?::(?P<verb>[A-Za-z]+))?")
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _is_b64(value: Any) -> bool:
@@ -189,24 +192,15 @@ class RestApi:
         started = time.perf_counter()
         rec.queue += started - queued
         try:
-            try:
-                doc = json.loads(body, parse_constant=_reject_constant)
-            except RecursionError:
-                raise bad("malformed JSON: nested too deeply") from None
-            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
-                raise bad(f"malformed JSON: {one_line(str(exc))}") from None
+            doc = loads_json(body)
             layout, values = rest_values(doc, servable)
             del doc
         finally:
             now = time.perf_counter()
             rec.parse = rec.receive + (now - started)
-        cpu = time.thread_time()
-        try:
+        with rec.decoding():
             batch = rest_batch(values, layout, servable, rec)
             del values
-        finally:
-            rec.decode = time.perf_counter() - now
-            rec.decode_cpu = time.thread_time() - cpu
         out = servable.run(batch, rec)
         started = time.perf_counter()
         key = "predictions" if layout == "row" else "outputs"

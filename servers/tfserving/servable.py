@@ -3,15 +3,16 @@ validated options and the servable (checks, input conversion and the guarded mod
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from servers.shared.errors import ApiError
+from servers.shared.errors import ApiError, one_line
 from servers.shared.model import BadImage, LoadedModel, decode_image, forward
 from servers.shared.settings import Settings
 from servers.tfserving.timing import Timing
@@ -46,6 +47,20 @@ def too_large(message: str) -> InputError:
 
 def unavailable(message: str) -> InputError:
     return InputError(503, "UNAVAILABLE", message)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads_json(data: bytes) -> Any:
+    """A request's JSON document, or a 400: malformed, nested too deeply, NaN or Infinity."""
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except RecursionError:
+        raise bad("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
+        raise bad(f"malformed JSON: {one_line(str(exc))}") from None
 
 
 # ---------------------------------------------------------------------------------------------

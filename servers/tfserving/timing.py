@@ -4,6 +4,8 @@ lines (the fields: servers.tfserving's docstring)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,16 @@ class Timing:
     serialize: float = 0.0
     total: float = 0.0
     done: bool = False
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Time the block as the decode phase: wall clock and the handling thread's CPU."""
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.decode = time.perf_counter() - started
+            self.decode_cpu = time.thread_time() - cpu
 
     def record(self) -> dict[str, Any]:
         return {

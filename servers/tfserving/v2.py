@@ -23,7 +23,14 @@ from starlette.responses import JSONResponse, Response
 
 from servers.shared.errors import error_response, one_line
 from servers.tfserving.core import Core
-from servers.tfserving.servable import OUTPUT_NAME, InputError, Servable, bad, not_found
+from servers.tfserving.servable import (
+    OUTPUT_NAME,
+    InputError,
+    Servable,
+    bad,
+    loads_json,
+    not_found,
+)
 from servers.tfserving.timing import Timing
 
 DATATYPE = "FP32"  # what the model takes and gives: the tensor after preprocessing
@@ -200,10 +207,6 @@ def infer_answer(servable: Servable, out: np.ndarray, parsed: _Infer) -> tuple[b
     return (head + raw, len(head)) if parsed.binary_output else (head, None)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 class V2Rest:
     """The /v2 routes, served by servers.tfserving.rest's Starlette app; `read_body` is its
     body reader (the body limit's), handed over rather than imported (rest imports this)."""
@@ -274,22 +277,13 @@ class V2Rest:
                     raise bad(f"Inference-Header-Content-Length {header!r}: expected the JSON "
                               f"header's length, at most the body's {len(body)} bytes")
                 head, binary = body[:int(header)], body[int(header):]
-            try:
-                doc = json.loads(head, parse_constant=_reject_constant)
-            except RecursionError:
-                raise bad("malformed JSON: nested too deeply") from None
-            except ValueError as exc:
-                raise bad(f"malformed JSON: {one_line(str(exc))}") from None
+            doc = loads_json(head)
         finally:
             now = time.perf_counter()
             rec.parse = rec.receive + (now - started)
-        cpu = time.thread_time()
-        try:
+        with rec.decoding():
             parsed = parse_infer(doc, binary, servable, rec)
             del doc
-        finally:
-            rec.decode = time.perf_counter() - now
-            rec.decode_cpu = time.thread_time() - cpu
         out = servable.run(parsed.batch, rec)
         started = time.perf_counter()
         answer = infer_answer(servable, out, parsed)

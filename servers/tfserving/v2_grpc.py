@@ -6,13 +6,13 @@ servers.tfserving.v2's, so gRPC refuses what REST refuses."""
 from __future__ import annotations
 
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import numpy as np
 
-from servers.shared.errors import one_line
 from servers.tfserving.core import Core
+from servers.tfserving.rpc import abort, answering
 from servers.tfserving.servable import OUTPUT_NAME, InputError, Servable, bad
 from servers.tfserving.timing import Timing
 from servers.tfserving.v2 import (
@@ -61,10 +61,6 @@ def add_v2(core: Core, server: grpc.Server, active: Any) -> None:
 
     log = core.timings
 
-    def abort(context: grpc.ServicerContext, exc: InputError) -> NoReturn:
-        context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
     def model(context: grpc.ServicerContext, name: str, version: str) -> Servable:
         try:
             servable = core.servable_or_unavailable()
@@ -103,16 +99,12 @@ def add_v2(core: Core, server: grpc.Server, active: Any) -> None:
 
         def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
             rec = active() or Timing("grpc")
-            try:
+            with answering(log, rec, context):
                 servable = core.servable_or_unavailable()
                 check_model(servable, request.model_name, request.model_version)
                 check_outputs([o.name for o in request.outputs])
-                started, cpu = time.perf_counter(), time.thread_time()
-                try:
+                with rec.decoding():
                     batch = infer_batch(request, servable, rec)
-                finally:
-                    rec.decode = time.perf_counter() - started
-                    rec.decode_cpu = time.thread_time() - cpu
                 out = servable.run(batch, rec)
                 started = time.perf_counter()
                 response = service_pb2.ModelInferResponse(
@@ -122,13 +114,6 @@ def add_v2(core: Core, server: grpc.Server, active: Any) -> None:
                                      shape=[int(n) for n in out.shape])
                 response.raw_output_contents.append(out.astype("<f4", copy=False).tobytes())
                 rec.serialize = time.perf_counter() - started
-            except InputError as exc:
-                log.finish(rec, exc.code)
-                abort(context, exc)
-            except Exception as exc:
-                log.finish(rec, "INTERNAL")
-                context.abort(grpc.StatusCode.INTERNAL,
-                              f"internal error: {type(exc).__name__}: {one_line(str(exc))}")
             return response  # the record is finished by PredictTimer's serialiser
 
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Inference(), server)
