@@ -405,8 +405,11 @@ def test_score_good_id(stack: Stack, build: str) -> None:
             assert timing[f"{m}_ms"] >= timing[f"{m}_server_ms"] >= SLEEP_MS[0] - 1.0
         a_plus_b = timing["model_a_ms"] + timing["model_b_ms"]
         if build == "fastapi":
-            # Concurrent calls overlap: the request took less than the two calls end to end.
-            assert timing["total_ms"] < a_plus_b, timing
+            # Concurrent calls overlap: the span of the two calls (models_ms) is shorter than
+            # the two round trips added (each contains a 40-50 ms sleep, and the second is
+            # sent before the first is answered). Not total_ms: on a starved machine the
+            # feature fetch and the framework can outweigh the overlap (CI: 391 >= 320 ms).
+            assert timing["models_ms"] < a_plus_b, timing
         else:
             # One after the other: the request contains both calls in full.
             assert timing["total_ms"] >= a_plus_b, timing

@@ -30,6 +30,10 @@ from tests.fixtures.wire import Seen, WireRecorder
 pytestmark = pytest.mark.integration
 
 USERS = 2
+# Each user must get past its on_start and send every kind of request: 2 s was not enough on a
+# starved machine (CI: four Locusts at once, a load average of 15; the image users sent only
+# their setup GETs).
+RUN_TIME = "5s"
 LOADTESTS = ROOT / "loadtests"
 
 
@@ -46,7 +50,7 @@ def locust(locustfile: str, host: str, out: Path, name: str, images: Path,
                     INFBENCH_WAIT_MAX="0.05", INFBENCH_COUNTS=str(out / f"{name}-counts.json"),
                     **extra)
     argv = [sys.executable, "-m", "locust", "-f", str(LOADTESTS / locustfile), "--headless",
-            "-u", str(USERS), "-r", str(USERS), "-t", "2s", "--stop-timeout", "5",
+            "-u", str(USERS), "-r", str(USERS), "-t", RUN_TIME, "--stop-timeout", "5",
             "--host", host, "--csv", str(out / name), "--only-summary", "--loglevel", "WARNING",
             "--exit-code-on-error", "0"]
     return spawn(argv, env, out / f"{name}.log")
