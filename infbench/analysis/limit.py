@@ -22,6 +22,16 @@ processes), `images_per_s_net` is the limit of the cores left to the server
 served. `server_cpu_ms_per_image` is the server's own CPU per image in the step (cpu_io, every
 service summed): above cpu_ms_per_image by what serving adds (`beyond_model_cpu_ms_per_image`).
 
+What stops a step short of the limit splits in two, each from the run's own CPU figures:
+served ~ server cores * 1000 / server CPU per image, so fraction ~ cores_share * cpu_share with
+
+  cores_share   server cores / usable cores: how much of the machine the server kept busy (low:
+                too little work in flight for its threads, the cores taken by someone else, the
+                load generator included; cpu_io's wait_share says which)
+  cpu_share     cpu_ms_per_image / server_cpu_ms_per_image: how much of the server's CPU an
+                image would cost the model alone at its best batch (low: HTTP, multipart,
+                the event loop and small batches cost the rest)
+
 A fraction above 1 is possible where the server runs a larger batch than any the profile
 measured, or where the model alone's CPU was inflated (thread pools spinning on a busy machine).
 """
@@ -120,7 +130,10 @@ def step_limit(limit: dict[str, Any] | None, step: dict[str, Any],
             if srv_cores is not None else None,
             "server_cpu_ms_per_image": srv_cpu,
             "beyond_model_cpu_ms_per_image": round(srv_cpu - cpu, 4)
-            if srv_cpu is not None else None}
+            if srv_cpu is not None else None,
+            "cores_share": round(srv_cores / float(limit["usable_cores"]), 3)
+            if srv_cores is not None else None,
+            "cpu_share": round(cpu / srv_cpu, 3) if srv_cpu else None}
 
 
 def annotate(steps: list[dict[str, Any]], limit: dict[str, Any] | None,

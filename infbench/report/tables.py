@@ -337,13 +337,14 @@ def limit_table(rows: Rows) -> Table:
                           fmt(lim.get("images_per_s_net"), 0), fmt(lim.get("fraction_net"), 2),
                           fmt(lim.get("server_cores"), 2),
                           fmt(lim.get("server_cpu_ms_per_image"), 2),
-                          fmt(lim.get("beyond_model_cpu_ms_per_image"), 2)])
+                          fmt(lim.get("beyond_model_cpu_ms_per_image"), 2),
+                          fmt(lim.get("cores_share"), 2), fmt(lim.get("cpu_share"), 2)])
     return table(
         "Served against the sequential reference and the machine's limit (per step)",
         ["variant", ">step", ">img/req", ">served img/s", ">sequential img/s",
          ">efficiency", ">limit img/s", ">of the limit", ">load gen cores",
          ">limit net of it", ">of that", ">server cores", ">server CPU (ms/img)",
-         ">beyond decode + model (ms/img)"], lines,
+         ">beyond decode + model (ms/img)", ">cores share", ">CPU share"], lines,
         "Sequential: decode + model alone at the step's batch, one after the other on one "
         "thread (efficiency = served / it; above 1 where the server decodes while the "
         "model runs). Limit: the cores over decode + model CPU per image at the best "
@@ -351,7 +352,10 @@ def limit_table(rows: Rows) -> Table:
         "processes, on the same cores; the net limit takes it off. Server CPU per image: "
         "the services' processes over the step (`processes.csv`) per image sent; beyond "
         "decode + model is what serving adds: HTTP, multipart, JSON, the event loop and "
-        "batching, and the model at a smaller batch than the best.")
+        "batching, and the model at a smaller batch than the best. Of the limit ~ cores "
+        "share * CPU share: server cores / usable cores (low: too little work in flight, "
+        "or the cores busy with others; see the CPU-or-IO table's wait share) times decode "
+        "+ model CPU per image at the best batch / the server's (low: serving overhead).")
 
 
 def split_table(rows: Rows, cores: int) -> Table:

@@ -58,6 +58,9 @@ def test_a_step_against_the_limit_and_net_of_the_load_generator() -> None:
     # (12 + 4) ms a request of 2 images: 8 ms an image, 3 more than decode + model
     assert (s["server_cpu_ms_per_image"], s["beyond_model_cpu_ms_per_image"]) == (8.0, 3.0)
     assert (s["server_cores"], s["busy_cores"]) == (1.4, 1.8)
+    # What stops it, from the CPU figures: 1.4 of the 2 cores busy, and 5 of the server's 8 ms
+    # an image is what decode + model cost alone at the best batch.
+    assert (s["cores_share"], s["cpu_share"]) == (0.7, 0.625)
     bare = limit.step_limit(m, {"index": 3, "batch": 1, "images_per_s": 100.0})
     assert bare is not None and bare["fraction"] == 0.25 and bare["images_per_s_net"] is None
     assert bare["server_cpu_ms_per_image"] is None and bare["busy_cores"] is None
@@ -117,6 +120,8 @@ def test_the_summary_and_the_report_carry_the_limit(tmp_path: Path) -> None:
     # 12 s (load and drain) at 1.2 cores over 48 requests of 2 images: 150 ms an image
     assert lim["server_cpu_ms_per_image"] == pytest.approx(150.0, abs=2.0)
     assert lim["beyond_model_cpu_ms_per_image"] == pytest.approx(145.0, abs=2.0)
+    assert lim["cores_share"] == pytest.approx(0.6, abs=0.01)  # 1.2 of 2 cores
+    assert lim["cpu_share"] == pytest.approx(5 / 150, abs=0.001)
     assert two["limit"]["fraction"] == 0.03 and two["limit"]["loadgen_cores"] is None
 
     machine = tables.machine_limit_table([s])
