@@ -14,6 +14,12 @@ process CPU time, every thread, not wall time):
   images_per_s       usable_cores * 1000 / cpu_ms_per_image: every usable core doing nothing
                      but decoding and running the model at the best batch
 
+A step's own limit divides by the decode of the images that step sends and the model at its
+cheapest batch: the load sends the first `batch` sample images in every request and the model
+alone decodes the same ones at that batch, and their decode costs differ (a small first image
+decodes faster than the first ten on average), while a server may batch any number of requests
+into one model call. So a step's `images_per_s` may differ from the variant's headline figure.
+
 What it leaves out: HTTP, multipart parsing, JSON answers and the event loop (the server's own
 overhead, which is what the fraction shows), and everything else on the same cores: the load
 generator above all. Per step, where Locust's CPU was measured (`*_loadgen.csv`, all its
@@ -77,12 +83,29 @@ def machine_limit(alone: dict[str, Any] | None) -> dict[str, Any] | None:
         return {"images_per_s": None, "why": "the model alone did not record its usable cores",
                 "batches": per_batch}
     best = min(per_batch, key=lambda r: r["cpu_ms_per_image"])
+    model_best = min(per_batch, key=lambda r: r["model_cpu_ms_per_image"])
     return {"images_per_s": best["images_per_s"], "usable_cores": usable,
             "cores_from": cores.get("source"), "affinity": cores.get("affinity"),
             "cgroup_quota": cores.get("cgroup_quota"), "best_batch": best["batch"],
             "decode_cpu_ms_per_image": best["decode_cpu_ms_per_image"],
             "model_cpu_ms_per_image": best["model_cpu_ms_per_image"],
-            "cpu_ms_per_image": best["cpu_ms_per_image"], "batches": per_batch, "why": None}
+            "cpu_ms_per_image": best["cpu_ms_per_image"],
+            "model_best_batch": model_best["batch"],
+            "model_best_cpu_ms_per_image": model_best["model_cpu_ms_per_image"],
+            "batches": per_batch, "why": None}
+
+
+def step_cpu_ms_per_image(limit: dict[str, Any], batch: int | None) -> tuple[float, int]:
+    """CPU per image the step's limit divides: decode of the images the step sends (the model
+    alone decoded the same first `batch` sample images its load sends) and the model at its
+    cheapest batch (a server may batch across requests); the decode at the best batch where
+    the step's batch was not measured. With the batch it took the decode from."""
+    by_batch = {b["batch"]: b for b in limit.get("batches") or []}
+    mine = by_batch.get(int(batch)) if batch else None
+    if mine is None:
+        return float(limit["cpu_ms_per_image"]), int(limit["best_batch"])
+    return (round(mine["decode_cpu_ms_per_image"] + limit["model_best_cpu_ms_per_image"], 4),
+            mine["batch"])
 
 
 def server_cpu_ms_per_image(cpu_io: dict[str, Any] | None, index: int,
@@ -111,7 +134,8 @@ def step_limit(limit: dict[str, Any] | None, step: dict[str, Any],
     if not limit or not limit.get("images_per_s"):
         return None
     served = _num(step.get("images_per_s"))
-    full, cpu = float(limit["images_per_s"]), float(limit["cpu_ms_per_image"])
+    cpu, decode_batch = step_cpu_ms_per_image(limit, step.get("batch"))
+    full = round(float(limit["usable_cores"]) * 1000.0 / cpu, 1)
     gen = step.get("loadgen") or {}
     gen_pct = _num(gen.get("total_cpu_pct", gen.get("cpu_pct")))
     loadgen_cores = None if gen_pct is None else round(gen_pct / 100.0, 3)
@@ -121,7 +145,8 @@ def step_limit(limit: dict[str, Any] | None, step: dict[str, Any],
         net = round(left * 1000.0 / cpu, 1) if left > 0 else None
     srv_cpu = server_cpu_ms_per_image(cpu_io, step["index"], step.get("batch"))
     srv_cores = server_cores(cpu_io, step["index"])
-    return {"images_per_s": full, "served_images_per_s": served,
+    return {"images_per_s": full, "cpu_ms_per_image": cpu, "decode_from_batch": decode_batch,
+            "model_from_batch": limit["model_best_batch"], "served_images_per_s": served,
             "fraction": round(served / full, 3) if served is not None else None,
             "loadgen_cores": loadgen_cores, "images_per_s_net": net,
             "fraction_net": round(served / net, 3) if served is not None and net else None,

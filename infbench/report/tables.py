@@ -347,15 +347,17 @@ def limit_table(rows: Rows) -> Table:
          ">beyond decode + model (ms/img)", ">cores share", ">CPU share"], lines,
         "Sequential: decode + model alone at the step's batch, one after the other on one "
         "thread (efficiency = served / it; above 1 where the server decodes while the "
-        "model runs). Limit: the cores over decode + model CPU per image at the best "
-        "batch (the table above). Load gen cores: Locust's CPU over the step, all its "
-        "processes, on the same cores; the net limit takes it off. Server CPU per image: "
-        "the services' processes over the step (`processes.csv`) per image sent; beyond "
-        "decode + model is what serving adds: HTTP, multipart, JSON, the event loop and "
-        "batching, and the model at a smaller batch than the best. Of the limit ~ cores "
-        "share * CPU share: server cores / usable cores (low: too little work in flight, "
-        "or the cores busy with others; see the CPU-or-IO table's wait share) times decode "
-        "+ model CPU per image at the best batch / the server's (low: serving overhead).")
+        "model runs). Limit: the cores over the CPU per image of decoding the images this "
+        "step sends (the model alone decoded the same ones at this batch) and of the "
+        "model at its cheapest batch (the table above). Load gen cores: Locust's CPU over "
+        "the step, all its processes, on the same cores; the net limit takes it off. "
+        "Server CPU per image: the services' processes over the step (`processes.csv`) "
+        "per image sent; beyond decode + model is what serving adds: HTTP, multipart, "
+        "JSON, the event loop and batching, and the model at a smaller batch than its "
+        "cheapest. Of the limit ~ cores share * CPU share: server cores / usable cores "
+        "(low: too little work in flight, or the cores busy with others; see the "
+        "CPU-or-IO table's wait share) times the limit's CPU per image / the server's "
+        "(low: serving overhead).")
 
 
 def split_table(rows: Rows, cores: int) -> Table:

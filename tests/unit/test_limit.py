@@ -69,6 +69,22 @@ def test_a_step_against_the_limit_and_net_of_the_load_generator() -> None:
     assert full is not None and full["images_per_s_net"] is None and full["fraction_net"] is None
 
 
+def test_a_steps_limit_decodes_its_own_images_and_runs_the_model_at_its_cheapest_batch(
+) -> None:
+    alone = alone_v2()
+    alone["batches"][0]["decode_cpu_ms_per_image"] = 1.0  # the first sample image is small
+    alone["batches"][1]["decode_cpu_ms_per_image"] = 2.0
+    m = limit.machine_limit(alone)
+    assert m is not None and (m["best_batch"], m["cpu_ms_per_image"]) == (4, 5.5)
+    assert m["images_per_s"] == round(2000 / 5.5, 1) and m["model_best_batch"] == 4
+    two = limit.step_limit(m, {"index": 1, "batch": 2, "images_per_s": 100.0})
+    assert two is not None and (two["cpu_ms_per_image"], two["images_per_s"]) == (4.5, 444.4)
+    assert (two["decode_from_batch"], two["model_from_batch"]) == (2, 4)
+    other = limit.step_limit(m, {"index": 2, "batch": 3, "images_per_s": 100.0})  # unmeasured
+    assert other is not None and other["images_per_s"] == m["images_per_s"]
+    assert other["decode_from_batch"] == 4
+
+
 def test_no_limit_is_said_not_guessed() -> None:
     assert limit.machine_limit(None) is None  # the run did not measure the model alone
     old = limit.machine_limit({"batches": [{"batch": 2, "decode_cpu_ms_per_image": None,
