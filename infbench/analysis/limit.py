@@ -47,6 +47,9 @@ from __future__ import annotations
 from typing import Any
 
 NOT_MEASURED = "not measured"
+# Decoding one request's JPEGs runs on one thread and never waits: alone on a core it keeps that
+# core busy (CPU / wall ~1). Below this, the model alone shared its cores with someone else.
+QUIET_DECODE_CORES = 0.8
 
 
 def _num(x: Any) -> float | None:
@@ -84,6 +87,14 @@ def machine_limit(alone: dict[str, Any] | None) -> dict[str, Any] | None:
                 "batches": per_batch}
     best = min(per_batch, key=lambda r: r["cpu_ms_per_image"])
     model_best = min(per_batch, key=lambda r: r["model_cpu_ms_per_image"])
+    decode_cores = [c for b in alone.get("batches") or [] if isinstance(b, dict)
+                    and (c := _num(b.get("decode_cores"))) is not None]
+    busy = None
+    if decode_cores and min(decode_cores) < QUIET_DECODE_CORES:
+        busy = (f"the model alone ran on a busy machine: decoding, one thread that never waits, "
+                f"kept {min(decode_cores):.2f} of a core busy (~1 alone); its rates and its "
+                "CPU per image (thread pools spin while a descheduled thread holds them up), "
+                "and so the limit, are not this machine's own")
     return {"images_per_s": best["images_per_s"], "usable_cores": usable,
             "cores_from": cores.get("source"), "affinity": cores.get("affinity"),
             "cgroup_quota": cores.get("cgroup_quota"), "best_batch": best["batch"],
@@ -92,7 +103,7 @@ def machine_limit(alone: dict[str, Any] | None) -> dict[str, Any] | None:
             "cpu_ms_per_image": best["cpu_ms_per_image"],
             "model_best_batch": model_best["batch"],
             "model_best_cpu_ms_per_image": model_best["model_cpu_ms_per_image"],
-            "batches": per_batch, "why": None}
+            "batches": per_batch, "why": None, "busy": busy}
 
 
 def step_cpu_ms_per_image(limit: dict[str, Any], batch: int | None) -> tuple[float, int]:

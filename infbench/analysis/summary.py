@@ -60,7 +60,8 @@ DEFINITIONS = {
     "machine_limit": "usable cores (CPU affinity capped by the cgroup's CPU quota) * 1000 / "
                      "(decode + model CPU ms per image, process CPU time, at the batch where "
                      "it is smallest), both from model_alone.json: the images/s the cores could "
-                     "serve doing nothing else (infbench/analysis/limit.py)",
+                     "serve doing nothing else; `busy` says when the model alone shared its "
+                     "cores (decoding kept < 0.8 of a core busy) (infbench/analysis/limit.py)",
     "limit": "per step: fraction = served images/s / machine_limit; images_per_s_net and "
              "fraction_net: the same with the load generator's CPU (all its processes) taken "
              "off the usable cores; server_cpu_ms_per_image: the services' CPU per image sent",

@@ -306,7 +306,8 @@ def machine_limit_table(rows: Rows) -> Table:
                       fmt(m["model_cpu_ms_per_image"], 2), fmt(best.get("model_cores"), 2),
                       fmt(m["cpu_ms_per_image"], 2), fmt(m["images_per_s"], 0),
                       ", ".join(f"b{b['batch']}: {fmt(b['images_per_s'], 0)}"
-                                for b in m.get("batches") or [])])
+                                for b in m.get("batches") or [])
+                      + (f"; **read with care**: {m['busy']}" if m.get("busy") else "")])
     return table(
         "The machine's limit (model alone, CPU per image)",
         ["variant", "usable cores (from)", ">best batch", ">decode CPU (ms/img)",

@@ -40,6 +40,7 @@ def test_the_limit_is_the_cores_over_decode_plus_model_cpu_at_the_best_batch() -
     assert (m["best_batch"], m["cpu_ms_per_image"], m["images_per_s"]) == (4, 5.0, 400.0)
     assert [(b["batch"], b["images_per_s"]) for b in m["batches"]] == [(2, 200.0), (4, 400.0)]
     assert m["usable_cores"] == 2.0 and m["cores_from"] == "affinity" and m["why"] is None
+    assert m["busy"] is None  # no decode_cores figure: nothing said
     half = limit.machine_limit(alone_v2(cores=1.5))  # a cgroup quota of 1.5 cores
     assert half is not None and half["images_per_s"] == 300.0
 
@@ -83,6 +84,20 @@ def test_a_steps_limit_decodes_its_own_images_and_runs_the_model_at_its_cheapest
     other = limit.step_limit(m, {"index": 2, "batch": 3, "images_per_s": 100.0})  # unmeasured
     assert other is not None and other["images_per_s"] == m["images_per_s"]
     assert other["decode_from_batch"] == 4
+
+
+@pytest.mark.parametrize(("decode_cores", "busy"), [(0.98, False), (0.5, True)])
+def test_a_model_alone_that_shared_its_cores_is_said(decode_cores: float, busy: bool) -> None:
+    alone = alone_v2()
+    for b in alone["batches"]:
+        b["decode_cores"] = decode_cores
+    m = limit.machine_limit(alone)
+    assert m is not None and m["images_per_s"] == 400.0
+    assert (m["busy"] is not None) == busy
+    row = tables.machine_limit_table([{"variant": "v", "machine_limit": m}]).rows[0]
+    assert ("read with care" in row[-1]) == busy
+    if busy:
+        assert "kept 0.50 of a core busy" in m["busy"]
 
 
 def test_no_limit_is_said_not_guessed() -> None:
