@@ -26,7 +26,9 @@ generator above all. Per step, where Locust's CPU was measured (`*_loadgen.csv`,
 processes), `images_per_s_net` is the limit of the cores left to the server
 ((usable_cores - loadgen cores) * 1000 / cpu_ms_per_image), and `fraction_net` the share of it
 served. `server_cpu_ms_per_image` is the server's own CPU per image in the step (cpu_io, every
-service summed): above cpu_ms_per_image by what serving adds (`beyond_model_cpu_ms_per_image`).
+service summed): above cpu_ms_per_image by what serving adds (`beyond_model_cpu_ms_per_image`);
+`main_thread_cpu_ms_per_image` the part of it on the processes' main threads (an asyncio
+server's event loop: HTTP, multipart, the app's coroutines, the answers).
 
 What stops a step short of the limit splits in two, each from the run's own CPU figures:
 served ~ server cores * 1000 / server CPU per image, so fraction ~ cores_share * cpu_share with
@@ -131,6 +133,17 @@ def server_cpu_ms_per_image(cpu_io: dict[str, Any] | None, index: int,
     return round(sum(known) / batch, 4)
 
 
+def main_thread_cpu_ms_per_image(cpu_io: dict[str, Any] | None, index: int,
+                                 batch: int | None) -> float | None:
+    """The services' main threads' CPU per image sent in a step (an asyncio server's event
+    loop); None where processes.csv has no main_cpu_s (before version 4)."""
+    known = [x for r in (cpu_io or {}).get("steps") or [] if r.get("index") == index
+             and (x := _num(r.get("main_thread_cpu_ms_per_request"))) is not None]
+    if not known or not batch:
+        return None
+    return round(sum(known) / batch, 4)
+
+
 def server_cores(cpu_io: dict[str, Any] | None, index: int) -> float | None:
     """Cores the services kept busy in a step (cpu_io's cpu_pct summed / 100)."""
     pcts = [_num(r.get("cpu_pct")) for r in (cpu_io or {}).get("steps") or []
@@ -167,6 +180,8 @@ def step_limit(limit: dict[str, Any] | None, step: dict[str, Any],
             "server_cpu_ms_per_image": srv_cpu,
             "beyond_model_cpu_ms_per_image": round(srv_cpu - cpu, 4)
             if srv_cpu is not None else None,
+            "main_thread_cpu_ms_per_image": main_thread_cpu_ms_per_image(
+                cpu_io, step["index"], step.get("batch")),
             "cores_share": round(srv_cores / float(limit["usable_cores"]), 3)
             if srv_cores is not None else None,
             "cpu_share": round(cpu / srv_cpu, 3) if srv_cpu else None}

@@ -339,13 +339,15 @@ def limit_table(rows: Rows) -> Table:
                           fmt(lim.get("server_cores"), 2),
                           fmt(lim.get("server_cpu_ms_per_image"), 2),
                           fmt(lim.get("beyond_model_cpu_ms_per_image"), 2),
+                          fmt(lim.get("main_thread_cpu_ms_per_image"), 2),
                           fmt(lim.get("cores_share"), 2), fmt(lim.get("cpu_share"), 2)])
     return table(
         "Served against the sequential reference and the machine's limit (per step)",
         ["variant", ">step", ">img/req", ">served img/s", ">sequential img/s",
          ">efficiency", ">limit img/s", ">of the limit", ">load gen cores",
          ">limit net of it", ">of that", ">server cores", ">server CPU (ms/img)",
-         ">beyond decode + model (ms/img)", ">cores share", ">CPU share"], lines,
+         ">beyond decode + model (ms/img)", ">main thread (ms/img)", ">cores share",
+         ">CPU share"], lines,
         "Sequential: decode + model alone at the step's batch, one after the other on one "
         "thread (efficiency = served / it; above 1 where the server decodes while the "
         "model runs). Limit: the cores over the CPU per image of decoding the images this "
@@ -355,7 +357,9 @@ def limit_table(rows: Rows) -> Table:
         "Server CPU per image: the services' processes over the step (`processes.csv`) "
         "per image sent; beyond decode + model is what serving adds: HTTP, multipart, "
         "JSON, the event loop and batching, and the model at a smaller batch than its "
-        "cheapest. Of the limit ~ cores share * CPU share: server cores / usable cores "
+        "cheapest; main thread: the CPU of the server processes' main threads, an asyncio "
+        "server's event loop (HTTP, multipart, the coroutines, the answers). Of the limit "
+        "~ cores share * CPU share: server cores / usable cores "
         "(low: too little work in flight, or the cores busy with others; see the "
         "CPU-or-IO table's wait share) times the limit's CPU per image / the server's "
         "(low: serving overhead).")

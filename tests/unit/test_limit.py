@@ -48,8 +48,10 @@ def test_the_limit_is_the_cores_over_decode_plus_model_cpu_at_the_best_batch() -
 def test_a_step_against_the_limit_and_net_of_the_load_generator() -> None:
     m = limit.machine_limit(alone_v2())
     step = {"index": 1, "batch": 2, "images_per_s": 240.0, "loadgen": {"total_cpu_pct": 40.0}}
-    io_ = {"steps": [{"service": "api", "index": 1, "cpu_ms_per_request": 12.0, "cpu_pct": 90},
-                     {"service": "model", "index": 1, "cpu_ms_per_request": 4.0, "cpu_pct": 50},
+    io_ = {"steps": [{"service": "api", "index": 1, "cpu_ms_per_request": 12.0, "cpu_pct": 90,
+                      "main_thread_cpu_ms_per_request": 3.0},
+                     {"service": "model", "index": 1, "cpu_ms_per_request": 4.0, "cpu_pct": 50,
+                      "main_thread_cpu_ms_per_request": None},
                      {"service": "api", "index": 2, "cpu_ms_per_request": 99.0}]}
     s = limit.step_limit(m, step, io_)
     assert s is not None
@@ -58,6 +60,7 @@ def test_a_step_against_the_limit_and_net_of_the_load_generator() -> None:
     assert (s["loadgen_cores"], s["images_per_s_net"], s["fraction_net"]) == (0.4, 320.0, 0.75)
     # (12 + 4) ms a request of 2 images: 8 ms an image, 3 more than decode + model
     assert (s["server_cpu_ms_per_image"], s["beyond_model_cpu_ms_per_image"]) == (8.0, 3.0)
+    assert s["main_thread_cpu_ms_per_image"] == 1.5  # the api's loop: 3 ms a request of 2
     assert (s["server_cores"], s["busy_cores"]) == (1.4, 1.8)
     # What stops it, from the CPU figures: 1.4 of the 2 cores busy, and 5 of the server's 8 ms
     # an image is what decode + model cost alone at the best batch.
@@ -65,6 +68,7 @@ def test_a_step_against_the_limit_and_net_of_the_load_generator() -> None:
     bare = limit.step_limit(m, {"index": 3, "batch": 1, "images_per_s": 100.0})
     assert bare is not None and bare["fraction"] == 0.25 and bare["images_per_s_net"] is None
     assert bare["server_cpu_ms_per_image"] is None and bare["busy_cores"] is None
+    assert bare["main_thread_cpu_ms_per_image"] is None
     # A generator that used every core leaves no limit to be a share of.
     full = limit.step_limit(m, {**step, "loadgen": {"total_cpu_pct": 200.0}}, io_)
     assert full is not None and full["images_per_s_net"] is None and full["fraction_net"] is None
@@ -132,7 +136,7 @@ def synthetic(tmp_path: Path) -> Path:
     """make_variant's steps (48 requests of 2 images at 4.8 req/s in 10-20 s, then 30 of 4),
     one service at 1.2 cores, Locust at 0.4 core in step 1, and alone_v2's model alone."""
     d = make_variant(tmp_path)
-    add_service_cpu(d, {1: 1.2})
+    add_service_cpu(d, {1: 1.2}, main=0.3)
     write_loadgen(d / "step1-b2_loadgen.csv", 0.4, 0.0, seconds=52)
     (d / "model_alone.json").write_text(json.dumps(alone_v2()))
     return d
@@ -151,6 +155,7 @@ def test_the_summary_and_the_report_carry_the_limit(tmp_path: Path) -> None:
     # 12 s (load and drain) at 1.2 cores over 48 requests of 2 images: 150 ms an image
     assert lim["server_cpu_ms_per_image"] == pytest.approx(150.0, abs=2.0)
     assert lim["beyond_model_cpu_ms_per_image"] == pytest.approx(145.0, abs=2.0)
+    assert lim["main_thread_cpu_ms_per_image"] == pytest.approx(37.5, abs=0.5)  # 0.3 core
     assert lim["cores_share"] == pytest.approx(0.6, abs=0.01)  # 1.2 of 2 cores
     assert lim["cpu_share"] == pytest.approx(5 / 150, abs=0.001)
     assert two["limit"]["fraction"] == 0.03 and two["limit"]["loadgen_cores"] is None
