@@ -68,6 +68,7 @@ def test_a_run_with_the_model_alone_reports_serving_efficiency(tmp_path: Path) -
                                                 abs=0.002)
         assert lim["loadgen_cores"] > 0 and lim["images_per_s_net"] > 0  # Locust's CPU seen
         assert lim["server_cpu_ms_per_image"] > 0
+        assert 0 < lim["main_thread_cpu_ms_per_image"] <= lim["server_cpu_ms_per_image"] + 0.5
     assert [st["open_loop"]["rate"] for st in s["steps"]] == [5, 10]
     md = (run_dir / "summary.md").read_text()
     assert "| 5/s poisson |" in md and "| efficiency |" in md
