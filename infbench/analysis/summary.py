@@ -62,9 +62,13 @@ DEFINITIONS = {
                      "it is smallest), both from model_alone.json: the images/s the cores could "
                      "serve doing nothing else; `busy` says when the model alone shared its "
                      "cores (decoding kept < 0.8 of a core busy) (infbench/analysis/limit.py)",
-    "limit": "per step: fraction = served images/s / machine_limit; images_per_s_net and "
-             "fraction_net: the same with the load generator's CPU (all its processes) taken "
-             "off the usable cores; server_cpu_ms_per_image: the services' CPU per image sent",
+    "limit": "per step: images_per_s = usable cores * 1000 / (decode CPU of the images the "
+             "step sends + the model's at its cheapest batch); fraction = served images/s / "
+             "it; images_per_s_net and fraction_net: the same with the load generator's CPU "
+             "(all its processes) taken off the usable cores; server_cpu_ms_per_image: the "
+             "services' CPU per image sent (main_thread_: their main threads', an asyncio "
+             "server's event loop); fraction ~ cores_share (server cores / usable) * "
+             "cpu_share (the limit's CPU per image / the server's)",
     "cpu_io": "per service and step: CPU (processes.csv cpu_s) and run-queue wait (run_wait_s, "
               "schedstat) per request Locust counted; wait_share = wait / (CPU + wait); "
               "off_cpu_share = 1 - thread CPU / wall over the timing lines' phases with a "
