@@ -9,6 +9,11 @@ Per service and per step (the step's load, start to the end of its drain), from 
     run_wait_ms_per_request the same for the time its threads were runnable but waiting for a
                             core (processes.csv `run_wait_s`, from schedstat), in ms; None for a
                             processes.csv from before the column
+    main_thread_cpu_ms_per_request
+                            the same for the CPU of each process's main thread (processes.csv
+                            `main_cpu_s`, schedstat): an asyncio server's event loop (HTTP,
+                            parsing, the app's coroutines, the answers); None for a
+                            processes.csv from before the column
     wait_share              run-queue wait / (CPU + run-queue wait): of the time the service had
                             work, the share it waited for a core. High on a machine whose cores
                             are all busy, whoever is busy
@@ -188,6 +193,7 @@ def figures(variant_dir: Path | VariantFiles, ph: dict[str, Any], steps: list[di
                 continue
             cpu = _delta(mine, "cpu_s", t0, t1)
             wait = _delta(mine, "run_wait_s", t0, t1)
+            main = _delta(mine, "main_cpu_s", t0, t1)
             off = off_cpu(lines, t0, t1)
             joules = energy_j(zones, t0, t1)
             row = {
@@ -195,6 +201,7 @@ def figures(variant_dir: Path | VariantFiles, ph: dict[str, Any], steps: list[di
                 "cpu_pct": None if cpu is None else round(100.0 * cpu / (t1 - t0), 1),
                 "cpu_ms_per_request": _per_request(cpu, n),
                 "run_wait_ms_per_request": _per_request(wait, n),
+                "main_thread_cpu_ms_per_request": _per_request(main, n),
                 "wait_share": round(wait / (cpu + wait), 3)
                 if cpu is not None and wait is not None and cpu + wait > 0 else None,
                 "off_cpu_share": off["share"] if off else None,

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from infbench.analysis import breakdown, cpu_io, trust, verdict
+from infbench.analysis import breakdown, cpu_io, limit, trust, verdict
 from infbench.results import readers
 from infbench.results.samples import (
     Mprof,
@@ -57,6 +57,18 @@ DEFINITIONS = {
                  "slot",
     "efficiency": "served images/s / images/s of the same model decoding and predicting "
                   "alone at the step's batch (model_alone.json)",
+    "machine_limit": "usable cores (CPU affinity capped by the cgroup's CPU quota) * 1000 / "
+                     "(decode + model CPU ms per image, process CPU time, at the batch where "
+                     "it is smallest), both from model_alone.json: the images/s the cores could "
+                     "serve doing nothing else; `busy` says when the model alone shared its "
+                     "cores (decoding kept < 0.8 of a core busy) (infbench/analysis/limit.py)",
+    "limit": "per step: images_per_s = usable cores * 1000 / (decode CPU of the images the "
+             "step sends + the model's at its cheapest batch); fraction = served images/s / "
+             "it; images_per_s_net and fraction_net: the same with the load generator's CPU "
+             "(all its processes) taken off the usable cores; server_cpu_ms_per_image: the "
+             "services' CPU per image sent (main_thread_: their main threads', an asyncio "
+             "server's event loop); fraction ~ cores_share (server cores / usable) * "
+             "cpu_share (the limit's CPU per image / the server's)",
     "cpu_io": "per service and step: CPU (processes.csv cpu_s) and run-queue wait (run_wait_s, "
               "schedstat) per request Locust counted; wait_share = wait / (CPU + wait); "
               "off_cpu_share = 1 - thread CPU / wall over the timing lines' phases with a "
@@ -357,6 +369,10 @@ def summarize_variant(variant_dir: Path | VariantFiles,
     plist = ph.get("phases", [])
     steps = step_figures(v, mp.mem, plist)
     trust.annotate(v, steps, plist, mp.mem)
+    found_io = cpu_io.figures(v, ph, steps, read_timings)
+    alone = trust.model_alone(v)
+    machine = limit.machine_limit(alone)
+    limit.annotate(steps, machine, found_io)
     pauses = [p for p in plist if p.get("kind") == "pause"]
     profile = profile_of(v)
 
@@ -378,7 +394,7 @@ def summarize_variant(variant_dir: Path | VariantFiles,
             breakdown.series(v) if points is None else points, plist),
         "services": service_figures(v, ph, steps),
         "split": split_figures(v, steps),
-        "cpu_io": cpu_io.figures(v, ph, steps, read_timings),
+        "cpu_io": found_io,
         "profile": profile,
         "events": ph.get("events", []),
         "faults": len([e for e in ph.get("events", []) if e.get("fault")]),
@@ -386,7 +402,8 @@ def summarize_variant(variant_dir: Path | VariantFiles,
                    "cut_off": total("cut_off")},
         "steps": steps,
         "wire": wire_figures(v.dir, steps),
-        "model_alone": trust.model_alone(v),
+        "model_alone": alone,
+        "machine_limit": machine,
         "pauses_server_busy_s": [p.get("server_busy_s") for p in pauses],
         "samples": {
             "mem": len(mp.mem), "children": len(mp.children), "bad_lines": mp.bad_lines,

@@ -25,6 +25,7 @@ from typing import Any
 
 from infbench.analysis import loadgen, stability
 from infbench.config import DEFAULT_WINDOW_S, auto_window
+from infbench.results import readers
 from infbench.results.variant import VariantFiles, files_of
 
 # Open-loop: an achieved send rate below this share of the offered one is said out loud.
@@ -113,7 +114,12 @@ def open_loop_notes(ol: dict[str, Any]) -> list[str]:
 
 
 def model_alone(variant_dir: Path | VariantFiles) -> dict[str, Any] | None:
-    return files_of(variant_dir).json("model_alone.json")
+    """model_alone.json, migrated (None: not measured); one that cannot be read is said, as
+    `{"error": ..., "batches": []}`, and gives no efficiency and no limit."""
+    try:
+        return readers.model_alone_json(files_of(variant_dir).dir)
+    except readers.ReadError as e:
+        return {"error": str(e), "batches": []}
 
 
 def efficiency(images_per_s: float | None, batch: int | None,

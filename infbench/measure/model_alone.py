@@ -4,7 +4,8 @@ The harness never imports TensorFlow, so the measurement runs in a child process
 (`python -m servers.image.model_alone`, in its own process group like every child) with the
 variant's model file and call style and the profile's batch sizes, before the variant's
 services start (the machine is quiet then). It writes `<variant>/model_alone.json`, which the
-analysis turns into each step's serving efficiency (infbench/analysis/trust.py).
+analysis turns into each step's serving efficiency (infbench/analysis/trust.py) and the
+machine's limit (infbench/analysis/limit.py).
 
 A profile asks for it with `model_alone = true` (or `infbench run --model-alone`).
 """
@@ -51,7 +52,7 @@ def measure(v: Variant, model_path: Path, profile: Profile, images: Path, out_di
     call, why = call_style(v)
     out = out_dir / "model_alone.json"
     say(f"  model alone: {model_path.name}, call {call}, batches "
-        f"{', '.join(map(str, batches))} (~{2 * seconds * len(batches) + 10:.0f} s)")
+        f"{', '.join(map(str, batches))} (~{3 * seconds * len(batches) + 10:.0f} s)")
     group = proc.Group(argv(model_path, images, batches, call, out, seconds),
                        log_path=out_dir / "model_alone.log", cwd=ROOT)
     deadline = time.monotonic() + TIMEOUT_S

@@ -31,6 +31,11 @@ to `processes.csv`:
                 monotone, missing only what an exiting thread waited after its last sample.
                 Read every SCHED_EVERY_S (0.5 s: a read is one file per thread), empty on the
                 samples between, and where schedstat is not readable (a kernel without it).
+    main_cpu_s  seconds the process's main thread (tid = pid) has been on a CPU, so far: the
+                first field of its schedstat, read with run_wait_s. In an asyncio server
+                (Uvicorn, and each of its workers) that thread is the event loop: HTTP parsing,
+                the app's coroutines, writing the answers; the rest of cpu_s is the other
+                threads (a thread pool's decoding, the model's own pools)
 
 MiB throughout, as mprof reports.
 """
@@ -156,6 +161,7 @@ class RunWait:
 
     def __init__(self) -> None:
         self._last: dict[int, dict[int, int]] = {}
+        self.main_cpu: dict[int, float] = {}  # the main thread's on-CPU s at the last read()
 
     def read(self, pid: int) -> float | None:
         stats = task_schedstats(pid)
@@ -164,10 +170,13 @@ class RunWait:
         seen = self._last.setdefault(pid, {})
         for tid, (_, waited, _) in stats.items():
             seen[tid] = max(waited, seen.get(tid, 0))
+        if pid in stats:
+            self.main_cpu[pid] = stats[pid][0] / 1e9
         return sum(seen.values()) / 1e9
 
     def forget(self, pid: int) -> None:
         self._last.pop(pid, None)
+        self.main_cpu.pop(pid, None)
 
 
 class ProcessSampler(CsvSampler):
@@ -218,6 +227,8 @@ class ProcessSampler(CsvSampler):
                 self._waits.forget(pid)
                 continue
             fig["run_wait_s"] = self._waits.read(pid) if sched else None
+            fig["main_cpu_s"] = self._waits.main_cpu.get(pid) \
+                if sched and fig["run_wait_s"] is not None else None
             out.writerow(_row(now, pid, self._names.get(pid, "?"), fig,
                               self._owners.get(pid, ("server", 0))))
         self.samples += 1
@@ -229,6 +240,7 @@ def _row(now: float, pid: int, name: str, fig: dict[str, float | None],
     mem = ["" if fig[k] is None else f"{fig[k]:.2f}" for k in COLUMNS[4:11]]
     return [f"{now:.3f}", pid, int(fig["ppid"] or 0), name, *mem, int(fig["threads"] or 0),
             f"{fig.get('cpu_s') or 0:.2f}", owner[0], owner[1],
-            "" if fig.get("run_wait_s") is None else f"{fig['run_wait_s']:.4f}"]
+            "" if fig.get("run_wait_s") is None else f"{fig['run_wait_s']:.4f}",
+            "" if fig.get("main_cpu_s") is None else f"{fig['main_cpu_s']:.4f}"]
 
 

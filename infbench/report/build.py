@@ -24,6 +24,8 @@ CSV_PROCESS = ("pss", "uss", "anon", "file")
 STEP_CSV = ("requests", "failures", "cut_off", "rps", "p50_ms", "p95_ms", "mem_end_mb")
 # Appended after each step's figures (infbench/analysis/trust.py): how far to trust them.
 TRUST_CSV = ("stable", "memory_flat", "limited_by_loadgen", "efficiency")
+# The step's "limit" (infbench/analysis/limit.py), named limit_<key>: added after the rest.
+LIMIT_CSV = ("limit_images_per_s", "limit_fraction", "limit_fraction_net")
 
 
 def damaged_summary(vd: Path, why: str) -> dict[str, Any]:
@@ -146,6 +148,7 @@ def csv_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
         header += [f"cgroup_{k}_mb" for k in CSV_MEMORY]
     # Added later than the rest, so last: a reader that counts columns still finds its own.
     header += [f"s{i}_b{b}_loadgen_cpu_pct" for i, b in batches]
+    header += [f"s{i}_b{b}_{k}" for i, b in batches for k in LIMIT_CSV]
     out: list[list[Any]] = [header]
     for r in rows:
         line: list[Any] = [r["variant"], r["status"]]
@@ -162,5 +165,7 @@ def csv_rows(rows: list[dict[str, Any]]) -> list[list[Any]]:
         if cgroup:
             line += [(r.get("cgroup_memory_mb") or {}).get(k) for k in CSV_MEMORY]
         line += [loadgen_cpu(by_key.get(key, {})) for key in batches]
+        line += [(by_key.get(key, {}).get("limit") or {}).get(k.removeprefix("limit_"))
+                 for key in batches for k in LIMIT_CSV]
         out.append(["" if x is None else x for x in line])
     return out

@@ -278,14 +278,18 @@ def comparison_section(run_dir: Path, rows: list[dict[str, Any]]) -> str:
 
 
 def study_tables(rows: list[dict[str, Any]]) -> list[tuple[Table, str]]:
-    """The cross-variant tables summary.md has for studies (breaking point, ranking by
-    images/s, each variant against the first), when the run has them, each with the page's
-    own (shorter) caption; the CPU-or-IO table per service and step, with its own."""
+    """The cross-variant tables summary.md has for studies (the machine's limit and each step
+    against it, breaking point, ranking by images/s, each variant against the first), when the
+    run has them, each with the page's own (shorter) caption or the table's; the CPU-or-IO
+    table per service and step, with its own."""
     io = tables.cpu_io_table(rows)
-    found = [(tables.breaking_table(rows, tables.p95_bound(rows)),
+    machine, served = tables.machine_limit_table(rows), tables.limit_table(rows)
+    ranking = tables.ranking_table(rows)
+    found = [(machine, machine.caption), (served, served.caption),
+             (tables.breaking_table(rows, tables.p95_bound(rows)),
               "The highest requests/s among the steps before the first that broke, and the "
               "users at which it broke."),
-             (tables.ranking_table(rows), ""),
+             (ranking, ranking.caption),
              (tables.versus_table(rows),
               "Change from the first variant of this run; one run each: read differences "
               "under ~15% as noise (make compare tests them across runs)."),

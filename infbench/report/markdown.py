@@ -186,6 +186,8 @@ def render(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         out += section(tables.culprit_table(rows))
     steps = tables.steps_table(rows)
     out += ["", f"## {steps.title}", "", *lines(steps), "", steps.caption]
+    out += section(tables.machine_limit_table(rows))
+    out += section(tables.limit_table(rows))
     trust_notes = trust_lines(rows)
     if trust_notes:
         out += ["", "## Read with care", "", *trust_notes]

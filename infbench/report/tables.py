@@ -101,6 +101,10 @@ def _eff(step: dict[str, Any]) -> str:
     return fmt(e.get("efficiency"), 2)
 
 
+def _of_limit(step: dict[str, Any]) -> str:
+    return fmt((step.get("limit") or {}).get("fraction"), 2)
+
+
 # -- the tables -------------------------------------------------------------------------------
 def memory_table(rows: Rows) -> Table:
     lines = []
@@ -266,18 +270,99 @@ def steps_table(rows: Rows) -> Table:
                           fmt(s["requests"]), fmt(s["failures"]), fmt(s["cut_off"]),
                           fmt(s["rps"], 2), fmt(s["images_per_s"], 1), fmt(s["p50_ms"]),
                           fmt(s["p95_ms"]), _yes_no(s.get("stable")),
-                          _yes_no(s.get("memory_flat")), _gen(s), _eff(s),
+                          _yes_no(s.get("memory_flat")), _gen(s), _eff(s), _of_limit(s),
                           fmt(s["mem_end_mb"]), _busy(s)])
     return table(
         "Load per step (Locust)",
         ["variant", ">step", ">img/req", "load", ">requests", ">failures", ">cut off",
          ">req/s", ">img/s", ">p50 (ms)", ">p95 (ms)", "stable", "memory flat",
-         ">load gen (% core)", ">efficiency", ">MB at end", ">server busy after (s)"], lines,
+         ">load gen (% core)", ">efficiency", ">of the limit", ">MB at end",
+         ">server busy after (s)"], lines,
         "stable: the last windows' throughput and p50 agreed (see Definitions); load "
         "gen: the busiest 5 s of Locust's CPU + run-queue wait, **limited** from 90%; "
-        "efficiency: served images/s over the model's own (model_alone.json). "
+        "efficiency: served images/s over decode + model alone at the step's batch, one "
+        "after the other on one thread (model_alone.json); of the limit: served images/s "
+        "over the machine's limit (the cores over the CPU per image; see that table). "
         "An open-loop load (`N/s`) measures latency from each request's intended send "
         "time.")
+
+
+def machine_limit_table(rows: Rows) -> Table:
+    """Each variant's machine limit (summary.json "machine_limit"), from its model alone."""
+    lines = []
+    for r in rows:
+        m = r.get("machine_limit")
+        if not m:
+            continue
+        if m.get("images_per_s") is None:
+            lines.append([r["variant"], "-", "-", "-", "-", "-", "-", "-",
+                          f"no limit: {m.get('why')}"])
+            continue
+        best: dict[str, Any] = next((b for b in m.get("batches") or []
+                                     if b["batch"] == m["best_batch"]), {})
+        cores = fmt(m["usable_cores"], 2 if m["usable_cores"] % 1 else 0)
+        lines.append([r["variant"], f"{cores} ({m.get('cores_from') or '-'})",
+                      fmt(m["best_batch"]), fmt(m["decode_cpu_ms_per_image"], 2),
+                      fmt(m["model_cpu_ms_per_image"], 2), fmt(best.get("model_cores"), 2),
+                      fmt(m["cpu_ms_per_image"], 2), fmt(m["images_per_s"], 0),
+                      ", ".join(f"b{b['batch']}: {fmt(b['images_per_s'], 0)}"
+                                for b in m.get("batches") or [])
+                      + (f"; **read with care**: {m['busy']}" if m.get("busy") else "")])
+    return table(
+        "The machine's limit (model alone, CPU per image)",
+        ["variant", "usable cores (from)", ">best batch", ">decode CPU (ms/img)",
+         ">model CPU (ms/img)", ">model cores busy", ">decode + model CPU (ms/img)",
+         ">limit (img/s)", "limit at each batch (img/s)"], lines,
+        "The model-alone child's process CPU time (every thread, not wall time) per image "
+        "of decode alone and of the model alone at each batch; the limit is the usable "
+        "cores (CPU affinity, capped by a cgroup CPU quota) over their sum at the best "
+        "batch: what the cores could serve doing nothing but decode and the model. It "
+        "leaves out HTTP, parsing and the event loop (the server's overhead) and whatever "
+        "else shares the cores, the load generator first (the next table takes its CPU "
+        "off). Model cores busy: the model call's CPU over its wall time.")
+
+
+def limit_table(rows: Rows) -> Table:
+    """Per step: served images/s, the sequential reference and the share of the limit."""
+    lines = []
+    for r in rows:
+        for s in r.get("steps") or []:
+            lim, eff = s.get("limit"), s.get("efficiency") or {}
+            if not lim:
+                continue
+            lines.append([r["variant"], str(s["index"]), str(s["batch"]),
+                          fmt(s.get("images_per_s"), 1),
+                          fmt(eff.get("decode_model_images_per_s"), 1),
+                          fmt(eff.get("efficiency"), 2), fmt(lim["images_per_s"], 0),
+                          fmt(lim.get("fraction"), 2), fmt(lim.get("loadgen_cores"), 2),
+                          fmt(lim.get("images_per_s_net"), 0), fmt(lim.get("fraction_net"), 2),
+                          fmt(lim.get("server_cores"), 2),
+                          fmt(lim.get("server_cpu_ms_per_image"), 2),
+                          fmt(lim.get("beyond_model_cpu_ms_per_image"), 2),
+                          fmt(lim.get("main_thread_cpu_ms_per_image"), 2),
+                          fmt(lim.get("cores_share"), 2), fmt(lim.get("cpu_share"), 2)])
+    return table(
+        "Served against the sequential reference and the machine's limit (per step)",
+        ["variant", ">step", ">img/req", ">served img/s", ">sequential img/s",
+         ">efficiency", ">limit img/s", ">of the limit", ">load gen cores",
+         ">limit net of it", ">of that", ">server cores", ">server CPU (ms/img)",
+         ">beyond decode + model (ms/img)", ">main thread (ms/img)", ">cores share",
+         ">CPU share"], lines,
+        "Sequential: decode + model alone at the step's batch, one after the other on one "
+        "thread (efficiency = served / it; above 1 where the server decodes while the "
+        "model runs). Limit: the cores over the CPU per image of decoding the images this "
+        "step sends (the model alone decoded the same ones at this batch) and of the "
+        "model at its cheapest batch (the table above). Load gen cores: Locust's CPU over "
+        "the step, all its processes, on the same cores; the net limit takes it off. "
+        "Server CPU per image: the services' processes over the step (`processes.csv`) "
+        "per image sent; beyond decode + model is what serving adds: HTTP, multipart, "
+        "JSON, the event loop and batching, and the model at a smaller batch than its "
+        "cheapest; main thread: the CPU of the server processes' main threads, an asyncio "
+        "server's event loop (HTTP, multipart, the coroutines, the answers). Of the limit "
+        "~ cores share * CPU share: server cores / usable cores "
+        "(low: too little work in flight, or the cores busy with others; see the "
+        "CPU-or-IO table's wait share) times the limit's CPU per image / the server's "
+        "(low: serving overhead).")
 
 
 def split_table(rows: Rows, cores: int) -> Table:
@@ -345,14 +430,17 @@ def ranking_table(rows: Rows) -> Table:
                 server, model, cpu = step_server_figures(by_name[name], s["index"])
                 share = f"{100.0 * model / server:.0f}%" if model is not None and server \
                     else "-"
-                lines.append([str(batch), str(rank), name, fmt(ips, 1), fmt(s.get("p50_ms")),
+                lines.append([str(batch), str(rank), name, fmt(ips, 1), _of_limit(s),
+                              fmt(s.get("p50_ms")),
                               fmt(s.get("p95_ms")), fmt(s.get("failures")), fmt(server),
                               fmt(model), share, fmt(cpu), fmt(loadgen_cpu(s))])
     return table(
         "Ranking by images/s at each batch size",
-        [">img/req", ">rank", "variant", ">img/s", ">p50 (ms)", ">p95 (ms)", ">failures",
-         ">server median (ms)", ">model (ms)", ">model share", ">busiest service CPU (%)",
-         ">load gen CPU (%)"], lines)
+        [">img/req", ">rank", "variant", ">img/s", ">of the limit", ">p50 (ms)", ">p95 (ms)",
+         ">failures", ">server median (ms)", ">model (ms)", ">model share",
+         ">busiest service CPU (%)", ">load gen CPU (%)"], lines,
+        "Of the limit: images/s over the machine's limit measured for that variant "
+        "(\"The machine's limit\"; - where the run did not measure the model alone).")
 
 
 def versus_table(rows: Rows) -> Table:

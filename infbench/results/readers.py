@@ -177,16 +177,51 @@ def _summary_6_to_7(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_7_to_8(d: dict[str, Any]) -> dict[str, Any]:
+    # 8 added the machine's limit; a version 7 run's model alone measured no CPU.
+    d.setdefault("machine_limit", None)
+    d["steps"] = [{"limit": None, **s} for s in d.get("steps", [])]
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
                      schemas.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
                                                3: _summary_3_to_4, 4: _summary_4_to_5,
-                                               5: _summary_5_to_6, 6: _summary_6_to_7})
+                                               5: _summary_5_to_6, 6: _summary_6_to_7,
+                                               7: _summary_7_to_8})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):
             raise ReadError(f"{path}: summary.json has no {key!r}")
+    return data
+
+
+# -- model_alone.json -------------------------------------------------------------------------
+MODEL_ALONE_CPU = ("model_cpu_ms_per_image", "decode_cpu_ms_per_image",
+                   "decode_model_cpu_ms_per_image", "model_cores", "decode_cores",
+                   "decode_model_cores", "decode_images_per_s", "decode_median_call_ms")
+
+
+def _model_alone_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
+    # 2 added CPU per image, decode alone and the usable cores; version 1 measured wall time only.
+    d.setdefault("cores", None)
+    d["batches"] = [{**{k: None for k in MODEL_ALONE_CPU}, **b} if isinstance(b, dict) else b
+                    for b in d.get("batches") or []]
+    return d
+
+
+def model_alone_json(variant_dir: Path) -> dict[str, Any] | None:
+    """model_alone.json, version-checked and migrated; None when the run did not measure the
+    model alone (no file)."""
+    path = variant_dir / "model_alone.json"
+    if not path.exists():
+        return None
+    data = versioned(path, load_json(path, "model_alone.json"), "model_alone.json",
+                     schemas.MODEL_ALONE_SCHEMA, {1: _model_alone_1_to_2})
+    if not isinstance(data.get("batches"), list):
+        raise ReadError(f"{path}: model_alone.json has no list of batches")
     return data
 
 

@@ -3,7 +3,8 @@ last line a killed process leaves.
 
     processes.csv        the /proc sampler (infbench/measure/sampler.py); version 1: time ..
                          threads; 2: + cpu_s, service, replica (read with defaults); 3: +
-                         run_wait_s (read as None from 1-2: not measured)
+                         run_wait_s (read as None from 1-2: not measured); 4: + main_cpu_s
+                         (read as None from 1-3)
     probes-<pid>.jsonl   the servers' own probes: one JSON object a line with "t"
     outside.jsonl        glibc's view read from outside the process (gdb)
     mprofile.dat         memory-profiler's own format (MEM / CHLD / CMDLINE / FUNC lines)
@@ -27,9 +28,10 @@ from infbench.results.readers import ReadError
 
 PROCESS_COLUMNS = ["time", "pid", "ppid", "name", "rss_mb", "pss_mb", "uss_mb", "anon_mb",
                    "file_mb", "shmem_mb", "swap_mb", "threads", "cpu_s", "service", "replica",
-                   "run_wait_s"]
+                   "run_wait_s", "main_cpu_s"]
 PROCESS_COLUMNS_V1 = PROCESS_COLUMNS[:12]  # version 2 added cpu_s, service, replica
-# version 3 added run_wait_s (the threads' run-queue wait); older files read it as None
+# version 3 added run_wait_s (the threads' run-queue wait); older files read it as None;
+# version 4 added main_cpu_s (the main thread's on-CPU seconds: an asyncio server's event loop)
 LOADGEN_COLUMNS = ["time", "pid", "cpu_s", "wait_s"]
 ENERGY_COLUMNS = ["time", "zone", "energy_uj", "max_energy_range_uj"]
 ENERGY_FILE = "energy.csv"
@@ -54,7 +56,9 @@ def process_rows(path: Path) -> list[dict[str, Any]]:
                                        "service": raw.get("service") or "server",
                                        "replica": int(raw.get("replica") or 0),
                                        "run_wait_s": float(raw["run_wait_s"])
-                                       if raw.get("run_wait_s") else None}
+                                       if raw.get("run_wait_s") else None,
+                                       "main_cpu_s": float(raw["main_cpu_s"])
+                                       if raw.get("main_cpu_s") else None}
                 row.update({k: float(raw[k]) if raw[k] != "" else None
                             for k in PROCESS_COLUMNS[4:11]})
             except (KeyError, TypeError, ValueError):

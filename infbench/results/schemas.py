@@ -39,8 +39,16 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # and step: CPU and run-queue wait per request, off-CPU share, energy per request or why not;
 # infbench/analysis/cpu_io.py); 1-5 read with "cpu_io": None (not measured). 7: "wire" (the packet
 # capture's figures and findings per step, from wire.json; None without a capture); 1-6 read
-# with none.
-SUMMARY_SCHEMA = 7
+# with none. 8: "machine_limit" per variant (usable cores over the model alone's CPU per image
+# at its best batch) and "limit" per step (served over it, and net of the load generator's CPU;
+# infbench/analysis/limit.py); 1-7 read with none (not measured).
+SUMMARY_SCHEMA = 8
+
+# model_alone.json (written by the child servers/image/model_alone.py, which stamps the same
+# number). 1: first version. 2: CPU per image and cores kept busy beside each figure, decode
+# alone ("decode_*"), and "cores" (usable cores: CPU affinity capped by a cgroup quota); 1 read
+# with those as None (not measured).
+MODEL_ALONE_SCHEMA = 2
 
 # manifest.json. 1: first version.
 MANIFEST_SCHEMA = 1

@@ -1,5 +1,5 @@
-"""The model alone before the load, and serving efficiency per step, on the real path: a real
-model server (tiny model) under an open-loop profile, with `--model-alone`."""
+"""The model alone before the load, serving efficiency and the machine's limit per step, on the
+real path: a real model server (tiny model) under an open-loop profile, with `--model-alone`."""
 
 from __future__ import annotations
 
@@ -47,14 +47,30 @@ def test_a_run_with_the_model_alone_reports_serving_efficiency(tmp_path: Path) -
     # Both rates measured. Which is higher is a timing relation (decoding is extra work, but two
     # short runs on a shared machine can order either way): that belongs in a benchmark.
     assert b1["decode_model_images_per_s"] > 0 and b1["model_images_per_s"] > 0
+    # The CPU per image beside each rate, and the cores the limit divides.
+    assert b1["decode_cpu_ms_per_image"] > 0 and b1["model_cpu_ms_per_image"] > 0
+    cores = alone["cores"]
+    assert 0 < cores["usable"] <= cores["affinity"] and alone["schema"] == 2
     s: dict[str, Any] = json.loads((d / "summary.json").read_text())
     assert s["model_alone"]["batches"] == alone["batches"]
+    m = s["machine_limit"]
+    cpu = b1["decode_cpu_ms_per_image"] + b1["model_cpu_ms_per_image"]
+    assert m["best_batch"] == 1 and m["images_per_s"] == pytest.approx(
+        cores["usable"] * 1000 / cpu, rel=0.002)
     for st in s["steps"]:
         assert st["open_loop"]["arrival"] == "poisson" and st["requests"] > 0
         e = st["efficiency"]
         assert e["decode_model_images_per_s"] == b1["decode_model_images_per_s"]
         assert e["efficiency"] == pytest.approx(st["images_per_s"] / e[
             "decode_model_images_per_s"], abs=0.002)
+        lim = st["limit"]
+        assert lim["fraction"] == pytest.approx(st["images_per_s"] / m["images_per_s"],
+                                                abs=0.002)
+        assert lim["loadgen_cores"] > 0 and lim["images_per_s_net"] > 0  # Locust's CPU seen
+        assert lim["server_cpu_ms_per_image"] > 0
+        assert 0 < lim["main_thread_cpu_ms_per_image"] <= lim["server_cpu_ms_per_image"] + 0.5
     assert [st["open_loop"]["rate"] for st in s["steps"]] == [5, 10]
     md = (run_dir / "summary.md").read_text()
     assert "| 5/s poisson |" in md and "| efficiency |" in md
+    assert "## The machine's limit (model alone, CPU per image)" in md
+    assert "## Served against the sequential reference and the machine's limit" in md

@@ -85,10 +85,16 @@ def test_the_sampler_writes_run_wait_and_old_files_read_without_it(tmp_path: Pat
     waits = [r["run_wait_s"] for r in rows if r["run_wait_s"] is not None]
     assert len(waits) >= 2  # read every 0.05 s, empty between
     assert all(w >= 0 for w in waits) and waits == sorted(waits)
+    # The main thread (this one, which spins) read with them: on a CPU, and never more than
+    # the whole process.
+    mains = [(r["main_cpu_s"], r["cpu_s"]) for r in rows if r["main_cpu_s"] is not None]
+    assert len(mains) == len(waits) and [m for m, _ in mains] == sorted(m for m, _ in mains)
+    assert all(0 < m <= cpu + 0.05 for m, cpu in mains)  # cpu_s has 1/100 s ticks
     old = tmp_path / "old.csv"
     old.write_text(",".join(samples.PROCESS_COLUMNS[:15]) + "\n"
                    "1.5,10,1,python,100,50,40,30,60,0,0,3,1.25,server,0\n")
     assert samples.process_rows(old)[0]["run_wait_s"] is None
+    assert samples.process_rows(old)[0]["main_cpu_s"] is None
     assert samples.process_rows(old)[0]["cpu_s"] == 1.25
 
 

@@ -95,8 +95,11 @@ def test_loadgen_cpu_beside_the_server_cpu(tmp_path: Path) -> None:
     for index, batch, *_ in STEPS:
         key = f"s{index}_b{batch}_loadgen_cpu_pct"
         assert float(line[key]) == round(100 * sum(LOCUST_CORES[index]), 1)
-    # Appended: every column the CSV had before keeps its place.
-    assert fields[-len(STEPS):] == [f"s{i}_b{b}_loadgen_cpu_pct" for i, b, *_ in STEPS]
+    # Appended: every column the CSV had before keeps its place (the limit's came after).
+    after = len(STEPS) * len(build.LIMIT_CSV)
+    assert fields[-len(STEPS) - after:-after] == [f"s{i}_b{b}_loadgen_cpu_pct"
+                                                  for i, b, *_ in STEPS]
+    assert fields[-after:] == [f"s{i}_b{b}_{k}" for i, b, *_ in STEPS for k in build.LIMIT_CSV]
 
 
 def test_without_loadgen_samples_the_column_says_so(tmp_path: Path) -> None:
@@ -146,4 +149,5 @@ def test_the_ranking_carries_the_split_and_both_cpus() -> None:
     assert "busiest service CPU (%)" in table[0]
     first = [c.strip() for c in table[2].split("|")[1:-1]]
     assert first[:3] == ["1", "1", "fast"]
-    assert first[7:] == ["8", "6", "75%", "150", "30"]
+    assert first[3:5] == ["200.0", "-"]  # no model alone: no limit
+    assert first[8:] == ["8", "6", "75%", "150", "30"]

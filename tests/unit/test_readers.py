@@ -44,9 +44,10 @@ def test_run_json_1_is_migrated() -> None:
 
 def test_summary_json_1_is_migrated() -> None:
     s = readers.summary_json(VARIANT)
-    assert s["schema"] == schemas.SUMMARY_SCHEMA == 7 and s["migrated_from"] == 1
+    assert s["schema"] == schemas.SUMMARY_SCHEMA == 8 and s["migrated_from"] == 1
     assert s["cpu_io"] is None  # 6 added it: not measured before
     assert s["wire"] is None
+    assert s["machine_limit"] is None and all(st["limit"] is None for st in s["steps"])  # 8
     assert all(st["stable"] is None and st["open_loop"] is False for st in s["steps"])
     assert s["services"] is None and s["split"] is None and s["events"] == []
     assert s["faults"] == 0

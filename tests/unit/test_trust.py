@@ -15,7 +15,7 @@ from infbench.analysis import loadgen, stability, summary, trust
 from infbench.analysis.stability import RequestRow, Window
 from infbench.report import markdown, tables
 from infbench.results import samples
-from tests.fixtures.synth import T0, make_variant
+from tests.fixtures.synth import T0, make_variant, write_loadgen
 
 
 def windows(rps: list[float], p50: list[float], width: float = 5.0) -> list[Window]:
@@ -86,16 +86,6 @@ def test_memory_is_flat_only_when_the_fit_moves_less_than_the_noise() -> None:
     assert stability.memory_judge(big, ws)["flat"] is True
 
 
-def write_loadgen(path: Path, cpu_share: float, wait_share: float, seconds: int = 20) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(samples.LOADGEN_COLUMNS)
-        for k in range(seconds * 2 + 1):
-            t = k / 2
-            w.writerow([f"{T0 + t:.3f}", 42, f"{1.0 + cpu_share * t:.3f}",
-                        f"{wait_share * t:.3f}"])
-
-
 @pytest.mark.parametrize(("cpu", "wait", "limited", "how"), [
     (0.30, 0.02, False, None),
     (0.97, 0.01, True, "busy"),
@@ -159,7 +149,7 @@ def test_the_summary_and_the_step_table_say_stable_or_not(tmp_path: Path) -> Non
             w.writerow([f"{T0 + 10 + 0.1 * k + 0.05:.4f}", 100 + k % 5, 1, "", "x"])
     (d / "manifest.json").write_text(json.dumps({"config": {"profile": {
         "stable_window_s": 2, "stable_windows": 3, "stable_tolerance": 0.1}}}))
-    (d / "model_alone.json").write_text(json.dumps({"batches": [
+    (d / "model_alone.json").write_text(json.dumps({"schema": 1, "batches": [
         {"batch": 2, "decode_model_images_per_s": 19.2, "model_images_per_s": 40.0}]}))
     s = summary.summarize_variant(d)
     one, two = s["steps"]
