@@ -46,13 +46,17 @@ VARIANT_METRICS = {  # name -> (where in summary.json, description)
     "verdict": (("verdict", "verdict"),
                 "leak / allocator retention / plateau / inconclusive / no verdict"),
     "growth_per_cycle_mb": (("verdict", "growth_per_cycle_mb"), "growth per cycle (MB)"),
-    "efficiency": (("efficiency",), "served / what the model alone can do (when measured)"),
 }
 STEP_METRICS = {
     "rps": "requests/s", "images_per_s": "images/s", "p50_ms": "median latency (ms)",
     "p95_ms": "95th percentile latency (ms)", "p99_ms": "99th percentile latency (ms)",
     "step_failures": "failed requests in the step",
+    "efficiency": "served / decode+model alone at the step's batch (when the model alone ran)",
+    "limit_fraction": "served / the machine's limit for the step (when the model alone ran)",
 }
+# Where a per-step metric sits in a step of summary.json, when not under its own name.
+STEP_PATHS = {"step_failures": ("failures",), "efficiency": ("efficiency", "efficiency"),
+              "limit_fraction": ("limit", "fraction")}
 OPS = ("<=", ">=", "==", "!=", "<", ">")
 RULE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(.+?)\s*$")
 RULE_KEYS = {"rule", "variants", "steps", "optional"}
@@ -211,8 +215,8 @@ def evaluate(rule: Rule, summary: dict[str, Any]) -> Outcome:
         return Outcome(rule, name, "PASS" if ok else "FAIL", f"{rule.metric} = {_show(have)}")
     steps = [s for s in summary.get("steps", [])
              if rule.steps is None or s.get("index") in rule.steps]
-    key = "failures" if rule.metric == "step_failures" else rule.metric
-    seen = [(s, s.get(key)) for s in steps if _usable(s.get(key), rule.value)]
+    path = STEP_PATHS.get(rule.metric, (rule.metric,))
+    seen = [(s, _dig(s, path)) for s in steps if _usable(_dig(s, path), rule.value)]
     if not seen:
         return no_data
     bad = [(s, v) for s, v in seen if not _holds(rule.op, v, rule.value)]

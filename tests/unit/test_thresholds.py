@@ -76,6 +76,23 @@ def test_missing_figures_fail_unless_optional(run: Path, tmp_path: Path) -> None
     ]
 
 
+def test_efficiency_and_the_limit_are_read_per_step() -> None:
+    # Where summary.json keeps them: each step's efficiency and limit tables (a variant-level
+    # `efficiency` key never existed, so the rule could only say "no data").
+    summary = {"variant": "x", "steps": [
+        {"index": 1, "batch": 1, "efficiency": {"efficiency": 1.5}, "limit": {"fraction": 0.32}},
+        {"index": 2, "batch": 10, "efficiency": {"efficiency": 0.94},
+         "limit": {"fraction": 0.43}},
+        {"index": 3, "batch": 40, "efficiency": {"efficiency": None}, "limit": None}]}
+    eff = thresholds.evaluate(thresholds.Rule("efficiency > 0.8", "efficiency", ">", 0.8,
+                                              optional=True), summary)
+    assert eff.result == "PASS" and "step 2 (10 img/req): 0.94" in eff.detail
+    assert "1 step(s) without data" in eff.detail
+    lim = thresholds.evaluate(thresholds.Rule("limit_fraction >= 0.4", "limit_fraction", ">=",
+                                              0.4), summary)
+    assert lim.result == "FAIL" and "step 1 (1 img/req): 0.32" in lim.detail
+
+
 def test_glob_on_text_and_leak_verdict(run: Path, tmp_path: Path) -> None:
     rule = thresholds.Rule('verdict != "leak*"', "verdict", "!=", "leak*")
     leak = {"variant": "x", "verdict": {"verdict": "leak", "where": "python objects"}}
