@@ -14,7 +14,8 @@ from collections.abc import Callable
 import psutil
 
 from infbench.config import Variant
-from infbench.launch import loopback, proc
+from infbench.config import envs as config_envs
+from infbench.launch import envs, loopback, proc
 from infbench.launch.argv import GRACE_S, REDIS_BINARY, mprof_argv, server_argv
 from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
 from infbench.launch.contract import SCRUBBED, ReplicaSpec, Where, replica_env
@@ -22,7 +23,10 @@ from infbench.paths import ROOT
 
 
 def native_where(spec: ReplicaSpec) -> Where:
-    return Where(python=sys.executable, out=str(spec.out_dir),
+    """Our interpreter, or the peer environment's for a service that names one (`venv`)."""
+    venv = spec.service.venv
+    python = str(config_envs.python_of(venv)) if venv else sys.executable
+    return Where(python=python, out=str(spec.out_dir),
                  model=str(spec.model_path or ""), root=str(ROOT))
 
 
@@ -94,9 +98,12 @@ class NativeLauncher:
         """Nothing to check: the native runtime needs only this environment."""
 
     def prepare(self, variants: list[Variant], say: Callable[[str], None]) -> None:
-        """Nothing to build beyond the model and images, which the run makes itself; but a
-        preloaded allocator or redis-server must be installed, or nothing starts."""
+        """Nothing to build beyond the model and images, which the run makes itself, and the
+        peer environments the variants name; a preloaded allocator or redis-server must be
+        installed, or nothing starts."""
         check_allocators(variants)
+        # A missing peer environment is built (from its lock, side by side), never skipped.
+        envs.ensure_all(sorted({s.venv for v in variants for s in v.services if s.venv}), say)
         if any(s.server == "redis" for v in variants for s in v.services) \
                 and shutil.which(REDIS_BINARY) is None:
             raise LaunchError("a variant runs Redis, but there is no `redis-server` on PATH; "
