@@ -103,7 +103,9 @@ def build(name: str, say: Callable[[str], None]) -> float:
         f"(first time: minutes; log: {log})")
     _run([sys.executable, "-m", "venv", str(target)], log, name, "creating the venv", say,
          started)
-    _run([str(envs.python_of(name)), "-m", "pip", "install", "--no-deps",
+    # --no-compile: byte-compiling every module of TensorFlow is two thirds of the install's
+    # time here (180 s -> 61 s for MLServer's); a server compiles only what it imports, once.
+    _run([str(envs.python_of(name)), "-m", "pip", "install", "--no-deps", "--no-compile",
           "--disable-pip-version-check", "--no-input", "-r", str(envs.lock_file(name))],
          log, name, "installing the lock", say, started)
     (target / STAMP).write_text(digest + "\n")

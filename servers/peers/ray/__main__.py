@@ -27,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--object-store-mb", type=int, default=128)
     args = p.parse_args(argv)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     import ray
     from ray import serve
 
@@ -37,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     session = tempfile.mkdtemp(prefix="infbench-ray-")
     try:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=session,
+                 _node_ip_address=args.host,
                  object_store_memory=args.object_store_mb * 2**20, log_to_driver=True,
                  configure_logging=False)
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(app, name="infbench", route_prefix="/")
+        # After ray.init: its core worker installs a SIGTERM handler that aborts the driver
+        # (exit -6, the cluster left to its own shutdown); ours shuts Serve and Ray down.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         print(f"ray serve: application running on http://{args.host}:{args.port}",
               flush=True)
         stop.wait()
