@@ -180,6 +180,10 @@ peers: venv
 peers-lock: venv
 	@test -n "$(PEER)" || { echo "usage: make peers-lock PEER=<name>" >&2; exit 1; }
 	$(PY) -m infbench peers --lock $(PEER)
+# The peers' tests (tests/peers/): their environments first (side by side, with progress), then
+# one pytest worker per peer.
+test-peers: venv peers
+	$(PY) -m pytest -n 3 --dist loadscope $(PYTEST_ARGS) tests/peers
 
 # Two runs compared (compare-<A>-vs-<B>.json/.md in B's folder and B's report.html), and a
 # run checked against thresholds (THRESHOLDS=<file.toml>, else [thresholds] in experiments.toml).
