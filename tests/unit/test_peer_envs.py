@@ -91,3 +91,11 @@ def test_the_stamp_is_the_locks_hash(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert envs.lock_hash("ray") != envs.lock_hash("mlserver")
     with pytest.raises(LaunchError, match="unknown peer environment 'nope'"):
         envs.ensure("nope", print)
+
+
+def test_a_peer_environment_is_native_only(tmp_path: Path) -> None:
+    from infbench.launch.export import ExportError, check_exportable
+
+    v = load(tmp_path, GOOD).variant("a")
+    with pytest.raises(ExportError, match="peer environment 'mlserver'"):
+        check_exportable(v, "compose")
