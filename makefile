@@ -21,6 +21,8 @@
 #   make bench-loadgen          our closed loop vs wrk on a 20 ms server, and the generator's ceiling
 #   make bench-load-processes   the generator's ceiling with 1 vs LOAD_PROCESSES (2) Locust processes
 #   make export_<variant> FORMAT=compose|k8s   its topology for a cluster engine (build/export/)
+#   make peers                  the peer stacks' environments (MLServer, BentoML, Ray Serve)
+#   make test-peers             the peer stacks' tests (their environments built first)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
@@ -58,7 +60,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,31p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,33p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -167,6 +169,21 @@ profile_%: venv system-run
 
 report: venv
 	$(PY) -m infbench report $(RUN)
+
+# The peer serving stacks' environments (servers/peers/<peer>/requirements.lock), one venv each
+# in .peers/, built side by side; a run builds a missing one itself. `make peers-lock PEER=x`
+# re-resolves servers/peers/x/requirements.in into its lock (pip, this Python).
+PEER ?=
+.PHONY: peers peers-lock test-peers
+peers: venv
+	$(PY) -m infbench peers
+peers-lock: venv
+	@test -n "$(PEER)" || { echo "usage: make peers-lock PEER=<name>" >&2; exit 1; }
+	$(PY) -m infbench peers --lock $(PEER)
+# The peers' tests (tests/peers/): their environments first (side by side, with progress), then
+# one pytest worker per peer.
+test-peers: venv peers
+	$(PY) -m pytest -n 3 --dist loadscope $(PYTEST_ARGS) tests/peers
 
 # Two runs compared (compare-<A>-vs-<B>.json/.md in B's folder and B's report.html), and a
 # run checked against thresholds (THRESHOLDS=<file.toml>, else [thresholds] in experiments.toml).

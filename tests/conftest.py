@@ -13,7 +13,8 @@ from tests.fixtures.system import INSTALL, SKIP_PREFIX, require
 
 HERE = Path(__file__).parent
 # Folder -> marker: `-m "not integration"` selects the unit tests however they are collected.
-FOLDER_MARKS = {"unit": "unit", "integration": "integration", "slow": "slow", "docker": "docker"}
+FOLDER_MARKS = {"unit": "unit", "integration": "integration", "slow": "slow", "docker": "docker",
+                "peers": "peers"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,6 +24,8 @@ def pytest_configure(config: pytest.Config) -> None:
                  "integration: starts real servers, Locust and mprof (tests/integration/)",
                  "slow: the longest studies, minutes each (tests/slow/, make test-slow)",
                  "docker: needs a Docker engine (tests/docker/, make test-docker)",
+                 "peers: the peer serving stacks in their own environments (tests/peers/, "
+                 "make test-peers)",
                  "requires(*packages): Debian packages the test needs (make system)",
                  "serial: measures time or memory; run alone, after the parallel part"):
         config.addinivalue_line("markers", line)
@@ -35,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         mark = FOLDER_MARKS.get(rel[0]) if len(rel) > 1 else None
         if mark:
             item.add_marker(mark)
-            if mark in {"slow", "docker"}:
+            if mark in {"slow", "docker", "peers"}:
                 item.add_marker("integration")
     # The real-engine tests build an image and run containers (minutes, root, an engine):
     # they run only when asked for (make test-docker sets INFBENCH_DOCKER_TESTS=1).

@@ -33,6 +33,7 @@ from infbench.cli import (
     export,
     listing,
     overhead,
+    peers,
     report,
     run,
     trace,
@@ -56,7 +57,7 @@ class Command(Protocol):
 
 # In the order `infbench --help` lists them.
 COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, crosscheck,
-                                 export, report, compare, check, overhead)
+                                 export, report, compare, check, overhead, peers)
 
 
 def install_signals() -> None:

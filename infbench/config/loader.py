@@ -14,6 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from infbench.config import envs
 from infbench.config.graph import (
     check_topology,
 )
@@ -245,7 +246,7 @@ SERVICE_SPEC: dict[str, Any] = {
     "health_command": list, "startup_timeout": NUM, "probes": bool, "tracemalloc": bool,
     "allocator": str, "trim_each_request": bool, "once": bool, "max_batch": int,
     "url": str, "pid": int, "pid_file": str, "metrics": str,
-    "cgroup": str, "device": str}
+    "cgroup": str, "device": str, "venv": str}
 # What makes no sense for a server the harness does not start (server = "url"), and why.
 NOT_EXTERNAL: dict[str, str] = {
     "probes": "the probes are injected into a process the harness starts",
@@ -257,11 +258,14 @@ NOT_EXTERNAL: dict[str, str] = {
     "command": "the harness starts nothing", "module": "the harness starts nothing",
     "args": "the harness starts nothing", "env": "the harness starts nothing",
     "workers": "the harness starts nothing", "ports": "its port is the url's",
-    "health_command": "use health = 'http' (health_path) or 'none'"}
+    "health_command": "use health = 'http' (health_path) or 'none'",
+    "venv": "the harness starts nothing in it"}
 # Keys of a variant in the topology form; the flat form has these and SERVICE_SPEC's.
 VARIANT_SPEC: dict[str, Any] = {"description": str, "base": str, "request": dict,
                                 "model": str, "entry": str, "services": dict, "load": dict}
 NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Server kinds that run `{python}`, so a peer environment's interpreter can stand in for ours.
+VENV_SERVERS = ("module", "command")
 
 
 def _strings(where: str, key: str, values: list[Any]) -> tuple[str, ...]:
@@ -393,9 +397,24 @@ def _load_service(where: str, name: str, table: Any) -> Service:
                               "exits, not a server")
         if values["health"] != "none":
             raise ConfigError(f"{where}.health: a setup task (once = true) has no health check")
+    if "venv" in values:
+        _check_venv(where, server, values["venv"])
     if values.get("tracemalloc") and not values.get("probes"):
         raise ConfigError(f"{where}.tracemalloc: needs probes = true (the probes read it)")
     return Service(name=name, **values)
+
+
+def _check_venv(where: str, server: str, name: str) -> None:
+    """venv = "<peer>": a peer environment this checkout has a lock for, on a server kind whose
+    interpreter is `{python}` (module, command)."""
+    if server not in VENV_SERVERS:
+        raise ConfigError(f"{where}.venv: only used with server = "
+                          f"{' or '.join(repr(s) for s in VENV_SERVERS)} (its {{python}} is "
+                          f"the environment's), not {server!r}")
+    if name not in envs.known():
+        raise ConfigError(f"{where}.venv: unknown peer environment {name!r} (known: "
+                          f"{', '.join(envs.known()) or 'none'}; one per "
+                          f"servers/peers/<name>/{envs.LOCK_NAME})")
 
 
 def _load_variant(name: str, table: Any, models: dict[str, Model]) -> Variant:

@@ -307,6 +307,8 @@ class Service:
     metrics: str = ""  # server = "url": its Prometheus /metrics url, scraped on the run's clock
     cgroup: str = ""  # server = "url": its cgroup's folder (/sys/fs/cgroup/...), for memory/CPU
     device: str = "cpu"  # cpu | cuda (DEVICES; cuda is a config error until it is honoured)
+    # A peer environment of its own (infbench/config/envs.py): {python} is its interpreter.
+    venv: str = ""
 
     def __hash__(self) -> int:
         return hash(self.name)

@@ -88,6 +88,9 @@ def check_exportable(v: Variant, fmt: str) -> None:
         if s.allocator != "glibc":
             raise ExportError(f"{where}: allocator {s.allocator} is preloaded from a host path "
                               "(LD_PRELOAD); the image has no allocator packages")
+        if s.venv:
+            raise ExportError(f"{where}: it runs in the peer environment {s.venv!r}, which is "
+                              "built on the host, not in the servers' image")
         if s.server == "module" and s.module == "servers.tfserving":
             raise ExportError(f"{where}: the TF-Serving-compatible server is not in the image "
                               "(its gRPC stubs are not)")

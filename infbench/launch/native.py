@@ -14,7 +14,8 @@ from collections.abc import Callable
 import psutil
 
 from infbench.config import Variant
-from infbench.launch import loopback, proc
+from infbench.config import envs as config_envs
+from infbench.launch import envs, loopback, proc
 from infbench.launch.argv import GRACE_S, REDIS_BINARY, mprof_argv, server_argv
 from infbench.launch.base import LaunchError, WatchedProcess, check_allocators
 from infbench.launch.contract import SCRUBBED, ReplicaSpec, Where, replica_env
@@ -22,7 +23,10 @@ from infbench.paths import ROOT
 
 
 def native_where(spec: ReplicaSpec) -> Where:
-    return Where(python=sys.executable, out=str(spec.out_dir),
+    """Our interpreter, or the peer environment's for a service that names one (`venv`)."""
+    venv = spec.service.venv
+    python = str(config_envs.python_of(venv)) if venv else sys.executable
+    return Where(python=python, out=str(spec.out_dir),
                  model=str(spec.model_path or ""), root=str(ROOT))
 
 
@@ -53,6 +57,11 @@ class NativeReplica(WatchedProcess):
                                self.program)
         self.started_at = time.time()
         self._seen_server = False
+        # Descendants seen (pid -> start time) and the process groups of those that left ours
+        # (BentoML's worker and Ray's actors lead their own): ended by stop() and, should the
+        # harness die, by the watchdog, as our own group is.
+        self._seen: dict[int, float] = {}
+        self._groups: set[int] = set()
         try:
             self.group = proc.Group(self.argv, log_path=self.log_path, env=native_env(spec),
                                     cwd=ROOT)
@@ -61,9 +70,45 @@ class NativeReplica(WatchedProcess):
 
     def _server_processes(self) -> list[psutil.Process]:
         try:
-            return psutil.Process(self.group.pid).children(recursive=True)
+            found = psutil.Process(self.group.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        for p in found:
+            if p.pid not in self._seen:
+                self._note(p)
+        return found
+
+    def _note(self, p: psutil.Process) -> None:
+        with contextlib.suppress(psutil.Error, OSError):
+            self._seen[p.pid] = p.create_time()
+            pgid = os.getpgid(p.pid)
+            if pgid != self.group.pgid and pgid not in self._groups:
+                self._groups.add(pgid)
+                proc.WATCHDOG.tell(f"group {pgid}")
+
+    def _strays(self) -> list[psutil.Process]:
+        """Descendants seen earlier that outlived our group (in a group of their own, orphaned
+        when the server died): the same process, by its start time, still running."""
+        out = []
+        for pid, started in self._seen.items():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+        return out
+
+    def _end_strays(self) -> None:
+        strays = self._strays()
+        for p in strays:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(strays, timeout=GRACE_S)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        for pgid in self._groups:
+            proc.WATCHDOG.tell(f"ungroup {pgid}")
 
     def info(self) -> dict[str, object]:
         return {"launcher": "native", "service": self.spec.service.name,
@@ -85,6 +130,7 @@ class NativeReplica(WatchedProcess):
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.group.popen.wait(timeout=GRACE_S + 3)
         self.group.stop(GRACE_S)
+        self._end_strays()
 
 
 class NativeLauncher:
@@ -94,9 +140,12 @@ class NativeLauncher:
         """Nothing to check: the native runtime needs only this environment."""
 
     def prepare(self, variants: list[Variant], say: Callable[[str], None]) -> None:
-        """Nothing to build beyond the model and images, which the run makes itself; but a
-        preloaded allocator or redis-server must be installed, or nothing starts."""
+        """Nothing to build beyond the model and images, which the run makes itself, and the
+        peer environments the variants name; a preloaded allocator or redis-server must be
+        installed, or nothing starts."""
         check_allocators(variants)
+        # A missing peer environment is built (from its lock, side by side), never skipped.
+        envs.ensure_all(sorted({s.venv for v in variants for s in v.services if s.venv}), say)
         if any(s.server == "redis" for v in variants for s in v.services) \
                 and shutil.which(REDIS_BINARY) is None:
             raise LaunchError("a variant runs Redis, but there is no `redis-server` on PATH; "

@@ -210,9 +210,10 @@ class ProcessSampler(CsvSampler):
                 self._pids = [p.pid for p, _, _ in procs]
                 for p, service, replica in procs:
                     self._owners[p.pid] = (service, replica)
-                    if p.pid not in self._names:
-                        with contextlib.suppress(psutil.Error):
-                            self._names[p.pid] = p.name()
+                    # Read again at every listing: a process may rename itself after it
+                    # starts (Ray's workers become ray::ProxyActor, ray::ServeReplica:...).
+                    with contextlib.suppress(psutil.Error):
+                        self._names[p.pid] = p.name()
             self._listed = tick
         rollup = tick - self._rolled >= self.rollup_every
         if rollup:

@@ -235,6 +235,10 @@ class DockerLauncher:
                 if s.allocator != "glibc":
                     raise LaunchError(f"variant {v.name}: allocator {s.allocator} runs natively "
                                       "only for now (the image has no allocator packages)")
+                if s.venv:
+                    raise LaunchError(f"variant {v.name}: service {s.name} runs in the peer "
+                                      f"environment {s.venv!r}, which is built on this host: "
+                                      "RUNTIME=native only for now")
                 if s.server == "module" and s.module == "servers.tfserving":
                     raise LaunchError(f"variant {v.name}: the TF-Serving-compatible server "
                                       "runs natively only for now (its gRPC stubs are not in "
