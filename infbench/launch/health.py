@@ -212,6 +212,12 @@ def wait_healthy(replica: Replica, timeout: float,
         external = SERVER_KINDS[replica.spec.service.server].external
         squatter = None if external else port_owner(port, mine)
         if squatter is not None:
+            # A process that started and bound between the two looks (mprof forks the server,
+            # which may listen at once: CI saw our own redis-server called a squatter) is ours
+            # too: look at our tree again before calling it a squatter.
+            mine = ours(replica)
+            squatter = port_owner(port, mine)
+        if squatter is not None:
             raise LaunchError(f"{label}: port {port} is taken by another process, not ours: "
                               f"{squatter}")
         body = check_once(replica, probe)
