@@ -56,9 +56,12 @@ def test_parse_proc_without_rollup_has_no_pss() -> None:
 def test_sampler_on_a_live_process_and_totals(tmp_path: Path) -> None:
     me = psutil.Process(os.getpid())
     path = tmp_path / "processes.csv"
-    s = sampler.ProcessSampler(lambda: [me, me], path, interval=0.05, rollup_every=0.2).start()
-    ballast = bytearray(64 * 2**20)  # 64 MiB touched: anonymous, private
+    # 64 MiB touched (anonymous, private) before the sampler starts: a sample reads RSS and
+    # smaps_rollup one after the other, so memory that grows between them can put PSS above
+    # RSS (CI: 172.9 > 140.4 MB while the ballast was being touched).
+    ballast = bytearray(64 * 2**20)
     ballast[:: 4096] = b"x" * len(ballast[:: 4096])
+    s = sampler.ProcessSampler(lambda: [me, me], path, interval=0.05, rollup_every=0.2).start()
     deadline = time.monotonic() + 60  # ten samples, however busy the machine
     while s.samples < 10 and time.monotonic() < deadline:
         time.sleep(0.02)
