@@ -31,7 +31,6 @@ from infbench.cli import (
     diagnose,
     exits,
     export,
-    gpu_pack,
     listing,
     overhead,
     peers,
@@ -58,8 +57,7 @@ class Command(Protocol):
 
 # In the order `infbench --help` lists them.
 COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, crosscheck,
-                                 export, report, compare, check, overhead, peers,
-                                 gpu_pack)
+                                 export, report, compare, check, overhead, peers)
 
 
 def install_signals() -> None:
