@@ -34,8 +34,12 @@ UP_TIMEOUT_S = 600.0
 
 def compose(project: str, file: Path, *args: str, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
+    # COMPOSE_HTTP_TIMEOUT: compose's own wait on each engine call (60 s by default). On the
+    # vfs storage driver, with the other Docker test building an image beside it, creating a
+    # container took longer than that (CI: "Read timed out. (read timeout=60)").
+    env = {**os.environ, "COMPOSE_HTTP_TIMEOUT": str(int(timeout))}
     return subprocess.run(["docker-compose", "--no-ansi", "-p", project, "-f", str(file), *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def predict(port: int, image: bytes) -> tuple[int, dict[str, object]]:
