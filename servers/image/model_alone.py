@@ -70,11 +70,12 @@ def _cgroup_quota(root: Path = CGROUP_ROOT, self_cgroup: Path = Path("/proc/self
                   ) -> tuple[float | None, str | None]:
     """(cores the CPU quota allows, where it was read) of this process's cgroup and every
     ancestor's, the tightest; (None, None) without a quota. cgroup v2's `cpu.max` ("max 100000"
-    or "150000 100000") or v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none)."""
+    or "150000 100000") or v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none). When the
+    process's own cgroup cannot be read: (None, "unreadable: <why>"), never taken for "none"."""
     try:
         lines = self_cgroup.read_text().splitlines()
-    except OSError:
-        return None, None
+    except OSError as e:
+        return None, f"unreadable: {self_cgroup}: {e.strerror or e}"
     found: list[tuple[float, str]] = []
     for line in lines:
         parts = line.split(":", 2)
@@ -121,6 +122,8 @@ def usable_cores() -> dict[str, Any]:
     quota, where = _cgroup_quota()
     usable = float(affinity) if quota is None else min(float(affinity), quota)
     source = "affinity" if quota is None or affinity <= quota else f"cgroup quota ({where})"
+    if quota is None and where:  # the quota could not be read: the affinity, said so
+        source = f"affinity (cgroup quota {where})"
     return {"usable": round(usable, 3), "affinity": affinity, "cpu_count": os.cpu_count(),
             "cgroup_quota": None if quota is None else round(quota, 3),
             "cgroup_quota_from": where, "source": source}

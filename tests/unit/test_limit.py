@@ -223,7 +223,8 @@ def test_cgroup_v1_quota_and_none(tmp_path: Path) -> None:
     root2, me2 = cgroup_tree(tmp_path / "ns", "1:cpu:/docker/abc\n", {
         "cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"})
     assert child._cgroup_quota(root2, me2) == (2.0, str(root2 / "cpu"))
-    assert child._cgroup_quota(root2, tmp_path / "missing") == (None, None)
+    quota, why = child._cgroup_quota(root2, tmp_path / "missing")
+    assert quota is None and why and why.startswith("unreadable: ") and "missing" in why
 
 
 def test_usable_cores_of_this_process_are_its_affinity_or_less() -> None:
@@ -231,3 +232,12 @@ def test_usable_cores_of_this_process_are_its_affinity_or_less() -> None:
     assert c["affinity"] == len(os.sched_getaffinity(0))
     assert c["usable"] == min([float(c["affinity"]), *([c["cgroup_quota"]]
                                                        if c["cgroup_quota"] else [])])
+
+
+def test_an_unreadable_cgroup_is_said_in_the_cores_source(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    why = child._cgroup_quota(tmp_path, tmp_path / "missing")[1]
+    monkeypatch.setattr(child, "_cgroup_quota", lambda: (None, why))
+    c = child.usable_cores()
+    assert c["usable"] == c["affinity"] and c["cgroup_quota"] is None
+    assert c["source"].startswith("affinity (cgroup quota unreadable: ")
