@@ -94,8 +94,8 @@ def test_docker_smoke_run(docker_run: tuple[Path, subprocess.CompletedProcess[st
         statistics.median(m for t, m in cg if base["start"] <= t <= base["end"]), abs=0.06)
     # The cgroup holds the server's anonymous memory (and docker-init's and mprof's); the file
     # pages of its libraries are in mprof's RSS but charged to whichever cgroup first read
-    # them (with vfs, the engine's copy of the image). Growth under load is anonymous: both
-    # see the same growth.
+    # them (with vfs, the engine's copy of the image; with overlay2, often the container).
+    # Growth under load is anonymous: both see the same growth.
     anon = s["processes_mb"]["anon"]["start"]
     assert s["memory_mb"]["start"] > 100 and anon > 50
     assert 0.9 * anon <= c["start"] <= 1.5 * s["memory_mb"]["start"] + 100
