@@ -36,7 +36,9 @@ def model_path(model: Model, build_dir: Path = BUILD) -> Path:
     if model.is_file:
         return Path(model.path)
     suffix = ".onnx" if model.format == "onnx" else ".keras"
-    return build_dir / "models" / f"{model.name}-{fingerprint(model)}{suffix}"
+    # The description is prose: two specs that differ only there build the same file.
+    made_of = dataclasses.replace(model, description="")
+    return build_dir / "models" / f"{model.name}-{fingerprint(made_of)}{suffix}"
 
 
 def keras_twin(model: Model) -> Model:

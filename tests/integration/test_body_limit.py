@@ -34,11 +34,10 @@ import httpx
 import psutil
 import pytest
 
-from infbench import config
 from infbench.config import Service
 from infbench.launch.argv import server_argv
 from infbench.measure import assets
-from infbench.paths import HOST, ROOT
+from infbench.paths import HOST
 from servers.shared.bodylimit import DRAIN_S
 from tests.fixtures.helpers import (
     free_port,
@@ -46,6 +45,7 @@ from tests.fixtures.helpers import (
     redis_argv,
     spawn,
     stop_group,
+    tiny_onnx,
     wait_healthy,
     wait_redis,
 )
@@ -122,8 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         redis_port = free_port()
         procs.append(spawn(redis_argv(redis_port), quiet_env(), folder / "redis.log"))
         wait_redis(procs[-1], redis_port, folder / "redis.log")
-        tiny = config.load(ROOT / "experiments.toml").models["tiny"]
-        model = assets.ensure_model(tiny, folder / "build", log=False)
+        model = tiny_onnx()
         image = assets.ensure_images(folder / "build", count=1)[0].read_bytes()
         queue = {"INFBENCH_REDIS_URL": f"redis://{HOST}:{redis_port}/0",
                  "INFBENCH_QUEUE_KEY": "bl"}

@@ -79,7 +79,7 @@ def test_a_run_sends_nothing_through_the_users_proxy(tmp_path: Path) -> None:
 
         res = subprocess.run(
             [sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"), "run",
-             "scoring-sync", "--profile", "scoring-smoke", "--model", "tiny"],
+             "scoring-sync", "--profile", "scoring-smoke", "--model", "tiny-onnx"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert proxy.seen == [], proxy.seen

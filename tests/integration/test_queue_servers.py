@@ -32,7 +32,6 @@ import httpx
 import pytest
 import redis
 
-from infbench import config
 from infbench.measure import assets
 from infbench.paths import HOST, ROOT
 from servers.queue.common import (
@@ -52,6 +51,7 @@ from tests.fixtures.helpers import (
     redis_argv,
     spawn,
     tail,
+    tiny_onnx,
     wait_redis,
 )
 
@@ -211,8 +211,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                    st.api_env("qb", INFBENCH_JOB_TIMEOUT="1"), p)
         st.add("flask-gthread-qc", api_argv("flask-gthread", p := free_port()),
                st.api_env("qc"), p)
-        tiny = config.load(ROOT / "experiments.toml").models["tiny"]
-        st.model = assets.ensure_model(tiny, folder / "build", log=False)
+        st.model = tiny_onnx()
         for i in range(2):
             st.add(f"worker-qa-{i}", worker_argv(p := free_port()), st.worker_env("qa", 2), p)
         st.add("worker-qc", worker_argv(p := free_port()), st.worker_env("qc", 4), p)

@@ -65,7 +65,7 @@ def argv(tmp_path: Path, *args: str) -> list[str]:
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     tmp = tmp_path_factory.mktemp("queue")
     res = subprocess.run(argv(tmp, "run", "queue-replicas-2", "--profile", "queue-smoke",
-                              "--model", "tiny"), cwd=ROOT, capture_output=True, text=True,
+                              "--model", "tiny-onnx"), cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     return the_run(tmp / "r"), res
 
@@ -127,7 +127,7 @@ def test_the_report_shows_services_split_and_redis(smoke: tuple[Path, Any]) -> N
 
 def start(tmp_path: Path, variant: str, profile: str) -> subprocess.Popen[str]:
     return subprocess.Popen(argv(tmp_path, "run", variant, "--profile", profile, "--model",
-                                 "tiny"), cwd=ROOT, stdout=subprocess.PIPE,
+                                 "tiny-onnx"), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -48,8 +48,8 @@ needs_redis = pytest.mark.requires("redis-server")
 def scoring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     tmp = tmp_path_factory.mktemp("scoring")
     res = subprocess.run(cli(tmp, "run", "scoring-sync", "scoring-async", "--profile",
-                             "scoring-smoke", "--model", "tiny"), cwd=ROOT, capture_output=True,
-                         text=True, timeout=400)
+                             "scoring-smoke", "--model", "tiny-onnx"), cwd=ROOT,
+                         capture_output=True, text=True, timeout=400)
     return the_run(tmp / "r"), res
 
 
@@ -88,7 +88,7 @@ def test_the_split_says_whether_the_model_calls_overlapped(scoring: tuple[Path, 
 @needs_redis
 def test_a_killed_model_api_is_one_clear_error(tmp_path: Path) -> None:
     p = subprocess.Popen(cli(tmp_path, "run", "scoring-async", "--profile", "scoring-long",
-                             "--model", "tiny"), cwd=ROOT, stdout=subprocess.PIPE,
+                             "--model", "tiny-onnx"), cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     counts = None

@@ -61,7 +61,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     env = {**os.environ, "INFBENCH_KEEPALIVE_CHECK": "0"}  # the capture alone must find it
     res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp / "r"),
                           "--experiments", str(exp), "run", "wire-w2", "wire-w2-nodelay",
-                          "--profile", "wire-smoke", "--model", "tiny"], cwd=ROOT, env=env,
+                          "--profile", "wire-smoke", "--model", "tiny-onnx"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=400)
     return the_run(tmp / "r"), res
 

@@ -91,3 +91,10 @@ def test_device_cuda_is_a_one_line_error_before_anything_starts(tmp_path: Path) 
         config.load(p)
     p.write_text(BASE.format(extra="") + 'device = "cpu"\n')
     assert config.load(p).variant("a").entry_service.device == "cpu"
+
+
+def test_the_description_does_not_make_another_file(tmp_path: Path) -> None:
+    plain = load(tmp_path, 'format = "onnx"').model("m")
+    described = load(tmp_path, 'format = "onnx"\ndescription = "the same, said"').model("m")
+    assert described.description and assets.model_path(described, tmp_path) == \
+        assets.model_path(plain, tmp_path)
