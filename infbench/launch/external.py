@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from infbench.launch import health
+from infbench.launch import health, proc
 from infbench.launch.base import LaunchError
 from infbench.launch.contract import ReplicaSpec
 
@@ -133,7 +133,7 @@ class ExternalReplica:
             return []
         try:
             p = psutil.Process(self.pid)
-            return [p, *p.children(recursive=True)]
+            return [p, *proc.descendants(p.pid)]
         except psutil.NoSuchProcess:
             return []
 

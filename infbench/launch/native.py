@@ -70,7 +70,7 @@ class NativeReplica(WatchedProcess):
 
     def _server_processes(self) -> list[psutil.Process]:
         try:
-            found = psutil.Process(self.group.pid).children(recursive=True)
+            found = proc.descendants(self.group.pid)
         except psutil.NoSuchProcess:
             return []
         for p in found:

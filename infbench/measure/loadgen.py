@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from infbench.launch import proc
 from infbench.measure.base import CsvSampler
 from infbench.measure.sampler import cpu_seconds
 from infbench.results.samples import LOADGEN_COLUMNS
@@ -83,7 +84,7 @@ def group_pids(leader: int) -> list[int]:
     """The Locust process and its children (`--processes N` forks workers)."""
     try:
         p = psutil.Process(leader)
-        return [p.pid, *(c.pid for c in p.children(recursive=True))]
+        return [p.pid, *(c.pid for c in proc.descendants(p.pid))]
     except psutil.Error:
         return []
 

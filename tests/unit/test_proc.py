@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from infbench.launch import proc
 
@@ -57,3 +61,33 @@ def test_tail(tmp_path: Path) -> None:
     p.write_text("\n".join(str(i) for i in range(50)) + "\n")
     assert proc.tail(p, 3) == "47\n48\n49"
     assert proc.tail(tmp_path / "missing") == "(no log)"
+
+
+def test_descendants_are_psutils_children_without_reading_every_process() -> None:
+    # A tree of three levels, one child in a thread of its own parent's (the kernel lists a
+    # child under the thread that forked it), one left behind by a subshell (reparented: no
+    # longer ours, in neither answer).
+    code = ("import subprocess, threading, time\n"
+            "kids = [subprocess.Popen(['sleep', '30'])]\n"
+            "t = threading.Thread(target=lambda: kids.append(subprocess.Popen(['sleep', '30'])))\n"
+            "t.start(); t.join()\n"
+            "kids.append(subprocess.Popen(['bash', '-c', 'sleep 30 & (sleep 30 &); wait']))\n"
+            "print('ready', flush=True); time.sleep(30)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 10
+        while True:  # until bash has forked its sleep and the subshell has gone
+            want = sorted(c.pid for c in psutil.Process(p.pid).children(recursive=True))
+            got = sorted(c.pid for c in proc.descendants(p.pid))
+            if (len(want) == 4 and got == want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(want) == 4 and got == want
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+    with pytest.raises(psutil.NoSuchProcess):
+        proc.descendants(p.pid)

@@ -175,7 +175,7 @@ class DockerReplica(WatchedProcess):
         if mprof is None:
             return []
         try:
-            return list(mprof.children(recursive=True))
+            return proc.descendants(mprof.pid)
         except psutil.Error:
             return []
 
