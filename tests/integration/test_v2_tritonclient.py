@@ -5,8 +5,8 @@ One real server (the 1-channel mnist model) runs as a subprocess in its own proc
 ports it picks itself. tritonclient.http and tritonclient.grpc ask it whether it is ready, for
 the model's metadata and for inferences with JSON and with binary tensors; every answer must
 equal (1e-5) what our own V2 users' requests get and what TF-Serving's REST :predict gives for
-the same images. Bad requests get the protocol's errors. The CLI runs TF-Serving REST and gRPC
-beside V2 REST (JSON, binary) and V2 gRPC for seconds on the same server build.
+the same images. Bad requests get the protocol's errors. The protocol variants through the CLI
+are tests/slow/test_protocol_cli.py.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import numpy as np
 import pytest
 
 from infbench.paths import ROOT
-from infbench.results import samples
-from tests.fixtures.helpers import quiet_env, stop_group, the_run
+from tests.fixtures.helpers import quiet_env, stop_group
 from tests.integration.test_tfserving import (
     LOCUSTFILE,
     MODEL_NAME,
@@ -42,7 +41,6 @@ pytestmark = pytest.mark.integration
 V2_KINDS = ("v2-rest-json", "v2-rest-binary", "v2-grpc")
 # The four rows: TF-Serving REST and gRPC, V2 REST (binary tensors: what perf_analyzer and
 # tritonclient send by default) and V2 gRPC. The V2 JSON user's request is checked above.
-PROTOCOL_VARIANTS = ("tfs-rest-row", "tfs-grpc-tensor", "tfs-v2-rest-binary", "tfs-v2-grpc")
 BATCH = 2
 
 # Our users' first request body and headers per kind, written by a subprocess (the users read
@@ -296,32 +294,3 @@ def test_bad_requests_get_the_protocols_errors(mnist_v2: Server, http_client: An
         mnist_v2.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(b"\xff\xff")
     assert err.value.code() != grpc.StatusCode.OK
     assert http_client.is_server_ready() and mnist_v2.proc.poll() is None
-
-
-class TestProtocolStudy:
-    """A class: pytest-xdist (--dist loadscope) runs it on another worker than the server's."""
-
-    def test_protocol_variants_through_the_cli(self, tmp_path: Path) -> None:
-        run_protocol_variants(tmp_path)
-
-
-def run_protocol_variants(tmp_path: Path) -> None:
-    """TF-Serving REST and gRPC beside V2 REST (binary) and V2 gRPC, seconds each: the
-    transport study's table ranks all four at each batch size."""
-    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
-                          "run", *PROTOCOL_VARIANTS, "--profile", "transport-v2-smoke"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    run_dir = the_run(tmp_path / "r")
-    for v in PROTOCOL_VARIANTS:
-        for step, batch in ((1, 1), (2, 2)):
-            stats = samples.locust_aggregate(run_dir / v / f"step{step}-b{batch}_stats.csv")
-            assert stats is not None and stats["requests"] > 0 and stats["failures"] == 0, v
-    text = (run_dir / "summary.md").read_text()
-    assert "- status: **complete**" in text
-    ranking = text.split("## Ranking by images/s at each batch size", 1)
-    assert len(ranking) == 2
-    table = ranking[1].split("\n## ", 1)[0]
-    for batch in (1, 2):
-        rows = [line for line in table.splitlines() if line.startswith(f"| {batch} |")]
-        assert sorted(line.split("|")[3].strip() for line in rows) == sorted(PROTOCOL_VARIANTS)
