@@ -2,7 +2,8 @@
 contract (POST /predict, multipart, one file part per image in the field `images`).
 
 Run by `bentoml serve servers.peers.bentoml.service:Classifier` in its own environment
-(servers/peers/bentoml/requirements.lock); of ours it imports servers.shared.model only.
+(servers/peers/bentoml/requirements.lock); of ours it imports servers.shared.model and
+servers.peers.common only.
 
 Adaptive batching is BentoML's (`@bentoml.api(batchable=True)`): the images of the requests
 that arrive together are joined into one list (batch_dim 0), the model runs once on them and
@@ -15,32 +16,22 @@ not decode fails its batch with BentoML's 400 (InvalidArgument): the batch is on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import bentoml
-import numpy as np
 from bentoml.exceptions import InvalidArgument
 
-from servers.shared.model import BadImage, forward, load_model, preprocess
+from servers.peers.common import load_warm, positive_int_env, top_classes
+from servers.shared.model import BadImage, forward, preprocess
 
-
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else default
-
-
-MAX_BATCH = _int_env("INFBENCH_BENTO_MAX_BATCH", 64)
-MAX_LATENCY_MS = _int_env("INFBENCH_BENTO_MAX_LATENCY_MS", 1000)
+MAX_BATCH = positive_int_env("INFBENCH_BENTO_MAX_BATCH", 64)
+MAX_LATENCY_MS = positive_int_env("INFBENCH_BENTO_MAX_LATENCY_MS", 1000)
 
 
 @bentoml.service(workers=1, traffic={"timeout": 60})
 class Classifier:
     def __init__(self) -> None:
-        self.loaded = load_model(os.environ["INFBENCH_MODEL_PATH"])
-        self.call = os.environ.get("INFBENCH_CALL", "predict_on_batch")
-        size, ch = self.loaded.input_size, self.loaded.channels
-        forward(self.loaded, np.zeros((1, size, size, ch), np.float32), self.call)
+        self.loaded, self.call = load_warm()
 
     @bentoml.api(route="/predict", batchable=True, max_batch_size=MAX_BATCH,
                  max_latency_ms=MAX_LATENCY_MS)
@@ -50,6 +41,4 @@ class Classifier:
                                self.loaded.channels)
         except BadImage as e:
             raise InvalidArgument(str(e)) from None
-        probs = forward(self.loaded, batch, self.call)
-        top = probs.argmax(axis=1)
-        return [{"class": int(c), "score": float(probs[i, c])} for i, c in enumerate(top)]
+        return top_classes(forward(self.loaded, batch, self.call))

@@ -1,7 +1,8 @@
 """MLServer's custom runtime for our Keras model: the same file, the same preprocessing.
 
 Loaded by MLServer in its own environment (servers/peers/mlserver/requirements.lock); imports
-of ours are servers.shared.model only (NumPy, Pillow and, lazily, Keras: all in that lock), so
+of ours are servers.shared.model and servers.peers.common only (NumPy, Pillow and, lazily,
+Keras: all in that lock), so
 the model is loaded and called exactly as our servers do it.
 
 Two input forms, both Open Inference Protocol tensors on one input:
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,8 @@ from mlserver.codecs import NumpyCodec
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, RequestInput
 
-from servers.shared.model import BadImage, forward, load_model, preprocess
+from servers.peers.common import load_warm
+from servers.shared.model import BadImage, forward, preprocess
 
 OUTPUT = "probabilities"
 
@@ -59,14 +60,7 @@ def _images(inp: RequestInput) -> list[bytes]:
 
 class KerasRuntime(MLModel):
     async def load(self) -> bool:
-        path = os.environ.get("INFBENCH_MODEL_PATH", "")
-        if not path:
-            raise RuntimeError("INFBENCH_MODEL_PATH is not set")
-        self.loaded = load_model(path)
-        self.call = os.environ.get("INFBENCH_CALL", "predict_on_batch")
-        # One call before the first request, as our servers warm up: tracing is not a request's.
-        size, ch = self.loaded.input_size, self.loaded.channels
-        forward(self.loaded, np.zeros((1, size, size, ch), np.float32), self.call)
+        self.loaded, self.call = load_warm()
         self.ready = True
         return self.ready
 

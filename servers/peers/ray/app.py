@@ -3,7 +3,7 @@ contract (POST /predict, multipart, one file part per image in the field `images
 
 Run by `python -m servers.peers.ray` (servers/peers/ray/__main__.py: a local Ray cluster, Serve's
 HTTP proxy on the harness's port) in its own environment (servers/peers/ray/requirements.lock);
-of ours it imports servers.shared.model only.
+of ours it imports servers.shared.model and servers.peers.common only.
 
 Batching is Ray Serve's `@serve.batch`: the calls that arrive together (one per request, each
 with its request's images) are handed over as one list, up to INFBENCH_RAY_MAX_BATCH calls
@@ -25,13 +25,9 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from servers.shared.model import BadImage, forward, load_model, preprocess
-
-
-def int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else default
-
+from servers.peers.common import load_warm, top_classes
+from servers.peers.common import positive_int_env as int_env
+from servers.shared.model import BadImage, forward, preprocess
 
 MAX_BATCH = int_env("INFBENCH_RAY_MAX_BATCH", 16)
 WAIT_S = int_env("INFBENCH_RAY_BATCH_WAIT_MS", 5) / 1000
@@ -43,10 +39,7 @@ FIELD = "images"
                   ray_actor_options={"num_cpus": 0})
 class Classifier:
     def __init__(self) -> None:
-        self.loaded = load_model(os.environ["INFBENCH_MODEL_PATH"])
-        self.call = os.environ.get("INFBENCH_CALL", "predict_on_batch")
-        size, ch = self.loaded.input_size, self.loaded.channels
-        forward(self.loaded, np.zeros((1, size, size, ch), np.float32), self.call)
+        self.loaded, self.call = load_warm()
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WAIT_S)
     async def infer(self, batches: list[np.ndarray]) -> list[np.ndarray]:
@@ -74,10 +67,8 @@ class Classifier:
                                             self.loaded.channels)
         except BadImage as e:
             return JSONResponse({"error": str(e), "index": e.index}, status_code=400)
-        probs = await self.infer(batch)
-        top = probs.argmax(axis=1)
-        return {"predictions": [{"class": int(c), "score": float(probs[i, c])}
-                                for i, c in enumerate(top)], "count": len(top)}
+        answers = top_classes(await self.infer(batch))
+        return {"predictions": answers, "count": len(answers)}
 
 
 app = Classifier.bind()
