@@ -19,7 +19,7 @@ from infbench.measure import energy, monitors, sampler
 from infbench.measure.phases import PhaseLog
 from infbench.report import markdown, tables
 from infbench.results import readers, samples, schemas
-from tests.fixtures.synth import T0, make_variant
+from tests.fixtures.synth import T0, add_service_cpu, make_variant
 
 
 def _spin(seconds: float) -> None:
@@ -238,18 +238,10 @@ def _synthetic(tmp_path: Path, with_energy: bool) -> Path:
     service "server" of two processes: pid 1 uses 0.5 core and waits 0.1 s a second, pid 2
     0.25 core; timing lines with decode and model CPU; energy 2 W if `with_energy`."""
     d = make_variant(tmp_path)
+    add_service_cpu(d, {1: 0.5, 2: 0.25}, waits={1: 0.1})
     ph = json.loads((d / "phases.json").read_text())
-    ph["services"] = {"server": {"service": "server", "index": 0}}
     ph["energy"] = {"available": False, "why": "no /sys/class/powercap on this machine"}
     (d / "phases.json").write_text(json.dumps(ph))
-    with (d / "processes.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(samples.PROCESS_COLUMNS)
-        for k in range(0, 521):
-            t = k / 10
-            for pid, core, wait in ((1, 0.5, 0.1), (2, 0.25, 0.0)):
-                out.writerow([f"{T0 + t:.3f}", pid, 0, "python", 100, "", "", 50, 50, 0, 0,
-                              4, f"{core * t:.2f}", "server", 0, f"{wait * t:.4f}"])
     lines = [{"t": T0 + 11 + i * 0.2, "decode_ms": 4.0, "decode_cpu_ms": 3.0,
               "model_ms": 16.0, "model_cpu_ms": 12.0, "total_ms": 25.0} for i in range(40)]
     (d / "timings-1.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
