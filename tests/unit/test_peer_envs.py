@@ -14,6 +14,7 @@ from infbench.launch import LaunchError, envs
 from infbench.launch.contract import ReplicaSpec
 from infbench.launch.native import native_where
 from infbench.paths import ROOT
+from tests.fixtures.synth import load_experiments as load
 
 GOOD = """
 [models.m]
@@ -30,12 +31,6 @@ server = "command"
 venv = "mlserver"
 command = ["{python}", "-m", "mlserver.cli.main", "start", "{out}"]
 """
-
-
-def load(tmp_path: Path, text: str) -> config.Experiments:
-    p = tmp_path / "experiments.toml"
-    p.write_text(text)
-    return config.load(p)
 
 
 def test_each_peer_has_a_lock_of_exact_pins_with_our_tensorflow() -> None:

@@ -12,6 +12,7 @@ from infbench import config
 from infbench.config import ConfigError, start_order
 from infbench.launch.argv import server_argv
 from infbench.launch.contract import ReplicaSpec, Where, peer_values, replica_env
+from tests.fixtures.synth import load_experiments as load
 
 MODEL = """
 [models.tiny]
@@ -51,12 +52,6 @@ base = "q"
 env = { INFBENCH_QUEUE_BATCH = "10" }
 replicas = 4
 """
-
-
-def load(tmp_path: Path, text: str) -> config.Experiments:
-    p = tmp_path / "e.toml"
-    p.write_text(text)
-    return config.load(p)
 
 
 def error(tmp_path: Path, text: str) -> str:
