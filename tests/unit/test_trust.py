@@ -90,6 +90,11 @@ def test_memory_is_flat_only_when_the_fit_moves_less_than_the_noise() -> None:
     (0.30, 0.02, False, None),
     (0.97, 0.01, True, "busy"),
     (0.10, 0.85, True, "starved"),  # little CPU, but runnable nearly all the time
+    # Niced beside a CPU hog (seen in CI): 1.5% of a core, 87% waiting, blocked on the network
+    # the rest: under the demand rule, starved by the wait rule.
+    (0.015, 0.871, True, "starved"),
+    (0.30, 0.45, False, None),  # waiting, but under half the time: not flagged
+    (0.05, 0.50, True, "starved"),  # half the time waiting for a CPU
 ])
 def test_the_generator_is_flagged_when_busy_or_starved(tmp_path: Path, cpu: float, wait: float,
                                                        limited: bool, how: str | None) -> None:
@@ -100,6 +105,9 @@ def test_the_generator_is_flagged_when_busy_or_starved(tmp_path: Path, cpu: floa
     assert g["cpu_pct"] == pytest.approx(100 * cpu, abs=0.5)
     assert (g["limited"], g["how"]) == (limited, how)
     assert ("limited by the load generator" in g["note"]) == limited
+    assert g["per_process"][0]["limited"] == limited
+    if how == "starved":
+        assert "(starved)" in g["note"] and "waited for a CPU" in g["note"]
 
 
 def test_a_short_burst_of_generator_cpu_is_caught_by_the_window(tmp_path: Path) -> None:
