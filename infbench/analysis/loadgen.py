@@ -65,12 +65,12 @@ def figures(path: Path, t0: float | None, t1: float | None, window: float = WIND
                 peak_demand = max(peak_demand, r[0] + (r[1] or 0.0))
                 peak_wait = max(peak_wait, r[1] or 0.0)
         cpu, wait = whole
-        row = {"pid": pid, "cpu_pct": round(100 * cpu, 1),
-               "wait_pct": None if wait is None else round(100 * wait, 1),
-               "demand_pct": round(100 * (cpu + (wait or 0.0)), 1),
-               "peak_cpu_pct": round(100 * peak_cpu, 1),
-               "peak_demand_pct": round(100 * peak_demand, 1),
-               "peak_wait_pct": round(100 * peak_wait, 1)}
+        row: dict[str, Any] = {"pid": pid, "cpu_pct": round(100 * cpu, 1),
+                               "wait_pct": None if wait is None else round(100 * wait, 1),
+                               "demand_pct": round(100 * (cpu + (wait or 0.0)), 1),
+                               "peak_cpu_pct": round(100 * peak_cpu, 1),
+                               "peak_demand_pct": round(100 * peak_demand, 1),
+                               "peak_wait_pct": round(100 * peak_wait, 1)}
         # Each process judged on its own (a distributed step's master and every worker): one
         # saturated worker limits its share of the load however idle the others are.
         row["limited"] = (row["peak_demand_pct"] >= 100 * limit
