@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--call", default="predict_on_batch")
     args = ap.parse_args(argv)
+    if not config.torch_installed():
+        print(f"runtimes_alone: error: the torch column needs PyTorch: "
+              f"{config.TORCH_NOT_INSTALLED}", file=sys.stderr)
+        return 1
     batches = [int(b) for b in args.batches.split(",")]
     exp = config.load(ROOT / "experiments.toml")
     names = {"keras": args.model, "onnx": f"{args.model}-onnx", "torch": f"{args.model}-torch"}

@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     for (n, fmt), m in wanted.items():
         if m.format != fmt:
             raise config.ConfigError(f"models.{n}-{fmt}: format is {m.format!r}, not {fmt!r}")
+    if not config.torch_installed():  # the .pt files are converted here, before anything
+        raise config.ConfigError(f"gpu-pack converts the models to PyTorch too: "
+                                 f"{config.TORCH_NOT_INSTALLED}")
     out: Path = args.out
     (out / "images").mkdir(parents=True, exist_ok=True)
     for p in assets.ensure_images():

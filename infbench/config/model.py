@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -90,6 +91,22 @@ TORCH_NOT_IN_IMAGE = (
     "RUNTIME=docker cannot serve a PyTorch model: the servers' image has no torch (PyPI's "
     "torch==2.13.0 for Linux is the multi-GB CUDA build, and even the CPU build adds ~870 MB "
     "to the image); run it with RUNTIME=native")
+
+
+# Why a torch model cannot run natively here: torch is an optional environment
+# (requirements-torch.lock, `make torch`), never installed by `make venv`.
+TORCH_NOT_INSTALLED = (
+    "PyTorch is not installed in this environment (it is optional: `make torch` installs "
+    "requirements-torch.lock, the CPU build)")
+
+
+def torch_installed() -> bool:
+    """torch importable by this interpreter, which the native servers run on (nothing is
+    imported: a search of the path)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
 
 
 def model_runtime(model: Model) -> str:
@@ -430,11 +447,14 @@ class Variant:
     def check_model(self, model: Model, runtime: str) -> None:
         """The model this variant serves, on `runtime`, as a one-line error before anything
         starts: a service on device cuda needs a runtime that honours it (an .onnx or .pt
-        model; TensorFlow is installed as tensorflow-cpu), and the servers' Docker image has no
-        PyTorch (see TORCH_NOT_IN_IMAGE)."""
+        model; TensorFlow is installed as tensorflow-cpu), the servers' Docker image has no
+        PyTorch (see TORCH_NOT_IN_IMAGE), and natively a torch model needs torch installed
+        (`make torch`)."""
         kind = model_runtime(model)
         if runtime == "docker" and kind == "torch":
             raise ConfigError(f"model {model.name!r}: {TORCH_NOT_IN_IMAGE}")
+        if kind == "torch" and not torch_installed():
+            raise ConfigError(f"model {model.name!r} runs on PyTorch: {TORCH_NOT_INSTALLED}")
         for s in self.services:
             if s.gets_model and s.device == "cuda" and kind not in THREADED_FORMATS:
                 raise ConfigError(

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from infbench.config import Model, as_dict, fingerprint
+from infbench.config.model import TORCH_NOT_INSTALLED, torch_installed
 from infbench.paths import ROOT
 
 BUILD = ROOT / "build"
@@ -78,6 +79,9 @@ def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Pat
         return path
     if path.exists():
         return path
+    if model.format == "torch" and not torch_installed():
+        # Before the Keras file is built: the conversion needs torch in this environment.
+        raise AssetError(f"model {model.name!r} is converted to PyTorch: {TORCH_NOT_INSTALLED}")
     if model.format in CONVERTED:
         keras_file = ensure_model(keras_twin(model), build_dir, log)
         ensure_images(build_dir)

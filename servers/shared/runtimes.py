@@ -52,6 +52,18 @@ class RuntimeUnavailable(ValueError):
     """A device or runtime asked for that this machine does not have (one line)."""
 
 
+TORCH_MISSING = ("a .pt model runs on PyTorch, which is not installed in this environment "
+                 "(it is optional: make torch)")
+
+
+def _need_torch() -> None:
+    """torch importable, or the one line that says how to get it (not a bare ImportError)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise RuntimeUnavailable(TORCH_MISSING) from None
+
+
 def _check_device(device: str) -> None:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -187,6 +199,7 @@ class TorchPredictor(_Batchwise):
 
     def __init__(self, path: str, settings: TorchSettings | None = None,
                  device: str = "cpu") -> None:
+        _need_torch()
         import torch
 
         from servers.shared.keras_torch import from_file
@@ -319,6 +332,7 @@ def convert_to_torch(keras_path: Path, out: Path, sample: np.ndarray,
     (servers/shared/keras_torch.py), checked against the Keras file's outputs on `sample`
     (compare_outputs); no file is left when it fails. `tweak` (tests) may alter the torch
     module's weights before they are saved, as a wrong conversion would."""
+    _need_torch()
     import keras
     import torch
 

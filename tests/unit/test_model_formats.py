@@ -1,9 +1,11 @@
 """A model's `format` (keras | onnx | torch) in experiments.toml: what is accepted, where its file
 goes, the one-line errors, and the equivalence check a conversion must pass (no servers; the
-conversions themselves are tests/integration/test_onnx.py and test_torch.py)."""
+conversions themselves are tests/integration/test_onnx.py and tests/torch/test_torch.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from infbench.config.model import TORCH_NOT_IN_IMAGE, has_gpu
 from infbench.measure import assets
 from infbench.paths import ROOT
 from servers.shared import model as server_model
-from servers.shared.runtimes import MIN_SPREAD, TOLERANCE, compare_outputs
+from servers.shared.runtimes import MIN_SPREAD, TOLERANCE, TORCH_MISSING, compare_outputs
 
 BASE = """
 [study]
@@ -128,6 +130,25 @@ def test_the_description_does_not_make_another_file(tmp_path: Path) -> None:
         assets.model_path(plain, tmp_path)
 
 
+@pytest.fixture
+def torch_findable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `torch` package on the path (the real one where installed, else an empty one found
+    first): torch_installed() is true whatever this venv has, so the other rules are tested."""
+    fake = tmp_path / "findable"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(fake))
+    assert config.torch_installed()
+
+
+@pytest.fixture
+def no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import torch` fails, as in a venv without it (make torch never ran)."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert not config.torch_installed()
+
+
+@pytest.mark.usefixtures("torch_findable")
 def test_a_keras_model_on_cuda_and_torch_in_docker_are_refused_before_anything_starts(
         tmp_path: Path) -> None:
     """Variant.check_model, which every run path calls before it starts anything (cuda is
@@ -153,10 +174,71 @@ def test_a_keras_model_on_cuda_and_torch_in_docker_are_refused_before_anything_s
     assert "\n" not in TORCH_NOT_IN_IMAGE
 
 
-def test_the_cli_refuses_torch_in_docker_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
+@pytest.mark.usefixtures("no_torch")
+def test_a_torch_model_without_torch_is_one_line_naming_make_torch(tmp_path: Path) -> None:
+    exp = load(tmp_path, "")
+    plain = exp.variant("a")
+    torch = load(tmp_path, 'format = "torch"').model("m")
+    user_pt = config.Model(name="mine", path=str(tmp_path / "mine.pt"))
+    for m in (torch, user_pt):
+        with pytest.raises(config.ConfigError) as info:
+            plain.check_model(m, "native")
+        msg = str(info.value)
+        assert msg.startswith(f"model {m.name!r} runs on PyTorch: PyTorch is not installed")
+        assert "make torch" in msg and "\n" not in msg
+        # Docker's own refusal comes first: torch installed would not help there.
+        with pytest.raises(config.ConfigError, match="RUNTIME=docker cannot serve a PyTorch"):
+            plain.check_model(m, "docker")
+    for fine in (exp.model("m"), load(tmp_path, 'format = "onnx"').model("m")):
+        plain.check_model(fine, "native")
+    # Building one is refused before its Keras file is built.
+    with pytest.raises(assets.AssetError, match=r"converted to PyTorch: .*make torch"):
+        assets.ensure_model(torch, tmp_path / "build", log=False)
+    assert not (tmp_path / "build").exists()
 
+
+# The CLI in a child where `import torch` fails, as in a venv without it: nothing else changed.
+WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from infbench.cli.main import main; "
+                 "sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "starlette-uvicorn", "--model", "tiny-torch", "--profile", "quick"],
+    ["build", "starlette-uvicorn", "--model", "small-torch"],
+    ["gpu-pack", "--models", "tiny"],
+])
+def test_the_cli_without_torch_stops_in_one_line_before_anything_starts(
+        tmp_path: Path, command: list[str]) -> None:
+    results, pack = tmp_path / "results", tmp_path / "pack"
+    extra = ["--out", str(pack)] if command[0] == "gpu-pack" else []
+    res = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, "--results", str(results),
+                          *command, *extra], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PyTorch is not installed" in lines[0], lines
+    assert "make torch" in lines[0]
+    assert res.stdout == ""  # no progress line: nothing was built or started
+    assert not results.exists() and not pack.exists()
+
+
+def test_a_server_loading_a_pt_file_without_torch_says_make_torch(tmp_path: Path) -> None:
+    """What a server started by hand on a .pt file stops with where torch is missing: the
+    runtime's one line, not a bare ImportError (the file is not even read)."""
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(b"not read")
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from servers.shared.model import load_model\n"
+            "from servers.shared.runtimes import RuntimeUnavailable\n"
+            "try:\n    load_model(sys.argv[1])\n"
+            "except RuntimeUnavailable as e:\n    print(e)\n    sys.exit(3)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(pt)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 3, res.stderr[-1500:]
+    assert res.stdout.strip() == TORCH_MISSING and "make torch" in TORCH_MISSING
+
+
+def test_the_cli_refuses_torch_in_docker_in_one_line(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "infbench", "build", "--model", "tiny-torch",
                           "--runtime", "docker"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
