@@ -17,7 +17,7 @@
 #
 # Other args go to `python -m servers.image.gpu_check` (--model, --runtimes, --replicas,
 # --batches, --seconds). Without a GPU, `run` fails in one line unless --cpu-only: the CPU half
-# runs here unchanged (tests/integration/test_gpu_check.py runs it on the tiny model).
+# runs here unchanged (tests/torch/test_gpu_check.py runs it on the tiny model).
 # Settings (environment): PYTHON (default: this checkout's .venv/bin/python when it exists,
 # else python3).
 set -euo pipefail
