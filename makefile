@@ -23,6 +23,9 @@
 #   make export_<variant> FORMAT=compose|k8s   its topology for a cluster engine (build/export/)
 #   make peers                  the peer stacks' environments (MLServer, BentoML, Ray Serve)
 #   make test-peers             the peer stacks' tests (their environments built first)
+#   make torch                  PyTorch (optional, the CPU build) for the torch models
+#                               (TORCH_INDEX_URL=<index> where this machine's has no CPU build)
+#   make test-torch             the torch tests (tests/torch/; make torch first)
 #
 # Variables: PROFILE=<profile> MODEL=<model> RUNTIME=native|docker RUN=<run-id>|latest
 #            PROBES=1 (the server-side memory probes in every variant) P95_MS=<ms>
@@ -60,7 +63,7 @@ bopts = $(if $(MODEL),--model $(MODEL)) --runtime $(RUNTIME)
 	compare check list test test-unit test-slow lint lock clean allocators redis
 
 help:
-	@sed -n '2,33p' makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,36p' makefile | sed 's/^# \{0,1\}//'
 
 # The environment: created on first use from the pinned lock file.
 venv: $(STAMP)
@@ -185,6 +188,22 @@ peers-lock: venv
 test-peers: venv peers
 	$(PY) -m pytest -n 3 --dist loadscope $(PYTEST_ARGS) tests/peers
 
+# PyTorch, optional (requirements-torch.lock: the CPU build and what only it needs), into the
+# venv by scripts/torch.sh, constrained by requirements.lock; once per lock (a stamp). The torch
+# models (format = "torch", a .pt file) and tests/torch/ need it; make venv and make test never
+# install it. On a machine whose index has only PyPI's CUDA build it says so in one line:
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu names PyTorch's CPU index.
+TORCH_STAMP := $(VENV)/.infbench-torch
+TORCH_INDEX_URL ?=
+.PHONY: torch test-torch
+torch: $(TORCH_STAMP)
+$(TORCH_STAMP): requirements-torch.lock requirements.lock $(STAMP)
+	@TORCH_INDEX_URL="$(TORCH_INDEX_URL)" scripts/torch.sh install $(PY)
+	@touch $@
+# The torch tests (tests/torch/): not in make test, nor in CI (docs/testing.md).
+test-torch: venv system torch
+	$(PY) -m pytest -n $(JOBS) --dist loadscope $(PYTEST_ARGS) tests/torch
+
 # Two runs compared (compare-<A>-vs-<B>.json/.md in B's folder and B's report.html), and a
 # run checked against thresholds (THRESHOLDS=<file.toml>, else [thresholds] in experiments.toml).
 A ?=
@@ -245,7 +264,8 @@ lock: venv
 	@{ echo "# Exact versions installed by \`make venv\` (pip freeze of a working environment, Python 3.11)."; \
 	  echo "# Regenerate: make lock"; \
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^infbench' \
-	    | grep -v -i -F -f <(grep -v '^#' requirements-nodeps.lock | cut -d= -f1); } \
+	    | grep -v -i -E -f <(grep -h -v '^#' requirements-nodeps.lock requirements-torch.lock \
+	                         | cut -d= -f1 | sed 's/.*/^&==/'); } \
 	  > requirements.lock.tmp
 	@mv requirements.lock.tmp requirements.lock && echo "wrote requirements.lock"
 

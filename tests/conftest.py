@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.system import INSTALL, SKIP_PREFIX, require
+from tests.fixtures.system import INSTALL, SKIP_PREFIX, require, require_torch
 
 HERE = Path(__file__).parent
 # Folder -> marker: `-m "not integration"` selects the unit tests however they are collected.
 FOLDER_MARKS = {"unit": "unit", "integration": "integration", "slow": "slow", "docker": "docker",
-                "peers": "peers"}
+                "peers": "peers", "torch": "torch"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
                  "docker: needs a Docker engine (tests/docker/, make test-docker)",
                  "peers: the peer serving stacks in their own environments (tests/peers/, "
                  "make test-peers)",
+                 "torch: needs PyTorch, the optional environment (tests/torch/, make torch, "
+                 "make test-torch)",
                  "requires(*packages): Debian packages the test needs (make system)",
                  "serial: measures time or memory; run alone, after the parallel part"):
         config.addinivalue_line("markers", line)
@@ -38,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         mark = FOLDER_MARKS.get(rel[0]) if len(rel) > 1 else None
         if mark:
             item.add_marker(mark)
-            if mark in {"slow", "docker", "peers"}:
+            if mark in {"slow", "docker", "peers", "torch"}:
                 item.add_marker("integration")
     # The real-engine tests build an image and run containers (minutes, root, an engine):
     # they run only when asked for (make test-docker sets INFBENCH_DOCKER_TESTS=1).
@@ -52,6 +54,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark in item.iter_markers("requires"):
         require(*mark.args)
+    if item.get_closest_marker("torch") is not None:
+        require_torch()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

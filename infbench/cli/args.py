@@ -117,6 +117,7 @@ def one_variant_plan(args: argparse.Namespace, exp: config.Experiments, v: confi
     profile fits the variant, the model file, the results folder, the runtime - and its plan."""
     m = exp.model_for(v, args.model)
     v.check_profile(profile)
+    v.check_model(m, args.runtime)
     if m.is_file:
         assets.check_model_file(m)
     check_writable(Path(args.results))

@@ -19,6 +19,8 @@ def add_parser(sub: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     exp = config.load(args.experiments)
     variants = selected(exp, args)
+    for v in variants:
+        v.check_model(exp.model_for(v, args.model), args.runtime)
     launcher = get_launcher(args.runtime)
     images = assets.ensure_images()
     print(f"sample images: {len(images)} JPEGs in {assets.images_dir()}")

@@ -31,6 +31,7 @@ from infbench.cli import (
     diagnose,
     exits,
     export,
+    gpu_pack,
     listing,
     overhead,
     peers,
@@ -57,7 +58,8 @@ class Command(Protocol):
 
 # In the order `infbench --help` lists them.
 COMMANDS: tuple[Command, ...] = (listing, build, run, capacity, trace, diagnose, crosscheck,
-                                 export, report, compare, check, overhead, peers)
+                                 export, report, compare, check, overhead, peers,
+                                 gpu_pack)
 
 
 def install_signals() -> None:

@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     for v in variants:  # validate every model and request before anything starts
         m = exp.model_for(v, args.model)
         v.check_profile(profile)
+        v.check_model(m, args.runtime)
         if m.is_file and m.name not in checked:
             assets.check_model_file(m)
             checked.add(m.name)

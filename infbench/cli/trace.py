@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                         timeout=base.request_timeout)
     for v in variants:
         m = exp.model_for(v, args.model)
+        v.check_model(m, args.runtime)
         if m.is_file:
             assets.check_model_file(m)
     check_writable(Path(args.results))

@@ -29,6 +29,7 @@ from infbench.config.model import (
     MAX_IMAGES_ENV,
     NAME_MARK,
     PIXELS_MARK,
+    TORCH_NOT_INSTALLED,
     ConfigError,
     Experiments,
     Model,
@@ -41,6 +42,7 @@ from infbench.config.model import (
     auto_window,
     fingerprint,
     one_service,
+    torch_installed,
     with_server,
 )
 
@@ -54,6 +56,7 @@ __all__ = [
     "MAX_IMAGES_ENV",
     "NAME_MARK",
     "PIXELS_MARK",
+    "TORCH_NOT_INSTALLED",
     "ConfigError",
     "Experiments",
     "Model",
@@ -70,5 +73,6 @@ __all__ = [
     "load",
     "one_service",
     "start_order",
+    "torch_installed",
     "with_server",
 ]

@@ -35,6 +35,7 @@ from infbench.config.model import (
     METHODS,
     MODEL_FORMATS,
     SERVERS,
+    THREADED_FORMATS,
     ConfigError,
     Experiments,
     Model,
@@ -109,17 +110,19 @@ def _load_model(name: str, table: Any, base: Path) -> Model:
             "inter_op_threads": int, "cpu_mem_arena": bool}
     values = _fields(where, table, spec)
     fmt = values.get("format", "keras")
-    if fmt == "torch":
-        raise ConfigError(f"{where}.format: 'torch' is not built yet; use 'keras' or 'onnx'")
     _one_of(where, "format", fmt, MODEL_FORMATS)
-    for key in ("intra_op_threads", "inter_op_threads", "cpu_mem_arena"):
-        if key in values and fmt != "onnx":
-            raise ConfigError(f"{where}.{key}: an ONNX Runtime setting, but the model's format "
-                              f"is {fmt!r}; set format = 'onnx' or drop it")
-        if key != "cpu_mem_arena" and values.get(key, 0) < 0:
+    for key in ("intra_op_threads", "inter_op_threads"):
+        if key in values and fmt not in THREADED_FORMATS:
+            raise ConfigError(f"{where}.{key}: a setting of ONNX Runtime and PyTorch, but the "
+                              f"model's format is {fmt!r}; set format = 'onnx' or 'torch', or "
+                              "drop it")
+        if values.get(key, 0) < 0:
             raise ConfigError(f"{where}.{key}: must be 0 (the runtime's default) or more")
-    if fmt == "onnx" and "path" in values:
-        raise ConfigError(f"{where}: format = 'onnx' converts a model we build (arch, "
+    if "cpu_mem_arena" in values and fmt != "onnx":
+        raise ConfigError(f"{where}.cpu_mem_arena: an ONNX Runtime setting, but the model's "
+                          f"format is {fmt!r}; set format = 'onnx' or drop it")
+    if fmt != "keras" and "path" in values:
+        raise ConfigError(f"{where}: format = {fmt!r} converts a model we build (arch, "
                           "input_size); a file of yours ('path') is loaded as it is")
     if "path" in values:
         p = Path(values["path"]).expanduser()
@@ -333,8 +336,8 @@ def _load_service(where: str, name: str, table: Any) -> Service:
     _one_of(where, "call", values.get("call", "predict"), CALL_STYLES)
     _one_of(where, "allocator", values.get("allocator", "glibc"), tuple(ALLOCATORS))
     _one_of(where, "device", values.get("device", "cpu"), DEVICES)
-    if values.get("device") == "cuda":
-        raise ConfigError(f"{where}.device: 'cuda' {no_cuda()}")
+    if values.get("device") == "cuda" and (why := no_cuda()):
+        raise ConfigError(f"{where}.device: 'cuda' {why}")
     _positive(where, "thread_limit", values.get("thread_limit", 0), allow_zero=True)
     _positive(where, "workers", values.get("workers", 1))
     _positive(where, "replicas", values.get("replicas", 1))

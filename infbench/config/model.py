@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -37,14 +38,19 @@ HEALTH_KINDS = ("http", "tcp", "redis", "command", "none")
 DEVICES = ("cpu", "cuda")
 
 
-def no_cuda() -> str:
-    """Why device = "cuda" cannot run here, as the end of a one-line error: no GPU (no
-    nvidia-smi on PATH, no /dev/nvidia0), or, where there is one, that the servers do not honour
-    the setting yet (ONNX Runtime's CUDA provider and torch are issue 24 item 3)."""
-    if not shutil.which("nvidia-smi") and not Path("/dev/nvidia0").exists():
+def has_gpu() -> bool:
+    """An NVIDIA GPU on this machine: nvidia-smi on PATH or /dev/nvidia0 (nothing imported)."""
+    return bool(shutil.which("nvidia-smi")) or Path("/dev/nvidia0").exists()
+
+
+def no_cuda() -> str | None:
+    """Why device = "cuda" cannot run here, as the end of a one-line error (no GPU: no
+    nvidia-smi on PATH, no /dev/nvidia0), or None where there is one: then the servers run an
+    .onnx model on ONNX Runtime's CUDA provider and a .pt model on torch's CUDA device
+    (Variant.check_model refuses a Keras model on cuda)."""
+    if not has_gpu():
         return "needs a GPU, and this machine has none (no nvidia-smi, no /dev/nvidia0)"
-    return ("is not honoured by the servers yet (they run ONNX Runtime's CPU provider and "
-            "TensorFlow as installed); use device = 'cpu'")
+    return None
 ENDPOINTS = ("sync", "async")
 CALL_STYLES = ("predict", "predict_on_batch", "call")
 # How the load can carry a batch of sample images (see Request).
@@ -72,8 +78,43 @@ class ConfigError(Exception):
 
 
 # What a model runs on (docs/servers.md#runtimes): the Keras file, or the same weights converted
-# to ONNX at build time (servers/shared/runtimes.py). "torch" (issue 24) is not built yet.
-MODEL_FORMATS = ("keras", "onnx")
+# at build time to ONNX (ONNX Runtime) or to a torch state dict (PyTorch):
+# servers/shared/runtimes.py.
+MODEL_FORMATS = ("keras", "onnx", "torch")
+# The formats whose runtime takes thread settings (intra_op_threads, inter_op_threads), and the
+# one with an arena setting (cpu_mem_arena).
+THREADED_FORMATS = ("onnx", "torch")
+
+
+# Why RUNTIME=docker refuses a torch model (Variant.check_model).
+TORCH_NOT_IN_IMAGE = (
+    "RUNTIME=docker cannot serve a PyTorch model: the servers' image has no torch (PyPI's "
+    "torch==2.13.0 for Linux is the multi-GB CUDA build, and even the CPU build adds ~870 MB "
+    "to the image); run it with RUNTIME=native")
+
+
+# Why a torch model cannot run natively here: torch is an optional environment
+# (requirements-torch.lock, `make torch`), never installed by `make venv`.
+TORCH_NOT_INSTALLED = (
+    "PyTorch is not installed in this environment (it is optional: `make torch` installs "
+    "requirements-torch.lock, the CPU build)")
+
+
+def torch_installed() -> bool:
+    """torch importable by this interpreter, which the native servers run on (nothing is
+    imported: a search of the path)."""
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
+
+
+def model_runtime(model: Model) -> str:
+    """What runs `model`: its format, or for a file of the user's, what its suffix says."""
+    if model.is_file:
+        suffix = Path(model.path).suffix
+        return {".onnx": "onnx", ".pt": "torch"}.get(suffix, "keras")
+    return model.format
 
 
 @dataclass(frozen=True)
@@ -87,7 +128,8 @@ class Model:
     alpha: float = 1.0
     path: str = ""
     format: str = "keras"
-    # ONNX Runtime's session settings (format "onnx" only): 0 threads is its default.
+    # The runtime's thread pools (format "onnx" or "torch"; 0: its default) and ONNX Runtime's
+    # CPU arena (format "onnx" only).
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     cpu_mem_arena: bool = True
@@ -306,7 +348,7 @@ class Service:
     pid_file: str = ""  # server = "url": a file holding that pid, read when the run starts
     metrics: str = ""  # server = "url": its Prometheus /metrics url, scraped on the run's clock
     cgroup: str = ""  # server = "url": its cgroup's folder (/sys/fs/cgroup/...), for memory/CPU
-    device: str = "cpu"  # cpu | cuda (DEVICES; cuda is a config error until it is honoured)
+    device: str = "cpu"  # cpu | cuda (DEVICES; cuda: an error without a GPU or with Keras)
     # A peer environment of its own (infbench/config/envs.py): {python} is its interpreter.
     venv: str = ""
 
@@ -401,6 +443,24 @@ class Variant:
         raise ConfigError(
             f"{where}: {who} {why}, but profile {profile.name!r} has steps with batch "
             f"{_over(profile.steps, n)}; use a profile whose steps send at most {n}")
+
+    def check_model(self, model: Model, runtime: str) -> None:
+        """The model this variant serves, on `runtime`, as a one-line error before anything
+        starts: a service on device cuda needs a runtime that honours it (an .onnx or .pt
+        model; TensorFlow is installed as tensorflow-cpu), the servers' Docker image has no
+        PyTorch (see TORCH_NOT_IN_IMAGE), and natively a torch model needs torch installed
+        (`make torch`)."""
+        kind = model_runtime(model)
+        if runtime == "docker" and kind == "torch":
+            raise ConfigError(f"model {model.name!r}: {TORCH_NOT_IN_IMAGE}")
+        if kind == "torch" and not torch_installed():
+            raise ConfigError(f"model {model.name!r} runs on PyTorch: {TORCH_NOT_INSTALLED}")
+        for s in self.services:
+            if s.gets_model and s.device == "cuda" and kind not in THREADED_FORMATS:
+                raise ConfigError(
+                    f"variants.{self.name}: service {s.name!r} has device = 'cuda', but model "
+                    f"{model.name!r} is a Keras model (TensorFlow here is tensorflow-cpu); use "
+                    "an onnx or torch model (format = 'onnx' | 'torch')")
 
     def with_probes(self) -> Variant:
         """Every Python service with the probes on (PROBES=1, --probes)."""

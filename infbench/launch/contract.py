@@ -108,7 +108,8 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
     if s.gets_model:
         env.update({"INFBENCH_MODEL_PATH": where.model, "INFBENCH_ENDPOINT": s.endpoint,
                     "INFBENCH_CALL": s.call, MAX_IMAGES_ENV: str(spec.max_images),
-                    "INFBENCH_MAX_BODY_BYTES": str(spec.max_body_bytes)})
+                    "INFBENCH_MAX_BODY_BYTES": str(spec.max_body_bytes),
+                    "INFBENCH_DEVICE": s.device})
     if s.thread_limit:
         env["INFBENCH_THREAD_LIMIT"] = str(s.thread_limit)
     if s.allocator != "glibc":
@@ -135,4 +136,4 @@ def replica_env(spec: ReplicaSpec, where: Where) -> dict[str, str]:
 SCRUBBED = ("INFBENCH_PROBE_DIR", "INFBENCH_TRACEMALLOC", "INFBENCH_TRIM_EACH",
             "INFBENCH_THREAD_LIMIT", "INFBENCH_TIMING_DIR", "INFBENCH_PAD_BATCH",
             "INFBENCH_PROFILER", "INFBENCH_PROFILE_DIR", "INFBENCH_PROFILE_PATH",
-            "INFBENCH_TCP_NODELAY", "INFBENCH_REDIS_MAX_CONNECTIONS")
+            "INFBENCH_TCP_NODELAY", "INFBENCH_REDIS_MAX_CONNECTIONS", "INFBENCH_DEVICE")

@@ -2,7 +2,8 @@
 
 Both are made locally and cached under build/: the model from a fixed seed by
 `python -m servers.shared.model build` (TensorFlow is imported in that child, never in the harness),
-the images from matplotlib's bundled photograph. Nothing is downloaded.
+converted to ONNX or to a PyTorch state dict by the same module's `onnx` and `torch` commands
+when its format says, the images from matplotlib's bundled photograph. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -21,11 +22,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from infbench.config import Model, as_dict, fingerprint
+from infbench.config.model import TORCH_NOT_INSTALLED, torch_installed
 from infbench.paths import ROOT
 
 BUILD = ROOT / "build"
 IMAGE_COUNT = 24
 IMAGE_SEED = 1906  # Grace Hopper's birth year; any fixed value keeps the set reproducible
+# servers.shared.model.BUILDER_VERSION, copied (the harness never imports the servers; a unit
+# test holds the two equal): part of a built model's file name, so a builder that makes
+# something else for the same spec does not reuse the files of the old one.
+MODEL_BUILD = 2
+SUFFIXES = {"keras": ".keras", "onnx": ".onnx", "torch": ".pt"}
+# What each converted format is called in the build's progress lines.
+CONVERTED = {"onnx": "ONNX", "torch": "PyTorch"}
 
 
 class AssetError(Exception):
@@ -35,15 +44,15 @@ class AssetError(Exception):
 def model_path(model: Model, build_dir: Path = BUILD) -> Path:
     if model.is_file:
         return Path(model.path)
-    suffix = ".onnx" if model.format == "onnx" else ".keras"
+    suffix = SUFFIXES[model.format]
     # The description is prose: two specs that differ only there build the same file.
     made_of = dataclasses.replace(model, description="")
-    return build_dir / "models" / f"{model.name}-{fingerprint(made_of)}{suffix}"
+    return build_dir / "models" / f"{model.name}-{fingerprint(made_of, MODEL_BUILD)}{suffix}"
 
 
 def keras_twin(model: Model) -> Model:
-    """The Keras model an ONNX model is converted from: the same spec, format keras, without
-    the runtime's settings (so every ONNX setting shares one Keras file)."""
+    """The Keras model an ONNX or torch model is converted from: the same spec, format keras,
+    without the runtime's settings (so every setting of one runtime shares one Keras file)."""
     return dataclasses.replace(model, format="keras", intra_op_threads=0, inter_op_threads=0,
                                cpu_mem_arena=True)
 
@@ -70,7 +79,10 @@ def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Pat
         return path
     if path.exists():
         return path
-    if model.format == "onnx":
+    if model.format == "torch" and not torch_installed():
+        # Before the Keras file is built: the conversion needs torch in this environment.
+        raise AssetError(f"model {model.name!r} is converted to PyTorch: {TORCH_NOT_INSTALLED}")
+    if model.format in CONVERTED:
         keras_file = ensure_model(keras_twin(model), build_dir, log)
         ensure_images(build_dir)
         with _build_lock(build_dir):
@@ -81,18 +93,21 @@ def ensure_model(model: Model, build_dir: Path = BUILD, log: bool = True) -> Pat
 
 def _convert_model(model: Model, keras_file: Path, path: Path, build_dir: Path,
                    log: bool) -> Path:
-    """The ONNX file from the Keras one (tf2onnx in a child), its outputs checked equal to
-    the Keras file's on the sample images there: a difference over 1e-4 fails the build."""
+    """The ONNX or torch file from the Keras one (tf2onnx, or the same layers rebuilt in
+    torch, in a child), checked against the Keras file on the sample images there: outputs
+    that do not vary across the images, differ by over 1e-4 or name another top-1 class fail
+    the build (servers.shared.runtimes.compare_outputs)."""
     if path.exists():
         return path
+    what = CONVERTED[model.format]
     if log:
-        print(f"converting model {model.name!r} to ONNX ...", flush=True)
-    argv = [sys.executable, "-m", "servers.shared.model", "onnx", "--keras", str(keras_file),
-            "--images", str(images_dir(build_dir)), "--out", str(path)]
+        print(f"converting model {model.name!r} to {what} ...", flush=True)
+    argv = [sys.executable, "-m", "servers.shared.model", model.format, "--keras",
+            str(keras_file), "--images", str(images_dir(build_dir)), "--out", str(path)]
     res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=_quiet_tf_env())
     if res.returncode != 0 or not path.exists():
         err = (res.stderr or res.stdout).strip().splitlines()
-        raise AssetError(f"converting model {model.name!r} to ONNX failed: "
+        raise AssetError(f"converting model {model.name!r} to {what} failed: "
                          f"{err[-1] if err else '?'}")
     if log:
         print("  " + res.stdout.strip().splitlines()[-1], flush=True)

@@ -38,10 +38,10 @@ def call_style(v: Variant) -> tuple[str, str]:
 
 
 def argv(model_path: Path, images: Path, batches: list[int], call: str, out: Path,
-         seconds: float = SECONDS_PER_FIGURE) -> list[str]:
+         seconds: float = SECONDS_PER_FIGURE, device: str = "cpu") -> list[str]:
     return [sys.executable, "-m", "servers.image.model_alone", "--model", str(model_path),
             "--images", str(images), "--batches", ",".join(map(str, batches)), "--call", call,
-            "--seconds", f"{seconds:g}", "--out", str(out)]
+            "--seconds", f"{seconds:g}", "--device", device, "--out", str(out)]
 
 
 def measure(v: Variant, model_path: Path, profile: Profile, images: Path, out_dir: Path,
@@ -53,7 +53,8 @@ def measure(v: Variant, model_path: Path, profile: Profile, images: Path, out_di
     out = out_dir / "model_alone.json"
     say(f"  model alone: {model_path.name}, call {call}, batches "
         f"{', '.join(map(str, batches))} (~{3 * seconds * len(batches) + 10:.0f} s)")
-    group = proc.Group(argv(model_path, images, batches, call, out, seconds),
+    group = proc.Group(argv(model_path, images, batches, call, out, seconds,
+                            v.entry_service.device),
                        log_path=out_dir / "model_alone.log", cwd=ROOT)
     deadline = time.monotonic() + TIMEOUT_S
     try:

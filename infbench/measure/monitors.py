@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from infbench.config import Profile, Variant
-from infbench.measure import energy
+from infbench.measure import energy, gpu
 from infbench.measure.capture import Capture
 from infbench.measure.cgroup import CgroupSampler
 from infbench.measure.outside import OutsideWatch
@@ -35,7 +35,7 @@ from infbench.measure.phases import PhaseLog
 from infbench.measure.prometheus import MetricsSampler
 from infbench.measure.redis import RedisSampler
 from infbench.measure.sampler import ProcessSampler
-from infbench.results.samples import CGROUP_FILE, ENERGY_FILE, METRICS_FILE
+from infbench.results.samples import CGROUP_FILE, ENERGY_FILE, GPU_FILE, METRICS_FILE
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,30 @@ class _Energy(Monitor):
         if s.failed:
             self.log.event("energy_failed", f"{s.failed} of {s.samples} energy samples had a "
                            "powercap zone that did not answer (energy.csv has gaps)")
+
+
+class _Gpu(Monitor):
+    """The GPUs' memory and utilisation (gpu.csv) where a GPU and nvidia-ml-py are, or why
+    not, in phases.json."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.log = ctx.log
+        nvml, handles, why = gpu.open_nvml()
+        self.why = why
+        self.sampler = gpu.GpuSampler(nvml, handles, ctx.out / GPU_FILE).start() \
+            if handles else None
+
+    def stop(self) -> None:
+        s = self.sampler
+        if s is None:
+            self.log.data["gpu"] = {"available": False, "why": self.why}
+            return
+        s.stop()
+        self.log.data["gpu"] = {"available": True, "file": GPU_FILE, "gpus": len(s.handles),
+                                "samples": s.samples}
+        if s.failed:
+            self.log.event("gpu_failed", f"{s.failed} of {s.samples} GPU samples had a GPU "
+                           "that did not answer (gpu.csv has gaps)")
 
 
 class _Redis(Monitor):
@@ -222,6 +246,12 @@ def processes(ctx: Context) -> list[Monitor]:
 def energy_counters(ctx: Context) -> list[Monitor]:
     """The machine's powercap energy counters, where readable: energy.csv."""
     return [_Energy(ctx)]
+
+
+@register("launch")
+def gpus(ctx: Context) -> list[Monitor]:
+    """The GPUs' memory and utilisation, where a GPU and nvidia-ml-py are: gpu.csv."""
+    return [_Gpu(ctx)]
 
 
 @register("healthy")

@@ -51,6 +51,7 @@ def diagnose(exp: config.Experiments, variants: Sequence[config.Variant],
     """Run each variant and its jemalloc twin, side by side, and say each one's hypothesis."""
     for v in variants:
         v.check_profile(profile)
+        v.check_model(exp.model_for(v, model), runtime)
     paired = [x for v in variants for x in (v, under(v, ALLOCATOR))]
     check_writable(results)
     get_launcher(runtime).prepare(paired, say)

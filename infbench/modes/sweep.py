@@ -814,6 +814,8 @@ def run_study(plan: Plan, stream: TextIO | None = None,
     """Run every planned variant. Ctrl-C/SIGTERM/SIGHUP (as KeyboardInterrupt) stops the run:
     what was measured is kept, everything started is ended, the outcome says `interrupted`."""
     stream = stream or sys.stdout
+    for v in plan.variants:  # every way in comes here: a model the runtime cannot serve
+        v.check_model(plan.model_of(v), plan.runtime)
     if plan.profile.capture:  # tcpdump there and allowed to capture, before anything starts
         capture.preflight()
     per_variant = plan.profile.planned_seconds() + STARTUP_ESTIMATE_S

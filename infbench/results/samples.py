@@ -39,6 +39,11 @@ OUTSIDE_FILE = "outside.jsonl"
 CGROUP_FILE = "cgroup_memory.csv"
 METRICS_COLUMNS = ["time", "name", "labels", "value"]
 METRICS_FILE = "metrics.csv"
+# infbench/measure/gpu.py, where a GPU is: one row per GPU per sample (pid empty: the device's
+# memory in use and utilisation), and one per process using it (pid, its memory; util empty).
+GPU_COLUMNS = ["time", "gpu", "pid", "memory_mb", "memory_total_mb", "util_gpu_pct",
+               "util_memory_pct"]
+GPU_FILE = "gpu.csv"
 
 
 def process_rows(path: Path) -> list[dict[str, Any]]:

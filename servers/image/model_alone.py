@@ -1,12 +1,13 @@
 """The model alone, no HTTP: what serving could reach at best on this machine.
 
     python -m servers.image.model_alone --model PATH --images DIR --batches 1,10,40 \
-        [--call predict] [--seconds 5] [--out model_alone.json]
+        [--call predict] [--seconds 5] [--device cpu] [--out model_alone.json]
 
 Run by the harness in a child process (it never imports TensorFlow itself), with the server's
-settings: the same model file, the same call style (INFBENCH_CALL's predict | predict_on_batch
-| call), the profile's batch sizes and the same sample JPEGs. For each batch, one call after
-another on one thread, after a warm-up call:
+settings: the same model file (Keras, ONNX or PyTorch), the same call style (INFBENCH_CALL's
+predict | predict_on_batch | call), the same device (INFBENCH_DEVICE), the profile's batch sizes
+and the same sample JPEGs. For each batch, one call after another on one thread, after a warm-up
+call:
 
   model_images_per_s         the model call only, on a batch decoded once
   decode_images_per_s        decode + resize + scale each JPEG alone (Pillow, servers.shared.model)
@@ -14,8 +15,9 @@ another on one thread, after a warm-up call:
                              and parsing
 
 and beside each, its CPU: `*_cpu_ms_per_image` is the process's CPU time (user + system, every
-thread: TensorFlow's and ONNX Runtime's own thread pools included, time.process_time) over the
-calls, per image; `*_cores` is that CPU over the wall time (how many cores the call kept busy).
+thread: TensorFlow's, ONNX Runtime's and PyTorch's own thread pools included,
+time.process_time) over the calls, per image; `*_cores` is that CPU over the wall time (how
+many cores the call kept busy).
 `cores` says how many cores this process may use: the CPUs it may be scheduled on
 (os.sched_getaffinity) capped by its cgroup's CPU quota (cpu.max, or cpu.cfs_quota_us under
 cgroup v1), the smaller of the two.
@@ -36,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from servers.shared.model import forward, load_model, preprocess
-from servers.shared.settings import CALL_STYLES
+from servers.shared.settings import CALL_STYLES, DEVICES
 
 # Version of model_alone.json (the history is in infbench/results/schemas.py, which must say
 # the same number). 1: first version. 2: CPU per image and cores used of each figure, decode
-# alone, and `cores` (the usable cores: affinity and cgroup quota).
+# alone, and `cores` (the usable cores: affinity and cgroup quota). ("threads" says the runtime:
+# TensorFlow, ONNX Runtime or PyTorch, and its settings; "kind" and "device" were added to 2
+# without a new version: readers take them as optional.)
 SCHEMA = 2
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -129,16 +133,9 @@ def usable_cores() -> dict[str, Any]:
             "cgroup_quota_from": where, "source": source}
 
 
-def _threads(onnx: Any) -> str:
-    """ONNX Runtime's thread settings as the model set them (0: its default, the cores)."""
-    st = onnx.settings
-    return (f"ONNX Runtime intra-op {st.intra_op_threads or 'default'}, inter-op "
-            f"{st.inter_op_threads or 'default'}, cpu_mem_arena {st.cpu_mem_arena}")
-
-
 def measure(model_path: str, images_dir: Path, batches: list[int], call: str,
-            seconds: float) -> dict[str, Any]:
-    loaded = load_model(model_path)
+            seconds: float, device: str = "cpu") -> dict[str, Any]:
+    loaded = load_model(model_path, device=device)
     jpegs = [p.read_bytes() for p in sorted(images_dir.glob("*.jpg"))]
     if not jpegs:
         raise SystemExit(f"model_alone: no sample images in {images_dir}")
@@ -167,8 +164,7 @@ def measure(model_path: str, images_dir: Path, batches: list[int], call: str,
     return {"schema": SCHEMA, "model": loaded.name, "input_size": loaded.input_size,
             "call": call, "seconds_per_figure": seconds, "pid": os.getpid(),
             "cores": usable_cores(),
-            "threads": _threads(loaded.model) if loaded.kind == "onnx" else
-            "TensorFlow defaults (intra/inter-op = the machine's cores)",
+            "kind": loaded.kind, "device": device, "threads": loaded.runtime(),
             "batches": out}
 
 
@@ -179,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", required=True, help="comma-separated batch sizes")
     ap.add_argument("--call", choices=CALL_STYLES, default="predict")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--device", choices=DEVICES, default="cpu")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     try:
@@ -187,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--batches: not a list of integers: {args.batches!r}")
     if not batches or min(batches) < 1 or args.seconds <= 0:
         ap.error("--batches must be positive integers and --seconds > 0")
-    doc = measure(args.model, args.images, batches, args.call, args.seconds)
+    doc = measure(args.model, args.images, batches, args.call, args.seconds, args.device)
     text = json.dumps(doc, indent=2)
     if args.out:
         tmp = args.out.with_suffix(".tmp")

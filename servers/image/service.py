@@ -252,10 +252,11 @@ class Service:
             # Must run inside the event loop: the limiter belongs to the running loop.
             anyio.to_thread.current_default_thread_limiter().total_tokens = s.thread_limit
         started = time.perf_counter()
-        self._model = load_model(s.model_path, s.input_size)
+        self._model = load_model(s.model_path, s.input_size, s.device)
         size = self._model.input_size
         predict(self._model, np.zeros((1, size, size, 3), dtype=np.float32), s.call)
-        print(f"infbench: {self._model.name} ({self._model.kind}, {size}x{size}) loaded and "
+        print(f"infbench: {self._model.name} ({self._model.kind}, {size}x{size}, "
+              f"{self._model.runtime()}) loaded and "
               f"warmed in {time.perf_counter() - started:.1f} s; endpoint={s.endpoint} "
               f"thread_limit={s.thread_limit} call={s.call} pid={os.getpid()}",
               file=sys.stderr, flush=True)
@@ -264,6 +265,7 @@ class Service:
     def health(self) -> dict[str, Any]:
         s = self.settings
         return {"status": "ok", "model": self.model.name, "input_size": self.model.input_size,
+                "kind": self.model.kind, "device": s.device,
                 "endpoint": s.endpoint, "thread_limit": s.thread_limit, "call": s.call,
                 "pid": os.getpid(), "inflight": self.inflight, "max_images": s.max_images,
                 "max_body_bytes": s.max_body_bytes, "trim_each_request": s.trim_each,

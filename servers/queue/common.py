@@ -81,6 +81,7 @@ from servers.shared.settings import (
     DEFAULT_REDIS_MAX_CONNECTIONS,
     SettingsError,
     env_choice,
+    env_device,
     env_dir,
     env_float,
     env_int,
@@ -129,6 +130,7 @@ class QueueSettings:
     batch: int = DEFAULT_BATCH
     call: str = "predict"
     input_size: int | None = None
+    device: str = "cpu"  # the worker's INFBENCH_DEVICE
     # The APIs' pool; the worker pops with one connection at a time and ignores it.
     redis_max_connections: int = DEFAULT_REDIS_MAX_CONNECTIONS
 
@@ -160,14 +162,16 @@ def load_settings(role: str, env: Mapping[str, str] | None = None) -> QueueSetti
     timing_dir: Path | None = None
     model_path = ""
     call = "predict"
+    device = "cpu"
     max_connections = DEFAULT_REDIS_MAX_CONNECTIONS
     if role == "api":
         timing_dir = env_dir(env, "INFBENCH_TIMING_DIR")
         max_connections = env_redis_max_connections(env)
     else:
         model_path = env_path(env, "INFBENCH_MODEL_PATH",
-                              "for the worker (a .keras/.h5 file or SavedModel dir)")
+                              "for the worker (a .keras/.h5 file, SavedModel dir, .onnx or .pt)")
         call = env_choice(env, "INFBENCH_CALL", CALL_STYLES, "predict")
+        device = env_device(env)
     return QueueSettings(
         redis_url=url,
         prefix=prefix,
@@ -181,6 +185,7 @@ def load_settings(role: str, env: Mapping[str, str] | None = None) -> QueueSetti
         batch=env_int(env, "INFBENCH_QUEUE_BATCH", DEFAULT_BATCH),
         call=call,
         input_size=env_int(env, "INFBENCH_INPUT_SIZE"),
+        device=device,
         redis_max_connections=max_connections,
     )
 

@@ -56,7 +56,7 @@ from servers.queue.common import (
 from servers.shared.cli import Parser
 from servers.shared.errors import reason
 from servers.shared.model import BadImage, decode_image, load_model, predict
-from servers.shared.runtimes import ONNX_SUFFIX
+from servers.shared.runtimes import ONNX_SUFFIX, TORCH_SUFFIX
 
 PROGRAM = "servers.queue.worker"
 # BLMPOP's wait: how long a SIGTERM may go unnoticed while the queue is empty.
@@ -103,13 +103,13 @@ class Worker:
     # -- model --------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load and warm the model once. A TensorFlow model (Keras or SavedModel) turns on GPU
-        memory growth first, so replicas can share one; an ONNX model runs on ONNX Runtime's
-        CPU provider and imports no TensorFlow (about 500 MB and seconds of start)."""
+        """Load and warm the model once. A Keras model: TensorFlow's GPU memory growth first,
+        so replicas can share one. An .onnx or .pt model runs where INFBENCH_DEVICE says
+        (ONNX Runtime or torch, no TensorFlow imported)."""
         started = time.perf_counter()
         s = self.settings
-        if Path(s.model_path).suffix == ONNX_SUFFIX:
-            self.stats.device = "CPU"
+        if Path(s.model_path).suffix in (ONNX_SUFFIX, TORCH_SUFFIX):
+            self.stats.device = "CPU" if s.device == "cpu" else "cuda:0"
         else:
             import tensorflow as tf
 
@@ -117,7 +117,7 @@ class Worker:
             for gpu in gpus:
                 tf.config.experimental.set_memory_growth(gpu, True)
             self.stats.device = "GPU:0" if gpus else "CPU"
-        self.model = load_model(s.model_path, s.input_size)
+        self.model = load_model(s.model_path, s.input_size, s.device)
         self.input_size = self.model.input_size
         for n in sorted({1, s.batch}):
             predict(self.model, np.zeros((n, self.input_size, self.input_size, 3), np.float32),

@@ -6,6 +6,8 @@ Keras (and so TensorFlow) is imported lazily inside the functions that need it, 
 CLI:
     python -m servers.shared.model build --arch mobilenet_v2 --input-size 96 --classes 1000 \
         --seed 0 --alpha 0.35 --out build/models/small.keras
+    python -m servers.shared.model onnx  --keras small.keras --images build/images --out small.onnx
+    python -m servers.shared.model torch --keras small.keras --images build/images --out small.pt
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from PIL import Image, UnidentifiedImageError
 
 from servers.shared.cli import Parser, positive_int
 from servers.shared.errors import reason
-from servers.shared.runtimes import ONNX_SUFFIX, OnnxPredictor, convert_to_onnx
+from servers.shared.runtimes import (
+    DEVICES,
+    ONNX_SUFFIX,
+    TORCH_SUFFIX,
+    Agreement,
+    OnnxPredictor,
+    RuntimeUnavailable,
+    TorchPredictor,
+    convert_to_onnx,
+    convert_to_torch,
+)
 from servers.shared.settings import CALL_STYLES
 
 if TYPE_CHECKING:
@@ -36,7 +48,12 @@ ARCHS = ("tiny_cnn", "mobilenet_v2", "mnist_cnn")
 # Colour channels of each architecture's input; images are converted to match (1: grayscale).
 ARCH_CHANNELS = {"tiny_cnn": 3, "mobilenet_v2": 3, "mnist_cnn": 1}
 CHANNELS = (1, 3)
-MODEL_SUFFIXES = (".keras", ".h5", ".onnx")  # .onnx: servers/shared/runtimes.py
+MODEL_SUFFIXES = (".keras", ".h5", ".onnx", ".pt")  # .onnx, .pt: servers/shared/runtimes.py
+# What `build` makes for given arguments; bumped whenever that changes (2: MobileNetV2's batch
+# norms calibrated, calibrate_batchnorm). The harness puts its copy in each built model's file
+# name (infbench/measure/assets.py MODEL_BUILD; a test holds the two equal), so a cached model
+# of an older builder is rebuilt rather than reused.
+BUILDER_VERSION = 2
 
 # Cap on decoded pixels (40 MP): a small upload can decode into gigabytes otherwise. Pillow
 # warns above this and raises above twice this; `preprocess` also rejects above it itself.
@@ -92,8 +109,56 @@ def build_model(arch: str, input_size: int, classes: int, seed: int,
         outputs = keras.layers.Dense(classes, activation="softmax")(x)
         return keras.Model(inputs, outputs, name="mnist_cnn")
     # weights=None always: nothing is downloaded, the weights are random from the seed.
-    return keras.applications.MobileNetV2(weights=None, input_shape=shape, alpha=alpha,
-                                          classes=classes)
+    model = keras.applications.MobileNetV2(weights=None, input_shape=shape, alpha=alpha,
+                                           classes=classes)
+    calibrate_batchnorm(model, seed)
+    return model
+
+
+def calibration_batch(shape: tuple[int, ...], seed: int, count: int = 32) -> np.ndarray:
+    """`count` smooth random images of `shape` (H, W, C) in [-1, 1], the same for the same seed:
+    random 6x6 colour fields resized up, which look more like photographs to a first layer
+    than pixel noise does."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    coarse = rng.uniform(-1.0, 1.0, (count, 6, 6, c)).astype(np.float32)
+    out = np.empty((count, h, w, c), dtype=np.float32)
+    for i, field in enumerate(coarse):
+        for ch in range(c):
+            img = Image.fromarray(field[..., ch], mode="F")
+            out[i, ..., ch] = np.asarray(img.resize((w, h), Image.Resampling.BILINEAR))
+    return out
+
+
+def calibrate_batchnorm(model: keras.Model, seed: int) -> None:
+    """Set every BatchNormalization layer's moving mean and variance to the statistics of its
+    input on `calibration_batch`, so each normalises what it really receives.
+
+    A randomly initialised MobileNetV2 keeps the initial statistics (mean 0, variance 1) while
+    its activations shrink block after block: its softmax came out 0.001 for all 1000 classes on
+    every image, and any conversion of it "matched". Calibrated, its outputs differ from image
+    to image (docs/servers.md#runtimes). One forward pass in training mode with momentum 0
+    writes each layer's batch statistics as its moving ones, each layer seeing the layers before
+    it already normalised, as at inference. Deterministic: the batch is from `seed` and the
+    reductions run with TensorFlow's op determinism on.
+    """
+    import keras
+    import tensorflow as tf
+
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return
+    tf.config.experimental.enable_op_determinism()
+    batch = calibration_batch(tuple(model.input_shape[1:]), seed)
+    saved = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.momentum = 0.0
+    try:
+        model(batch, training=True)
+    finally:
+        for layer, momentum in zip(norms, saved, strict=True):
+            layer.momentum = momentum
 
 
 def save_atomically(model: keras.Model, out: Path) -> None:
@@ -184,26 +249,52 @@ def _square_size(shape: Any) -> int | None:
 class LoadedModel:
     """A loaded model and what a server needs to know about it."""
 
-    model: Any  # keras.Model, SavedModelPredictor or runtimes.OnnxPredictor
+    model: Any  # keras.Model, SavedModelPredictor, runtimes.OnnxPredictor or TorchPredictor
     input_size: int
     path: str
-    kind: str  # "keras", "savedmodel" or "onnx"
+    kind: str  # "keras", "savedmodel", "onnx" or "torch"
     channels: int = 3  # 3: RGB images; 1: grayscale (models with an (N, N, 1) input)
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
         return Path(self.path).name
 
+    def runtime(self) -> str:
+        """The runtime and its settings, in words (model_alone.json, the servers' log)."""
+        describe = getattr(self.model, "describe", None)
+        if describe is not None:
+            return str(describe())
+        return "TensorFlow defaults (intra/inter-op = the machine's cores)"
 
-def load_model(path: str, input_size: int | None = None) -> LoadedModel:
-    """Load a .keras/.h5 file or a SavedModel directory.
+
+def load_model(path: str, input_size: int | None = None, device: str = "cpu") -> LoadedModel:
+    """Load a .keras/.h5 file, a SavedModel directory, an .onnx file or a torch .pt file of ours.
 
     `input_size` (env INFBENCH_INPUT_SIZE in the servers) is used when the model does not
-    declare a fixed square input itself, as a SavedModel's signature may not.
+    declare a fixed square input itself, as a SavedModel's signature may not. `device`
+    (INFBENCH_DEVICE) is "cpu" or "cuda"; "cuda" runs ONNX Runtime's CUDA provider or torch's
+    CUDA device, and is refused for Keras (TensorFlow is installed as tensorflow-cpu here).
     """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"model not found: {path}")
+    if p.suffix in (ONNX_SUFFIX, TORCH_SUFFIX) and p.is_file():
+        runtime = (OnnxPredictor(path, device=device) if p.suffix == ONNX_SUFFIX
+                   else TorchPredictor(path, device=device))
+        declared = _image_shape(runtime.input_shape)
+        size = (declared[0] if declared else None) or input_size
+        if size is None:
+            raise ValueError(f"{runtime.kind} model {path} has input shape "
+                             f"{runtime.input_shape}, not (N, N, 3) or (N, N, 1); set "
+                             "INFBENCH_INPUT_SIZE")
+        return LoadedModel(runtime, size, path, runtime.kind, declared[1] if declared else 3,
+                           device)
+    if device != "cpu":
+        raise RuntimeUnavailable(f"device {device!r}: a Keras model runs on TensorFlow as "
+                                 "installed here (tensorflow-cpu); use an .onnx or .pt model")
     if p.is_dir():
         sm = SavedModelPredictor(path)
         declared = sm.signature_image_shape()
@@ -213,16 +304,8 @@ def load_model(path: str, input_size: int | None = None) -> LoadedModel:
                              "set INFBENCH_INPUT_SIZE")
         return LoadedModel(sm, size, path, "savedmodel", declared[1] if declared else 3)
     if p.suffix not in MODEL_SUFFIXES:
-        raise ValueError(f"model file {path} must end in .keras, .h5 or .onnx "
+        raise ValueError(f"model file {path} must end in .keras, .h5, .onnx or .pt "
                          "(or be a SavedModel dir)")
-    if p.suffix == ONNX_SUFFIX:
-        onnx = OnnxPredictor(path)
-        declared = _image_shape(onnx.input_shape)
-        size = (declared[0] if declared else None) or input_size
-        if size is None:
-            raise ValueError(f"ONNX model {path} has input shape {onnx.input_shape}, not "
-                             "(N, N, 3) or (N, N, 1); set INFBENCH_INPUT_SIZE")
-        return LoadedModel(onnx, size, path, "onnx", declared[1] if declared else 3)
     import keras
 
     model = keras.models.load_model(path, compile=False)
@@ -371,18 +454,25 @@ def _parser() -> Parser:
     b.add_argument("--alpha", type=_positive_float, default=1.0,
                    help="MobileNetV2 width multiplier (ignored by the other archs)")
     b.add_argument("--out", required=True, type=Path, help="output .keras or .h5 file")
-    o = sub.add_parser("onnx", program=PROG,
-                       help="convert a .keras file to .onnx, checked on the sample images")
-    o.add_argument("--keras", required=True, type=Path, help="the .keras file")
-    o.add_argument("--images", required=True, type=Path, help="folder of sample .jpg images")
-    o.add_argument("--out", required=True, type=Path, help="output .onnx file")
+    for name, suffix, what in (("onnx", ONNX_SUFFIX, "ONNX (tf2onnx)"),
+                               ("torch", TORCH_SUFFIX, "a torch state dict (the same layers)")):
+        c = sub.add_parser(name, program=PROG,
+                           help=f"convert a .keras file to {what}, checked on the sample images")
+        c.add_argument("--keras", required=True, type=Path, help="the .keras file")
+        c.add_argument("--images", required=True, type=Path,
+                       help="folder of sample .jpg images")
+        c.add_argument("--out", required=True, type=Path, help=f"output {suffix} file")
     return parser
 
 
+CONVERSIONS = {"onnx": (ONNX_SUFFIX, convert_to_onnx), "torch": (TORCH_SUFFIX, convert_to_torch)}
+
+
 def _convert(args: argparse.Namespace, started: float) -> int:
+    suffix, convert = CONVERSIONS[args.command]
     out: Path = args.out
-    if out.suffix != ONNX_SUFFIX:
-        print(f"{PROG}: error: --out must end in {ONNX_SUFFIX}, got {out}", file=sys.stderr)
+    if out.suffix != suffix:
+        print(f"{PROG}: error: --out must end in {suffix}, got {out}", file=sys.stderr)
         return 1
     jpegs = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
     if not jpegs:
@@ -392,25 +482,19 @@ def _convert(args: argparse.Namespace, started: float) -> int:
         loaded = load_model(str(args.keras))
         sample = preprocess(jpegs, loaded.input_size, loaded.channels)
         del loaded
-        diff, spread = convert_to_onnx(args.keras, out, sample)
+        agreement: Agreement = convert(args.keras, out, sample)
     except Exception as exc:
         print(f"{PROG}: error: {reason(exc)}", file=sys.stderr)
         return 1
-    print(f"converted {args.keras.name} -> {out} (outputs within {diff:.2g} of the Keras "
-          f"file's on {len(jpegs)} sample images) in {time.perf_counter() - started:.1f} s",
-          flush=True)
-    if spread == 0.0:
-        # A randomly initialised model can answer the same for every image (small does): the
-        # equality then says nothing about the layers before the output. Said, not hidden.
-        print(f"{PROG}: warning: the Keras outputs are the same for every sample image, so "
-              "the equality check says little about this model", file=sys.stderr, flush=True)
+    print(f"converted {args.keras.name} -> {out} ({agreement.describe()}) in "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = _parser().parse_args(argv)
-    if args.command == "onnx":
+    if args.command in CONVERSIONS:
         return _convert(args, started)
     out: Path = args.out
     if out.suffix not in (".keras", ".h5"):

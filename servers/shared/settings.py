@@ -3,7 +3,11 @@
 The harness configures every variant through these variables, so a bad value must stop the
 server at startup with a message naming the variable, never surface later as a 500.
 
-    INFBENCH_MODEL_PATH      (required) .keras/.h5 file or TF SavedModel directory
+    INFBENCH_MODEL_PATH      (required) .keras/.h5 file, TF SavedModel directory, .onnx or
+                             torch .pt file
+    INFBENCH_DEVICE          cpu (default) | cuda: where an .onnx or .pt model runs (ONNX
+                             Runtime's CUDA provider, torch's CUDA device); cuda with a Keras
+                             model, or on a machine without a GPU, stops the server at startup
     INFBENCH_ENDPOINT        sync (default) | async
     INFBENCH_THREAD_LIMIT    unset (anyio's default, 40) or a positive int
     INFBENCH_MAX_IMAGES      images per request (default 128)
@@ -45,6 +49,8 @@ from pathlib import Path
 from typing import overload
 
 ENDPOINTS = ("sync", "async")
+DEVICES = ("cpu", "cuda")  # servers.shared.runtimes.DEVICES
+DEVICE_VAR = "INFBENCH_DEVICE"
 CALL_STYLES = ("predict", "predict_on_batch", "call")
 DEFAULT_MAX_IMAGES = 128
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -84,6 +90,7 @@ class Settings:
     pad_batch: int = 0
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     max_inflight_pixels: int = DEFAULT_MAX_INFLIGHT_PIXELS
+    device: str = "cpu"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +138,11 @@ def env_float(env: Mapping[str, str], name: str, default: float,
     if not (math.isfinite(value) and value > 0):
         raise SettingsError(f"{name}: expected {what}, got {raw!r}")
     return value
+
+
+def env_device(env: Mapping[str, str]) -> str:
+    """INFBENCH_DEVICE: where the model runs (cpu | cuda)."""
+    return env_choice(env, DEVICE_VAR, DEVICES, "cpu")
 
 
 def env_path(env: Mapping[str, str], name: str, required: str) -> str:
@@ -188,7 +200,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Validate the INFBENCH_* variables (from `env`, default os.environ)."""
     env = os.environ if env is None else env
     return Settings(
-        model_path=env_path(env, "INFBENCH_MODEL_PATH", "(a .keras/.h5 file or SavedModel dir)"),
+        model_path=env_path(env, "INFBENCH_MODEL_PATH",
+                            "(a .keras/.h5 file, SavedModel dir, .onnx or .pt file)"),
         endpoint=env_choice(env, "INFBENCH_ENDPOINT", ENDPOINTS, "sync"),
         thread_limit=env_int(env, "INFBENCH_THREAD_LIMIT"),
         max_images=env_int(env, "INFBENCH_MAX_IMAGES", DEFAULT_MAX_IMAGES),
@@ -201,4 +214,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                    DEFAULT_MAX_REQUEST_PIXELS),
         max_inflight_pixels=env_int(env, "INFBENCH_MAX_INFLIGHT_PIXELS",
                                     DEFAULT_MAX_INFLIGHT_PIXELS),
+        device=env_device(env),
     )

@@ -19,7 +19,7 @@ from infbench import config
 from infbench.measure import assets
 from infbench.paths import HOST, ROOT
 from servers.shared.model import forward, load_model, preprocess
-from servers.shared.runtimes import ONNX_TOLERANCE
+from servers.shared.runtimes import TOLERANCE
 from tests.fixtures.helpers import free_port, quiet_env, running
 
 pytestmark = pytest.mark.integration
@@ -49,11 +49,11 @@ def test_onnx_outputs_equal_the_keras_files(built: tuple[Path, Path, Path]) -> N
     batch = preprocess(jpegs, keras.input_size)
     want = forward(keras, batch, "predict_on_batch")
     # The tiny model's outputs differ from image to image, so equality is a real check.
-    assert float(want.std(axis=0).max()) > 10 * ONNX_TOLERANCE
+    assert float(want.std(axis=0).max()) > 10 * TOLERANCE
     for style in ("predict", "predict_on_batch", "call"):
         got = forward(onnx, batch, style, pad_to=4)
         assert got.shape == want.shape == (len(jpegs), 10)
-        assert float(np.abs(got - want).max()) <= ONNX_TOLERANCE
+        assert float(np.abs(got - want).max()) <= TOLERANCE
 
 
 def test_convert_cli_bad_input_is_one_line(built: tuple[Path, Path, Path],

@@ -275,7 +275,8 @@ def test_settings_errors_name_the_variable(tmp_path: Path) -> None:
                         ("INFBENCH_FEEDBACK_TTL", "1.5"), ("INFBENCH_MAX_BODY_BYTES", "big"),
                         ("INFBENCH_TIMING_DIR", str(model / "sub"))]:
         cases.append(("api", {**url, name: value}, name))
-    for name, value in [("INFBENCH_QUEUE_BATCH", "0"), ("INFBENCH_CALL", "apply")]:
+    for name, value in [("INFBENCH_QUEUE_BATCH", "0"), ("INFBENCH_CALL", "apply"),
+                        ("INFBENCH_DEVICE", "gpu")]:
         cases.append(("worker", {**url, "INFBENCH_MODEL_PATH": str(model), name: value}, name))
     for role, env, name in cases:
         with pytest.raises(SettingsError, match=rf"^{name}"):

@@ -195,7 +195,7 @@ def test_settings_errors_name_the_variable(model_path: Path) -> None:
     for name, value in [("INFBENCH_ENDPOINT", "threads"), ("INFBENCH_THREAD_LIMIT", "0"),
                         ("INFBENCH_MAX_IMAGES", "many"), ("INFBENCH_CALL", "apply"),
                         ("INFBENCH_MAX_BODY_BYTES", "-5"), ("INFBENCH_TRIM_EACH", "yes"),
-                        ("INFBENCH_PAD_BATCH", "0")]:
+                        ("INFBENCH_PAD_BATCH", "0"), ("INFBENCH_DEVICE", "tpu")]:
         with pytest.raises(SettingsError, match=rf"^{name}"):
             load_settings({**good, name: value})
     with pytest.raises(SettingsError, match=r"^INFBENCH_MODEL_PATH"):

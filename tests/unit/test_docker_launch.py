@@ -95,7 +95,7 @@ def test_run_argv_mounts_names_labels_and_runs_mprof_inside(tmp_path: Path) -> N
                    "INFBENCH_MODEL_PATH": "/models/tiny-123456.keras",
                    "INFBENCH_ENDPOINT": "sync", "INFBENCH_CALL": "predict",
                    "INFBENCH_MAX_IMAGES": "128",
-                   "INFBENCH_MAX_BODY_BYTES": str(64 * 2**20),
+                   "INFBENCH_MAX_BODY_BYTES": str(64 * 2**20), "INFBENCH_DEVICE": "cpu",
                    # nothing of the host's but which hosts bypass a proxy (loopback's)
                    **loopback.no_proxy_vars()}
     image_at = argv.index("infbench-server:0123456789ab")

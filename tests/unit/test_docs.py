@@ -51,7 +51,7 @@ PATH_PREFIXES = ("infbench/", "servers/", "tests/", "scripts/", "docker/", "load
                  "benchmarks/", "examples/", "docs/", "results/reference",
                  "results/queue-reference", ".ci/")
 TOP_FILES = {"README.md", "makefile", "experiments.toml", "pyproject.toml", "requirements.lock",
-             "requirements-nodeps.lock", ".gitignore"}
+             "requirements-nodeps.lock", "requirements-torch.lock", ".gitignore"}
 PLACEHOLDER = re.compile(r"<[^<>/]*>|\{[^{}/]*\}|…|\*")
 
 

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.unit
 
 
 def test_the_shipped_monitors_are_registered_at_their_moment() -> None:
-    assert [f.__name__ for f in monitors.FACTORIES["launch"]] == ["processes", "energy_counters"]
+    assert [f.__name__ for f in monitors.FACTORIES["launch"]] == ["processes", "energy_counters",
+                                                               "gpus"]
     assert [f.__name__ for f in monitors.FACTORIES["healthy"]] == ["redis", "metrics", "cgroup",
                                                                  "outside", "capture"]
 
