@@ -17,7 +17,10 @@ Run by the harness once per step, headless, with its settings in the environment
   INFBENCH_ON_START         a path each user GETs once when it starts ("" : none)
   INFBENCH_UNTIL_STABLE     1: end the step early once throughput and p50 held within
                             INFBENCH_STABLE_TOLERANCE for INFBENCH_STABLE_WINDOWS windows of
-                            INFBENCH_STABLE_WINDOW_S seconds (the step's seconds are the most)
+                            INFBENCH_STABLE_WINDOW_S seconds (the step's seconds are the most);
+                            on a distributed step's master, judged on the rows its workers send
+  INFBENCH_STABLE_FORWARD   1: a distributed step's worker sends its finished requests to the
+                            master once a second, for the master's stability rule
   INFBENCH_RATE             requests/s above 0: an open-loop step (OpenLoopClient, below)
                             instead of users; INFBENCH_ARRIVAL constant | poisson,
                             INFBENCH_ARRIVAL_SEED, INFBENCH_MAX_IN_FLIGHT
@@ -128,6 +131,13 @@ MAX_IN_FLIGHT = int(os.environ.get("INFBENCH_MAX_IN_FLIGHT", "512") or 512)
 # log goes, and where its share of the open-loop schedule starts (seconds added to every offset).
 REQUESTS_LOG = os.environ.get("INFBENCH_REQUEST_LOG", "")
 ARRIVAL_OFFSET_S = float(os.environ.get("INFBENCH_ARRIVAL_OFFSET_S", "0") or 0)
+# An until_stable distributed step: each worker sends the master (t_end, latency_ms, ok) of
+# what finished, every FORWARD_S; the master judges only windows that ended FORWARD_LAG_S ago,
+# so that a window's last rows have arrived before it is counted.
+STABLE_FORWARD = os.environ.get("INFBENCH_STABLE_FORWARD", "0") == "1"
+FORWARD_S = 1.0
+FORWARD_LAG_S = 2.5
+ROWS_MESSAGE = "infbench_rows"
 
 _counts: dict[str, Any] = {
     "batch": BATCH, "started": 0, "finished": 0, "failed": 0,
@@ -445,12 +455,16 @@ def _stability() -> None:
     if not _env:
         return
     env = _env[0]
+    # A master sees its workers' rows up to FORWARD_S late: it judges windows that ended
+    # FORWARD_LAG_S ago (the same windows, judged a moment later).
+    lag = FORWARD_LAG_S if isinstance(env.runner, MasterRunner) else 0.0
     start = time.time()
+    gevent.sleep(lag)
     while True:
         gevent.sleep(STABLE_WINDOW_S)
         now = time.time()
         rows = [stability.RequestRow(t, ms, ok) for t, ms, ok, _, _ in _log if t >= start]
-        wins = stability.windows_from_requests(rows, start, now, STABLE_WINDOW_S)
+        wins = stability.windows_from_requests(rows, start, now - lag, STABLE_WINDOW_S)
         if wins:
             w = wins[-1]
             _counts["windows"].append({"t": w.t1, "rps": round(w.rps, 3), "p50_ms": w.p50_ms})
@@ -462,12 +476,35 @@ def _stability() -> None:
             return
 
 
+def _forward() -> None:
+    """A worker's finished requests to its master, once a second, for the master's
+    stability rule (only t_end, latency and ok: the full log is merged after the step)."""
+    runner = _env[0].runner if _env else None
+    if runner is None:
+        return
+    sent = 0
+    while True:
+        gevent.sleep(FORWARD_S)
+        rows = _log[sent:]
+        sent += len(rows)
+        if rows:
+            runner.send_message(ROWS_MESSAGE, [[t, ms, ok] for t, ms, ok, _, _ in rows])
+
+
+def _on_rows(msg: Any, **_: Any) -> None:
+    """On the master: a worker's rows, into the log the stability rule reads (the master
+    writes no request log of its own)."""
+    _log.extend((float(t), float(ms), bool(ok), None, "") for t, ms, ok in msg.data)
+
+
 @events.test_start.add_listener
 def _on_start(**_: Any) -> None:
     _counts["test_start"] = time.time()
     gevent.spawn(_writer)
     if UNTIL_STABLE:
         gevent.spawn(_stability)
+    if STABLE_FORWARD and _env and isinstance(_env[0].runner, WorkerRunner):
+        gevent.spawn(_forward)
 
 
 @events.test_stopping.add_listener
@@ -494,6 +531,8 @@ _env: list[Environment] = []
 @events.init.add_listener
 def _on_init(environment: Environment, **_: Any) -> None:
     _env.append(environment)
+    if UNTIL_STABLE and isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(ROWS_MESSAGE, _on_rows)
 
 
 def _replace(path: str, write: Any) -> None:

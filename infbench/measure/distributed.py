@@ -17,6 +17,10 @@ Each worker writes its own counters (`<step>_w<k>_counts.json`) and request log
 step's clock, test_start and test_stopping). The step's `_counts.json` and `_requests.csv`
 are the merge: counters summed, request logs concatenated in time order, so percentiles
 are computed from every sample, never averaged across workers.
+
+`until_stable` in a distributed step: each worker sends the master what finished (t_end,
+latency, ok) once a second, a Locust custom message; the master applies the stability rule to
+those rows, the windows a few seconds late, and quits the step as a lone process would.
 """
 
 from __future__ import annotations
@@ -45,10 +49,12 @@ def part_paths(out_dir: Path, name: str, k: int) -> tuple[Path, Path]:
 def worker_env(base: dict[str, str], k: int, workers: int, rate: float, arrival: str,
                seed: int, index: int, counts: Path, requests: Path) -> dict[str, str]:
     """Worker k's (of `workers`) environment: its share of an open-loop rate, its own seed
-    and phase, its own files; stability is not judged by a worker (it sees a share only)."""
+    and phase, its own files. Stability is not judged by a worker (it sees a share only): in
+    an until_stable step it sends its rows to the master, which judges them all."""
     env = dict(base)
+    forward = base.get("INFBENCH_UNTIL_STABLE") == "1"
     env.update({"INFBENCH_COUNTS": str(counts), "INFBENCH_REQUEST_LOG": str(requests),
-                "INFBENCH_UNTIL_STABLE": "0"})
+                "INFBENCH_UNTIL_STABLE": "0", "INFBENCH_STABLE_FORWARD": "1" if forward else "0"})
     if rate > 0:
         env["INFBENCH_RATE"] = f"{rate / workers:g}"
         env["INFBENCH_ARRIVAL_SEED"] = str(step_seed(seed, index) * 1_000 + k)

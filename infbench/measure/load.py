@@ -217,7 +217,7 @@ def _start_distributed(profile: Profile, step: Step, index: int, host: str, out_
                                         locustfile, port)
     master_env = dict(env)
     master_counts = out_dir / f"{name}_master_counts.json"
-    master_env.update({"INFBENCH_COUNTS": str(master_counts), "INFBENCH_UNTIL_STABLE": "0"})
+    master_env["INFBENCH_COUNTS"] = str(master_counts)
     group = proc.Group(locust_argv(profile, step, host, prefix, locustfile=locustfile,
                                    master_port=port),
                        log_path=out_dir / f"{name}_locust.log", env=master_env, cwd=ROOT)

@@ -6,7 +6,8 @@ and request logs of every worker merged into the step's (the master's stats CSV 
 same requests), an open-loop rate split across the workers (each sends its share, not the
 whole rate), every process's CPU sampled; a worker killed mid-step by its process group is a
 fault and the run is not complete; an external worker started by the test from the script
-the harness writes joins the master and the run completes.
+the harness writes joins the master and the run completes; an until_stable step is ended by
+the master from the rows its workers send.
 """
 
 from __future__ import annotations
@@ -195,3 +196,31 @@ class TestExternalWorker:
         ph = json.loads((d / "outside" / "phases.json").read_text())
         failed = [e for e in ph["events"] if e["kind"] == "load_failed"]
         assert failed and "Gave up waiting for workers" in failed[0]["detail"], out[-3000:]
+
+
+class TestUntilStable:
+    def test_the_master_ends_a_stable_step_from_its_workers_rows(self, tmp_path: Path,
+                                                                 outside: str) -> None:
+        # A loose tolerance: the mechanism is under test here, not the rule (tests/unit).
+        extra = ("load_processes = 2\nstable_window_s = 1\nstable_windows = 3\n"
+                 "stable_tolerance = 0.5")
+        p = start(tmp_path, outside, extra, "[{ batch = 1, seconds = 60, until_stable = true }]")
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-3000:]
+        d = the_run(tmp_path / "r") / "outside"
+        merged = json.loads((d / "step1-b1_counts.json").read_text())
+        assert merged["stable_at"] is not None, out[-3000:]
+        assert len(merged["windows"]) >= 3
+        # Ended by the master's rule, long before the step's 60 s.
+        assert merged["test_stopping"] - merged["test_start"] < 45
+        # The windows the master judged count every worker's requests: their rows add up to
+        # about what the merged log has in those windows (none lost on the way).
+        with (d / "step1-b1_requests.csv").open() as f:
+            ends = [float(r["t_end"]) for r in csv.DictReader(f)]
+        last = merged["windows"][-1]
+        in_last = sum(1 for t in ends if last["t"] - 1 <= t < last["t"])
+        # (the log's t_end has 4 decimals: a row at a window's edge may round across it)
+        assert abs(in_last - round(last["rps"] * 1)) <= 2, (in_last, last)
+        parts = [json.loads((d / f"step1-b1_w{k}_counts.json").read_text()) for k in (1, 2)]
+        assert all(x["finished"] > 0 for x in parts)
+        assert all(x.get("stable_at") is None for x in parts), "a worker judged nothing"
