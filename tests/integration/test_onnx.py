@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from infbench.measure import assets
 from infbench.paths import HOST, ROOT
 from servers.shared.model import forward, load_model, preprocess
 from servers.shared.runtimes import TOLERANCE
-from tests.fixtures.helpers import free_port, quiet_env, running
+from tests.fixtures.helpers import convert_cli_refuses, free_port, quiet_env, running
 
 pytestmark = pytest.mark.integration
 
@@ -59,16 +58,7 @@ def test_onnx_outputs_equal_the_keras_files(built: tuple[Path, Path, Path]) -> N
 def test_convert_cli_bad_input_is_one_line(built: tuple[Path, Path, Path],
                                            tmp_path: Path) -> None:
     keras_file, _, images = built
-    for args, needle in [(["--images", str(images), "--out", str(tmp_path / "m.keras")],
-                          "--out must end in .onnx"),
-                         (["--images", str(tmp_path), "--out", str(tmp_path / "m.onnx")],
-                          "no sample images")]:
-        res = subprocess.run([sys.executable, "-m", "servers.shared.model", "onnx", "--keras",
-                              str(keras_file), *args], cwd=ROOT, env=quiet_env(),
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 1
-        assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
-    assert not list(tmp_path.glob("*.onnx"))
+    convert_cli_refuses("onnx", keras_file, images, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,13 @@ from servers.shared.runtimes import (
     compare_outputs,
     convert_to_torch,
 )
-from tests.fixtures.helpers import free_port, quiet_env, running
+from tests.fixtures.helpers import (
+    convert_cli_refuses,
+    free_port,
+    quiet_env,
+    running,
+    short_cycled_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -127,16 +133,7 @@ def test_the_file_loads_answers_and_is_measured_without_tensorflow(
 def test_convert_cli_bad_input_is_one_line(built: tuple[Path, Path, Path],
                                            tmp_path: Path) -> None:
     keras_file, _, images = built
-    for args, needle in [(["--images", str(images), "--out", str(tmp_path / "m.onnx")],
-                          "--out must end in .pt"),
-                         (["--images", str(tmp_path), "--out", str(tmp_path / "m.pt")],
-                          "no sample images")]:
-        res = subprocess.run([sys.executable, "-m", "servers.shared.model", "torch", "--keras",
-                              str(keras_file), *args], cwd=ROOT, env=quiet_env(),
-                             capture_output=True, text=True, timeout=60)
-        assert res.returncode == 1
-        assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
-    assert not list(tmp_path.glob("*.pt"))
+    convert_cli_refuses("torch", keras_file, images, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -188,36 +185,7 @@ def test_cuda_without_a_gpu_is_refused_at_load_in_one_line(
         load_model(str(keras_file), device="cuda")
 
 
-# A cycled profile short enough for a test: three cycles are the fewest a verdict compares.
-CYCLED = """
-[profiles.torch-cycles]
-users = 2
-spawn_rate = 2
-steps = [{ batch = 2, seconds = 2 }]
-baseline = 1
-pause = 0.5
-rest = 1
-cycles = 3
-cooldown = 1
-drain_timeout = 2
-wait = [0.0, 0.05]
-"""
-
-
 def test_a_short_cycled_run_on_tiny_torch_reaches_a_verdict(
         built: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    exp = tmp_path / "experiments.toml"
-    exp.write_text((ROOT / "experiments.toml").read_text() + CYCLED)
-    results = tmp_path / "r"
-    res = subprocess.run([sys.executable, "-m", "infbench", "--results", str(results),
-                          "--experiments", str(exp), "run", "starlette-uvicorn", "--profile",
-                          "torch-cycles", "--model", "tiny-torch"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir() and not p.is_symlink()]
-    summary = json.loads((run_dir / "starlette-uvicorn" / "summary.json").read_text())
-    assert summary["status"] == "complete" and summary["faults"] == 0
-    assert summary["verdict"]["cycles"] == 3
-    assert summary["verdict"]["verdict"] != "no verdict", summary["verdict"]
-    assert summary["totals"]["requests"] > 0 and summary["totals"]["failures"] == 0
-    assert built[1].name in (run_dir / "starlette-uvicorn" / "manifest.json").read_text()
+    folder, _ = short_cycled_run(tmp_path, "tiny-torch")
+    assert built[1].name in (folder / "manifest.json").read_text()
