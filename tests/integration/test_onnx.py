@@ -5,12 +5,10 @@ cycled run on MODEL=tiny-onnx reaching its verdict is tests/slow/test_onnx_verdi
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -19,7 +17,13 @@ from infbench.measure import assets
 from infbench.paths import HOST, ROOT
 from servers.shared.model import forward, load_model, preprocess
 from servers.shared.runtimes import TOLERANCE
-from tests.fixtures.helpers import convert_cli_refuses, free_port, quiet_env, running
+from tests.fixtures.helpers import (
+    answers_like_keras,
+    convert_cli_refuses,
+    free_port,
+    quiet_env,
+    running,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -78,17 +82,4 @@ def server(built: tuple[Path, Path, Path],
 def test_a_server_on_the_onnx_model_answers_predict_like_keras(
         server: str, built: tuple[Path, Path, Path]) -> None:
     keras_file, _, images = built
-    jpegs = [p.read_bytes() for p in sorted(images.glob("*.jpg"))[:3]]
-    files = [("images", (f"i{i}.jpg", d, "image/jpeg")) for i, d in enumerate(jpegs)]
-    r = httpx.post(f"{server}/predict", files=files, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["count"] == 3
-    keras = load_model(str(keras_file))
-    probs = forward(keras, preprocess(jpegs, keras.input_size), "predict_on_batch")
-    got = json.dumps(body)
-    for c in probs.argmax(axis=1):
-        assert str(int(c)) in got
-    # Too many images: the same contract as on Keras.
-    r = httpx.post(f"{server}/predict", files=files * 2, timeout=30)
-    assert r.status_code == 413 or r.status_code == 400, r.text
+    answers_like_keras(server, keras_file, images)

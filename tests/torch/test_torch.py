@@ -30,6 +30,7 @@ from servers.shared.runtimes import (
     convert_to_torch,
 )
 from tests.fixtures.helpers import (
+    answers_like_keras,
     convert_cli_refuses,
     free_port,
     quiet_env,
@@ -156,19 +157,7 @@ def test_a_server_on_the_torch_model_answers_predict_like_keras(
     keras_file, _, images = built
     health = httpx.get(f"{server}/health", timeout=10).json()
     assert (health["kind"], health["device"]) == ("torch", "cpu")
-    jpegs = [p.read_bytes() for p in sorted(images.glob("*.jpg"))[:3]]
-    files = [("images", (f"i{i}.jpg", d, "image/jpeg")) for i, d in enumerate(jpegs)]
-    r = httpx.post(f"{server}/predict", files=files, timeout=30)
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["count"] == 3
-    keras = load_model(str(keras_file))
-    probs = forward(keras, preprocess(jpegs, keras.input_size), "predict_on_batch")
-    got = json.dumps(body)
-    for c in probs.argmax(axis=1):
-        assert str(int(c)) in got
-    r = httpx.post(f"{server}/predict", files=files * 2, timeout=30)
-    assert r.status_code in (400, 413), r.text
+    answers_like_keras(server, keras_file, images)
 
 
 @pytest.mark.skipif(has_gpu(), reason="a GPU is here: device cuda would load")
