@@ -10,6 +10,7 @@ servers/image/gpu_check.py reads.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,23 @@ def add_parser(sub: Subparsers) -> None:
                         "tiny,small)")
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """A file into the pack under a temporary name, then renamed: an interrupted re-pack never
+    leaves the manifest naming half a file."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _onnx_channels(path: Path) -> int:
+    """The channels of the ONNX model's (N, H, W, C) input."""
+    import onnxruntime as ort
+
+    shape = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]
+                                 ).get_inputs()[0].shape
+    return int(shape[-1])
+
+
 def run(args: argparse.Namespace) -> int:
     exp = config.load(args.experiments)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -50,14 +68,16 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     (out / "images").mkdir(parents=True, exist_ok=True)
     for p in assets.ensure_images():
-        shutil.copyfile(p, out / "images" / p.name)
+        _copy(p, out / "images" / p.name)
     models: dict[str, dict[str, object]] = {}
     for (n, fmt), m in wanted.items():
         built = assets.ensure_model(m)
-        shutil.copyfile(built, out / f"{n}{SUFFIX[fmt]}")
+        _copy(built, out / f"{n}{SUFFIX[fmt]}")
         entry = models.setdefault(n, {"input_size": m.input_size, "arch": m.arch})
         entry[fmt] = f"{n}{SUFFIX[fmt]}"
         entry[f"{fmt}_built_from"] = built.name
+        if fmt == "onnx":  # what the images are decoded to there: RGB, or grayscale
+            entry["channels"] = _onnx_channels(built)
     write_json(out / "manifest.json", {"schema": 1, "models": models,
                                        "made": time.strftime("%Y-%m-%dT%H:%M:%S")})
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

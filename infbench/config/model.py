@@ -447,8 +447,8 @@ class Variant:
     def check_model(self, model: Model, runtime: str) -> None:
         """The model this variant serves, on `runtime`, as a one-line error before anything
         starts: a service on device cuda needs a runtime that honours it (an .onnx or .pt
-        model; TensorFlow is installed as tensorflow-cpu), the servers' Docker image has no
-        PyTorch (see TORCH_NOT_IN_IMAGE), and natively a torch model needs torch installed
+        model; TensorFlow is installed as tensorflow-cpu) and runs natively (containers get
+        no GPU), the servers' Docker image has no PyTorch (see TORCH_NOT_IN_IMAGE), and natively a torch model needs torch installed
         (`make torch`)."""
         kind = model_runtime(model)
         if runtime == "docker" and kind == "torch":
@@ -456,6 +456,11 @@ class Variant:
         if kind == "torch" and not torch_installed():
             raise ConfigError(f"model {model.name!r} runs on PyTorch: {TORCH_NOT_INSTALLED}")
         for s in self.services:
+            if s.gets_model and s.device == "cuda" and runtime == "docker":
+                raise ConfigError(
+                    f"variants.{self.name}: service {s.name!r} has device = 'cuda', but "
+                    "RUNTIME=docker starts containers without a GPU (no --gpus) from an image "
+                    "with the CPU onnxruntime; run it natively (RUNTIME=native)")
             if s.gets_model and s.device == "cuda" and kind not in THREADED_FORMATS:
                 raise ConfigError(
                     f"variants.{self.name}: service {s.name!r} has device = 'cuda', but model "

@@ -24,6 +24,7 @@ from pathlib import Path
 from infbench.config import Model, as_dict, fingerprint
 from infbench.config.model import TORCH_NOT_INSTALLED, torch_installed
 from infbench.paths import ROOT
+from infbench.results.files import write_text
 
 BUILD = ROOT / "build"
 IMAGE_COUNT = 24
@@ -102,6 +103,7 @@ def _convert_model(model: Model, keras_file: Path, path: Path, build_dir: Path,
     what = CONVERTED[model.format]
     if log:
         print(f"converting model {model.name!r} to {what} ...", flush=True)
+    _write_spec(model, path)  # before the file exists: a model file never lacks its settings
     argv = [sys.executable, "-m", "servers.shared.model", model.format, "--keras",
             str(keras_file), "--images", str(images_dir(build_dir)), "--out", str(path)]
     res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=_quiet_tf_env())
@@ -111,7 +113,6 @@ def _convert_model(model: Model, keras_file: Path, path: Path, build_dir: Path,
                          f"{err[-1] if err else '?'}")
     if log:
         print("  " + res.stdout.strip().splitlines()[-1], flush=True)
-    (path.with_suffix(".json")).write_text(json.dumps(as_dict(model), indent=2) + "\n")
     return path
 
 
@@ -122,6 +123,7 @@ def _build_model(model: Model, path: Path, log: bool) -> Path:
     if log:
         print(f"building model {model.name!r} ({model.description or model.arch}) ...",
               flush=True)
+    _write_spec(model, path)
     argv = [sys.executable, "-m", "servers.shared.model", "build", "--arch", model.arch,
             "--input-size", str(model.input_size), "--classes", str(model.classes),
             "--seed", str(model.seed), "--alpha", str(model.alpha), "--out", str(path)]
@@ -135,8 +137,15 @@ def _build_model(model: Model, path: Path, log: bool) -> Path:
         for line in res.stderr.splitlines():
             if ": warning: " in line:
                 print("  " + line, flush=True)
-    (path.with_suffix(".json")).write_text(json.dumps(as_dict(model), indent=2) + "\n")
     return path
+
+
+def _write_spec(model: Model, path: Path) -> None:
+    """The model's settings (threads, arena) beside its file, `<file>.json`, where the
+    predictor reads them: written atomically, and before the model file is renamed into place,
+    so that no reader finds the model without them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path.with_suffix(".json"), json.dumps(as_dict(model), indent=2) + "\n")
 
 
 def _quiet_tf_env() -> dict[str, str]:

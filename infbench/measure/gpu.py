@@ -1,8 +1,9 @@
 """The GPUs' memory and utilisation on the run's clock, through nvidia-ml-py, where a GPU is.
 
 Optional in every sense: on a machine without a GPU (no nvidia-smi, no /dev/nvidia0) nothing
-is imported and phases.json says why there are no figures; where there is one but nvidia-ml-py
-(`pynvml`) is not installed or NVML does not start, the same, with that reason. Where it runs,
+is imported and phases.json says why there are no figures; where there is one but NVML does not
+start (or nvidia-ml-py, `pynvml`, which requirements.lock installs, is missing), the same, with
+that reason. Where it runs,
 `gpu.csv` (infbench/results/samples.py GPU_COLUMNS) gets every `interval` s one row per GPU
 (memory in use and total, utilisation of its cores and of its memory bus) and one row per
 process with a context on it (its pid and memory), so a service's replicas can be told apart

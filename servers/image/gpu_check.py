@@ -35,8 +35,11 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +83,11 @@ def _torch_peak_mb(runtime: str, device: str) -> float | None:
 
 def replica(runtime: str, path: str, device: str, threads: int, images: list[bytes],
             size: int, batches: list[int], seconds: float, barrier: Any, results: Any,
-            index: int) -> None:
+            index: int, channels: int = 3) -> None:
     """One replica's process: load, warm, then each batch's window between two barriers."""
     try:
         model = _predictor(runtime, path, device, threads)
-        decoded = {b: preprocess([images[i % len(images)] for i in range(b)], size)
+        decoded = {b: preprocess([images[i % len(images)] for i in range(b)], size, channels)
                    for b in batches}
         for b in batches:
             for _ in range(WARMUP_CALLS):
@@ -113,6 +116,7 @@ class Nvml:
     def __init__(self) -> None:
         self.handle: Any = None
         self.why = ""
+        self.failures = 0
         try:
             import pynvml
 
@@ -122,25 +126,45 @@ class Nvml:
         except Exception as exc:  # no module, no driver, no device
             self.why = f"pynvml: {reason(exc)}"
 
-    def read(self) -> tuple[float, float] | None:
-        """(memory used MB, GPU utilisation %) now, or None."""
+    def read(self) -> tuple[float | None, float | None] | None:
+        """(memory used MB, GPU utilisation %) now, each None where NVML could not say; what
+        failed is counted in `failures`, the first reason kept in `why`."""
         if self.handle is None:
             return None
+        used = util = None
         try:
-            mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle)
-            util = self.nvml.nvmlDeviceGetUtilizationRates(self.handle)
-        except Exception:
-            return None
-        return mem.used / 2**20, float(util.gpu)
+            used = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used / 2**20
+        except Exception as exc:
+            self._failed("memory", exc)
+        try:
+            util = float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+        except Exception as exc:
+            self._failed("utilisation", exc)
+        return used, util
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.failures += 1
+        if not self.why:
+            self.why = f"pynvml {what}: {reason(exc)}"
 
     def describe(self) -> dict[str, Any]:
         if self.handle is None:
             return {"available": False, "why": self.why}
-        name = self.nvml.nvmlDeviceGetName(self.handle)
-        return {"available": True, "name": name.decode() if isinstance(name, bytes) else name,
-                "driver": str(self.nvml.nvmlSystemGetDriverVersion()),
-                "memory_total_mb": round(
-                    self.nvml.nvmlDeviceGetMemoryInfo(self.handle).total / 2**20)}
+        out: dict[str, Any] = {"available": True}
+        for key, read in (("name", lambda: self.nvml.nvmlDeviceGetName(self.handle)),
+                          ("driver", self.nvml.nvmlSystemGetDriverVersion),
+                          ("memory_total_mb", lambda: round(
+                              self.nvml.nvmlDeviceGetMemoryInfo(self.handle).total / 2**20))):
+            try:
+                value = read()
+                out[key] = value.decode() if isinstance(value, bytes) else value
+            except Exception as exc:  # one unsupported call costs its field, not the run
+                out[key] = None
+                out.setdefault("errors", []).append(f"{key}: {reason(exc)}")
+        if self.failures:
+            out["read_failures"] = self.failures
+            out["why"] = self.why
+        return out
 
 
 def _window(barrier: Any, nvml: Nvml | None, seconds: float) -> dict[str, Any]:
@@ -154,11 +178,16 @@ def _window(barrier: Any, nvml: Nvml | None, seconds: float) -> dict[str, Any]:
             samples.append(got)
         time.sleep(SAMPLE_EVERY_S)
     barrier.wait(BARRIER_TIMEOUT_S)
-    if not samples:
-        return {}
-    used, util = zip(*samples, strict=True)
-    return {"gpu_used_mb_max": round(max(used)), "gpu_util_pct_mean": round(
-        sum(util) / len(util), 1), "gpu_samples": len(samples)}
+    out: dict[str, Any] = {}
+    used = [u for u, _ in samples if u is not None]
+    util = [g for _, g in samples if g is not None]
+    if used:
+        out["gpu_used_mb_max"] = round(max(used))
+    if util:
+        out["gpu_util_pct_mean"] = round(sum(util) / len(util), 1)
+    if samples:
+        out["gpu_samples"] = len(samples)
+    return out
 
 
 def skip_reason(runtime: str, device: str) -> str | None:
@@ -184,45 +213,79 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def _watch(procs: list[Any], barrier: Any, done: threading.Event) -> None:
+    """The parent's watchdog: a replica that ended with an error before the group was done
+    (a segfault, an out-of-memory kill: no chance to abort the barrier itself) aborts the
+    barrier, so that no one waits out BARRIER_TIMEOUT_S for it."""
+    while not done.wait(0.2):
+        if any(p.exitcode not in (None, 0) for p in procs):
+            barrier.abort()
+            return
+
+
+def _collect(procs: list[Any], results: Any) -> list[dict[str, Any]]:
+    """Each replica's message, waiting no longer than the replicas live (a replica that died
+    sends nothing)."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(got) < len(procs) and time.monotonic() < deadline:
+        try:
+            got.append(results.get(timeout=0.5))
+        except queue.Empty:
+            if all(not p.is_alive() for p in procs):
+                try:  # what a replica put just before it ended
+                    got.append(results.get(timeout=1.0))
+                except queue.Empty:
+                    break
+    return got
+
+
 def measure_group(runtime: str, path: str, device: str, replicas: int, images: list[bytes],
                   size: int, batches: list[int], seconds: float,
-                  nvml: Nvml | None) -> list[dict[str, Any]]:
-    """`replicas` processes of one runtime on one device, every batch size: one row each."""
+                  nvml: Nvml | None, channels: int = 3,
+                  target: Callable[..., None] | None = None) -> list[dict[str, Any]]:
+    """`replicas` processes of one runtime on one device, every batch size: one row each.
+    `target` stands in for `replica` (tests: a replica that dies)."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(replicas + 1)
     results = ctx.Queue()
     threads = max(1, _cpus() // replicas)
-    procs = [ctx.Process(target=replica, args=(runtime, path, device, threads, images, size,
-                                                batches, seconds, barrier, results, i),
-                         daemon=True) for i in range(replicas)]
+    args = (runtime, path, device, threads, images, size, batches, seconds, barrier, results)
+    procs = [ctx.Process(target=target or replica, args=(*args, i, channels), daemon=True)
+             for i in range(replicas)]
     for p in procs:
         p.start()
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(procs, barrier, done), daemon=True)
+    watcher.start()
     windows: dict[int, dict[str, Any]] = {}
     broken = ""
     try:
         for b in batches:
             windows[b] = _window(barrier, nvml if device == "cuda" else None, seconds)
     except Exception as exc:  # BrokenBarrierError: a replica failed (it says why below)
-        broken = reason(exc)
-    got = []
-    for _ in procs:
-        try:
-            got.append(results.get(timeout=BARRIER_TIMEOUT_S))
-        except Exception:
-            break
+        broken = reason(exc) or type(exc).__name__
+    got = _collect(procs, results)
+    done.set()
     for p in procs:
         p.join(timeout=30)
         if p.is_alive():
             p.kill()
+            p.join(timeout=5)
     base = {"runtime": runtime, "device": device, "replicas": replicas,
             "threads_per_replica": threads}
     errors = [g["error"] for g in got if "error" in g]
-    dead = [p.exitcode for p in procs if p.exitcode not in (0, None)]
-    if errors or broken or len(got) < replicas or dead:
+    codes = [p.exitcode for p in procs]
+    if errors or len(got) < replicas:
         why = errors[0] if errors else (
-            f"{replicas - len(got)} replica(s) sent nothing (exit codes {dead})" if dead or
-            len(got) < replicas else broken)
+            f"{replicas - len(got)} of {replicas} replica(s) sent nothing (exit codes "
+            f"{codes}{'; ' + broken if broken else ''})")
         return [{**base, "batch": b, "error": why} for b in batches]
+    # Every replica sent its figures: one that then ended badly (CUDA's teardown at exit,
+    # say) is said beside them, not a reason to lose them.
+    ended_badly = [c for c in codes if c not in (0, None)]
+    if ended_badly:
+        base["note"] = f"replica exit codes {codes} after sending their figures"
     rows = []
     for b in batches:
         per = [g["batches"][b] for g in got]
@@ -258,8 +321,8 @@ def machine(nvml: Nvml | None) -> dict[str, Any]:
 
         if torch.cuda.is_available():
             info["cuda_device"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+    except Exception as exc:  # not installed, or CUDA there but not answering
+        info["cuda_device_error"] = reason(exc)
     info["nvml"] = nvml.describe() if nvml is not None else {"available": False,
                                                            "why": "--cpu-only"}
     return info
@@ -303,6 +366,12 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{r['images_per_s']:g} | {r['call_ms_p50']:g} | {r['call_ms_p90']:g} | "
             f"{', '.join(str(g) for g in gpu) if gpu else ''} | "
             f"{r.get('gpu_util_pct_mean', '')} | {r.get('gpu_used_mb_max', '')} |")
+    notes = sorted({f"{r['runtime']} on {r['device']}, {r['replicas']} replica(s): {r['note']}"
+                    for r in doc["rows"] if r.get("note")})
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    if not doc.get("complete", True):
+        lines += ["", "Incomplete: the script stopped before every combination ran."]
     if doc["skipped"]:
         lines += ["", "Not run here:"]
         lines += [f"- {s['runtime']} on {s['device']}: {s['why']}" for s in doc["skipped"]]
@@ -361,14 +430,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check: error: no sample images in {args.pack / 'images'}", file=sys.stderr)
         return 1
     devices = ["cpu"] if args.cpu_only else list(DEVICES)
-    if not args.cpu_only and skip_reason("torch", "cuda") and skip_reason("onnx", "cuda"):
-        print(f"gpu_check: error: no GPU here ({skip_reason('torch', 'cuda')}); run the CPU "
-              "half with --cpu-only", file=sys.stderr)
+    no_gpu = {r: skip_reason(r, "cuda") for r in runtimes}
+    if not args.cpu_only and all(no_gpu.values()):  # the runtimes asked for, none on a GPU
+        print(f"gpu_check: error: no GPU here for {', '.join(runtimes)} "
+              f"({'; '.join(str(w) for w in no_gpu.values())}); run the CPU half with "
+              "--cpu-only", file=sys.stderr)
         return 1
     nvml = None if args.cpu_only else Nvml()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    skipped = []
+    skipped: list[dict[str, Any]] = []
+    doc = {"schema": SCHEMA, "model": args.model, "input_size": entry["input_size"],
+           "seconds": args.seconds, "cpu_only": args.cpu_only, "machine": machine(nvml),
+           "rows": rows, "skipped": skipped, "ratios": [], "complete": False,
+           "made": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def save() -> None:  # after every group: a later failure keeps what was measured
+        doc["ratios"] = ratios(rows)
+        _write(args.out / "gpu_check.json", json.dumps(doc, indent=2) + "\n")
+        _write(args.out / "gpu_check.md", markdown(doc))
+
     for runtime in runtimes:
         path = str(args.pack / entry[runtime])
         for device in devices:
@@ -381,13 +462,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{', '.join(map(str, batches))} (~{len(batches) * args.seconds:.0f} s "
                       "and the start)", flush=True)
                 rows += measure_group(runtime, path, device, n, images, entry["input_size"],
-                                      batches, args.seconds, nvml)
-    doc = {"schema": SCHEMA, "model": args.model, "input_size": entry["input_size"],
-           "seconds": args.seconds, "cpu_only": args.cpu_only, "machine": machine(nvml),
-           "rows": rows, "skipped": skipped, "ratios": ratios(rows),
-           "made": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write(args.out / "gpu_check.json", json.dumps(doc, indent=2) + "\n")
-    _write(args.out / "gpu_check.md", markdown(doc))
+                                      batches, args.seconds, nvml,
+                                      int(entry.get("channels", 3)))
+                save()
+    doc["complete"] = True
+    if nvml is not None:  # NVML's read failures, if any, counted over the whole run
+        doc["machine"]["nvml"] = nvml.describe()
+    save()
     failed = [r for r in rows if "error" in r]
     print(f"gpu_check: {len(rows) - len(failed)} figures, {len(failed)} failed, "
           f"{len(skipped)} combination(s) skipped -> {args.out}/gpu_check.md", flush=True)

@@ -46,6 +46,8 @@ def test_the_pack_holds_both_formats_and_the_images(pack: Path) -> None:
     manifest = json.loads((pack / "manifest.json").read_text())
     entry = manifest["models"]["tiny"]
     assert (entry["onnx"], entry["torch"], entry["input_size"]) == ("tiny.onnx", "tiny.pt", 32)
+    assert entry["channels"] == 3  # read from the ONNX file's input
+    assert not list(pack.rglob(".*.tmp"))
     assert (pack / entry["onnx"]).is_file() and (pack / entry["torch"]).is_file()
     assert len(list((pack / "images").glob("*.jpg"))) == 24
     # Small enough to travel with the working tree to a lent machine (64 MiB in all).
@@ -61,14 +63,14 @@ def test_the_cpu_half_runs_here_without_tensorflow(pack: Path, tmp_path: Path) -
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     doc = json.loads((out / "gpu_check.json").read_text())
     assert doc["schema"] == 1 and doc["cpu_only"] and doc["model"] == "tiny"
+    assert doc["complete"] is True
     assert doc["skipped"] == [] and doc["ratios"] == []
     cells = {(r["runtime"], r["device"], r["replicas"], r["batch"]) for r in doc["rows"]}
     assert cells == {(rt, "cpu", n, b) for rt in ("torch", "onnx") for n in (1, 2)
                      for b in (1, 4)}
     for r in doc["rows"]:
         assert "error" not in r, r
-        assert r["images_per_s"] > 0 and r["calls"] >= r["replicas"]
-        assert 0 < r["call_ms_p50"] <= r["call_ms_p90"]
+        assert r["images_per_s"] > 0 and r["call_ms_p50"] > 0
         assert r["threads_per_replica"] == max(1, doc["machine"]["cpus"] // r["replicas"])
     assert doc["machine"]["torch"] and doc["machine"]["onnxruntime"]
     md = (out / "gpu_check.md").read_text()

@@ -164,6 +164,11 @@ def test_a_keras_model_on_cuda_and_torch_in_docker_are_refused_before_anything_s
     assert "variants.g: service 'server' has device = 'cuda'" in msg and "\n" not in msg
     on_gpu.check_model(onnx, "native")
     on_gpu.check_model(torch, "native")
+    # Containers get no GPU: cuda under RUNTIME=docker is refused whatever the model.
+    with pytest.raises(config.ConfigError) as info:
+        on_gpu.check_model(onnx, "docker")
+    msg = str(info.value)
+    assert "RUNTIME=docker starts containers without a GPU" in msg and "\n" not in msg
     plain = exp.variant("a")
     plain.check_model(torch, "native")
     plain.check_model(onnx, "docker")
