@@ -448,8 +448,8 @@ class Variant:
         """The model this variant serves, on `runtime`, as a one-line error before anything
         starts: a service on device cuda needs a runtime that honours it (an .onnx or .pt
         model; TensorFlow is installed as tensorflow-cpu) and runs natively (containers get
-        no GPU), the servers' Docker image has no PyTorch (see TORCH_NOT_IN_IMAGE), and natively a torch model needs torch installed
-        (`make torch`)."""
+        no GPU), the servers' Docker image has no PyTorch (see TORCH_NOT_IN_IMAGE), and
+        natively a torch model needs torch installed (`make torch`)."""
         kind = model_runtime(model)
         if runtime == "docker" and kind == "torch":
             raise ConfigError(f"model {model.name!r}: {TORCH_NOT_IN_IMAGE}")
