@@ -90,6 +90,11 @@ def locust_env(profile: Profile, step: Step, images: Path, counts: Path,
     return env
 
 
+# After a distributed step's master ends: how long past the drain its workers may take to
+# finish their in-flight requests and write their files.
+WORKER_QUIT_MARGIN_S = 10.0
+
+
 @dataclass
 class StepLoad:
     """A running Locust step, and what its counters say so far."""
@@ -108,6 +113,26 @@ class StepLoad:
     master_counts: Path | None = None
     dead: dict[int, int] = field(default_factory=dict)  # worker k -> its exit code
     final: dict[str, Any] | None = None  # the merged counters, once finish() wrote them
+    master_ended: float | None = None  # monotonic time the master was first seen ended
+
+    def running(self, drain_s: float) -> bool:
+        """Whether the step is still going: its master (or lone process) runs; or, in a
+        distributed step, the master has quit and told the workers to, and a worker is still
+        draining its in-flight requests (Locust's stop timeout, the profile's drain) or has
+        not yet written its request log. The master leaves half a second after it says quit,
+        so the workers' drain is waited for here, at most `drain_s` + WORKER_QUIT_MARGIN_S
+        after the master ended; then stop() ends whatever is left."""
+        if self.group.poll() is None:
+            return True
+        if self.master_counts is None:
+            return False
+        now = time.monotonic()
+        if self.master_ended is None:
+            self.master_ended = now
+        if now - self.master_ended > drain_s + WORKER_QUIT_MARGIN_S:
+            return False
+        return (any(w.poll() is None for w in self.workers)
+                or any(not log.exists() for _, log in self.parts))
 
     def counts(self) -> dict[str, Any]:
         if self.final is not None:

@@ -636,7 +636,7 @@ class VariantRun:
         step = self.log.begin(kind, index=i, batch=batch, planned=seconds,
                               users=self.profile.users_of(spec), cycle=cycle)
         drain_started = False
-        while self.load.group.poll() is None:
+        while self.load.running(self.profile.drain_timeout):
             self._check_server()
             for k, died in self.load.newly_dead():
                 self._worker_died(i, k, died)

@@ -7,7 +7,8 @@ same requests), an open-loop rate split across the workers (each sends its share
 whole rate), every process's CPU sampled; a worker killed mid-step by its process group is a
 fault and the run is not complete; an external worker started by the test from the script
 the harness writes joins the master and the run completes; an until_stable step is ended by
-the master from the rows its workers send.
+the master from the rows its workers send; the workers drain their in-flight requests after the
+master quits.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.integration
 RATE = 20.0
 
 
-def experiments(url: str, extra: str, steps: str) -> str:
+def experiments(url: str, extra: str, steps: str, drain: float = 2) -> str:
     return TINY_MODEL + f"""
 [study]
 variants = ["outside"]
@@ -48,7 +49,7 @@ steps = {steps}
 baseline = 0.5
 pause = 0.5
 cooldown = 0.5
-drain_timeout = 2
+drain_timeout = {drain:g}
 wait = [0.02, 0.05]
 arrival = "constant"
 {extra}
@@ -71,10 +72,22 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="class")
+def slow_outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same server, answering each /predict 10 s late."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    argv = [sys.executable, "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", HOST,
+            "--port", str(port), "--no-access-log"]
+    log = tmp_path_factory.mktemp("slow") / "outside.log"
+    with running(argv, child_env(PLANTED_DELAY_MS="10000"), log, url + "/health", 60):
+        yield url
+
+
 def start(tmp_path: Path, url: str, extra: str, steps: str,
-          flags: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+          flags: tuple[str, ...] = (), drain: float = 2) -> subprocess.Popen[str]:
     exp = tmp_path / "experiments.toml"
-    exp.write_text(experiments(url, extra, steps))
+    exp.write_text(experiments(url, extra, steps, drain))
     argv = [sys.executable, "-m", "infbench", "--results", str(tmp_path / "r"),
             "--experiments", str(exp), "run", "outside", "--profile", "dist", *flags]
     return subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -224,3 +237,23 @@ class TestUntilStable:
         parts = [json.loads((d / f"step1-b1_w{k}_counts.json").read_text()) for k in (1, 2)]
         assert all(x["finished"] > 0 for x in parts)
         assert all(x.get("stable_at") is None for x in parts), "a worker judged nothing"
+
+
+class TestWorkersDrain:
+    def test_the_workers_finish_their_requests_after_the_master_quits(
+            self, tmp_path: Path, slow_outside: str) -> None:
+        # Every request is still in flight when the 2 s step ends, and takes 8 s more: the
+        # master quits at once, and the workers' drain (up to drain_timeout) must be waited
+        # for, not cut off with their processes.
+        extra = "load_processes = 2\nrequest_timeout = 20"
+        p = start(tmp_path, slow_outside, extra, "[{ batch = 1, seconds = 2 }]", drain=15)
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out[-3000:]
+        d = the_run(tmp_path / "r")
+        assert json.loads((d / "run.json").read_text())["status"] == "complete", out[-3000:]
+        merged = json.loads((d / "outside" / "step1-b1_counts.json").read_text())
+        assert merged["parts_missing"] == [] and merged["failed"] == 0
+        assert merged["finished"] == merged["started"] >= 4  # each user's one request
+        with (d / "outside" / "step1-b1_requests.csv").open() as f:
+            latencies = [float(r["latency_ms"]) for r in csv.DictReader(f)]
+        assert len(latencies) == merged["finished"] and min(latencies) >= 10000
