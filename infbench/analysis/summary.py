@@ -55,6 +55,8 @@ DEFINITIONS = {
     "open_loop": "latency is from each request's intended send time; send_rate is requests "
                  "sent / seconds of schedule; cap_hits: requests that waited for an in-flight "
                  "slot",
+    "images_per_s": "per step: the requests that succeeded, per second (Locust's rate times "
+                    "the share without failure), times the images in each",
     "efficiency": "served images/s / images/s of the same model decoding and predicting "
                   "alone at the step's batch (model_alone.json)",
     "machine_limit": "usable cores (CPU affinity capped by the cgroup's CPU quota) * 1000 / "
@@ -159,8 +161,7 @@ def step_figures(variant_dir: Path | VariantFiles, mem: list[tuple[float, float]
             "cut_off": p.get("cut_off"), "requests_started": p.get("requests_started"),
             "rps": _r(stats.get("rps"), 2), "p50_ms": stats.get("p50_ms"),
             "p95_ms": stats.get("p95_ms"), "p99_ms": stats.get("p99_ms"),
-            "images_per_s": _r(stats["rps"] * batch, 1)
-            if stats.get("rps") is not None and batch else None,
+            "images_per_s": _served_images_per_s(stats, batch),
             "mem_end_mb": _r(last_at_or_before(mem, t_end)),
             # Seconds into the following pause until the server's CPU went idle; None: it was
             # still working off abandoned requests when the pause ended (or no pause ran).
@@ -174,6 +175,17 @@ def step_figures(variant_dir: Path | VariantFiles, mem: list[tuple[float, float]
             "t_start": p.get("load_start") or p.get("start"), "t_end": t_end,
         })
     return steps
+
+
+def _served_images_per_s(stats: dict[str, Any], batch: int | None) -> float | None:
+    """Images served per second: the requests that succeeded (Locust's rate, all requests,
+    times the share without failure) times the images in each. A refused request serves no
+    image: counting it would rank a server that sheds load above one that serves it."""
+    rps, requests = stats.get("rps"), stats.get("requests")
+    if rps is None or not batch:
+        return None
+    ok = 1.0 if not requests else max(0, requests - int(stats.get("failures") or 0)) / requests
+    return _r(rps * ok * batch, 1)
 
 
 PROCESS_METRICS = ("rss_mb", "pss_mb", "uss_mb", "anon_mb", "file_mb", "swap_mb")

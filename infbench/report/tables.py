@@ -278,6 +278,8 @@ def steps_table(rows: Rows) -> Table:
          ">req/s", ">img/s", ">p50 (ms)", ">p95 (ms)", "stable", "memory flat",
          ">load gen (% core)", ">efficiency", ">of the limit", ">MB at end",
          ">server busy after (s)"], lines,
+        "req/s: every request, failed or not (Locust's); img/s: the requests that "
+        "succeeded, per second, times their images; "
         "stable: the last windows' throughput and p50 agreed (see Definitions); load "
         "gen: the busiest 5 s of Locust's CPU + run-queue wait, **limited** from 90%; "
         "efficiency: served images/s over decode + model alone at the step's batch, one "

@@ -164,7 +164,7 @@ def test_the_summary_and_the_step_table_say_stable_or_not(tmp_path: Path) -> Non
     assert one["stable"] is True and one["stability"]["source"].startswith("requests.csv")
     assert len(one["stability"]["windows"]) == 5
     assert one["memory_flat"] is False  # the synthetic memory climbs 5 MB/s in every step
-    assert one["efficiency"]["efficiency"] == 0.5  # 4.8 req/s x 2 images / 19.2
+    assert one["efficiency"]["efficiency"] == 0.49  # 4.8 req/s x 47/48 served x 2 / 19.2
     assert two["stable"] is False and any("not stable" in n for n in two["notes"])
     table = "\n".join(markdown.lines(tables.steps_table([s])))
     assert "| stable | memory flat |" in table and "| yes | **no** |" in table
