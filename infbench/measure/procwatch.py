@@ -3,7 +3,9 @@
 Gunicorn respawns a killed worker and carries on, so the run would otherwise say nothing (four
 pids in processes.csv, one more than it started with). This watch compares each replica's
 process set with the one it had when it turned healthy, at every tick of the run loop, and
-records what changed as an event on the run's clock.
+records what changed as an event on the run's clock. A new process running another program
+than any of the service's (ctypes' `find_library` runs `/sbin/ldconfig -p`) is a helper the
+server ran: a `helper_process` note, not a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ from infbench.launch.base import Replica
 from infbench.measure.phases import PhaseLog
 
 
+def _exe(pid: int) -> str | None:
+    """The process's executable, or None where it cannot be read (gone, not ours)."""
+    with contextlib.suppress(psutil.Error, OSError):
+        return psutil.Process(pid).exe() or None
+    return None
+
+
 class ProcessWatch:
     def __init__(self, topology: Any, log: PhaseLog) -> None:
         self.topology = topology
@@ -25,8 +34,10 @@ class ProcessWatch:
         self.known: dict[str, set[int]] = {}
         self.dead: set[str] = set()
         self.expected: set[int] = set()
+        self.programs: dict[str, set[str]] = {}  # each replica's executables when healthy
         for r in topology.replicas:
             self.known[r.spec.label] = self._pids(r)
+            self.programs[r.spec.label] = {e for e in map(_exe, self.known[r.spec.label]) if e}
 
     @staticmethod
     def _pids(r: Replica) -> set[int]:
@@ -59,6 +70,17 @@ class ProcessWatch:
                     # (often gone before it can be named): not a restart. The Redis sampler
                     # notes the snapshot; the child's exit is expected too.
                     self.expected.add(pid)
+                    continue
+                exe = _exe(pid)
+                programs = self.programs.get(label, set())
+                if exe and programs and exe not in programs:
+                    # Another program than any of the service's processes (ctypes'
+                    # find_library runs `ldconfig -p`, a server may shell out): a helper the
+                    # server ran, said as a note, not a restarted worker. Its exit is expected.
+                    self.expected.add(pid)
+                    self.log.event("helper_process", f"{label}: process {pid} ({name}) ran: "
+                                   f"{exe} is none of the service's programs, so not a "
+                                   "restarted worker", replica=label, pid=pid)
                     continue
                 self.log.event("process_started", f"{label}: a new process {pid} ({name}) "
                                "appeared: a restarted worker", replica=label, pid=pid)

@@ -122,8 +122,13 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _libc() -> Any:
+    # glibc's soname first: ctypes.util.find_library runs `ldconfig -p` in a child process,
+    # a process the server would start mid-run for nothing.
     with contextlib.suppress(OSError):
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL("libc.so.6")
+    name = ctypes.util.find_library("c")  # not glibc: ask the linker's cache
+    with contextlib.suppress(OSError, TypeError):
+        return ctypes.CDLL(name)
     return None
 
 
