@@ -55,6 +55,7 @@ class GpuSampler(CsvSampler):
         self.nvml = nvml
         self.handles = handles
         self.failed = 0
+        self.first_error = ""  # why the first failed sample failed, for the gpu_failed event
 
     def sample(self, out: Any) -> bool:
         now = f"{time.time():.3f}"
@@ -64,8 +65,10 @@ class GpuSampler(CsvSampler):
                 mem = self.nvml.nvmlDeviceGetMemoryInfo(h)
                 util = self.nvml.nvmlDeviceGetUtilizationRates(h)
                 procs = self.nvml.nvmlDeviceGetComputeRunningProcesses(h)
-            except Exception:
+            except Exception as exc:  # NVML's errors: counted, the first one's reason kept
                 ok = False
+                if not self.first_error:
+                    self.first_error = f"GPU {i}: {type(exc).__name__}: {exc}"[:200]
                 continue
             total = round(mem.total / MB, 1)
             out.writerow([now, i, "", round(mem.used / MB, 1), total, util.gpu, util.memory])

@@ -141,7 +141,7 @@ class _Gpu(Monitor):
                                 "samples": s.samples}
         if s.failed:
             self.log.event("gpu_failed", f"{s.failed} of {s.samples} GPU samples had a GPU "
-                           "that did not answer (gpu.csv has gaps)")
+                           f"that did not answer (gpu.csv has gaps; first: {s.first_error})")
 
 
 class _Redis(Monitor):
