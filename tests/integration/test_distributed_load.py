@@ -60,28 +60,26 @@ url = "{url}"
 """
 
 
-# One server per class, and each test a class of its own: xdist's loadscope spreads them.
-@pytest.fixture(scope="class")
-def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def planted_server(factory: pytest.TempPathFactory, **env: str) -> Iterator[str]:
     port = free_port()
     url = f"http://{HOST}:{port}"
     argv = [sys.executable, "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", HOST,
             "--port", str(port), "--no-access-log"]
-    log = tmp_path_factory.mktemp("outside") / "outside.log"
-    with running(argv, child_env(), log, url + "/health", 60):
+    log = factory.mktemp("outside") / "outside.log"
+    with running(argv, child_env(**env), log, url + "/health", 60):
         yield url
+
+
+# One server per class, and each test a class of its own: xdist's loadscope spreads them.
+@pytest.fixture(scope="class")
+def outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from planted_server(tmp_path_factory)
 
 
 @pytest.fixture(scope="class")
 def slow_outside(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The same server, answering each /predict 10 s late."""
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    argv = [sys.executable, "-m", "uvicorn", "tests.fixtures.planted_app:app", "--host", HOST,
-            "--port", str(port), "--no-access-log"]
-    log = tmp_path_factory.mktemp("slow") / "outside.log"
-    with running(argv, child_env(PLANTED_DELAY_MS="10000"), log, url + "/health", 60):
-        yield url
+    yield from planted_server(tmp_path_factory, PLANTED_DELAY_MS="10000")
 
 
 def start(tmp_path: Path, url: str, extra: str, steps: str,
