@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from infbench.analysis import breakdown, cpu_io, limit, trust, verdict
+from infbench.analysis import breakdown, cpu_io, limit, model_calls, trust, verdict
 from infbench.results import readers
 from infbench.results.samples import (
     Mprof,
@@ -414,6 +414,7 @@ def summarize_variant(variant_dir: Path | VariantFiles,
                    "cut_off": total("cut_off")},
         "steps": steps,
         "wire": wire_figures(v.dir, steps),
+        "model_calls": model_calls.figures(v.dir, steps),
         "model_alone": alone,
         "machine_limit": machine,
         "pauses_server_busy_s": [p.get("server_busy_s") for p in pauses],
@@ -431,6 +432,8 @@ def summarize_variant(variant_dir: Path | VariantFiles,
     }
     if out["wire"] is not None:
         out["sources"]["wire"] = "wire.json (from wire/step-<i>.pcap)"
+    if out["model_calls"] is not None:
+        out["sources"]["model_calls"] = "<service>-<i>/calls-<pid>.jsonl"
     cgroup = parse_cgroup_csv(v.dir / CGROUP_FILE)
     if cgroup:  # docker runs: the container's own figure, beside mprof's
         out["cgroup_memory_mb"] = memory_figures(cgroup, plist)

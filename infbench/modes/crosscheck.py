@@ -16,16 +16,21 @@ and the crosscheck does not judge). `<variant>/crosscheck.json` holds every roun
 medians, the ratios and the verdict; `crosscheck.md` the side-by-side table.
 
 The CPU each request cost: the tool's from its rusage, ours from the step's `_loadgen.csv`
-(every Locust process), the server's from its processes' CPU times over the round.
+(every Locust process), the server's from its processes' CPU times: over the tool's round,
+and over our round's load span alone (sampled every 0.1 s, `CpuTrace`), since the requests
+counted are the span's; the whole round's is kept beside it (`server_cpu_round_s`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +192,8 @@ class CrosscheckRun(VariantRun):
 
     def _our_round(self, spec: Step, n: int) -> dict[str, Any]:
         s = self.settings
-        srv0 = self._server_cpu()
-        self._step(n, s.rounds, spec, None)
-        srv = self._server_cpu() - srv0
+        with CpuTrace(self._server_cpu) as trace:
+            self._step(n, s.rounds, spec, None)
         prefix = self.out / step_name(n, spec)
         try:
             counts = json.loads(Path(f"{prefix}_counts.json").read_text())
@@ -201,6 +205,10 @@ class CrosscheckRun(VariantRun):
         gen_cpu = gen.get("total_cpu_pct")
         span = (t1 - t0) if t0 and t1 else None
         cpu_s = round(gen_cpu / 100 * span, 3) if gen_cpu is not None and span else None
+        # The server's CPU over the load's span only, as the requests counted are the span's
+        # (Locust's start and drain are not the tool's either); the whole round's beside it.
+        srv_round = trace.total()
+        srv = trace.between(t0, t1) if t0 and t1 else None
         step: dict[str, Any] = next((ph for ph in reversed(self.log.data["phases"])
                                 if ph["kind"] == "step" and ph.get("index") == n), {})
         error = None
@@ -211,8 +219,9 @@ class CrosscheckRun(VariantRun):
                "errors": {"failed": figs["failed"]} if figs["failed"] else {},
                "connections": s.connections, "seconds": spec.seconds, "cpu_s": cpu_s,
                "exit_code": step.get("locust_exit_code"), "error": error,
-               "limited_by_loadgen": gen.get("limited"), "server_cpu_s": round(srv, 3)}
-        # Server CPU over the step includes Locust's start and drain: a little high.
+               "limited_by_loadgen": gen.get("limited"),
+               "server_cpu_s": None if srv is None else round(srv, 3),
+               "server_cpu_round_s": round(srv_round, 3)}
         _per_request(row, cpu_s, srv)
         return row
 
@@ -260,12 +269,56 @@ def _pick(d: dict[str, Any]) -> dict[str, Any]:
                               "p50_ms", "p99_ms", "cpu_s", "exit_code", "error")}
 
 
-def _per_request(row: dict[str, Any], gen_cpu_s: float | None, server_cpu_s: float) -> None:
+def _per_request(row: dict[str, Any], gen_cpu_s: float | None,
+                 server_cpu_s: float | None) -> None:
     """CPU µs a request, of the generator and of the server, over the round's successes."""
     ok = row.get("ok") or 0
     row["generator_us_per_request"] = round(1e6 * gen_cpu_s / ok, 1) \
         if ok and gen_cpu_s is not None else None
-    row["server_us_per_request"] = round(1e6 * server_cpu_s / ok, 1) if ok else None
+    row["server_us_per_request"] = round(1e6 * server_cpu_s / ok, 1) \
+        if ok and server_cpu_s is not None else None
+
+
+class CpuTrace:
+    """A CPU-seconds counter (`read`) sampled every `every` s on a thread while the block runs,
+    so that the CPU over any span inside it can be read afterwards (linear between samples):
+    the server's CPU over our round's load alone, without Locust's start and drain."""
+
+    def __init__(self, read: Callable[[], float], every: float = 0.1) -> None:
+        self.read, self.every = read, every
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="infbench-cpu-trace",
+                                        daemon=True)
+
+    def __enter__(self) -> CpuTrace:
+        self.samples.append((time.time(), self.read()))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.time(), self.read()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append((time.time(), self.read()))
+
+    def total(self) -> float:
+        return self.samples[-1][1] - self.samples[0][1]
+
+    def at(self, t: float) -> float:
+        pts = self.samples
+        if t <= pts[0][0]:
+            return pts[0][1]
+        for (ta, ca), (tb, cb) in itertools.pairwise(pts):
+            if ta <= t <= tb:
+                return ca if tb == ta else ca + (cb - ca) * (t - ta) / (tb - ta)
+        return pts[-1][1]
+
+    def between(self, t0: float, t1: float) -> float:
+        return self.at(t1) - self.at(t0)
 
 
 def _f(x: float | None) -> str:

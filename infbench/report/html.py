@@ -285,11 +285,13 @@ def study_tables(rows: list[dict[str, Any]]) -> list[tuple[Table, str]]:
     io = tables.cpu_io_table(rows)
     machine, served = tables.machine_limit_table(rows), tables.limit_table(rows)
     ranking = tables.ranking_table(rows)
+    calls = tables.model_calls_table(rows)
     found = [(machine, machine.caption), (served, served.caption),
              (tables.breaking_table(rows, tables.p95_bound(rows)),
               "The highest requests/s among the steps before the first that broke, and the "
               "users at which it broke."),
              (ranking, ranking.caption),
+             (calls, calls.caption),
              (tables.versus_table(rows),
               "Change from the first variant of this run; one run each: read differences "
               "under ~15% as noise (make compare tests them across runs)."),

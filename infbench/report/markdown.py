@@ -202,6 +202,7 @@ def render(info: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     out += section(tables.wire_table(rows))
     out += section(tables.breaking_table(rows, tables.p95_bound(rows)))
     out += section(tables.ranking_table(rows))
+    out += section(tables.model_calls_table(rows))
     out += section(tables.versus_table(rows))
     out += section(tables.services_table(rows))
     out += section(tables.cpu_io_table(rows))

@@ -397,6 +397,33 @@ def split_table(rows: Rows, cores: int) -> Table:
         "its processes over the step's load, % of one core.")
 
 
+def model_calls_table(rows: Rows) -> Table:
+    """Per variant and step, what its model did (summary.json "model_calls")."""
+    lines = []
+    for r in rows:
+        steps = {s["index"]: s for s in r.get("steps", [])}
+        for c in r.get("model_calls") or []:
+            st = steps.get(c["index"], {})
+            lines.append([r["variant"], str(c["index"]), fmt(c.get("batch")),
+                          fmt(st.get("images_per_s"), 1), fmt(c["calls_per_s"], 1),
+                          fmt(c["images_per_call"], 1), fmt(c["largest"]),
+                          fmt(c.get("requests_per_call"), 1), fmt(c["model_ms_p50"], 1),
+                          fmt(c.get("model_ms_per_image"), 2), _share(c["model_busy"]),
+                          fmt(c.get("wait_ms_p50"), 1), fmt(c.get("wait_max_ms"), 1)])
+    return table(
+        "Model calls: the batches each server formed, and how busy its model was (per step)",
+        ["variant", ">step", ">img/req", ">img/s served", ">calls/s", ">images per call",
+         ">largest", ">requests per call", ">call p50 (ms)", ">model ms per image",
+         ">model busy", ">wait p50 (ms)", ">wait max (ms)"], lines,
+        "From the servers' own model-call lines (`<service>-<i>/calls-<pid>.jsonl`, "
+        "INFBENCH_MODEL_CALLS=1), the calls that started in the step's load. Requests per "
+        "call over 1 is batching across requests. Model busy: the model's time over the "
+        "step's wall time, per process: near 100% the model is what limits; lower, the "
+        "requests reached it late (HTTP, multipart, decode, the event loop, the batcher's "
+        "wait). Wait: from a request joining the batcher's queue to its call, where the "
+        "server knows it (our batching app, Ray Serve's replica; - elsewhere).")
+
+
 def p95_bound(rows: Rows) -> float:
     """The study's latency bound for the breaking point (the profile's `p95_bound_ms`)."""
     return float((rows[0].get("profile") or {}).get("p95_bound_ms") or 0) if rows else 0.0

@@ -184,13 +184,19 @@ def _summary_7_to_8(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _summary_8_to_9(d: dict[str, Any]) -> dict[str, Any]:
+    # 9 added "model_calls"; a version 8 run's servers wrote no model-call lines.
+    d.setdefault("model_calls", None)
+    return d
+
+
 def summary_json(variant_dir: Path) -> dict[str, Any]:
     path = variant_dir / "summary.json"
     data = versioned(path, load_json(path, "summary.json"), "summary.json",
                      schemas.SUMMARY_SCHEMA, {1: _summary_1_to_2, 2: _summary_2_to_3,
                                                3: _summary_3_to_4, 4: _summary_4_to_5,
                                                5: _summary_5_to_6, 6: _summary_6_to_7,
-                                               7: _summary_7_to_8})
+                                               7: _summary_7_to_8, 8: _summary_8_to_9})
     for key, kind in (("variant", str), ("memory_mb", dict), ("steps", list),
                       ("totals", dict)):
         if not isinstance(data.get(key), kind):

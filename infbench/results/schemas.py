@@ -41,8 +41,10 @@ PHASE_KINDS = ("setup", "baseline", "step", "drain", "pause", "rest", "cooldown"
 # capture's figures and findings per step, from wire.json; None without a capture); 1-6 read
 # with none. 8: "machine_limit" per variant (usable cores over the model alone's CPU per image
 # at its best batch) and "limit" per step (served over it, and net of the load generator's CPU;
-# infbench/analysis/limit.py); 1-7 read with none (not measured).
-SUMMARY_SCHEMA = 8
+# infbench/analysis/limit.py); 1-7 read with none (not measured). 9: "model_calls" (per step:
+# the batches each server's model ran, how busy it was, how long requests waited for it, from
+# calls-<pid>.jsonl; infbench/analysis/model_calls.py); 1-8 read with none (not written).
+SUMMARY_SCHEMA = 9
 
 # model_alone.json (written by the child servers/image/model_alone.py, which stamps the same
 # number). 1: first version. 2: CPU per image and cores kept busy beside each figure, decode

@@ -29,6 +29,7 @@ Environment (beside the shared INFBENCH_* of servers/shared/settings.py):
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import AsyncIterator
@@ -74,6 +75,7 @@ def _env_number(name: str, default: float, minimum: float) -> float:
 class Job:
     pixels: np.ndarray  # (n, size, size, channels), decoded
     done: asyncio.Future[np.ndarray]
+    queued: float = field(default_factory=time.perf_counter)  # when it joined the queue
 
 
 @dataclass
@@ -121,10 +123,12 @@ class Batcher:
             return
         batch = live[0].pixels if len(live) == 1 else np.concatenate([j.pixels for j in live])
         started = time.perf_counter()
+        waited = [started - j.queued for j in live]
         try:
             s = self.service.settings
             probs = await anyio.to_thread.run_sync(
-                forward, self.service.model, batch, s.call, s.pad_batch, limiter=self._limiter)
+                functools.partial(forward, self.service.model, batch, s.call, s.pad_batch,
+                                  waited_s=waited), limiter=self._limiter)
         except Exception as exc:  # a model fault fails this batch's requests, not the server
             for j in live:
                 if not j.done.done():

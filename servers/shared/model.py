@@ -39,6 +39,7 @@ from servers.shared.runtimes import (
     convert_to_torch,
 )
 from servers.shared.settings import CALL_STYLES
+from servers.shared.timings import TimingsWriter
 
 if TYPE_CHECKING:
     import keras
@@ -401,15 +402,58 @@ def predict(model: Any, batch: np.ndarray, style: str = "predict",
     return [(int(c), float(probs[i, c])) for i, c in enumerate(top)]
 
 
+# The model's calls, one JSON line each, when a service has INFBENCH_MODEL_CALLS=1 (and the
+# harness's INFBENCH_TIMING_DIR): <dir>/calls-<pid>.jsonl, written by servers.shared.timings
+# (buffered, about once a second), so that a run can say what batches a server formed and how
+# busy its model was, whoever's server it is (ours and the peers all call forward()):
+#     {"t": unix time the call started, "images": images asked for, "padded": images the model
+#      ran on (only when pad_to added blanks), "model_ms": the call and its output to NumPy,
+#      "wait_ms" / "wait_max_ms": mean and longest time the call's requests waited for it,
+#      from being queued (only where the caller knows: our batching app, Ray Serve's replica)}
+# Off, forward() pays for one attribute read. Not for the memory studies' servers: a writer
+# thread and its lines are memory of their own.
+MODEL_CALLS_ENV = "INFBENCH_MODEL_CALLS"
+_calls: TimingsWriter | None = None
+
+
+def model_calls_log() -> TimingsWriter:
+    """This process's model-call writer (a no-op one unless INFBENCH_MODEL_CALLS=1 and
+    INFBENCH_TIMING_DIR are set), made on first use."""
+    global _calls
+    if _calls is None:
+        folder = os.environ.get("INFBENCH_TIMING_DIR", "").strip()
+        on = os.environ.get(MODEL_CALLS_ENV, "").strip() == "1" and folder
+        _calls = TimingsWriter(Path(folder) if on else None, stem="calls")
+    return _calls
+
+
 def forward(model: Any, batch: np.ndarray, style: str = "predict",
-            pad_to: int = 0) -> np.ndarray:
+            pad_to: int = 0, waited_s: list[float] | None = None) -> np.ndarray:
     """The model's whole output for `batch`, (N, outputs) float32, one model call.
 
     `predict` is Keras' `model.predict` (what the original study used: a tf.data pipeline per
     call), `predict_on_batch` skips that, `call` is the plain eager forward pass. `pad_to` > 0
     pads the batch with blank images up to a multiple of it, so the model sees a few fixed
     shapes instead of one per batch size (a new shape can mean a new trace and new buffers).
+    `waited_s`: how long each request in the batch waited for this call (the model-call line).
     """
+    log = model_calls_log()
+    if log.folder is None:
+        return _forward(model, batch, style, pad_to)
+    t, started = time.time(), time.perf_counter()
+    probs = _forward(model, batch, style, pad_to)
+    record: dict[str, Any] = {"t": round(t, 6), "images": len(batch),
+                              "model_ms": round((time.perf_counter() - started) * 1000, 3)}
+    if pad_to > 0 and len(batch) % pad_to:
+        record["padded"] = len(batch) + pad_to - len(batch) % pad_to
+    if waited_s:
+        record["wait_ms"] = round(1000 * sum(waited_s) / len(waited_s), 3)
+        record["wait_max_ms"] = round(1000 * max(waited_s), 3)
+    log.append(record)
+    return probs
+
+
+def _forward(model: Any, batch: np.ndarray, style: str, pad_to: int) -> np.ndarray:
     if isinstance(model, LoadedModel):
         model = model.model
     n = len(batch)

@@ -1,4 +1,5 @@
-"""The one writer of the servers' timing files: <dir>/timings-<pid>.jsonl, one JSON object a line.
+"""The one writer of the servers' timing files: <dir>/timings-<pid>.jsonl, one JSON object a line
+(and <dir>/calls-<pid>.jsonl, the model's calls: servers.shared.model's `forward`).
 
 The queue APIs, the scoring API and the TF-Serving-compatible server write one line per request
 (each study's docstring lists its fields: servers.queue.common, servers.scoring.common,
@@ -43,18 +44,21 @@ SEPARATORS = (",", ":")
 JOIN_TIMEOUT_S = 5.0
 
 
-def timings_path(folder: Path, pid: int) -> Path:
-    """The timing file of process `pid` in `folder`."""
-    return folder / f"timings-{pid}.jsonl"
+def timings_path(folder: Path, pid: int, stem: str = "timings") -> Path:
+    """The timing file of process `pid` in `folder` (`stem`: "timings" for the per-request
+    lines, "calls" for the model-call lines of servers.shared.model)."""
+    return folder / f"{stem}-{pid}.jsonl"
 
 
 class TimingsWriter:
     """Buffered timing lines of one process (see the module docstring); a no-op without a
     folder, so the measuring can stay on and cost nothing but its clock reads."""
 
-    def __init__(self, folder: Path | None, flush_s: float = FLUSH_S) -> None:
+    def __init__(self, folder: Path | None, flush_s: float = FLUSH_S,
+                 stem: str = "timings") -> None:
         self.folder = folder
         self.flush_s = flush_s
+        self.stem = stem
         self._lock = threading.Lock()  # the pending list and the process they belong to
         self._write_lock = threading.Lock()  # one write at a time: the thread's, close()'s
         self._pending: list[Mapping[str, Any]] = []
@@ -69,7 +73,8 @@ class TimingsWriter:
     @property
     def path(self) -> Path | None:
         """This process's file (None without a folder)."""
-        return None if self.folder is None else timings_path(self.folder, os.getpid())
+        return None if self.folder is None else timings_path(self.folder, os.getpid(),
+                                                             self.stem)
 
     def create(self) -> None:
         """Make the folder and this process's (empty) file now: the OSError if they cannot be."""

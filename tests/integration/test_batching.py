@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -35,7 +36,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def timing_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("batching-timing")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory, timing_dir: Path) -> Iterator[str]:
     exp = config.load(ROOT / "experiments.toml")
     model = assets.ensure_model(exp.model("tiny"), log=False)
     port = free_port()
@@ -43,7 +49,8 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env.update({"INFBENCH_MODEL_PATH": str(model), "INFBENCH_CALL": "predict_on_batch",
                 "INFBENCH_BATCH_WAIT_MS": "100", "INFBENCH_BATCH_MAX_IMAGES": str(MAX_BATCH),
                 "INFBENCH_MAX_IMAGES": "8", "INFBENCH_MAX_BODY_BYTES": "4000000",
-                "TF_CPP_MIN_LOG_LEVEL": "2"})
+                "TF_CPP_MIN_LOG_LEVEL": "2", "INFBENCH_MODEL_CALLS": "1",
+                "INFBENCH_TIMING_DIR": str(timing_dir)})
     log = tmp_path_factory.mktemp("batching") / "server.log"
     with log.open("wb") as out:
         p = subprocess.Popen([sys.executable, "-m", "uvicorn", "servers.image.app_batching:app",
@@ -111,6 +118,34 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answers(url
         "images"]
     assert images == 9 and calls < len(shapes)  # gathered: fewer calls than requests
     assert after["largest_batch"] <= MAX_BATCH
+
+
+def test_each_model_call_is_a_line_with_its_images_and_its_requests_wait(
+        url: str, timing_dir: Path) -> None:
+    imgs = jpegs()
+    pid = httpx.get(url + "/health", timeout=5).json()["pid"]
+    since = time.time()
+    shapes = [[0], [1, 2], [3], [4, 5], [0], [1, 2]]
+    with concurrent.futures.ThreadPoolExecutor(len(shapes)) as pool:
+        answers = list(pool.map(lambda idx: post(url, [imgs[i] for i in idx]), shapes))
+    assert all(r.status_code == 200 for r in answers)
+    path = timing_dir / f"calls-{pid}.jsonl"
+    deadline = time.monotonic() + 10  # the writer flushes about once a second
+    lines: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = [json.loads(x) for x in path.read_text().splitlines()]
+            lines = [x for x in lines if x["t"] >= since]
+            if sum(x["images"] for x in lines) >= 9:
+                break
+        time.sleep(0.2)
+    assert sum(x["images"] for x in lines) == 9, lines  # every image, in exactly one call
+    assert len(lines) < len(shapes) and max(x["images"] for x in lines) <= MAX_BATCH
+    for x in lines:
+        assert x["model_ms"] > 0 and 0 <= x["wait_ms"] <= x["wait_max_ms"], x
+    # A request that waited for a gathering batch waited at most the batch wait (100 ms) plus
+    # the call before it; none waited for ever.
+    assert max(x["wait_max_ms"] for x in lines) < 30_000
 
 
 def test_a_request_bigger_than_the_batch_cap_runs_alone(url: str) -> None:

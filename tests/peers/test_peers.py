@@ -150,6 +150,12 @@ class PeerTests:
         for name in self.peer.processes:
             assert any(n.startswith(name) for n in names), (name, names)
         assert {str(p) for p in health["pids"]} <= pids  # every process of the peer sampled
+        # The peer's model calls, from its own process (INFBENCH_MODEL_CALLS in the variant's
+        # env reaches MLServer's pool worker, BentoML's service worker, Ray's replica actor).
+        calls = s["model_calls"]
+        assert calls and {c["index"] for c in calls} == {st["index"] for st in s["steps"]}
+        for c in calls:
+            assert c["calls"] > 0 and c["images_per_call"] >= 1 and 0 < c["model_busy"] <= 1
 
     def test_a_request_a_bad_request_and_a_killed_peer(self, built: Path,
                                                        tmp_path: Path) -> None:

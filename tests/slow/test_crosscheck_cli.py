@@ -53,6 +53,8 @@ def test_both_opinions_side_by_side(tmp_path: Path, variant: str, tool: str,
         assert r["error"] is None and r["ok"] > 0 and r["rps"] > 0
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         assert r["generator_us_per_request"] > 0 and r["server_us_per_request"] > 0
+        if side == "ours":  # the load span's CPU, inside the whole round's
+            assert 0 < r["server_cpu_s"] <= r["server_cpu_round_s"]
         assert all(doc["medians"][side][k] == r[k] for k in FIGURES)
     assert set(doc["ratio"]) == set(doc["within"]) == set(FIGURES)
     assert "req/s within 5%" in doc["tolerance"]["said"]

@@ -14,7 +14,7 @@ import pytest
 
 from infbench.analysis import crosscheck
 from infbench.measure import tools
-from infbench.modes.crosscheck import Settings, document
+from infbench.modes.crosscheck import CpuTrace, Settings, document
 from infbench.paths import ROOT
 from infbench.report import crosscheck as report
 from infbench.results import readers, schemas
@@ -225,3 +225,19 @@ def test_the_command_refuses_before_anything_starts(tmp_path: Path, args: list[s
                          text=True, timeout=60, env={**os.environ, **env}, check=False)
     assert out.returncode == 1 and line in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_the_cpu_trace_reads_any_span_inside_its_block() -> None:
+    """A counter that grows 2 CPU-s a second (two busy cores), sampled on the trace's thread:
+    the span in the middle reads its share, edges and spans outside clamp to the samples."""
+    import time
+
+    start = time.time()
+    with CpuTrace(lambda: 2.0 * (time.time() - start), every=0.02) as trace:
+        time.sleep(0.3)
+    first, last = trace.samples[0][0], trace.samples[-1][0]
+    assert len(trace.samples) >= 5
+    assert trace.total() == pytest.approx(2 * (last - first), rel=1e-3)
+    mid = trace.between(first + 0.1, first + 0.2)
+    assert mid == pytest.approx(0.2, rel=1e-3)  # linear between samples: exact for this counter
+    assert trace.between(first - 5, last + 5) == pytest.approx(trace.total())

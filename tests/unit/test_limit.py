@@ -144,7 +144,7 @@ def synthetic(tmp_path: Path) -> Path:
 
 def test_the_summary_and_the_report_carry_the_limit(tmp_path: Path) -> None:
     s = summary.summarize_variant(synthetic(tmp_path))
-    assert s["schema"] == schemas.SUMMARY_SCHEMA == 8
+    assert s["schema"] == schemas.SUMMARY_SCHEMA == 9
     assert s["machine_limit"]["images_per_s"] == 400.0
     assert "machine_limit" in s["definitions"] and "limit" in s["definitions"]
     one, two = s["steps"]

@@ -44,7 +44,7 @@ def test_run_json_1_is_migrated() -> None:
 
 def test_summary_json_1_is_migrated() -> None:
     s = readers.summary_json(VARIANT)
-    assert s["schema"] == schemas.SUMMARY_SCHEMA == 8 and s["migrated_from"] == 1
+    assert s["schema"] == schemas.SUMMARY_SCHEMA == 9 and s["migrated_from"] == 1
     assert s["cpu_io"] is None  # 6 added it: not measured before
     assert s["wire"] is None
     assert s["machine_limit"] is None and all(st["limit"] is None for st in s["steps"])  # 8

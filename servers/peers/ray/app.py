@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -42,8 +43,12 @@ class Classifier:
         self.loaded, self.call = load_warm()
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=WAIT_S)
-    async def infer(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        probs = forward(self.loaded, np.concatenate(batches), self.call)
+    async def infer(self, calls: list[tuple[float, np.ndarray]]) -> list[np.ndarray]:
+        """Each call is (when it was queued, its images); the model runs once on them all."""
+        started = time.perf_counter()
+        batches = [b for _, b in calls]
+        probs = forward(self.loaded, np.concatenate(batches), self.call,
+                        waited_s=[started - queued for queued, _ in calls])
         bounds = np.cumsum([len(b) for b in batches])[:-1]
         return list(np.split(probs, bounds))
 
@@ -67,7 +72,7 @@ class Classifier:
                                             self.loaded.channels)
         except BadImage as e:
             return JSONResponse({"error": str(e), "index": e.index}, status_code=400)
-        answers = top_classes(await self.infer(batch))
+        answers = top_classes(await self.infer((time.perf_counter(), batch)))
         return {"predictions": answers, "count": len(answers)}
 
 
