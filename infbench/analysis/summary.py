@@ -86,6 +86,10 @@ CGROUP_FILE = "cgroup_memory.csv"
 CGROUP_DEFINITION = ("docker runtime: the container's cgroup memory as `docker stats` shows it "
                      "(usage minus inactive file cache), MiB; start/end/peak/after_cooldown "
                      "defined as for MEM, over its samples")
+CGROUP_ANON_DEFINITION = ("docker runtime: the container's anonymous memory (memory.stat "
+                          "total_rss on cgroup v1, anon on v2), MiB: the cgroup figure less its "
+                          "file pages, whose charge depends on which cgroup read a library "
+                          "first; defined as for MEM")
 
 
 def samples_between(mem: list[tuple[float, float]], t0: float | None,
@@ -440,6 +444,10 @@ def summarize_variant(variant_dir: Path | VariantFiles,
         out["samples"]["cgroup"] = len(cgroup)
         out["definitions"] = {**DEFINITIONS, "cgroup_memory_mb": CGROUP_DEFINITION}
         out["sources"]["cgroup_memory"] = CGROUP_FILE
+        anon = parse_cgroup_csv(v.dir / CGROUP_FILE, anon=True)
+        if anon:
+            out["cgroup_anon_mb"] = memory_figures(anon, plist)
+            out["definitions"]["cgroup_anon_mb"] = CGROUP_ANON_DEFINITION
     return out
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from infbench.launch.docker.cgroup import CgroupMonitor, docker_stats_bytes, parse_memory_stat
+from infbench.launch.docker.cgroup import CgroupMonitor, cgroup_row, parse_memory_stat
 from infbench.measure.base import CsvSampler
 
 
@@ -66,9 +66,7 @@ class CgroupSampler(CsvSampler):
                 self.note("cgroup_failed", f"cgroup {self.folder} could not be read: {e} "
                           "(every failed read is counted in phases.json cgroup.failed)")
             return False
-        inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
-        out.writerow([f"{t:.4f}", f"{docker_stats_bytes(usage, stat) / 2**20:.3f}", usage,
-                      inactive, self.source])
+        out.writerow(cgroup_row(t, usage, stat, self.source))
         cpu = cpu_seconds(self.folder)
         if cpu is not None:
             self.cpu = [self.cpu[0] if self.cpu else cpu, cpu]

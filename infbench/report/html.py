@@ -263,13 +263,9 @@ def comparison_section(run_dir: Path, rows: list[dict[str, Any]]) -> str:
                 "test)</h3>",
                 table(["variant", ">processes", "RSS sum (MB)", "PSS (MB)", "USS (MB)",
                        "anonymous (MB)", "file-backed (MB)", ">threads (max)"], procs)]
-    cg = [[r["variant"], fmt(c.get("start")), fmt(c.get("end")), signed(c.get("growth")),
-           fmt(c.get("peak")), fmt(c.get("after_cooldown"))]
-          for r in rows if (c := r.get("cgroup_memory_mb"))]
-    if cg:
-        out += ["<h3>Memory of the container (cgroup, as docker stats shows it)</h3>",
-                table(["variant", ">after API start (MB)", ">after test (MB)", ">growth (MB)",
-                       ">peak (MB)", ">after cooldown (MB)"], cg)]
+    cg = tables.cgroup_table(rows)
+    if cg.rows:
+        out += [f"<h3>{e(cg.title)}</h3>", table_of(cg), f'<p class="note">{e(cg.caption)}</p>']
     for t, caption in study_tables(rows):
         out += [f"<h3>{e(t.title)}</h3>", table_of(t),
                 f'<p class="note">{e(caption)}</p>' if caption else ""]

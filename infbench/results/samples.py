@@ -118,14 +118,21 @@ def parse_mprof(path: Path) -> Mprof:
     return out
 
 
-def parse_cgroup_csv(path: Path) -> list[tuple[float, float]]:
-    """cgroup_memory.csv (docker runtime: time, mem_mb, ...) -> sorted (t, MiB) samples."""
+def parse_cgroup_csv(path: Path, anon: bool = False) -> list[tuple[float, float]]:
+    """cgroup_memory.csv (docker runtime: time, mem_mb, ...) -> sorted (t, MiB) samples: the
+    `docker stats` figure (mem_mb), or with `anon` the anonymous memory (anon_bytes; none in
+    files written before the column, or by `docker stats`)."""
     out: list[tuple[float, float]] = []
     if not path.exists():
         return out
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
-            t, mb = number(row.get("time"), float), number(row.get("mem_mb"), float)
+            t = number(row.get("time"), float)
+            if anon:
+                b = number(row.get("anon_bytes"), float)
+                mb = None if b is None else round(b / 2**20, 3)
+            else:
+                mb = number(row.get("mem_mb"), float)
             if t is not None and mb is not None:
                 out.append((t, mb))
     return sorted(out)

@@ -99,7 +99,12 @@ def test_docker_smoke_run(docker_run: tuple[Path, subprocess.CompletedProcess[st
     anon = s["processes_mb"]["anon"]["start"]
     assert s["memory_mb"]["start"] > 100 and anon > 50
     assert 0.9 * anon <= c["start"] <= 1.5 * s["memory_mb"]["start"] + 100
-    assert abs(c["growth"] - s["memory_mb"]["growth"]) <= 20
+    # Growth under load is anonymous; the cgroup's own count of it (memory.stat) matches the
+    # sampler's. (The `docker stats` figure can grow by more: on a cold page cache the
+    # container is charged its libraries' pages, and the load moves them to the active list.)
+    ca = s["cgroup_anon_mb"]
+    assert abs(ca["growth"] - s["processes_mb"]["anon"]["growth"]) <= 20
+    assert ca["start"] <= c["start"] + 1
     assert s["totals"]["requests"] > 0 and s["totals"]["failures"] == 0
     # The probes are injected inside the container too: the hook on the image's PYTHONPATH
     # started them before the server's own call could (via "hook"), into the mounted folder.

@@ -239,6 +239,9 @@ def test_docker_stats_figure_is_usage_minus_inactive_file() -> None:
     assert dkc.docker_stats_bytes(usage, v1) == 590 * 2**20  # v1: total_inactive_file
     v2 = dkc.parse_memory_stat(STAT_V2)
     assert dkc.docker_stats_bytes(usage, v2) == 590 * 2**20  # v2: inactive_file
+    # Anonymous memory, without the file pages: v1 total_rss, v2 anon; none in neither.
+    assert dkc.anon_bytes(v1) == dkc.anon_bytes(v2) == 500 * 2**20
+    assert dkc.anon_bytes({"rss": 7}) == 7 and dkc.anon_bytes({"file": 7}) is None
     assert dkc.docker_stats_bytes(10, v2) == 10  # never below zero: the usage as it is
     assert dkc.docker_stats_bytes(usage, {}) == usage
 
@@ -296,6 +299,7 @@ def test_cgroup_monitor_samples_the_files_at_the_interval(tmp_path: Path,
     assert list(rows[0]) == list(dkc.CgroupMonitor.HEADER)
     assert 6 <= len(rows) <= (elapsed + 10) / 0.05 + 1  # at most one a 0.05 s
     assert all(float(r["mem_mb"]) == 590.0 and r["source"] == "cgroup-v1" for r in rows)
+    assert all(int(r["anon_bytes"]) == 500 * 2**20 for r in rows)  # total_rss
     times = [float(r["time"]) for r in rows]
     assert t0 <= times[0] and times == sorted(times)
     assert statistics.median(b - a for a, b in itertools.pairwise(times)) == \
@@ -311,20 +315,25 @@ def test_summary_and_report_carry_the_cgroup_figures(tmp_path: Path) -> None:
         for i in range(0, 521):  # mprof's synthetic curve + 20 MB (page cache, kernel)
             t = i / 10
             mb = 120.0 if t < 10 else 250.0 if t <= 42 else 210.0
-            w.writerow([f"{synth.T0 + t:.4f}", f"{mb:.3f}", "", "", "cgroup-v1"])
+            anon = "" if i == 0 else int((mb - 40) * 2**20)  # less its file pages
+            w.writerow([f"{synth.T0 + t:.4f}", f"{mb:.3f}", "", "", anon, "cgroup-v1"])
     built = build.build(run_dir)
     s = built["variants"][0]
     assert s["cgroup_memory_mb"]["start"] == 120.0 and s["cgroup_memory_mb"]["peak"] == 250.0
     assert s["cgroup_memory_mb"]["after_cooldown"] == 210.0
+    assert s["cgroup_anon_mb"]["start"] == 80.0 and s["cgroup_anon_mb"]["growth"] == 130.0
+    assert "cgroup_anon_mb" in s["definitions"]
     assert s["memory_mb"]["start"] == 100.0  # mprof's figures unchanged
     assert s["samples"]["cgroup"] == 521 and s["sources"]["cgroup_memory"] == "cgroup_memory.csv"
     md = (run_dir / "summary.md").read_text()
     assert "## Memory of the container (cgroup" in md
-    assert "| v1 | 120 | 250 | +130 | 250 | 210 | +50 |" in md
+    assert "| v1 | 120 | 250 | +130 | +130 | 250 | 210 | +50 |" in md
     with (run_dir / "summary.csv").open() as f:
         row = next(csv.DictReader(f))
     assert row["cgroup_peak_mb"] == "250.0" and row["peak_mb"] == "200.0"
     assert samples.parse_cgroup_csv(run_dir / "v1" / "missing.csv") == []
+    html = (run_dir / "report.html").read_text()
+    assert "Memory of the container" in html and "anonymous growth" in html
 
 
 def test_native_summaries_have_no_cgroup_section(tmp_path: Path) -> None:

@@ -39,6 +39,27 @@ def docker_stats_bytes(usage: int, stat: dict[str, int]) -> int:
     return usage
 
 
+def anon_bytes(stat: dict[str, int]) -> int | None:
+    """The cgroup's anonymous memory (heap, stacks: what a leak grows), from its memory.stat:
+    v1 total_rss (the hierarchy's; rss where the kernel gives no totals), v2 anon. Unlike the
+    `docker stats` figure it holds no file pages: those count there once active, and are
+    charged to whichever cgroup read a library first (a container that did grows under load
+    as its pages move to the active list; one whose image was already cached does not)."""
+    for key in ("total_rss", "rss", "anon"):
+        if key in stat:
+            return stat[key]
+    return None
+
+
+def cgroup_row(t: float, usage: int, stat: dict[str, int], source: str) -> list[Any]:
+    """One row of cgroup_memory.csv (CgroupMonitor.HEADER) from a read of the usage file and
+    memory.stat."""
+    anon = anon_bytes(stat)
+    return [f"{t:.4f}", f"{docker_stats_bytes(usage, stat) / 2**20:.3f}", usage,
+            stat.get("total_inactive_file", stat.get("inactive_file", 0)),
+            "" if anon is None else anon, source]
+
+
 def cgroup_memory_dir(proc_cgroup: str, mountinfo: str) -> tuple[Path, int] | None:
     """The host directory of a process's memory cgroup and the cgroup version (1 or 2), from
     /proc/<pid>/cgroup and /proc/self/mountinfo. The v1 memory controller wins on hybrid hosts
@@ -89,7 +110,7 @@ class CgroupMonitor:
     clock of phases.json (time.time()). Reads the cgroup files on the host; where it cannot
     find them, it falls back to `docker stats` (about one sample a second)."""
 
-    HEADER = ("time", "mem_mb", "usage_bytes", "inactive_file_bytes", "source")
+    HEADER = ("time", "mem_mb", "usage_bytes", "inactive_file_bytes", "anon_bytes", "source")
 
     def __init__(self, container: str, out: Path, interval: float) -> None:
         self.container = container
@@ -150,9 +171,7 @@ class CgroupMonitor:
                 stat = parse_memory_stat(stat_file.read_text())
             except (OSError, ValueError):
                 return  # the container (and its cgroup) is gone
-            inactive = stat.get("total_inactive_file", stat.get("inactive_file", 0))
-            w.writerow([f"{t:.4f}", f"{docker_stats_bytes(usage, stat) / 2**20:.3f}", usage,
-                        inactive, source])
+            w.writerow(cgroup_row(t, usage, stat, source))
             f.flush()
             next_t += self.interval
             self._stop.wait(max(0.0, next_t - time.monotonic()))
@@ -168,7 +187,7 @@ class CgroupMonitor:
                     return
                 self._stop.wait(self.interval)
                 continue
-            w.writerow([f"{t:.4f}", f"{size / 2**20:.3f}", "", "", "docker-stats"])
+            w.writerow([f"{t:.4f}", f"{size / 2**20:.3f}", "", "", "", "docker-stats"])
             f.flush()
             self._stop.wait(self.interval)
 
