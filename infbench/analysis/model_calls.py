@@ -10,10 +10,15 @@ Per step, over the calls that started inside the step's load (summary.json "mode
                               requests (our steps send the same number of images each)
   model_ms_p50                one call's time, median
   model_ms_per_image          the model's time over the step / its images
-  model_busy                  the model's time inside the step over its wall time, per process
-                              that called it (1.0: the model never waited for work, so it is
-                              what limits; lower: the requests were late, held up in HTTP,
-                              decode, the event loop or the batcher)
+  model_busy                  the share of the step's wall time a call was running, per process
+                              that called it (calls that overlap count once: at most 1.0; 1.0:
+                              the model never waited for work, so it is what limits; lower: the
+                              requests were late, held up in HTTP, decode, the event loop or
+                              the batcher)
+  calls_at_once               the calls running at once while any ran (their summed time over
+                              the busy time): 1.0 for a server that calls the model from one
+                              place; a sync app's threadpool runs one per request in flight,
+                              which then share the cores, so each call is slower
   wait_ms_p50, wait_max_ms    how long a call's requests waited for it, from being queued
                               (only where the server knows it: our batching app, Ray Serve's
                               replica; None elsewhere)
@@ -58,10 +63,15 @@ def step_calls(rows: list[dict[str, Any]], t0: float | None, t1: float | None,
     images = sum(int(r["images"]) for r in mine)
     model_s = sum(float(r["model_ms"]) for r in mine) / 1000
     processes = len({r["_file"] for r in mine})
-    # Busy: the model's time inside the window, a call that crosses an edge counted for its
-    # part inside (so one process whose calls never overlap reads at most 1.0).
-    inside = sum(max(0.0, min(t1, r["t"] + r["model_ms"] / 1000) - max(t0, r["t"]))
-                 for r in rows)
+    # The calls' time inside the window (a call that crosses an edge counts for its part
+    # inside), summed, and as the union of their intervals per process.
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        a, b = max(t0, r["t"]), min(t1, r["t"] + r["model_ms"] / 1000)
+        if b > a:
+            spans.setdefault(r["_file"], []).append((a, b))
+    inside = sum(b - a for one in spans.values() for a, b in one)
+    busy = sum(_union(one) for one in spans.values())
     waits = [float(r["wait_ms"]) for r in mine if isinstance(r.get("wait_ms"), int | float)]
     longest = [float(r["wait_max_ms"]) for r in mine
                if isinstance(r.get("wait_max_ms"), int | float)]
@@ -73,11 +83,22 @@ def step_calls(rows: list[dict[str, Any]], t0: float | None, t1: float | None,
         "requests_per_call": round(per_call / batch, 2) if batch else None,
         "model_ms_p50": round(statistics.median(float(r["model_ms"]) for r in mine), 2),
         "model_ms_per_image": round(1000 * model_s / images, 3) if images else None,
-        "model_busy": round(inside / span / processes, 3),
+        "model_busy": round(busy / span / processes, 3),
+        "calls_at_once": round(inside / busy, 2) if busy > 0 else None,
         "processes": processes,
         "wait_ms_p50": round(statistics.median(waits), 2) if waits else None,
         "wait_max_ms": round(max(longest), 2) if longest else None,
     }
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 def figures(variant_dir: Path, steps: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

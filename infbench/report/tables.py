@@ -413,19 +413,23 @@ def model_calls_table(rows: Rows) -> Table:
                           fmt(c["images_per_call"], 1), fmt(c["largest"]),
                           fmt(c.get("requests_per_call"), 1), fmt(c["model_ms_p50"], 1),
                           fmt(c.get("model_ms_per_image"), 2), _share(c["model_busy"]),
-                          fmt(c.get("wait_ms_p50"), 1), fmt(c.get("wait_max_ms"), 1)])
+                          fmt(c.get("calls_at_once"), 1), fmt(c.get("wait_ms_p50"), 1),
+                          fmt(c.get("wait_max_ms"), 1)])
     return table(
         "Model calls: the batches each server formed, and how busy its model was (per step)",
         ["variant", ">step", ">img/req", ">img/s served", ">calls/s", ">images per call",
          ">largest", ">requests per call", ">call p50 (ms)", ">model ms per image",
-         ">model busy", ">wait p50 (ms)", ">wait max (ms)"], lines,
+         ">model busy", ">calls at once", ">wait p50 (ms)", ">wait max (ms)"], lines,
         "From the servers' own model-call lines (`<service>-<i>/calls-<pid>.jsonl`, "
         "INFBENCH_MODEL_CALLS=1), the calls that started in the step's load. Requests per "
-        "call over 1 is batching across requests. Model busy: the model's time over the "
-        "step's wall time, per process: near 100% the model is what limits; lower, the "
-        "requests reached it late (HTTP, multipart, decode, the event loop, the batcher's "
-        "wait). Wait: from a request joining the batcher's queue to its call, where the "
-        "server knows it (our batching app, Ray Serve's replica; - elsewhere).")
+        "call over 1 is batching across requests. Model busy: the share of the step's wall "
+        "time a call was running, per process (overlapping calls count once): near 100% the "
+        "model is what limits; lower, the requests reached it late (HTTP, multipart, decode, "
+        "the event loop, the batcher's wait). Calls at once: how many ran together while any "
+        "ran (a sync app's threadpool runs one per request in flight; they share the cores, "
+        "so each is slower, and model ms per image is their summed time). Wait: from a "
+        "request joining the batcher's queue to its call, where the server knows it (our "
+        "batching app, Ray Serve's replica; - elsewhere).")
 
 
 def p95_bound(rows: Rows) -> float:

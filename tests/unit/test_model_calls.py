@@ -93,8 +93,22 @@ def test_a_steps_figures_from_two_processes(tmp_path: Path) -> None:
     assert f["requests_per_call"] == 3.33
     assert f["model_ms_p50"] == 500.0 and f["model_ms_per_image"] == 62.5
     # inside: 0.1 + 3 * 0.5 + 0.2 (A) + 2 * 0.25 (B) = 2.3 s over 10 s and 2 processes
-    assert f["model_busy"] == 0.115
+    assert f["model_busy"] == 0.115 and f["calls_at_once"] == 1.0
     assert f["wait_ms_p50"] == 5.0 and f["wait_max_ms"] == 9.0
+
+
+def test_overlapping_calls_count_once_in_busy_and_say_how_many_ran_at_once(
+        tmp_path: Path) -> None:
+    # A sync app's threadpool: three calls of one process overlap, [100, 101], [100.5, 101.5]
+    # and [100.5, 101]: busy 1.5 s of the 10 s window (not their summed 2.5 s), 1.67 at once.
+    _write(tmp_path / "server-0", "calls-11.jsonl",
+           [{"t": 100.0, "images": 1, "model_ms": 1000.0},
+            {"t": 100.5, "images": 1, "model_ms": 1000.0},
+            {"t": 100.5, "images": 1, "model_ms": 500.0}])
+    found = model_calls.figures(tmp_path, [{"index": 1, "batch": 1, "t_start": 100.0,
+                                            "t_end": 110.0}])
+    assert found is not None
+    assert found[0]["model_busy"] == 0.15 and found[0]["calls_at_once"] == 1.67
 
 
 def test_none_without_lines_and_the_table_says_what_the_model_did(tmp_path: Path) -> None:
@@ -104,10 +118,11 @@ def test_none_without_lines_and_the_table_says_what_the_model_did(tmp_path: Path
            "model_calls": [{"index": 1, "batch": 1, "calls": 300, "calls_per_s": 30.0,
                             "images": 7500, "images_per_call": 25.0, "largest": 64,
                             "requests_per_call": 25.0, "model_ms_p50": 30.0,
-                            "model_ms_per_image": 1.2, "model_busy": 0.9, "processes": 1,
+                            "model_ms_per_image": 1.2, "model_busy": 0.9, "calls_at_once": 1.0,
+                            "processes": 1,
                             "wait_ms_p50": 12.0, "wait_max_ms": 40.0}]}
     t = tables.model_calls_table([row])
     assert [list(r) for r in t.rows] == [["starlette-batching", "1", "1", "250.0", "30.0",
-                                          "25.0", "64", "25.0", "30.0", "1.20", "90%", "12.0",
-                                          "40.0"]]
+                                          "25.0", "64", "25.0", "30.0", "1.20", "90%", "1.0",
+                                          "12.0", "40.0"]]
     assert not tables.model_calls_table([{"variant": "x", "steps": []}]).rows
