@@ -26,9 +26,9 @@ from infbench.analysis import breakdown, cpu_io, limit, model_calls, trust, verd
 from infbench.results import readers
 from infbench.results.samples import (
     Mprof,
+    cgroup_series,
     locust_aggregate,
     number,
-    parse_cgroup_csv,
 )
 from infbench.results.schemas import PHASE_KINDS, SUMMARY_SCHEMA, profile_cycles
 from infbench.results.variant import VariantFiles, files_of
@@ -438,13 +438,12 @@ def summarize_variant(variant_dir: Path | VariantFiles,
         out["sources"]["wire"] = "wire.json (from wire/step-<i>.pcap)"
     if out["model_calls"] is not None:
         out["sources"]["model_calls"] = "<service>-<i>/calls-<pid>.jsonl"
-    cgroup = parse_cgroup_csv(v.dir / CGROUP_FILE)
+    cgroup, anon = cgroup_series(v.dir / CGROUP_FILE)
     if cgroup:  # docker runs: the container's own figure, beside mprof's
         out["cgroup_memory_mb"] = memory_figures(cgroup, plist)
         out["samples"]["cgroup"] = len(cgroup)
         out["definitions"] = {**DEFINITIONS, "cgroup_memory_mb": CGROUP_DEFINITION}
         out["sources"]["cgroup_memory"] = CGROUP_FILE
-        anon = parse_cgroup_csv(v.dir / CGROUP_FILE, anon=True)
         if anon:
             out["cgroup_anon_mb"] = memory_figures(anon, plist)
             out["definitions"]["cgroup_anon_mb"] = CGROUP_ANON_DEFINITION

@@ -118,24 +118,31 @@ def parse_mprof(path: Path) -> Mprof:
     return out
 
 
-def parse_cgroup_csv(path: Path, anon: bool = False) -> list[tuple[float, float]]:
-    """cgroup_memory.csv (docker runtime: time, mem_mb, ...) -> sorted (t, MiB) samples: the
-    `docker stats` figure (mem_mb), or with `anon` the anonymous memory (anon_bytes; none in
-    files written before the column, or by `docker stats`)."""
-    out: list[tuple[float, float]] = []
+def cgroup_series(path: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """cgroup_memory.csv (docker runtime: time, mem_mb, ...) read once -> sorted (t, MiB)
+    samples of the `docker stats` figure (mem_mb) and of the anonymous memory (anon_bytes;
+    none in files written before the column, or by `docker stats`)."""
+    mem: list[tuple[float, float]] = []
+    anon: list[tuple[float, float]] = []
     if not path.exists():
-        return out
+        return mem, anon
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             t = number(row.get("time"), float)
-            if anon:
-                b = number(row.get("anon_bytes"), float)
-                mb = None if b is None else round(b / 2**20, 3)
-            else:
-                mb = number(row.get("mem_mb"), float)
-            if t is not None and mb is not None:
-                out.append((t, mb))
-    return sorted(out)
+            if t is None:
+                continue
+            mb, b = number(row.get("mem_mb"), float), number(row.get("anon_bytes"), float)
+            if mb is not None:
+                mem.append((t, mb))
+            if b is not None:
+                anon.append((t, round(b / 2**20, 3)))
+    return sorted(mem), sorted(anon)
+
+
+def parse_cgroup_csv(path: Path, anon: bool = False) -> list[tuple[float, float]]:
+    """One of cgroup_series' two: the `docker stats` figure, or with `anon` the anonymous
+    memory."""
+    return cgroup_series(path)[1 if anon else 0]
 
 
 def locust_aggregate(stats_csv: Path) -> dict[str, Any] | None:
